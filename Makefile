@@ -1,0 +1,32 @@
+# edgeloop — two commands: `make demo` and `make test`. Both set up what they need.
+PYTHON ?= python3
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+STAMP  := $(VENV)/.installed
+
+.PHONY: demo test bench system-deps venv clean
+
+# Debian packages the project runs against: a real broker, and for the demo a camera mock.
+system-deps:
+	@./.ci/system-deps mosquitto
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet -e '.[test]'
+	@touch $(STAMP)
+
+test: system-deps $(STAMP)
+	$(PY) -m pytest
+
+demo: $(STAMP)
+	@./.ci/system-deps mosquitto ffmpeg
+	$(VENV)/bin/edgeloop demo
+
+bench: system-deps $(STAMP)
+	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache
