@@ -1,0 +1,229 @@
+"""Reliable delivery on top of MQTT for data that must not be lost.
+
+The broker is not a database: a QoS 1 message it accepted can still be lost if the broker dies
+before its next autosave. So the *sender* keeps each message until the *receiver* acknowledges it
+at the application level, after making it durable, and resends it after a reconnect or when no
+acknowledgement came in time. Receivers see duplicates and drop them by the message's idempotency
+key (:class:`Deduper`, or a unique key in their store).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Protocol
+
+from edgeloop.mqtt import Delivery, MqttClient, NotConnected
+from protocol import topics
+from protocol.codec import encode
+from protocol.messages import Ack, Message
+
+log = logging.getLogger("edgeloop.reliable")
+
+
+class OutboxStore(Protocol):
+    """Where a sender keeps messages until they are acknowledged. A durable implementation
+    (the edge agent's on-disk outbox) makes them survive a restart too."""
+
+    def put(self, key: str, topic: str, payload: bytes) -> None: ...
+
+    def remove(self, key: str) -> bool: ...
+
+    def items(self) -> Iterator[tuple[str, str, bytes]]: ...
+
+    def __len__(self) -> int: ...
+
+
+class MemoryOutbox:
+    """Keeps messages in memory, in the order they were sent."""
+
+    def __init__(self) -> None:
+        self._items: OrderedDict[str, tuple[str, bytes]] = OrderedDict()
+
+    def put(self, key: str, topic: str, payload: bytes) -> None:
+        self._items[key] = (topic, payload)
+
+    def remove(self, key: str) -> bool:
+        return self._items.pop(key, None) is not None
+
+    def items(self) -> Iterator[tuple[str, str, bytes]]:
+        for key, (topic, payload) in list(self._items.items()):
+            yield key, topic, payload
+
+    def __len__(self) -> int:
+        return len(self._items)
+
+
+@dataclass
+class SenderStats:
+    sent: int = 0
+    resent: int = 0
+    acked: int = 0
+
+
+class ReliableSender:
+    """Sends messages that stay in ``store`` until their key comes back in an :class:`Ack` on
+    ``ack_topic``.
+
+    At most ``window`` messages are unacknowledged on the wire at a time, so a long backlog
+    after an outage drains at the receiver's pace instead of flooding the broker. A message
+    without an acknowledgement after ``resend_after`` seconds, or in flight when the connection
+    dropped, is sent again under the same key.
+    """
+
+    def __init__(
+        self,
+        client: MqttClient,
+        ack_topic: str,
+        store: OutboxStore | None = None,
+        *,
+        window: int = 32,
+        resend_after: float = 5.0,
+    ) -> None:
+        self.client = client
+        self.ack_topic = ack_topic
+        self.store: OutboxStore = store if store is not None else MemoryOutbox()
+        self.window = window
+        self.resend_after = resend_after
+        self.stats = SenderStats()
+        self._in_flight: dict[str, float] = {}  # key -> time last sent
+        self._wake = asyncio.Event()
+        self._drained = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        client.subscribe(ack_topic, self._on_ack)
+        client.on_connect(self._on_reconnect)
+
+    async def __aenter__(self) -> ReliableSender:
+        self._task = asyncio.create_task(self._pump(), name=f"reliable:{self.ack_topic}")
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    @property
+    def pending(self) -> int:
+        """Messages not yet acknowledged (stored, in flight or waiting for the window)."""
+        return len(self.store)
+
+    async def send(self, topic: str, message: Message) -> str:
+        """Keep ``message`` until acknowledged and send it as soon as the window allows.
+
+        Returns its key. Raises ``PayloadTooLarge`` before storing an oversize message.
+        """
+        payload = encode(message, self.client.settings.max_payload)
+        self.store.put(message.key, topic, payload)
+        self._drained.clear()
+        self._wake.set()
+        return message.key
+
+    async def wait_drained(self, timeout: float | None = None) -> None:
+        """Wait until every message sent so far has been acknowledged."""
+        if not len(self.store):
+            return
+        await asyncio.wait_for(self._drained.wait(), timeout)
+
+    async def _on_ack(self, delivery: Delivery) -> None:
+        if not isinstance(delivery.message, Ack):
+            return
+        for key in delivery.message.keys:
+            self._in_flight.pop(key, None)
+            if self.store.remove(key):
+                self.stats.acked += 1
+        if not len(self.store):
+            self._drained.set()
+        self._wake.set()
+
+    async def _on_reconnect(self) -> None:
+        # What was in flight may have died with the connection: send it again.
+        self._in_flight.clear()
+        self._wake.set()
+
+    async def _pump(self) -> None:
+        while True:
+            try:
+                await self._send_due()
+            except NotConnected:
+                pass
+            except Exception:
+                log.exception("reliable sender on %s", self.ack_topic)
+            self._wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=self.resend_after / 2)
+
+    async def _send_due(self) -> None:
+        if not self.client.connected:
+            return
+        now = time.monotonic()
+        for key, topic, payload in self.store.items():
+            sent_at = self._in_flight.get(key)
+            if sent_at is not None and now - sent_at < self.resend_after:
+                continue
+            if sent_at is None and len(self._in_flight) >= self.window:
+                break
+            if not await self.client.publish_bytes(topic, payload):
+                return  # not confirmed; the next round tries again under the same key
+            if sent_at is None:
+                self.stats.sent += 1
+            else:
+                self.stats.resent += 1
+            self._in_flight[key] = time.monotonic()
+
+
+class Deduper:
+    """Remembers the last ``capacity`` keys seen; ``seen(key)`` is True for a repeat."""
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self.capacity = capacity
+        self._keys: OrderedDict[str, None] = OrderedDict()
+        self.duplicates = 0
+
+    def seen(self, key: str) -> bool:
+        if key in self._keys:
+            self._keys.move_to_end(key)
+            self.duplicates += 1
+            return True
+        self._keys[key] = None
+        if len(self._keys) > self.capacity:
+            self._keys.popitem(last=False)
+        return False
+
+
+class Acknowledger:
+    """Receiver side: acknowledges keys to a node, batched over a few milliseconds so that a burst
+    of messages costs a few acknowledgements, not one each."""
+
+    def __init__(self, client: MqttClient, linger: float = 0.02, max_batch: int = 500) -> None:
+        self.client = client
+        self.linger = linger
+        self.max_batch = max_batch
+        self._pending: dict[str, list[str]] = {}
+        self._flush_task: asyncio.Task[None] | None = None
+
+    def ack(self, node: str, key: str) -> None:
+        """Acknowledge ``key`` to ``node``. Call only once the message is durable."""
+        self._pending.setdefault(node, []).append(key)
+        if self._flush_task is None or self._flush_task.done():
+            self._flush_task = asyncio.create_task(self._flush_later())
+
+    async def _flush_later(self) -> None:
+        await asyncio.sleep(self.linger)
+        await self.flush()
+
+    async def flush(self) -> None:
+        pending, self._pending = self._pending, {}
+        for node, keys in pending.items():
+            for start in range(0, len(keys), self.max_batch):
+                batch = keys[start : start + self.max_batch]
+                try:
+                    await self.client.publish(topics.ack(node), Ack(node=node, keys=batch))
+                except NotConnected:
+                    # The sender will resend; the repeat is acknowledged then.
+                    log.debug("ack for %d keys to %s not sent: not connected", len(batch), node)
