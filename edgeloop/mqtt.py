@@ -209,7 +209,8 @@ class MqttClient:
     async def wait_connected(self, timeout: float | None = None) -> None:
         """Wait for a connection; raise :class:`NotConnected` when none comes in time."""
         try:
-            await asyncio.wait_for(self._connected.wait(), timeout)
+            async with asyncio.timeout(timeout):
+                await self._connected.wait()
         except TimeoutError:
             raise NotConnected(
                 f"no connection to the broker at {self.settings.url} after {timeout} s"
@@ -299,8 +300,9 @@ class MqttClient:
         try:
             await self.wait_connected(timeout)
             await self.publish(topic, request, properties=properties, timeout=timeout)
-            return await asyncio.wait_for(future, timeout)
-        except TimeoutError:
+            async with asyncio.timeout(timeout):
+                return await future
+        except (TimeoutError, NotConnected):
             raise RequestTimeout(
                 f"no response to {request.verb or topic} within {timeout} s: is the cloud "
                 f"manager running and connected to {self.settings.url}?"

@@ -128,7 +128,8 @@ class ReliableSender:
         """Wait until every message sent so far has been acknowledged."""
         if not len(self.store):
             return
-        await asyncio.wait_for(self._drained.wait(), timeout)
+        async with asyncio.timeout(timeout):
+            await self._drained.wait()
 
     async def _on_ack(self, delivery: Delivery) -> None:
         if not isinstance(delivery.message, Ack):
@@ -155,8 +156,11 @@ class ReliableSender:
             except Exception:
                 log.exception("reliable sender on %s", self.ack_topic)
             self._wake.clear()
+            # asyncio.timeout, not wait_for: on 3.11 wait_for can swallow a cancellation that
+            # races with the event being set, and the sender would never stop.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), timeout=self.resend_after / 2)
+                async with asyncio.timeout(self.resend_after / 2):
+                    await self._wake.wait()
 
     async def _send_due(self) -> None:
         if not self.client.connected:

@@ -1,0 +1,528 @@
+"""The manifest schemas: ``Dataset``, ``Model`` and ``IncrementalLearningJob``.
+
+They accept the YAML of Sedna's (formerly Neptune's) helmet-detection guide unchanged, plus the
+fields later Sedna versions added, with the same camelCase names: attributes are snake_case and
+``model_dump(by_alias=True)`` gives back the YAML shape. Validation is stricter than Sedna's so
+that mistakes surface when a manifest is applied, not hours later in a worker:
+
+- an unknown field is an error naming it (a typo must not pass silently); a Kubernetes
+  ``status:`` block and the metadata a Kubernetes server fills in are accepted and ignored, so
+  ``kubectl get -o yaml`` output loads too;
+- numbers are numbers: a quoted threshold is an error, not a string compared to a float;
+- trigger operators, metric names (:mod:`protocol.metrics_names`), time windows and the hard
+  example mining rule are checked against what edgeloop can actually evaluate.
+
+Error messages are written for :func:`protocol.manifest_yaml.format_errors`, which turns a
+pydantic ``ValidationError`` into ``path: message`` lines.
+"""
+
+from __future__ import annotations
+
+import operator
+import re
+from collections.abc import Callable
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    field_validator,
+    model_validator,
+)
+from pydantic.alias_generators import to_camel
+from pydantic_core import PydanticCustomError
+
+from protocol.metrics_names import NUM_OF_SAMPLES, check_selector, parse_metric
+
+API_VERSIONS: tuple[str, ...] = ("neptune.io/v1alpha1", "sedna.io/v1alpha1")
+DEFAULT_NAMESPACE = "default"
+
+#: Comparison operators of a trigger condition, symbol and word forms.
+OPERATORS: dict[str, Callable[[float, float], bool]] = {
+    ">": operator.gt,
+    ">=": operator.ge,
+    "<": operator.lt,
+    "<=": operator.le,
+    "==": operator.eq,
+    "!=": operator.ne,
+    "gt": operator.gt,
+    "ge": operator.ge,
+    "lt": operator.lt,
+    "le": operator.le,
+    "eq": operator.eq,
+    "ne": operator.ne,
+}
+
+#: Hard example mining rules, named as in Sedna.
+HARD_EXAMPLE_MINING_NAMES: tuple[str, ...] = ("IBT", "CrossEntropy", "Threshold", "Random")
+
+#: How often a train trigger is re-checked when the manifest does not say (Sedna's default).
+DEFAULT_CHECK_PERIOD_SECONDS = 60
+DEFAULT_TRAIN_PROB = 0.8
+
+#: The worker parameter that names the classes; metric class selectors refer to it.
+CLASS_NAMES_PARAMETER = "class_names"
+
+# Metadata a Kubernetes server adds to an object; accepted on input so that exported
+# manifests load, and dropped because edgeloop keeps its own bookkeeping.
+_SERVER_METADATA = frozenset(
+    {"uid", "resourceVersion", "generation", "creationTimestamp", "managedFields", "selfLink"}
+)
+
+# DNS-1123 as in Kubernetes, capped at 63 characters because names become MQTT topic levels,
+# file names and ``namespace/name`` job references on the wire.
+_DNS_LABEL = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?"
+_NAME_RE = re.compile(rf"^{_DNS_LABEL}(\.{_DNS_LABEL})*$")
+_NAMESPACE_RE = re.compile(rf"^{_DNS_LABEL}$")
+MAX_NAME_LENGTH = 63
+
+_TIME_RE = re.compile(r"^([0-9]{1,2}):([0-9]{2})$")
+
+
+class ManifestError(ValueError):
+    """A manifest, or a set of them, that cannot be accepted; ``errors`` holds every problem."""
+
+    def __init__(self, errors: list[str]) -> None:
+        self.errors = list(errors)
+        super().__init__("\n".join(self.errors))
+
+
+def invalid(message: str, path: str = "") -> PydanticCustomError:
+    """The error our validators raise: ``message`` is final text, ``path`` extends the location."""
+    return PydanticCustomError("manifest", "{message}", {"message": message, "path": path})
+
+
+def show(value: object) -> str:
+    """A short rendering of a bad value for an error message."""
+    if isinstance(value, dict):
+        return "a mapping"
+    if isinstance(value, list):
+        return "a list"
+    if value is None:
+        return "null"
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def unsupported_api_version(value: object) -> str:
+    return f"{show(value)} is not supported; use {' or '.join(API_VERSIONS)}"
+
+
+# --- reusable field types --------------------------------------------------------------------
+
+
+def _one_of(*allowed: str) -> AfterValidator:
+    def check(value: str) -> str:
+        if value not in allowed:
+            raise invalid(f"{show(value)} is not one of {', '.join(allowed)}")
+        return value
+
+    return AfterValidator(check)
+
+
+def _non_empty(value: str) -> str:
+    if not value.strip():
+        raise invalid("must not be empty")
+    return value
+
+
+def _dns_name(value: str) -> str:
+    if len(value) > MAX_NAME_LENGTH or not _NAME_RE.match(value):
+        raise invalid(
+            f"{show(value)} is not a valid name: use at most {MAX_NAME_LENGTH} lowercase letters, "
+            "digits, '-' and '.', starting and ending with a letter or digit"
+        )
+    return value
+
+
+def _dns_label(value: str) -> str:
+    if len(value) > MAX_NAME_LENGTH or not _NAMESPACE_RE.match(value):
+        raise invalid(
+            f"{show(value)} is not a valid namespace: use at most {MAX_NAME_LENGTH} lowercase "
+            "letters, digits and '-', starting and ending with a letter or digit"
+        )
+    return value
+
+
+def _number_as_text(value: Any) -> Any:
+    """Sedna's parameter values are strings; ``value: 32`` unquoted means ``"32"``."""
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    return value
+
+
+def _time_of_day(allow_24: bool) -> list[Any]:
+    """Validators for a ``HH:MM`` time.
+
+    An int is what a YAML 1.1 loader makes of an unquoted ``20:00`` (base 60: 1200); it is
+    turned back into the time it was written as. ``H:MM`` is normalised to ``HH:MM``.
+    """
+    latest = "24:00" if allow_24 else "23:59"
+
+    def from_minutes(value: Any) -> Any:
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return f"{value // 60:02d}:{value % 60:02d}"
+        return value
+
+    def check(value: str) -> str:
+        match = _TIME_RE.match(value)
+        if match:
+            hours, minutes = int(match[1]), int(match[2])
+            if hours < 24 and minutes < 60 or allow_24 and (hours, minutes) == (24, 0):
+                return f"{hours:02d}:{minutes:02d}"
+        raise invalid(f"{show(value)} is not a time of day; expected HH:MM from 00:00 to {latest}")
+
+    return [BeforeValidator(from_minutes), AfterValidator(check)]
+
+
+NonEmpty = Annotated[str, AfterValidator(_non_empty)]
+Name = Annotated[str, AfterValidator(_dns_name)]
+Namespace = Annotated[str, AfterValidator(_dns_label)]
+ParameterValue = Annotated[str, BeforeValidator(_number_as_text)]
+StartTime = Annotated[str, *_time_of_day(allow_24=False)]
+EndTime = Annotated[str, *_time_of_day(allow_24=True)]
+Seconds = Annotated[int, Field(gt=0)]
+Threshold = Annotated[float, Field(allow_inf_nan=False)]
+
+
+class ManifestPart(BaseModel):
+    """Base of every manifest part: camelCase on the wire, strict types, unknown fields refused."""
+
+    model_config = ConfigDict(alias_generator=to_camel, extra="forbid", strict=True, frozen=True)
+
+
+# --- metadata and worker parameters ----------------------------------------------------------
+
+
+class ObjectMeta(ManifestPart):
+    name: Name
+    namespace: Namespace = DEFAULT_NAMESPACE
+    labels: dict[str, str] = Field(default_factory=dict)
+    annotations: dict[str, str] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_server_fields(cls, data: Any) -> Any:
+        if isinstance(data, dict):
+            return {k: v for k, v in data.items() if k not in _SERVER_METADATA}
+        return data
+
+
+class Parameter(ManifestPart):
+    """One ``{key, value}`` pair; workers receive it as an environment variable."""
+
+    key: NonEmpty
+    value: ParameterValue
+
+
+def parse_class_names(value: str) -> tuple[str, ...]:
+    """Parse the comma-separated ``class_names`` parameter (``person,helmet,...``).
+
+    Empty names and duplicates are errors: both would silently shift the meaning of every class
+    index in the dataset.
+    """
+    if not value.strip():
+        raise ValueError("class_names is empty; expected e.g. 'person,helmet,helmet-on,helmet-off'")
+    names = tuple(part.strip() for part in value.split(","))
+    for i, name in enumerate(names):
+        if not name:
+            raise ValueError(f"class_names {value!r}: name {i} is empty")
+        if name in names[:i]:
+            raise ValueError(f"class_names {value!r}: {name!r} appears more than once")
+    return names
+
+
+def _check_parameters(parameters: list[Parameter]) -> list[Parameter]:
+    seen: dict[str, int] = {}
+    for i, parameter in enumerate(parameters):
+        if parameter.key in seen:
+            raise invalid(
+                f"key {parameter.key!r} appears twice (items {seen[parameter.key]} and {i})",
+                path=f"[{i}].key",
+            )
+        seen[parameter.key] = i
+        if parameter.key == CLASS_NAMES_PARAMETER:
+            try:
+                parse_class_names(parameter.value)
+            except ValueError as exc:
+                raise invalid(str(exc), path=f"[{i}].value") from None
+    return parameters
+
+
+Parameters = Annotated[list[Parameter], AfterValidator(_check_parameters)]
+
+
+def parameters_dict(parameters: list[Parameter]) -> dict[str, str]:
+    return {p.key: p.value for p in parameters}
+
+
+class WorkerSpec(ManifestPart):
+    """What a worker runs: ``scriptDir/scriptBootFile`` with ``parameters`` in its environment."""
+
+    script_dir: NonEmpty
+    script_boot_file: NonEmpty
+    framework_type: str | None = None
+    framework_version: str | None = None
+    parameters: Parameters = Field(default_factory=list)
+
+    def parameters_dict(self) -> dict[str, str]:
+        return parameters_dict(self.parameters)
+
+    def class_names(self) -> tuple[str, ...] | None:
+        """The ``class_names`` parameter parsed, or None when the worker is not given one."""
+        value = self.parameters_dict().get(CLASS_NAMES_PARAMETER)
+        return None if value is None else parse_class_names(value)
+
+
+# --- triggers --------------------------------------------------------------------------------
+
+
+class Timer(ManifestPart):
+    """A daily window ``[start, end)`` in the cloud manager's local time.
+
+    A window whose end is earlier than its start crosses midnight (22:00-04:00). ``24:00`` is
+    accepted as an end meaning midnight. An empty window (start == end) is an error rather than
+    a guess at "always" or "never": leave the timer out to allow any time.
+    """
+
+    start: StartTime
+    end: EndTime
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Timer:
+        if self.start_minute == self.end_minute:
+            raise invalid(
+                f"start and end are both {self.start!r}, an empty window; "
+                "remove the timer to allow any time of day"
+            )
+        return self
+
+    @property
+    def start_minute(self) -> int:
+        return _minute_of_day(self.start)
+
+    @property
+    def end_minute(self) -> int:
+        return _minute_of_day(self.end)
+
+    def contains(self, minute_of_day: int) -> bool:
+        """Whether the minute of the day (0..1439) falls inside the window."""
+        start, end = self.start_minute, self.end_minute
+        if start < end:
+            return start <= minute_of_day < end
+        return minute_of_day >= start or minute_of_day < end
+
+
+def _minute_of_day(hhmm: str) -> int:
+    hours, minutes = hhmm.split(":")
+    return int(hours) * 60 + int(minutes)
+
+
+class Condition(ManifestPart):
+    """``metric operator threshold``, e.g. ``num_of_samples > 500``."""
+
+    operator: Annotated[str, _one_of(*OPERATORS)]
+    threshold: Threshold
+    metric: NonEmpty
+
+    def holds(self, value: float) -> bool:
+        """Whether ``value`` (the metric's current value) satisfies the condition."""
+        return OPERATORS[self.operator](value, self.threshold)
+
+
+class TrainCondition(Condition):
+    @field_validator("metric")
+    @classmethod
+    def _counts_samples(cls, metric: str) -> str:
+        if metric != NUM_OF_SAMPLES:
+            raise invalid(
+                f"{metric!r} is not a train trigger metric; a train trigger counts new samples: "
+                f"use {NUM_OF_SAMPLES}"
+            )
+        return metric
+
+
+class DeployCondition(Condition):
+    @field_validator("metric")
+    @classmethod
+    def _known_metric(cls, metric: str) -> str:
+        try:
+            parse_metric(metric)
+        except ValueError as exc:
+            raise invalid(str(exc)) from None
+        return metric
+
+
+class Trigger(ManifestPart):
+    check_period_seconds: Seconds = DEFAULT_CHECK_PERIOD_SECONDS
+    timer: Timer | None = None
+
+
+class TrainTrigger(Trigger):
+    condition: TrainCondition
+
+
+class DeployTrigger(Trigger):
+    condition: DeployCondition
+
+
+# --- the three kinds ---------------------------------------------------------------------------
+
+
+class Resource(ManifestPart):
+    """Fields every manifest has. ``status`` (as Kubernetes reports it) is accepted and dropped."""
+
+    kind_name: ClassVar[str]
+
+    api_version: str
+    kind: str  # narrowed to a Literal by each kind; declared here for the field order
+    metadata: ObjectMeta
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_status(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "status" in data:
+            return {k: v for k, v in data.items() if k != "status"}
+        return data
+
+    @field_validator("api_version")
+    @classmethod
+    def _known_api_version(cls, value: str) -> str:
+        if value not in API_VERSIONS:
+            raise invalid(unsupported_api_version(value))
+        return value
+
+    @property
+    def key(self) -> tuple[str, str, str]:
+        return (self.kind_name, self.metadata.namespace, self.metadata.name)
+
+
+class DatasetSpec(ManifestPart):
+    url: NonEmpty
+    format: Annotated[str, _one_of("txt")]
+    node_name: NonEmpty
+    credential_name: str | None = None
+
+
+class Dataset(Resource):
+    """A dataset index file (``data.txt``) on a node, growing as hard examples are labelled."""
+
+    kind_name: ClassVar[str] = "Dataset"
+    kind: Literal["Dataset"]
+    spec: DatasetSpec
+
+
+class ModelSpec(ManifestPart):
+    url: NonEmpty
+    format: NonEmpty
+    credential_name: str | None = None
+
+
+class Model(Resource):
+    """A model: the initial one to train from, or the deployed one that rounds update."""
+
+    kind_name: ClassVar[str] = "Model"
+    kind: Literal["Model"]
+    spec: ModelSpec
+
+
+class ModelRef(ManifestPart):
+    name: Name
+
+
+class DatasetRef(ManifestPart):
+    name: Name
+    train_prob: Annotated[float, Field(gt=0.0, le=1.0)] = DEFAULT_TRAIN_PROB
+
+
+class DeployModelRef(ModelRef):
+    hot_update_enabled: bool | None = None
+    poll_period_seconds: Seconds | None = None
+
+
+class HardExampleMining(ManifestPart):
+    name: Annotated[str, _one_of(*HARD_EXAMPLE_MINING_NAMES)]
+    parameters: Parameters = Field(default_factory=list)
+
+    def parameters_dict(self) -> dict[str, str]:
+        return parameters_dict(self.parameters)
+
+
+class TrainSpec(ManifestPart):
+    worker_spec: WorkerSpec
+    trigger: TrainTrigger
+
+
+class EvalSpec(ManifestPart):
+    worker_spec: WorkerSpec
+    initial_eval_model: ModelRef | None = None
+
+
+class DeploySpec(ManifestPart):
+    model: DeployModelRef
+    trigger: DeployTrigger
+    node_name: NonEmpty
+    hard_example_mining: HardExampleMining | None = None
+    worker_spec: WorkerSpec
+
+
+class IncrementalLearningJobSpec(ManifestPart):
+    dataset: DatasetRef
+    initial_model: ModelRef
+    train_spec: TrainSpec
+    eval_spec: EvalSpec
+    deploy_spec: DeploySpec
+    node_name: NonEmpty
+    output_dir: NonEmpty
+
+    def class_names(self) -> tuple[str, ...] | None:
+        """The classes metrics refer to: the eval worker's, else the train worker's."""
+        for worker in (self.eval_spec.worker_spec, self.train_spec.worker_spec):
+            names = worker.class_names()
+            if names is not None:
+                return names
+        return None
+
+    @model_validator(mode="after")
+    def _selector_names_a_class(self) -> IncrementalLearningJobSpec:
+        names = self.class_names()
+        if names is not None:
+            try:
+                check_selector(parse_metric(self.deploy_spec.trigger.condition.metric), names)
+            except ValueError as exc:
+                raise invalid(str(exc), path="deploySpec.trigger.condition.metric") from None
+        return self
+
+
+class IncrementalLearningJob(Resource):
+    """Train on new samples when the train trigger holds, evaluate, deploy when the deploy
+    trigger holds; then wait for the train trigger again."""
+
+    kind_name: ClassVar[str] = "IncrementalLearningJob"
+    kind: Literal["IncrementalLearningJob"]
+    spec: IncrementalLearningJobSpec
+
+    def references(self) -> list[tuple[str, str, str]]:
+        """Keys of the resources this job needs, in its own namespace."""
+        ns, spec = self.metadata.namespace, self.spec
+        refs = [("Dataset", ns, spec.dataset.name), ("Model", ns, spec.initial_model.name)]
+        if spec.eval_spec.initial_eval_model is not None:
+            refs.append(("Model", ns, spec.eval_spec.initial_eval_model.name))
+        refs.append(("Model", ns, spec.deploy_spec.model.name))
+        return refs
+
+
+Manifest = Dataset | Model | IncrementalLearningJob
+
+#: Manifest classes by ``kind``.
+KINDS: dict[str, type[Dataset] | type[Model] | type[IncrementalLearningJob]] = {
+    cls.kind_name: cls for cls in (Dataset, Model, IncrementalLearningJob)
+}
+
+
+def resource_key(manifest: Manifest) -> tuple[str, str, str]:
+    """``(kind, namespace, name)``: what identifies a manifest in the store."""
+    return manifest.key

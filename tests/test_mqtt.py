@@ -1,0 +1,201 @@
+"""The MQTT client layer against a real mosquitto: round trips, limits, faults, request/response,
+reliable send across a broker crash."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import random
+
+import pytest
+from message_samples import samples
+
+from edgeloop.backoff import Backoff
+from edgeloop.mqtt import Delivery, MqttClient, MqttSettings, RequestTimeout, new_client_id
+from edgeloop.reliable import Acknowledger, Deduper, ReliableSender
+from protocol import topics
+from protocol.codec import PayloadTooLarge
+from protocol.messages import (
+    ApiRequest,
+    ApiResponse,
+    HardExample,
+    HardExampleSidecar,
+    NodeStatus,
+    SampleReport,
+)
+from protocol.topics import Kind
+
+pytestmark = pytest.mark.broker
+
+
+def settings(url: str, client_id: str, **overrides) -> MqttSettings:
+    return MqttSettings(url=url, client_id=client_id, backoff_max=0.5, **overrides)
+
+
+class Inbox:
+    """Collects deliveries and lets a test wait for a count."""
+
+    def __init__(self) -> None:
+        self.items: list[Delivery] = []
+        self._changed = asyncio.Event()
+
+    async def __call__(self, delivery: Delivery) -> None:
+        self.items.append(delivery)
+        self._changed.set()
+
+    async def wait_for(self, count: int, timeout: float = 10.0) -> list[Delivery]:
+        async def wait() -> None:
+            while len(self.items) < count:
+                self._changed.clear()
+                await self._changed.wait()
+
+        await asyncio.wait_for(wait(), timeout)
+        return self.items
+
+
+async def test_every_message_kind_round_trips_through_the_broker(broker):
+    inbox = Inbox()
+    receiver = MqttClient(settings(broker.url, "receiver"))
+    receiver.subscribe(f"{topics.ROOT}/#", inbox)
+    sample_messages = samples()
+    async with receiver, MqttClient(settings(broker.url, "sender")) as sender:
+        await receiver.wait_connected(5)
+        await sender.wait_connected(5)
+        for topic, message in sample_messages.values():
+            assert await sender.publish(topic, message)
+        await inbox.wait_for(len(sample_messages))
+    received = {d.topic: d.message for d in inbox.items}
+    for kind, (topic, message) in sample_messages.items():
+        assert received[topic] == message, kind
+
+
+async def test_oversize_publish_is_refused_in_the_client_and_the_connection_stays_up(broker):
+    inbox = Inbox()
+    small = settings(broker.url, "edge0", max_payload=64 * 1024)
+    receiver = MqttClient(settings(broker.url, "cloud"))
+    receiver.subscribe(topics.node_filter(Kind.HARDEX), inbox)
+    image = random.Random(1).randbytes(100 * 1024)
+    big = HardExample(
+        node="edge0",
+        job="ns/job",
+        sha256=hashlib.sha256(image).hexdigest(),
+        image=image,
+        sidecar=HardExampleSidecar(),
+    )
+    async with receiver, MqttClient(small) as sender:
+        await receiver.wait_connected(5)
+        await sender.wait_connected(5)
+        with pytest.raises(PayloadTooLarge, match="over the 65536 byte"):
+            await sender.publish(topics.hardex("edge0"), big)
+        assert sender.stats.refused_oversize == 1
+        # still connected on the same connection, and it still works
+        small_image = image[:1000]
+        ok = big.model_copy(
+            update={"image": small_image, "sha256": hashlib.sha256(small_image).hexdigest()}
+        )
+        assert await sender.publish(topics.hardex("edge0"), ok)
+        await inbox.wait_for(1)
+        assert sender.connected and sender.stats.connects == 1
+    assert [d.message.key for d in inbox.items] == [ok.key]
+
+
+async def test_malformed_messages_are_counted_and_the_loop_goes_on(broker):
+    inbox = Inbox()
+    receiver = MqttClient(settings(broker.url, "cloud"))
+    receiver.subscribe(topics.node_filter(Kind.STATUS), inbox)
+    good = NodeStatus(node="edge0", state="online", boot_id="b1")
+    async with receiver, MqttClient(settings(broker.url, "edge0")) as sender:
+        await receiver.wait_connected(5)
+        await sender.wait_connected(5)
+        await sender.publish_bytes(topics.status("edge0"), b"\xc1 not msgpack")
+        await sender.publish_bytes(topics.status("edge1"), b"\x81\xa1v\x07")
+        await sender.publish(topics.status("edge0"), good)
+        await inbox.wait_for(1)
+        assert receiver.stats.protocol_errors == 2
+    assert [d.message for d in inbox.items] == [good]
+
+
+async def test_request_response_with_correlation_data(broker):
+    server = MqttClient(settings(broker.url, "cloud"))
+
+    async def answer(delivery: Delivery) -> None:
+        request = delivery.message
+        await server.reply(
+            delivery,
+            ApiResponse(request_id=request.request_id, ok=True, data={"verb": request.verb}),
+        )
+
+    server.subscribe(topics.api_request_filter(), answer)
+    cli = MqttClient(settings(broker.url, new_client_id("cli"), session_expiry=0))
+    async with server, cli:
+        await server.wait_connected(5)
+        response = await cli.request(
+            topics.api_request("get"), ApiRequest(request_id="r-1", resource="jobs"), timeout=5
+        )
+        assert response.ok and response.request_id == "r-1"
+        assert response.data == {"verb": "get"}
+
+
+async def test_request_without_a_responder_times_out_clearly(broker):
+    async with MqttClient(settings(broker.url, new_client_id("cli"), session_expiry=0)) as cli:
+        with pytest.raises(RequestTimeout, match="is the cloud manager running"):
+            await cli.request(topics.api_request("get"), ApiRequest(request_id="r"), timeout=0.5)
+
+
+async def test_reliable_send_survives_a_broker_kill(broker):
+    """kill -9 of the broker in the middle of a stream: the clients reconnect and re-subscribe by
+    themselves and every message sent with the reliable send arrives (duplicates deduped)."""
+    total = 300
+    received: set[str] = set()
+    dedupe = Deduper()
+    all_arrived = asyncio.Event()
+
+    cloud = MqttClient(settings(broker.url, "cloud"))
+    acks = Acknowledger(cloud)
+
+    async def on_report(delivery: Delivery) -> None:
+        message = delivery.message
+        if not dedupe.seen(message.key):
+            received.add(message.key)
+        acks.ack(message.node, message.key)  # durable here: it is in `received`
+        if len(received) == total:
+            all_arrived.set()
+
+    cloud.subscribe(topics.node_filter(Kind.SAMPLES), on_report)
+    edge = MqttClient(settings(broker.url, "edge0"))
+    sender = ReliableSender(edge, topics.ack("edge0"), resend_after=1.0)
+    sent: list[str] = []
+    async with cloud, edge, sender:
+        await cloud.wait_connected(5)
+        await edge.wait_connected(5)
+        for seq in range(total):
+            report = SampleReport(node="edge0", boot_id="b1", seq=seq)
+            sent.append(await sender.send(topics.samples("edge0"), report))
+            if seq == total // 3:
+                broker.kill()
+            if seq == total // 2:
+                broker.restart()
+            await asyncio.sleep(0.002)
+        await asyncio.wait_for(all_arrived.wait(), 30)
+        await sender.wait_drained(10)
+        assert edge.stats.connects >= 2 and cloud.stats.connects >= 2
+    assert received == set(sent)
+    assert sender.pending == 0
+
+
+def test_backoff_grows_with_jitter_and_resets():
+    backoff = Backoff(initial=0.1, maximum=2.0, rng=random.Random(7))
+    delays = [backoff.next_delay() for _ in range(10)]
+    assert all(0.05 <= d <= 2.0 for d in delays)
+    assert backoff.cap() == 2.0
+    assert len(set(delays)) == len(delays)  # jittered, not lock-step
+    backoff.reset()
+    assert backoff.cap() == pytest.approx(0.1)
+
+
+def test_deduper_forgets_oldest_beyond_capacity():
+    dedupe = Deduper(capacity=2)
+    assert [dedupe.seen(k) for k in "aab"] == [False, True, False]
+    dedupe.seen("c")  # evicts "a"
+    assert dedupe.seen("a") is False
+    assert dedupe.duplicates == 1
