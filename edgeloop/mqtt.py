@@ -375,9 +375,11 @@ class MqttClient:
                     await self._after_connect(client)
                     await self._consume(client)
             except aiomqtt.MqttError as exc:
+                # Say it once per kind of failure, not on every retry of an outage.
+                level = logging.DEBUG if str(exc) == self.stats.last_error else logging.INFO
                 self.stats.last_error = str(exc)
                 if not self._closing:
-                    log.info("broker %s: %s", self.settings.url, exc)
+                    log.log(level, "broker %s: %s", self.settings.url, exc)
             except asyncio.CancelledError:
                 raise
             except Exception as exc:  # a bug must not end the connection loop

@@ -2,50 +2,36 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import typer
+
+#: ``-f`` as kubectl has it; shared by the commands that take manifests.
+FILES_HELP = "Manifest file, directory of .yaml/.yml/.json files, or - for stdin. Repeatable."
+PATHS_HELP = "More manifest files or directories (so that a shell glob works after -f)."
+
+
+def manifest_sources(files: list[str], paths: list[str] | None) -> list[str]:
+    """The ``-f`` values and the positional paths, or exit 2 when there are none."""
+    names = [*files, *(paths or [])]
+    if not names:
+        typer.echo("no manifests given: use -f FILE, a directory, or -f - for stdin", err=True)
+        raise typer.Exit(2)
+    return names
 
 
 def register(app: typer.Typer) -> None:
     @app.command("validate")
     def validate(
-        paths: list[str] = typer.Argument(
-            None, help="More manifest files or directories (so that a shell glob works after -f)."
-        ),
-        files: list[str] = typer.Option(
-            [],
-            "-f",
-            "--filename",
-            help="Manifest file, directory of .yaml/.yml/.json files, or - for stdin. Repeatable.",
-        ),
+        paths: list[str] = typer.Argument(None, help=PATHS_HELP),
+        files: list[str] = typer.Option([], "-f", "--filename", help=FILES_HELP),
     ) -> None:
         """Check Dataset, Model and IncrementalLearningJob manifests and print every error.
 
         Prints one Kind/namespace/name OK line per valid resource and exits 1 if any document is
         invalid.
         """
-        from protocol.manifest_yaml import (
-            LoadedDocument,
-            mark_duplicates,
-            read_documents,
-            read_path,
-        )
+        from protocol.manifest_yaml import read_files
 
-        names = [*files, *(paths or [])]
-        if not names:
-            typer.echo("nothing to validate: give -f FILE, a directory or -f - (stdin)", err=True)
-            raise typer.Exit(2)
-        documents: list[LoadedDocument] = []
-        seen: set[Path] = set()
-        for name in names:
-            if name == "-":
-                documents.extend(read_documents(sys.stdin.read(), "<stdin>"))
-            else:
-                documents.extend(read_path(name, seen))
-        mark_duplicates(documents)
-
+        documents = read_files(manifest_sources(files, paths))
         failed = [document for document in documents if document.manifest is None]
         for document in documents:
             if document.manifest is not None:

@@ -17,10 +17,11 @@ from __future__ import annotations
 import difflib
 import re
 import types
+import sys
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Annotated, Any, Union, get_args, get_origin
+from typing import Annotated, Any, TextIO, Union, get_args, get_origin
 
 import yaml
 from pydantic import BaseModel, ValidationError
@@ -334,10 +335,18 @@ def read_path(path: str | Path, seen: set[Path] | None = None) -> list[LoadedDoc
     return documents
 
 
-def read_files(paths: Iterable[str | Path]) -> list[LoadedDocument]:
-    """:func:`read_path` of every path, each file once, with resources defined twice flagged."""
+def read_files(paths: Iterable[str | Path], stdin: TextIO | None = None) -> list[LoadedDocument]:
+    """:func:`read_path` of every path, each file once, with resources defined twice flagged.
+
+    The path ``-`` reads ``stdin`` (as ``kubectl -f -`` does).
+    """
     seen: set[Path] = set()
-    documents = [document for path in paths for document in read_path(path, seen)]
+    documents: list[LoadedDocument] = []
+    for path in paths:
+        if str(path) == "-":
+            documents.extend(read_documents((stdin or sys.stdin).read(), "<stdin>"))
+        else:
+            documents.extend(read_path(path, seen))
     mark_duplicates(documents)
     return documents
 
