@@ -1,0 +1,415 @@
+"""Importing labelled data from YOLO and COCO layouts into the seed's index format.
+
+Teams rarely start from nothing: they have a YOLO export from a labelling tool or a COCO JSON.
+Both are converted into a ``data.txt`` plus images beside it. Source classes are matched to
+the job's class names by name (case and ``_``/space vs ``-`` ignored, or an explicit
+``source=target`` map); boxes of classes with no match are left out and counted per name, so an
+import never silently changes what a class means.
+
+Images are copied under ``<index folder>/images/`` by default so that the index is
+self-contained and relative; images already under the index folder are referenced in place.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections import Counter
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from workers.classes import CLASS_NAMES
+from workers.dataset import Sample, append_samples, image_size
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
+
+
+@dataclass
+class ImportReport:
+    """What an import wrote and what it had to leave out (and why)."""
+
+    index: Path
+    samples: int = 0
+    boxes: int = 0
+    negatives: int = 0
+    unknown_classes: Counter[str] = field(default_factory=Counter)
+    problems: list[str] = field(default_factory=list)
+
+    def summary(self) -> str:
+        text = (
+            f"{self.samples} samples ({self.negatives} without boxes), "
+            f"{self.boxes} boxes -> {self.index}"
+        )
+        if self.unknown_classes:
+            unknown = ", ".join(
+                f"{name} ({n} boxes)" for name, n in sorted(self.unknown_classes.items())
+            )
+            text += f"\nleft out, no matching class name: {unknown}"
+        if self.problems:
+            text += f"\n{len(self.problems)} problems"
+        return text
+
+
+# ---------------------------------------------------------------------------------------------
+# Pure conversions
+
+
+def normalise_class_name(name: str) -> str:
+    return "-".join(str(name).strip().lower().replace("_", " ").replace("-", " ").split())
+
+
+def parse_name_map(pairs: Sequence[str]) -> dict[str, str]:
+    """``["head=helmet-off", "hat=helmet-on"]`` -> mapping; bad pairs are named in the error."""
+    result: dict[str, str] = {}
+    for pair in pairs:
+        source, sep, target = pair.partition("=")
+        if not sep or not source.strip() or not target.strip():
+            raise ValueError(f"class map entry {pair!r} must look like source=target")
+        result[source.strip()] = target.strip()
+    return result
+
+
+def build_class_mapping(
+    source_names: Mapping[int, str],
+    target_names: Sequence[str],
+    name_map: Mapping[str, str] | None = None,
+) -> tuple[dict[int, int], dict[int, str]]:
+    """Map source class ids onto indexes of ``target_names``.
+
+    Returns (source id -> target index, unmatched source id -> its name).
+    """
+    targets = {normalise_class_name(n): i for i, n in enumerate(target_names)}
+    explicit = {normalise_class_name(k): v for k, v in (name_map or {}).items()}
+    for source, target in explicit.items():
+        if normalise_class_name(target) not in targets:
+            raise ValueError(
+                f"class map {source}={target}: {target!r} is not one of {', '.join(target_names)}"
+            )
+    mapping: dict[int, int] = {}
+    unmatched: dict[int, str] = {}
+    for source_id, name in source_names.items():
+        key = normalise_class_name(name)
+        target = explicit.get(key, name)
+        index = targets.get(normalise_class_name(target))
+        if index is None:
+            unmatched[source_id] = name
+        else:
+            mapping[source_id] = index
+    return mapping, unmatched
+
+
+def corners_in_image(
+    x1: float, y1: float, x2: float, y2: float, width: int, height: int
+) -> list[int] | None:
+    """Round float corners to integer pixels clipped to the image; None if no area is left."""
+    ix1, iy1 = max(0, int(round(x1))), max(0, int(round(y1)))
+    ix2, iy2 = min(width, int(round(x2))), min(height, int(round(y2)))
+    if ix2 <= ix1 or iy2 <= iy1:
+        return None
+    return [ix1, iy1, ix2, iy2]
+
+
+def yolo_box(line: str, width: int, height: int) -> tuple[int, list[int] | None]:
+    """One YOLO label line ``cls cx cy w h`` (normalised) -> (source class, corners or None)."""
+    parts = line.split()
+    if len(parts) != 5:
+        raise ValueError(f"expected 5 values 'class cx cy w h', got {len(parts)}")
+    try:
+        cls = int(parts[0])
+        cx, cy, w, h = (float(v) for v in parts[1:])
+    except ValueError:
+        raise ValueError(f"not numbers: {line.strip()!r}") from None
+    if not all(np.isfinite((cx, cy, w, h))) or w <= 0 or h <= 0:
+        raise ValueError(f"box has no area or is not finite: {line.strip()!r}")
+    box = corners_in_image(
+        (cx - w / 2) * width,
+        (cy - h / 2) * height,
+        (cx + w / 2) * width,
+        (cy + h / 2) * height,
+        width,
+        height,
+    )
+    return cls, box
+
+
+# ---------------------------------------------------------------------------------------------
+# Shared writing
+
+
+class _Writer:
+    """Collects samples, placing images beside the index, and writes the index once at the end."""
+
+    def __init__(self, out_index: Path, copy_images: bool, append: bool, overwrite: bool) -> None:
+        self.index = Path(out_index).absolute()
+        self.base = self.index.parent
+        if self.index.exists() and not (append or overwrite):
+            raise FileExistsError(f"{self.index} exists; pass append or overwrite to change it")
+        self.copy_images = copy_images
+        self.append = append
+        self.samples: list[Sample] = []
+
+    def place(self, image: Path, relative: Path) -> Path:
+        image = image.absolute()
+        if not self.copy_images or image.is_relative_to(self.base):
+            return image
+        if relative.is_absolute() or ".." in relative.parts:
+            relative = Path(relative.name)  # never write outside images/
+        dest = self.base / "images" / relative
+        if dest.exists() and dest.stat().st_size == image.stat().st_size:
+            return dest
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(image, dest)  # same filesystem: no copy needed
+        except OSError:
+            shutil.copy2(image, dest)
+        return dest
+
+    def finish(self, report: ImportReport) -> ImportReport:
+        self.base.mkdir(parents=True, exist_ok=True)
+        if not self.append and self.index.exists():
+            self.index.unlink()
+        append_samples(self.index, self.samples)
+        if not self.index.exists():
+            self.index.touch()
+        report.samples = len(self.samples)
+        report.boxes = sum(len(s.boxes) for s in self.samples)
+        report.negatives = sum(1 for s in self.samples if len(s.boxes) == 0)
+        return report
+
+
+def _sample(image: Path, boxes: list[list[int]]) -> Sample:
+    return Sample(image=image, boxes=np.asarray(boxes, np.int32).reshape(-1, 5))
+
+
+# ---------------------------------------------------------------------------------------------
+# YOLO
+
+
+def read_yolo_class_names(src: Path) -> dict[int, str] | None:
+    """Class names from ``classes.txt`` / ``obj.names``, or ``names`` in ``data.yaml``."""
+    for name in ("classes.txt", "obj.names"):
+        path = src / name
+        if path.is_file():
+            names = [
+                line.strip()
+                for line in path.read_text(encoding="utf-8").splitlines()
+                if line.strip()
+            ]
+            return dict(enumerate(names))
+    for name in ("data.yaml", "dataset.yaml", "data.yml"):
+        path = src / name
+        if path.is_file():
+            try:
+                data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+            except yaml.YAMLError as exc:
+                raise ValueError(f"{path}: not valid YAML: {exc}") from None
+            names = data.get("names") if isinstance(data, dict) else None
+            if isinstance(names, list):
+                return {i: str(n) for i, n in enumerate(names)}
+            if isinstance(names, dict):
+                try:
+                    return {int(k): str(v) for k, v in names.items()}
+                except ValueError:
+                    raise ValueError(f"{path}: names keys must be class numbers") from None
+            raise ValueError(f"{path}: has no 'names' list")
+    return None
+
+
+def _yolo_pairs(src: Path) -> Iterator[tuple[Path, Path, Path]]:
+    """(image, label file, image path relative to the images root) for either YOLO layout."""
+    images_root = src / "images"
+    if images_root.is_dir():
+        labels_root = src / "labels"
+        for image in sorted(images_root.rglob("*")):
+            if image.suffix.lower() in IMAGE_SUFFIXES and image.is_file():
+                rel = image.relative_to(images_root)
+                yield image, (labels_root / rel).with_suffix(".txt"), rel
+    else:  # flat: images and their .txt side by side
+        for image in sorted(src.rglob("*")):
+            if image.suffix.lower() in IMAGE_SUFFIXES and image.is_file():
+                rel = image.relative_to(src)
+                yield image, image.with_suffix(".txt"), rel
+
+
+def import_yolo(
+    src: Path,
+    out_index: Path,
+    class_names: Sequence[str] = CLASS_NAMES,
+    source_classes: Sequence[str] | None = None,
+    name_map: Mapping[str, str] | None = None,
+    copy_images: bool = True,
+    append: bool = False,
+    overwrite: bool = False,
+) -> ImportReport:
+    """Convert a YOLO dataset (``images/`` + ``labels/``, or images and ``.txt`` side by side).
+
+    An image without a label file is a negative sample, as YOLO tools treat it.
+    """
+    src = Path(src)
+    if not src.is_dir():
+        raise FileNotFoundError(f"YOLO source folder not found: {src}")
+    names = dict(enumerate(source_classes)) if source_classes else read_yolo_class_names(src)
+    if not names:
+        raise ValueError(
+            f"{src}: no class names; pass them or add classes.txt or data.yaml with 'names'"
+        )
+    mapping, unmatched = build_class_mapping(names, class_names, name_map)
+    writer = _Writer(out_index, copy_images, append, overwrite)
+    report = ImportReport(index=writer.index)
+    for image, label_file, rel in _yolo_pairs(src):
+        size = image_size(image)
+        if size is None:
+            report.problems.append(f"{image}: unreadable image, skipped")
+            continue
+        width, height = size
+        boxes: list[list[int]] = []
+        lines = (
+            label_file.read_text(encoding="utf-8", errors="replace").splitlines()
+            if label_file.is_file()
+            else []
+        )
+        for line_no, line in enumerate(lines, start=1):
+            if not line.strip():
+                continue
+            try:
+                cls, box = yolo_box(line, width, height)
+            except ValueError as exc:
+                report.problems.append(f"{label_file}:{line_no}: {exc}")
+                continue
+            if cls not in names:
+                report.problems.append(
+                    f"{label_file}:{line_no}: class {cls} has no name (only {len(names)} names)"
+                )
+                continue
+            if cls in unmatched:
+                report.unknown_classes[unmatched[cls]] += 1
+                continue
+            if box is None:
+                report.problems.append(f"{label_file}:{line_no}: box lies outside the image")
+                continue
+            boxes.append([*box, mapping[cls]])
+        writer.samples.append(_sample(writer.place(image, rel), boxes))
+    return writer.finish(report)
+
+
+# ---------------------------------------------------------------------------------------------
+# COCO
+
+
+class _CocoImage(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    id: int
+    file_name: str
+    width: int | None = None
+    height: int | None = None
+
+
+class _CocoAnnotation(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    image_id: int
+    category_id: int
+    bbox: list[float]
+    iscrowd: int = 0
+
+
+class _CocoCategory(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    id: int
+    name: str
+
+
+class _CocoFile(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    images: list[_CocoImage]
+    annotations: list[_CocoAnnotation] = []
+    categories: list[_CocoCategory]
+
+
+def load_coco(path: Path) -> _CocoFile:
+    try:
+        raw = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"COCO annotation file not found: {path}") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON: {exc}") from None
+    try:
+        return _CocoFile.model_validate(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ValueError(f"{path}: not a COCO detection file: {where}: {first['msg']}") from None
+
+
+def import_coco(
+    annotations: Path,
+    out_index: Path,
+    images_dir: Path | None = None,
+    class_names: Sequence[str] = CLASS_NAMES,
+    name_map: Mapping[str, str] | None = None,
+    copy_images: bool = True,
+    append: bool = False,
+    overwrite: bool = False,
+) -> ImportReport:
+    """Convert a COCO detection JSON; ``file_name`` is resolved against ``images_dir``.
+
+    ``images_dir`` defaults to the JSON's folder. Crowd regions (``iscrowd=1``) are not objects
+    one can box one by one, so they are left out and reported.
+    """
+    coco = load_coco(Path(annotations))
+    root = Path(images_dir) if images_dir is not None else Path(annotations).parent
+    names = {c.id: c.name for c in coco.categories}
+    mapping, unmatched = build_class_mapping(names, class_names, name_map)
+    writer = _Writer(out_index, copy_images, append, overwrite)
+    report = ImportReport(index=writer.index)
+    by_image: dict[int, list[_CocoAnnotation]] = {}
+    for ann in coco.annotations:
+        by_image.setdefault(ann.image_id, []).append(ann)
+    known_ids = {im.id for im in coco.images}
+    orphans = sum(len(v) for k, v in by_image.items() if k not in known_ids)
+    if orphans:
+        report.problems.append(f"{orphans} annotations refer to image ids not in 'images'")
+    crowd = 0
+    for entry in coco.images:
+        image = root / entry.file_name
+        size = image_size(image)
+        if size is None:
+            report.problems.append(f"{image}: missing or unreadable image, skipped")
+            continue
+        width, height = size
+        if entry.width and entry.height and (entry.width, entry.height) != (width, height):
+            report.problems.append(
+                f"{image}: JSON says {entry.width}x{entry.height} but the file is "
+                f"{width}x{height}; using the file"
+            )
+        boxes: list[list[int]] = []
+        for ann in by_image.get(entry.id, []):
+            if ann.iscrowd:
+                crowd += 1
+                continue
+            if ann.category_id not in names:
+                report.problems.append(
+                    f"{image}: annotation with unknown category id {ann.category_id}"
+                )
+                continue
+            if ann.category_id in unmatched:
+                report.unknown_classes[unmatched[ann.category_id]] += 1
+                continue
+            if len(ann.bbox) != 4:
+                report.problems.append(f"{image}: bbox {ann.bbox} does not have 4 values")
+                continue
+            x, y, w, h = ann.bbox
+            box = corners_in_image(x, y, x + w, y + h, width, height) if w > 0 and h > 0 else None
+            if box is None:
+                report.problems.append(f"{image}: bbox {ann.bbox} has no area inside the image")
+                continue
+            boxes.append([*box, mapping[ann.category_id]])
+        writer.samples.append(_sample(writer.place(image, Path(entry.file_name)), boxes))
+    if crowd:
+        report.problems.append(f"{crowd} crowd annotations (iscrowd=1) left out")
+    return writer.finish(report)
