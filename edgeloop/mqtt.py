@@ -5,11 +5,13 @@ exponential backoff and jitter, re-subscribes, publishes and delivers typed prot
 and offers MQTT v5 request/response. It steers around three pitfalls of a naive aiomqtt loop:
 
 * **Unbounded or lossy incoming queue.** aiomqtt's queue either grows without bound or drops
-  messages when full, after paho has already acknowledged them. Here messages are acknowledged
-  *manually, after their handler ran*, and the client announces a v5 ``receive_maximum``: the
-  broker never has more than that many unacknowledged messages in flight to us, so the queue is
-  bounded by construction and a slow handler slows the sender down instead of losing data.
-  A message whose handler did not finish before a disconnect is redelivered by the broker.
+  messages when full, after paho has already acknowledged them. Here the client stops reading
+  its socket while ``incoming_high_water`` messages wait and resumes once the handlers have
+  worked the queue down: TCP flow control then holds the broker back, which keeps the backlog
+  in its per-client queue (``max_queued_messages``) instead of our memory. Messages are
+  acknowledged *manually, after their handler ran*, so one whose handler did not finish before a
+  disconnect is redelivered. (The v5 ``receive_maximum`` we announce would do the same job, but
+  mosquitto 2.0.11 stops enforcing it once acknowledgements flow.)
 * **Publish timeouts that duplicate.** A publish that times out is still queued inside paho and
   may go out later; retrying it would send it twice. :meth:`MqttClient.publish` never retries.
   Data that must arrive goes through :class:`edgeloop.reliable.ReliableSender`, which resends
@@ -28,6 +30,7 @@ import ssl
 import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import Any
 from pathlib import Path
 from urllib.parse import urlparse
 
@@ -73,8 +76,10 @@ class MqttSettings:
     #: A persistent session: messages for us that arrive while we are away are kept by the
     #: broker for this long (seconds). 0 for throwaway clients such as the CLI.
     session_expiry: int = 3600
-    #: How many QoS 1 messages the broker may have in flight to us; bounds the incoming queue.
+    #: How many QoS 1 messages the broker may have in flight to us.
     receive_maximum: int = 100
+    #: Stop reading the socket when this many messages wait for their handlers.
+    incoming_high_water: int = 100
     max_payload: int = DEFAULT_MAX_PAYLOAD
     connect_timeout: float = 10.0
     backoff_initial: float = 0.1
@@ -138,6 +143,8 @@ class ClientStats:
     publish_failures: int = 0
     refused_oversize: int = 0
     pending_publishes: int = 0
+    #: the most messages ever waiting in the incoming queue; stays <= receive_maximum
+    queue_high_water: int = 0
     last_error: str = ""
 
 
@@ -153,6 +160,58 @@ class _Will:
     topic: str
     message: Message
     retain: bool = True
+
+
+class _FlowControlledClient(aiomqtt.Client):
+    """aiomqtt's client with a pausable socket reader: see the module docstring."""
+
+    def __init__(self, *args: object, high_water: int, **kwargs: object) -> None:
+        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
+        self._high_water = high_water
+        self._low_water = max(1, high_water // 2)
+        self._reader: tuple[int, Callable[[], None]] | None = None
+        self._paused = False
+
+    def _on_socket_open(self, client: paho.Client, userdata: object, sock: Any) -> None:
+        # aiomqtt's own version of this callback, keeping the reader so it can be paused.
+        def read() -> None:
+            try:
+                while True:
+                    client.loop_read()
+                    # loop_read does not always drain what an SSL socket has decoded
+                    pending = getattr(client._sock, "pending", None)  # noqa: SLF001
+                    if pending is not None and pending() > 0:
+                        continue
+                    break
+            except Exception as exc:  # a broken pipe: the connection is gone
+                if not self._disconnected.done():
+                    self._disconnected.set_exception(exc)
+
+        def register() -> None:
+            self._reader = (sock.fileno(), read)
+            self._paused = False
+            self._loop.add_reader(sock.fileno(), read)
+            self._misc_task = self._loop.create_task(self._misc_loop())
+
+        # paho calls this from the executor thread that runs connect()
+        self._loop.call_soon_threadsafe(register)
+
+    def _on_socket_close(self, client: paho.Client, userdata: object, sock: object) -> None:
+        self._reader = None
+        self._paused = False
+        super()._on_socket_close(client, userdata, sock)  # type: ignore[arg-type]
+
+    def _on_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
+        super()._on_message(client, userdata, message)
+        if not self._paused and self._reader and self._queue.qsize() >= self._high_water:
+            self._loop.remove_reader(self._reader[0])
+            self._paused = True
+
+    def worked_down(self) -> None:
+        """Called by the consumer after each message: resume reading below the low mark."""
+        if self._paused and self._reader and self._queue.qsize() <= self._low_water:
+            self._loop.add_reader(*self._reader)
+            self._paused = False
 
 
 class MqttClient:
@@ -330,7 +389,7 @@ class MqttClient:
 
     # -- the connection loop -------------------------------------------------------------------
 
-    def _new_client(self) -> aiomqtt.Client:
+    def _new_client(self) -> _FlowControlledClient:
         s = self.settings
         properties = Properties(PacketTypes.CONNECT)
         properties.SessionExpiryInterval = s.session_expiry
@@ -343,7 +402,7 @@ class MqttClient:
                 qos=1,
                 retain=self._will.retain,
             )
-        client = aiomqtt.Client(
+        client = _FlowControlledClient(
             s.host,
             s.port,
             username=s.username,
@@ -356,9 +415,8 @@ class MqttClient:
             properties=properties,
             will=will,
             tls_context=s.tls_context(),
-            # receive_maximum bounds what is in flight to us; headroom for retained bursts
-            max_queued_incoming_messages=s.receive_maximum * 4,
             logger=logging.getLogger("edgeloop.mqtt.paho"),
+            high_water=s.incoming_high_water,
         )
         client.pending_calls_threshold = math.inf  # type: ignore[assignment]
         client._client.manual_ack_set(True)  # noqa: SLF001 - see the module docstring
@@ -394,7 +452,7 @@ class MqttClient:
                 return
             await asyncio.sleep(self._backoff.next_delay())
 
-    async def _after_connect(self, client: aiomqtt.Client) -> None:
+    async def _after_connect(self, client: _FlowControlledClient) -> None:
         await self._subscribe_one(client, _Subscription(self._reply_topic, self._on_reply))
         for subscription in self._subscriptions:
             await self._subscribe_one(client, subscription)
@@ -406,15 +464,17 @@ class MqttClient:
                 self.stats.handler_errors += 1
                 log.exception("connect hook failed")
 
-    async def _subscribe_one(self, client: aiomqtt.Client, subscription: _Subscription) -> None:
+    async def _subscribe_one(self, client: _FlowControlledClient, subscription: _Subscription) -> None:
         granted = await client.subscribe(subscription.topic_filter, qos=subscription.qos)
         codes = [getattr(code, "value", code) for code in (granted or [])]
         if any(code >= 0x80 for code in codes):
             log.error("subscription to %s refused by the broker (%s)", subscription.topic_filter, codes)
 
-    async def _consume(self, client: aiomqtt.Client) -> None:
+    async def _consume(self, client: _FlowControlledClient) -> None:
         async for raw in client.messages:
             self.stats.received += 1
+            self.stats.queue_high_water = max(self.stats.queue_high_water, len(client.messages) + 1)
+            client.worked_down()
             try:
                 await self._dispatch(raw)
             finally:

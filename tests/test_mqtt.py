@@ -199,3 +199,30 @@ def test_deduper_forgets_oldest_beyond_capacity():
     dedupe.seen("c")  # evicts "a"
     assert dedupe.seen("a") is False
     assert dedupe.duplicates == 1
+
+
+async def test_a_slow_handler_slows_the_broker_down_instead_of_losing_messages(broker):
+    """The client stops reading while its queue is full and acknowledges after the handler: the
+    incoming queue stays bounded and nothing is dropped, however far the handler falls behind."""
+    total, high_water = 300, 8
+    inbox = Inbox()
+
+    async def slow(delivery: Delivery) -> None:
+        await asyncio.sleep(0.002)
+        await inbox(delivery)
+
+    receiver = MqttClient(settings(broker.url, "cloud", incoming_high_water=high_water))
+    receiver.subscribe(topics.node_filter(Kind.SAMPLES), slow)
+    async with receiver, MqttClient(settings(broker.url, "edge0")) as sender:
+        await receiver.wait_connected(5)
+        await sender.wait_connected(5)
+        await asyncio.gather(
+            *(
+                sender.publish(topics.samples("edge0"), SampleReport(node="edge0", boot_id="b", seq=i))
+                for i in range(total)
+            )
+        )
+        await inbox.wait_for(total, timeout=30)
+    assert sorted(d.message.seq for d in inbox.items) == list(range(total))
+    # one socket read may decode a few packets past the mark before reading pauses
+    assert receiver.stats.queue_high_water <= 2 * high_water
