@@ -40,6 +40,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edgeloop.backoff import Backoff
+from edgeloop.cancellation import cancel_and_wait
 from protocol import topics
 from protocol.codec import DEFAULT_MAX_PAYLOAD, decode, encode
 from protocol.errors import ProtocolError
@@ -233,6 +234,8 @@ class MqttClient:
         self._runner: asyncio.Task[None] | None = None
         self._pending_requests: dict[bytes, asyncio.Future[ApiResponse]] = {}
         self._reply_topic = topics.api_response(settings.client_id)
+        # Only clients that make requests subscribe to their reply topic: a node's ACL has none.
+        self._wants_replies = False
         self._backoff = Backoff(settings.backoff_initial, settings.backoff_max)
 
     # -- lifecycle -----------------------------------------------------------------------------
@@ -252,11 +255,8 @@ class MqttClient:
         if client is not None and self._connected.is_set():
             with contextlib.suppress(Exception):
                 await asyncio.wait_for(client._disconnect(), timeout=2)  # noqa: SLF001
-        if self._runner is not None:
-            self._runner.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._runner
-            self._runner = None
+        await cancel_and_wait(self._runner)
+        self._runner = None
         self._connected.clear()
         for future in self._pending_requests.values():
             future.cancel()
@@ -358,6 +358,12 @@ class MqttClient:
         properties.CorrelationData = correlation
         try:
             await self.wait_connected(timeout)
+            if not self._wants_replies:
+                client = self._client
+                if client is None:
+                    raise NotConnected(f"not connected to {self.settings.url}")
+                self._wants_replies = True
+                await self._subscribe_one(client, _Subscription(self._reply_topic, self._on_reply))
             await self.publish(topic, request, properties=properties, timeout=timeout)
             async with asyncio.timeout(timeout):
                 return await future
@@ -453,7 +459,8 @@ class MqttClient:
             await asyncio.sleep(self._backoff.next_delay())
 
     async def _after_connect(self, client: _FlowControlledClient) -> None:
-        await self._subscribe_one(client, _Subscription(self._reply_topic, self._on_reply))
+        if self._wants_replies:
+            await self._subscribe_one(client, _Subscription(self._reply_topic, self._on_reply))
         for subscription in self._subscriptions:
             await self._subscribe_one(client, subscription)
         self._connected.set()

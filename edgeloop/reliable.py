@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
+from edgeloop.cancellation import cancel_and_wait
 from edgeloop.mqtt import Delivery, MqttClient, NotConnected
 from protocol import topics
 from protocol.codec import encode
@@ -103,10 +104,8 @@ class ReliableSender:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
+        self._task = None
 
     @property
     def pending(self) -> int:
@@ -172,7 +171,11 @@ class ReliableSender:
                 continue
             if sent_at is None and len(self._in_flight) >= self.window:
                 break
-            if not await self.client.publish_bytes(topic, payload):
+            # A short publish timeout: a send caught by an outage must not hold the queue for
+            # long; it is resent under the same key anyway.
+            if not await self.client.publish_bytes(
+                topic, payload, timeout=min(self.resend_after, 10.0)
+            ):
                 return  # not confirmed; the next round tries again under the same key
             if sent_at is None:
                 self.stats.sent += 1

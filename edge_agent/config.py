@@ -1,0 +1,105 @@
+"""The agent's settings: a YAML file, overridden by command-line options.
+
+Example file (all keys optional except ``node`` and ``broker`` when not given on the command
+line)::
+
+    node: edge-1
+    broker: mqtts://cloud.example:8883
+    state_dir: /var/lib/edgeloop
+    ca: /etc/edgeloop/ca.crt
+    cert: /etc/edgeloop/edge-1.crt
+    key: /etc/edgeloop/edge-1.key
+    datasets:                       # indexes whose sample counts the node reports
+      default/helmet: /data/helmet/data.txt
+    hardex_dirs:                    # HE_SAVED_URL folders to drain, per job
+      default/helmet-job: /var/lib/edgeloop/hardex
+    outbox_quota_mb: 1024
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from protocol.codec import describe_validation_error
+from protocol.messages import JobRef, Name
+
+DEFAULT_STATE_DIR = Path("/var/lib/edgeloop")
+
+
+class ConfigError(ValueError):
+    """The configuration is unusable; the message names the key and the file."""
+
+
+class AgentConfig(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    node: Name
+    broker: str = Field(pattern=r"^mqtts?://")
+    state_dir: Path = DEFAULT_STATE_DIR
+    ca: Path | None = None
+    cert: Path | None = None
+    key: Path | None = None
+    username: str | None = None
+    password: str | None = None
+    #: Dataset (namespace/name) -> path of its data.txt
+    datasets: dict[JobRef, Path] = Field(default_factory=dict)
+    #: Job (namespace/name) -> folder where its inference worker saves hard examples
+    hardex_dirs: dict[JobRef, Path] = Field(default_factory=dict)
+    #: Classes a valid index line may use (the watcher skips lines with a larger class index)
+    num_classes: int = Field(default=4, ge=1)
+    outbox_quota_mb: float = Field(default=1024, gt=0)
+    #: Seconds between scans of the hard-example folders (a worker's announcement is immediate)
+    hardex_scan_s: float = Field(default=2.0, gt=0)
+    #: Seconds a stopped worker gets between SIGTERM and SIGKILL
+    stop_grace_s: float = Field(default=5.0, ge=0)
+    keepalive: int = Field(default=15, ge=2)
+    #: Longest wait between reconnection attempts (they back off exponentially up to it)
+    reconnect_max_s: float = Field(default=5.0, gt=0)
+
+    @property
+    def outbox_quota_bytes(self) -> int:
+        return int(self.outbox_quota_mb * 2**20)
+
+
+def parse_mapping(pairs: list[str], what: str) -> dict[str, str]:
+    """``["ns/name=/path", ...]`` -> ``{"ns/name": "/path"}``, with a clear error."""
+    mapping: dict[str, str] = {}
+    for pair in pairs:
+        name, sep, path = pair.partition("=")
+        if not sep or not name or not path:
+            raise ConfigError(f"{what}: {pair!r} is not of the form namespace/name=/path")
+        mapping[name.strip()] = path.strip()
+    return mapping
+
+
+def load_config(file: Path | None, overrides: dict[str, object]) -> AgentConfig:
+    """Read ``file`` (if any) and apply ``overrides`` (None values are ignored; mappings are
+    merged)."""
+    data: dict[str, object] = {}
+    if file is not None:
+        try:
+            loaded = yaml.safe_load(Path(file).read_text(encoding="utf-8"))
+        except OSError as exc:
+            raise ConfigError(f"config file {file}: {exc}") from None
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"config file {file}: not valid YAML: {exc}") from None
+        if loaded is not None and not isinstance(loaded, dict):
+            raise ConfigError(f"config file {file}: must be a mapping of settings")
+        data.update(loaded or {})
+    for key, value in overrides.items():
+        if value is None or value == {}:
+            continue
+        if isinstance(value, dict) and isinstance(data.get(key), dict):
+            data[key] = {**data[key], **value}  # type: ignore[dict-item]
+        else:
+            data[key] = value
+    if (data.get("cert") is None) != (data.get("key") is None):
+        raise ConfigError("cert and key: give both (the node's certificate identity) or neither")
+    try:
+        return AgentConfig.model_validate(data)
+    except ValidationError as exc:
+        where = f"config file {file}: " if file else "settings: "
+        raise ConfigError(where + describe_validation_error(exc)) from None

@@ -1,0 +1,455 @@
+"""The node daemon: one MQTT connection tying the node's parts to the cloud.
+
+What it says: a retained ``online`` status at every connection (with the broker holding a
+retained ``lost`` one as its last will), ``offline`` on a clean stop; sample counts of the
+watched indexes; task progress; hard examples, through the durable outbox.
+
+What it obeys: the retained desired state (applied once per generation, so the copy the broker
+hands back at every reconnection changes nothing) and Task messages (run each attempt once).
+
+Incoming control messages are queued and applied one at a time by a task of their own, so a slow
+stop of a worker never holds up the connection (acknowledgements of hard examples arrive on it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Self
+
+from edge_agent.channel import ChannelHandlers, WorkerChannel
+from edge_agent.config import AgentConfig
+from edge_agent.deployment import ModelDeployer, PreparedModel
+from edge_agent.downloads import ArtifactDownloader, DownloadError
+from edge_agent.hardex_intake import HardExampleIntake
+from edge_agent.identity import NodeIdentity
+from edge_agent.outbox import DiskOutbox
+from edge_agent.runner import WorkerRunner
+from edge_agent.watcher import DatasetWatcher
+from edgeloop.mqtt import Delivery, MqttClient, MqttSettings, NotConnected
+from edgeloop.reliable import ReliableSender
+from protocol import topics
+from protocol import worker_channel as wc
+from protocol import worker_contract as contract
+from protocol.messages import (
+    DatasetSamples,
+    DesiredState,
+    ErrorReport,
+    Message,
+    SampleReport,
+    Task,
+    TaskProgress,
+)
+from protocol.topics import Kind
+
+log = logging.getLogger(__name__)
+
+HARDEX_FOLDERS_NAME = "hardex_dirs.json"
+#: The variable naming where an inference worker saves hard examples (Sedna's name).
+HE_SAVED_URL = "HE_SAVED_URL"
+STATUS_MIN_INTERVAL_S = 2.0
+CLOSE_TIMEOUT_S = 5.0
+
+
+def mqtt_settings(config: AgentConfig) -> MqttSettings:
+    return MqttSettings(
+        url=config.broker,
+        client_id=config.node,
+        username=config.username,
+        password=config.password,
+        ca_file=config.ca,
+        cert_file=config.cert,
+        key_file=config.key,
+        keepalive=config.keepalive,
+        backoff_max=config.reconnect_max_s,
+    )
+
+
+def hardex_folder_of(task: Task) -> Path | None:
+    """Where the task's worker will save hard examples, if it does (relative to scriptDir)."""
+    value = task.env.get(HE_SAVED_URL) or (
+        task.worker.parameters.get(HE_SAVED_URL) if task.worker else None
+    )
+    if not value:
+        return None
+    folder = Path(value).expanduser()
+    if not folder.is_absolute() and task.worker is not None:
+        folder = Path(task.worker.script_dir).expanduser() / folder
+    return folder.absolute()
+
+
+async def cancel_and_wait(tasks: list[asyncio.Task[None]]) -> None:
+    """Cancel ``tasks`` and wait until they are all done.
+
+    Cancels again while any is still running: on Python 3.11 ``asyncio.wait_for`` (used by the
+    MQTT library around publishes) can swallow a cancellation that races with its result, and
+    a loop task would then carry on forever.
+    """
+    pending = {t for t in tasks if not t.done()}
+    while pending:
+        for task in pending:
+            task.cancel()
+        _, pending = await asyncio.wait(pending, timeout=0.5)
+    for task in tasks:
+        if not task.cancelled() and task.exception() is not None:
+            log.error("%s ended with %r", task.get_name(), task.exception())
+
+
+class Agent:
+    """Use as ``async with Agent(config) as agent: ...``; leaving stops it cleanly."""
+
+    def __init__(self, config: AgentConfig, identity: NodeIdentity | None = None) -> None:
+        self.config = config
+        self.node = config.node
+        self.identity = identity or NodeIdentity(config.node)
+        self.state_dir = Path(config.state_dir)
+        self.state_dir.mkdir(parents=True, exist_ok=True)
+
+        self.client = MqttClient(
+            mqtt_settings(config), will=(topics.status(self.node), self.identity.last_will())
+        )
+        self.outbox = DiskOutbox(self.state_dir / "outbox", config.outbox_quota_bytes)
+        self.sender = ReliableSender(self.client, topics.ack(self.node), self.outbox)
+        self.intake = HardExampleIntake(self.node, self.sender, self.state_dir / "rejected")
+        for job, folder in {**self._load_hardex_folders(), **config.hardex_dirs}.items():
+            self.intake.add_folder(folder, job)
+        self.watcher = DatasetWatcher(
+            {k: Path(v) for k, v in config.datasets.items()},
+            self.state_dir,
+            self._publish_samples,
+            num_classes=config.num_classes,
+        )
+        self.runner = WorkerRunner(
+            self.node,
+            self.state_dir,
+            self._publish_progress,
+            channel_url_for=self._channel_url_for,
+            stop_grace_s=config.stop_grace_s,
+        )
+        self.channel = WorkerChannel(
+            ChannelHandlers(
+                progress=self._on_worker_progress,
+                result=self._on_worker_result,
+                stats=self._on_worker_stats,
+                hardex=self._on_worker_hardex,
+                swapped=self._on_worker_swapped,
+            )
+        )
+        self.downloader = ArtifactDownloader(self.client, self.node, self.state_dir / "artifacts")
+        self.deployer = ModelDeployer(self.downloader, self.state_dir / "models")
+        self.serving: dict[str, int] = {}  # task id -> model version its worker serves
+        self.worker_stats: dict[str, wc.Stats] = {}
+        self._published_serving: dict[str, int] | None = None
+        self.applied_generation = -1
+        self._desired_tasks: set[str] = set()
+        self._control: asyncio.Queue[Message] = asyncio.Queue()
+        self._unsent_final: dict[str, TaskProgress] = {}
+        self._samples_seq = 0
+        self._published_backlog: int | None = None
+        self._last_status = 0.0
+        self._background: list[asyncio.Task[None]] = []
+
+        self.client.subscribe(topics.desired(self.node), self._on_control)
+        self.client.subscribe(topics.node_filter(Kind.TASK, self.node), self._on_control)
+        self.client.on_connect(self._on_connect)
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def __aenter__(self) -> Self:
+        for report in self.runner.recover():
+            self._unsent_final[report.task_id] = report  # published once connected
+        await self.channel.__aenter__()
+        await self.intake.scan()  # what was saved while the agent was down, before anything new
+        await self.client.__aenter__()
+        await self.sender.__aenter__()
+        for name, coro in (
+            ("control", self._apply_control()),
+            ("watcher", self.watcher.run()),
+            ("intake", self._scan_hardex()),
+            ("status", self._refresh_status()),
+        ):
+            self._background.append(asyncio.create_task(coro, name=f"agent:{name}"))
+        return self
+
+    async def __aexit__(self, *exc_info: object) -> None:
+        await self.shutdown()
+
+    async def shutdown(self) -> None:
+        """Stop workers, say ``offline`` (retained), disconnect cleanly; the outbox stays."""
+        log.info("shutting down: %d worker(s) to stop", len(self.runner.running))
+        self.watcher.close()
+        await cancel_and_wait(self._background)
+        self._background.clear()
+        await self.runner.stop_all("stopped: the agent is shutting down")
+        log.debug("workers stopped")
+        await self.channel.__aexit__(None, None, None)
+        if self.client.connected:
+            with contextlib.suppress(Exception):
+                await self.client.publish(
+                    topics.status(self.node),
+                    self.identity.status("offline", outbox_backlog=len(self.outbox)),
+                    retain=True,
+                    timeout=3,
+                )
+        # A cancellation can be lost inside the MQTT layer on Python 3.11 (see cancel_and_wait):
+        # bound each step; the event loop's own shutdown cancels what is left once more.
+        for what, closing in (
+            ("reliable sender", lambda: self.sender.__aexit__(None, None, None)),
+            ("MQTT client", self.client.close),
+        ):
+            try:
+                async with asyncio.timeout(CLOSE_TIMEOUT_S):
+                    await closing()
+            except TimeoutError:
+                log.warning("%s did not stop within %s s", what, CLOSE_TIMEOUT_S)
+
+    # -- outgoing ---------------------------------------------------------------------------
+
+    async def _on_connect(self) -> None:
+        await self._publish_status()
+        if self.watcher.datasets:
+            await self._publish_samples(self.watcher.current or await self.watcher.refresh())
+        for report in list(self._unsent_final.values()):
+            await self._publish_progress(report)
+
+    async def _publish_status(self) -> None:
+        backlog = len(self.outbox)
+        status = self.identity.status("online", outbox_backlog=backlog, serving=self.serving)
+        if await self.client.publish(topics.status(self.node), status, retain=True):
+            self._published_backlog = backlog
+            self._published_serving = dict(self.serving)
+            self._last_status = time.monotonic()
+
+    async def _publish_samples(self, datasets: list[DatasetSamples]) -> None:
+        self._samples_seq += 1
+        report = SampleReport(
+            node=self.node, boot_id=self.identity.boot_id, seq=self._samples_seq, datasets=datasets
+        )
+        try:
+            await self.client.publish(topics.samples(self.node), report)
+        except NotConnected:
+            pass  # the connect hook reports current counts
+
+    async def _publish_progress(self, report: TaskProgress) -> None:
+        """Final reports missed by an outage are sent again at the next connection."""
+        final = report.state in ("Completed", "Failed")
+        if final:
+            self.serving.pop(report.task_id, None)
+            self.worker_stats.pop(report.task_id, None)
+        try:
+            delivered = await self.client.publish(
+                topics.progress(self.node, report.task_id), report
+            )
+        except NotConnected:
+            delivered = False
+        if delivered:
+            if self._unsent_final.get(report.task_id) is report:
+                del self._unsent_final[report.task_id]
+        elif final:
+            self._unsent_final[report.task_id] = report
+
+    async def _report_error(self, code: str, reason: str, about: str = "") -> None:
+        log.error("%s: %s", code, reason)
+        with contextlib.suppress(Exception):
+            await self.client.publish(
+                topics.node_topic(Kind.ERROR, self.node),
+                ErrorReport(node=self.node, code=code, reason=reason[:4096], about=about),
+            )
+
+    # -- incoming ---------------------------------------------------------------------------
+
+    async def _on_control(self, delivery: Delivery) -> None:
+        message = delivery.message
+        if isinstance(message, Task):
+            route = topics.parse(delivery.topic)
+            if route.task != message.task_id:
+                await self._report_error(
+                    "protocol",
+                    f"task id {message.task_id!r} does not match its topic",
+                    delivery.topic,
+                )
+                return
+        elif isinstance(message, DesiredState):
+            if message.node != self.node:
+                await self._report_error(
+                    "protocol",
+                    f"desired state for node {message.node!r} sent to {self.node!r}",
+                    delivery.topic,
+                )
+                return
+        else:
+            return
+        self._control.put_nowait(message)
+
+    async def _apply_control(self) -> None:
+        while True:
+            message = await self._control.get()
+            try:
+                if isinstance(message, DesiredState):
+                    await self._apply_desired(message)
+                elif isinstance(message, Task):
+                    await self._run_task(message, from_desired=False)
+            except Exception as exc:  # one bad message must not end the loop
+                log.exception("cannot apply %s", message.key)
+                await self._report_error(
+                    "apply_failed", f"{type(exc).__name__}: {exc}", message.key
+                )
+
+    async def _apply_desired(self, desired: DesiredState) -> None:
+        if desired.generation <= self.applied_generation:
+            log.debug("desired generation %d already applied", desired.generation)
+            return
+        wanted = {t.task_id for t in desired.tasks if t.action == "start"}
+        for task_id in sorted(self._desired_tasks - wanted):
+            await self.runner.stop(task_id, "no longer in the desired state")
+        for task in desired.tasks:
+            if task.action == "stop":
+                await self.runner.stop(task.task_id, "stopped by the desired state")
+                continue
+            await self._run_task(task, from_desired=True)
+        self._desired_tasks = wanted
+        self.applied_generation = desired.generation
+        log.info("applied desired generation %d (%d task(s))", desired.generation, len(wanted))
+
+    async def _run_task(self, task: Task, *, from_desired: bool) -> None:
+        """Get the task's models, then start it, or hot-swap the model of its running worker."""
+        if task.action == "stop":
+            await self.runner.handle(task)
+            return
+        self._note_hardex_folder(task)
+        try:
+            prepared = await self.deployer.prepare(task)
+        except (DownloadError, ValueError, OSError) as exc:
+            await self.runner.fail_before_start(task, f"model not available: {exc}")
+            return
+        run = self.runner.running.get(task.task_id)
+        if run is not None and run.task.attempt == task.attempt and prepared is not None:
+            if self._served_version(task.task_id) != prepared.version:
+                await self._swap(task, prepared)
+            return
+        if from_desired:
+            await self.runner.ensure_running(task)
+        else:
+            await self.runner.handle(task)
+
+    def _served_version(self, task_id: str) -> int | None:
+        if task_id in self.serving:
+            return self.serving[task_id]
+        run = self.runner.running.get(task_id)
+        version = run.task.env.get(contract.MODEL_VERSION, "") if run else ""
+        return int(version) if version.isdigit() else None
+
+    async def _swap(self, task: Task, prepared: PreparedModel) -> None:
+        """Hand the new version to the running worker; restart it when it has no channel."""
+        swap = wc.Swap(
+            path=str(prepared.path), version=str(prepared.version), sha256=prepared.sha256
+        )
+        if await self.channel.send(task.task_id, swap):
+            log.info("task %s: hot-swapping to model version %d", task.task_id, prepared.version)
+            self.runner.retarget(task)
+            return
+        log.info(
+            "task %s: no channel to its worker; restarting it with model version %d",
+            task.task_id,
+            prepared.version,
+        )
+        await self.runner.stop(task.task_id, f"restarting with model version {prepared.version}")
+        await self.runner.start(task)
+
+    # -- hard examples ----------------------------------------------------------------------
+
+    def _note_hardex_folder(self, task: Task) -> None:
+        folder = hardex_folder_of(task)
+        if folder is None or task.action != "start":
+            return
+        if self.intake.folders.get(folder.resolve()) == task.job:
+            return
+        self.intake.add_folder(folder, task.job)
+        known = self._load_hardex_folders()
+        known[task.job] = folder
+        path = self.state_dir / HARDEX_FOLDERS_NAME
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps({k: str(v) for k, v in known.items()}), encoding="utf-8")
+        os.replace(tmp, path)
+
+    def _load_hardex_folders(self) -> dict[str, Path]:
+        """Folders of earlier tasks: drained at start-up even before any task runs again."""
+        try:
+            raw = json.loads((self.state_dir / HARDEX_FOLDERS_NAME).read_text(encoding="utf-8"))
+            return {str(k): Path(v) for k, v in raw.items()}
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, AttributeError) as exc:
+            log.warning("ignoring unreadable %s: %s", HARDEX_FOLDERS_NAME, exc)
+            return {}
+
+    async def _scan_hardex(self) -> None:
+        while True:
+            try:
+                await self.intake.scan()
+            except Exception:
+                log.exception("hard-example scan failed")
+            await asyncio.sleep(self.config.hardex_scan_s)
+
+    async def _refresh_status(self) -> None:
+        """Republish the status when the outbox backlog or the served models changed (at most
+        every 2 s)."""
+        while True:
+            await asyncio.sleep(0.5)
+            changed = (
+                len(self.outbox) != self._published_backlog
+                or self.serving != self._published_serving
+            )
+            if (
+                changed
+                and self.client.connected
+                and time.monotonic() - self._last_status >= STATUS_MIN_INTERVAL_S
+            ):
+                with contextlib.suppress(NotConnected):
+                    await self._publish_status()
+
+    # -- local channel ----------------------------------------------------------------------
+
+    def _channel_url_for(self, task_id: str) -> str | None:
+        return self.channel.url_for(task_id) if self.channel.port else None
+
+    async def _on_worker_progress(self, task_id: str, message: wc.Progress) -> None:
+        await self.runner.report_progress(task_id, message.fraction, message.message)
+
+    async def _on_worker_result(self, task_id: str, message: wc.Result) -> None:
+        self.runner.note_result(task_id, message.result)
+
+    async def _on_worker_stats(self, task_id: str, message: wc.Stats) -> None:
+        self.worker_stats[task_id] = message
+        self._note_serving(task_id, message.model_version)
+
+    async def _on_worker_hardex(self, task_id: str, message: wc.HardExample) -> None:
+        path = Path(message.sidecar_path)
+        run = self.runner.running.get(task_id)
+        if not path.is_absolute() and run is not None and run.task.worker is not None:
+            path = Path(run.task.worker.script_dir).expanduser() / path  # the worker's cwd
+        await self.intake.take_file(path)
+
+    async def _on_worker_swapped(self, task_id: str, message: wc.Swapped) -> None:
+        if message.ok:
+            log.info("task %s now serves model %s", task_id, message.version)
+            self._note_serving(task_id, message.version)
+        else:
+            await self._report_error(
+                "swap_failed", message.error or "the worker refused the model", task_id
+            )
+
+    def _note_serving(self, task_id: str, version: str | None) -> None:
+        if version is not None and version.isdigit() and task_id in self.runner.running:
+            self.serving[task_id] = int(version)
+
+
+async def run_agent(config: AgentConfig, stop: asyncio.Event) -> None:
+    """Run until ``stop`` is set (SIGTERM in the command), then shut down cleanly."""
+    async with Agent(config):
+        await stop.wait()

@@ -1,0 +1,92 @@
+"""Puts the model versions a task needs where its worker reads them.
+
+For each :class:`~protocol.messages.ModelRef` of a task, every artifact is downloaded and verified
+(:mod:`edge_agent.downloads`), then linked under ``<state>/models/<namespace>/<job>/v<version>/``
+(every version stays there: a rollback needs no download). The file a worker serves — the LiteRT
+file if the version has one, else its first artifact, as the cloud chooses it — is also copied
+to the task's ``MODEL_URL`` when it sets one, atomically, so that a worker (re)started later
+loads the same version it would be hot-swapped to.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+
+from edge_agent.downloads import ArtifactDownloader
+from protocol import worker_contract as contract
+from protocol.messages import ArtifactRef, ModelRef, Task
+
+
+@dataclass(frozen=True)
+class PreparedModel:
+    """The version a task's worker should serve and its local file."""
+
+    job: str
+    version: int
+    path: Path
+    sha256: str
+
+
+def serving_artifact(model: ModelRef) -> ArtifactRef:
+    for artifact in model.artifacts:
+        if artifact.name == contract.TFLITE_ARTIFACT:
+            return artifact
+    return model.artifacts[0]
+
+
+def _safe_name(name: str) -> str:
+    if Path(name).name != name or name in ("", ".", ".."):
+        raise ValueError(f"artifact name {name!r} must be a plain file name")
+    return name
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    """Place ``source`` at ``target`` atomically (a hard link when possible, else a copy)."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.with_name(f".{target.name}.tmp")
+    tmp.unlink(missing_ok=True)
+    try:
+        os.link(source, tmp)
+    except OSError:
+        shutil.copyfile(source, tmp)
+    os.replace(tmp, target)
+
+
+class ModelDeployer:
+    def __init__(self, downloader: ArtifactDownloader, versions_dir: Path) -> None:
+        self.downloader = downloader
+        self.versions_dir = Path(versions_dir)
+
+    def version_dir(self, model: ModelRef) -> Path:
+        return self.versions_dir.joinpath(*model.job.split("/"), f"v{model.version}")
+
+    async def prepare(self, task: Task) -> PreparedModel | None:
+        """Download and place the task's models; the one to serve, or None without models.
+
+        Raises :class:`edge_agent.downloads.DownloadError` or ``ValueError`` when a model
+        cannot be had.
+        """
+        if not task.models:
+            return None
+        for model in task.models:
+            directory = self.version_dir(model)
+            for artifact in model.artifacts:
+                local = await self.downloader.fetch(artifact)
+                target = directory / _safe_name(artifact.name)
+                if not target.exists():
+                    _link_or_copy(local, target)
+        serving = next((m for m in task.models if m.job == task.job), task.models[0])
+        chosen = serving_artifact(serving)
+        path = self.version_dir(serving) / chosen.name
+        model_url = task.env.get(contract.MODEL_URL)
+        if model_url and task.role == "inference":
+            destination = Path(model_url).expanduser()
+            if not destination.is_absolute() and task.worker is not None:
+                destination = Path(task.worker.script_dir).expanduser() / destination
+            if destination.is_dir():
+                destination = destination / chosen.name
+            _link_or_copy(path, destination)
+        return PreparedModel(serving.job, serving.version, path, chosen.sha256)

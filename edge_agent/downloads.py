@@ -1,0 +1,220 @@
+"""Model downloads: artifacts pulled from the cloud in chunks, verified, kept by content.
+
+The node asks for chunk ``i`` of the artifact with sha256 ``X`` (``ChunkRequest`` on
+``artifact/request``) and the cloud answers with it (``Chunk`` on ``artifact/chunk``). A few
+requests are outstanding at a time (the window), each retried when its answer does not come.
+Chunks are written in place into ``<sha256>.part`` and the indexes received so far are kept in
+``<sha256>.have``, so a download cut by an outage or a restart resumes where it stopped. Nothing
+uses the file before its size and sha256 match the :class:`~protocol.messages.ArtifactRef`; then
+it is renamed to ``<sha256>`` and, being content-addressed, never fetched again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from edgeloop.mqtt import Delivery, MqttClient, NotConnected
+from protocol import topics
+from protocol.messages import MAX_CHUNK_BYTES, ArtifactRef, Chunk, ChunkRequest
+from protocol.topics import Kind
+
+log = logging.getLogger(__name__)
+
+
+class DownloadError(RuntimeError):
+    """The artifact could not be fetched or did not verify; the message says which and why."""
+
+
+@dataclass
+class DownloadStats:
+    requested: int = 0
+    received: int = 0
+    retried: int = 0
+    completed: int = 0
+    bytes: int = 0
+
+
+def chunk_count(size: int, chunk_size: int = MAX_CHUNK_BYTES) -> int:
+    return max(1, math.ceil(size / chunk_size))
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class ArtifactDownloader:
+    """Fetches artifacts into ``store_dir``; one download per sha256 however many ask for it."""
+
+    def __init__(
+        self,
+        client: MqttClient,
+        node: str,
+        store_dir: Path,
+        *,
+        window: int = 4,
+        chunk_timeout: float = 10.0,
+        attempts: int = 6,
+        chunk_size: int = MAX_CHUNK_BYTES,
+    ) -> None:
+        self.client = client
+        self.node = node
+        self.store_dir = Path(store_dir)
+        self.store_dir.mkdir(parents=True, exist_ok=True)
+        self.window = window
+        self.chunk_timeout = chunk_timeout
+        self.attempts = attempts
+        self.chunk_size = chunk_size
+        self.stats = DownloadStats()
+        self._waiting: dict[tuple[str, int], asyncio.Future[Chunk]] = {}
+        self._downloads: dict[str, asyncio.Task[Path]] = {}
+        client.subscribe(topics.node_topic(Kind.ARTIFACT_CHUNK, node), self._on_chunk)
+
+    def path_of(self, artifact: ArtifactRef) -> Path:
+        return self.store_dir / artifact.sha256
+
+    def have(self, artifact: ArtifactRef) -> bool:
+        return self.path_of(artifact).is_file()
+
+    async def fetch(self, artifact: ArtifactRef) -> Path:
+        """The verified local file of ``artifact``, downloading what is missing."""
+        if self.have(artifact):
+            return self.path_of(artifact)
+        running = self._downloads.get(artifact.sha256)
+        if running is None or running.done():
+            running = asyncio.create_task(
+                self._download(artifact), name=f"download:{artifact.name}"
+            )
+            self._downloads[artifact.sha256] = running
+        return await asyncio.shield(running)
+
+    # -- receiving ------------------------------------------------------------------------
+
+    async def _on_chunk(self, delivery: Delivery) -> None:
+        chunk = delivery.message
+        if not isinstance(chunk, Chunk):
+            return
+        future = self._waiting.get((chunk.sha256, chunk.index))
+        if future is not None and not future.done():
+            future.set_result(chunk)
+
+    # -- downloading ----------------------------------------------------------------------
+
+    async def _download(self, artifact: ArtifactRef) -> Path:
+        sha = artifact.sha256
+        part = self.store_dir / f"{sha}.part"
+        have_path = self.store_dir / f"{sha}.have"
+        total = chunk_count(artifact.size, self.chunk_size)
+        have = self._load_have(have_path, total)
+        if not part.exists():
+            have = set()
+        missing = [i for i in range(total) if i not in have]
+        log.info(
+            "downloading %s (%s, %d bytes): %d of %d chunks to fetch",
+            artifact.name,
+            sha[:12],
+            artifact.size,
+            len(missing),
+            total,
+        )
+        fd = os.open(part, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            os.ftruncate(fd, artifact.size)
+            queue: asyncio.Queue[int] = asyncio.Queue()
+            for index in missing:
+                queue.put_nowait(index)
+
+            async def worker() -> None:
+                while not queue.empty():
+                    index = queue.get_nowait()
+                    chunk = await self._fetch_chunk(artifact, index, total)
+                    os.pwrite(fd, chunk.data, index * self.chunk_size)
+                    have.add(index)
+                    self._save_have(have_path, have)
+
+            workers = [asyncio.create_task(worker()) for _ in range(min(self.window, len(missing)))]
+            try:
+                await asyncio.gather(*workers)
+            finally:
+                for task in workers:
+                    task.cancel()
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+        actual = await asyncio.to_thread(file_sha256, part)
+        if actual != sha:
+            part.unlink(missing_ok=True)
+            have_path.unlink(missing_ok=True)
+            raise DownloadError(
+                f"{artifact.name}: downloaded file has sha256 {actual}, expected {sha}; discarded"
+            )
+        final = self.path_of(artifact)
+        os.replace(part, final)
+        have_path.unlink(missing_ok=True)
+        self.stats.completed += 1
+        log.info("downloaded %s (%s)", artifact.name, sha[:12])
+        return final
+
+    async def _fetch_chunk(self, artifact: ArtifactRef, index: int, total: int) -> Chunk:
+        expected = min(self.chunk_size, artifact.size - index * self.chunk_size)
+        request = ChunkRequest(
+            node=self.node, sha256=artifact.sha256, index=index, chunk_size=self.chunk_size
+        )
+        key = (artifact.sha256, index)
+        last_problem = "no answer"
+        for attempt in range(self.attempts):
+            if attempt:
+                self.stats.retried += 1
+            future: asyncio.Future[Chunk] = asyncio.get_running_loop().create_future()
+            self._waiting[key] = future
+            try:
+                await self.client.wait_connected(self.chunk_timeout)
+                await self.client.publish(
+                    topics.node_topic(Kind.ARTIFACT_REQUEST, self.node), request
+                )
+                self.stats.requested += 1
+                async with asyncio.timeout(self.chunk_timeout):
+                    chunk = await future
+            except (TimeoutError, NotConnected) as exc:
+                last_problem = str(exc) or "no answer in time"
+                continue
+            finally:
+                self._waiting.pop(key, None)
+            if chunk.error:
+                raise DownloadError(f"{artifact.name}: the cloud cannot serve it: {chunk.error}")
+            if chunk.total != total or chunk.size != artifact.size or len(chunk.data) != expected:
+                last_problem = (
+                    f"chunk {index} does not fit the artifact (total {chunk.total}/{total}, size "
+                    f"{chunk.size}/{artifact.size}, {len(chunk.data)}/{expected} bytes)"
+                )
+                continue
+            self.stats.received += 1
+            self.stats.bytes += len(chunk.data)
+            return chunk
+        raise DownloadError(
+            f"{artifact.name}: chunk {index} of {total} not received after {self.attempts} "
+            f"attempts ({last_problem}); the download resumes from here next time"
+        )
+
+    @staticmethod
+    def _load_have(path: Path, total: int) -> set[int]:
+        with contextlib.suppress(OSError, ValueError, TypeError):
+            return {int(i) for i in json.loads(path.read_text()) if 0 <= int(i) < total}
+        return set()
+
+    @staticmethod
+    def _save_have(path: Path, have: set[int]) -> None:
+        tmp = path.with_name(f".{path.name}.tmp")
+        tmp.write_text(json.dumps(sorted(have)))
+        os.replace(tmp, path)

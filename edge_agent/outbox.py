@@ -1,0 +1,161 @@
+"""The node's durable outbox: encoded messages kept on disk until the cloud acknowledges them.
+
+It is the :class:`edgeloop.reliable.OutboxStore` behind the hard-example sender. One file per
+message, written through a temporary name, ``fsync``-ed and renamed, so a message the outbox has
+accepted survives a crash of the agent, of the broker or of the machine. Files are named
+``<sequence>-<hash of key>.msg`` so that a directory listing gives the sending order back after a
+restart; each starts with a one-line JSON header (key and topic) followed by the raw payload, so
+that loading a long backlog reads headers only.
+
+A byte quota bounds the disk the outbox may take: beyond it :meth:`DiskOutbox.put` raises
+:class:`OutboxFull` and the caller keeps the data where it was (hard examples stay in their
+folder) until acknowledgements free space.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from collections import OrderedDict
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+log = logging.getLogger(__name__)
+
+SUFFIX = ".msg"
+CORRUPT_DIR = "corrupt"
+
+
+class OutboxFull(RuntimeError):
+    """Accepting the message would take the outbox over its quota; nothing was stored."""
+
+
+@dataclass(frozen=True)
+class _Entry:
+    path: Path
+    topic: str
+    size: int
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class DiskOutbox:
+    """A directory of messages waiting for acknowledgement, in the order they were put."""
+
+    def __init__(self, root: Path | str, quota_bytes: int = 1024 * 2**20) -> None:
+        if quota_bytes <= 0:
+            raise ValueError(f"outbox quota must be > 0 bytes, got {quota_bytes}")
+        self.root = Path(root)
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.quota_bytes = quota_bytes
+        self._index: OrderedDict[str, _Entry] = OrderedDict()
+        self._used = 0
+        self._next_seq = 0
+        self._load()
+
+    # -- OutboxStore protocol ---------------------------------------------------------------
+
+    def put(self, key: str, topic: str, payload: bytes) -> None:
+        """Store durably; replaces a message already held under ``key`` (same position)."""
+        header = json.dumps({"key": key, "topic": topic}).encode() + b"\n"
+        size = len(header) + len(payload)
+        old = self._index.get(key)
+        freed = old.size if old else 0
+        if self._used - freed + size > self.quota_bytes:
+            raise OutboxFull(
+                f"outbox {self.root} holds {self._used} bytes; {size} more would exceed its "
+                f"quota of {self.quota_bytes} bytes"
+            )
+        path = old.path if old else self.root / self._file_name(key)
+        tmp = path.with_name(f".{path.name}.tmp")
+        with open(tmp, "wb") as f:
+            f.write(header)
+            f.write(payload)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(self.root)
+        self._index[key] = _Entry(path, topic, size)
+        self._used += size - freed
+
+    def remove(self, key: str) -> bool:
+        entry = self._index.pop(key, None)
+        if entry is None:
+            return False
+        entry.path.unlink(missing_ok=True)
+        self._used -= entry.size
+        return True
+
+    def items(self) -> Iterator[tuple[str, str, bytes]]:
+        """Yield ``(key, topic, payload)`` oldest first, reading each payload only when reached."""
+        for key, entry in list(self._index.items()):
+            payload = self._read_payload(entry.path)
+            if payload is None or key not in self._index:
+                continue
+            yield key, entry.topic, payload
+
+    def __len__(self) -> int:
+        return len(self._index)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._index
+
+    # -- quota ------------------------------------------------------------------------------
+
+    @property
+    def used_bytes(self) -> int:
+        return self._used
+
+    def has_room_for(self, size: int) -> bool:
+        return self._used + size <= self.quota_bytes
+
+    # -- files ------------------------------------------------------------------------------
+
+    def _file_name(self, key: str) -> str:
+        seq = self._next_seq
+        self._next_seq += 1
+        return f"{seq:012d}-{hashlib.sha256(key.encode()).hexdigest()[:24]}{SUFFIX}"
+
+    @staticmethod
+    def _read_payload(path: Path) -> bytes | None:
+        try:
+            with open(path, "rb") as f:
+                f.readline()
+                return f.read()
+        except FileNotFoundError:
+            return None
+
+    def _load(self) -> None:
+        """Index what a previous run left; set aside (never delete) files that do not parse."""
+        for tmp in self.root.glob(f".*{SUFFIX}.tmp"):
+            tmp.unlink(missing_ok=True)  # an interrupted put: that message was never accepted
+        for path in sorted(self.root.glob(f"*{SUFFIX}")):
+            try:
+                seq = int(path.name.split("-", 1)[0])
+                with open(path, "rb") as f:
+                    header = json.loads(f.readline())
+                key, topic = str(header["key"]), str(header["topic"])
+                size = path.stat().st_size
+            except (OSError, ValueError, KeyError, TypeError) as exc:
+                self._set_aside(path, exc)
+                continue
+            self._index[key] = _Entry(path, topic, size)
+            self._used += size
+            self._next_seq = max(self._next_seq, seq + 1)
+        if self._index:
+            log.info("outbox %s: %d message(s) left to send", self.root, len(self._index))
+
+    def _set_aside(self, path: Path, exc: Exception) -> None:
+        target = self.root / CORRUPT_DIR
+        target.mkdir(exist_ok=True)
+        log.error("outbox file %s is unreadable (%s); moved to %s", path.name, exc, target)
+        os.replace(path, target / path.name)

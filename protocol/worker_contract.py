@@ -1,0 +1,255 @@
+"""The contract between the edge agent and a worker process it launches.
+
+The agent runs ``python {scriptDir}/{scriptBootFile}`` with a set of environment variables and
+nothing else; this module names them once, so the agent that writes them and the worker (or a
+user's own script, through :mod:`workers.sdk`) that reads them cannot drift apart. No I/O here.
+
+Three groups of variables (documented for users in docs/workers.md):
+
+1. Every manifest ``workerSpec.parameters`` entry, with its key as the variable name, exactly as
+   Sedna passes them (``batch_size``, ``input_shape``, ``HE_SAVED_URL``, ...), including keys
+   this module does not know.
+2. Locations injected under Sedna's names, so existing scripts keep working:
+   ``BASE_MODEL_URL``, ``TRAIN_DATASET_URL``, ``TEST_DATASET_URL``, ``MODEL_URL``,
+   ``MODEL_URLS``, ``HEM_NAME``, ``HEM_PARAMETERS``.
+3. edgeloop's own: ``EDGELOOP_TASK_ID``, ``EDGELOOP_RESULT``, ``EDGELOOP_CHANNEL``,
+   ``EDGELOOP_MODEL_VERSION``, ``EDGELOOP_REPLAY_INDEX``.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+Role = Literal["train", "eval", "inference"]
+
+# --- injected locations (Sedna's names) --------------------------------------------------------
+
+BASE_MODEL_URL = "BASE_MODEL_URL"  # train: model to start from (absent: from scratch)
+TRAIN_DATASET_URL = "TRAIN_DATASET_URL"  # train: index (data.txt) of the new samples
+TEST_DATASET_URL = "TEST_DATASET_URL"  # eval: index of the held-out samples
+MODEL_URL = "MODEL_URL"  # train: output dir of this round; inference: model file to serve
+MODEL_URLS = "MODEL_URLS"  # eval: ';'-separated model files, the first is the candidate
+HEM_NAME = "HEM_NAME"  # inference: hard-example mining rule (IBT, CrossEntropy, ...)
+HEM_PARAMETERS = "HEM_PARAMETERS"  # inference: JSON object of string parameters for the rule
+
+# --- edgeloop's own ----------------------------------------------------------------------------
+
+TASK_ID = "EDGELOOP_TASK_ID"
+RESULT = "EDGELOOP_RESULT"  # file the worker writes its JSON result to
+CHANNEL = "EDGELOOP_CHANNEL"  # ws://127.0.0.1:PORT/... ; absent when run by hand
+MODEL_VERSION = "EDGELOOP_MODEL_VERSION"  # version of the model in MODEL_URL (inference)
+REPLAY_INDEX = "EDGELOOP_REPLAY_INDEX"  # train: index of earlier training data for replay
+
+LOCATION_VARIABLES = (
+    BASE_MODEL_URL,
+    TRAIN_DATASET_URL,
+    TEST_DATASET_URL,
+    MODEL_URL,
+    MODEL_URLS,
+    HEM_NAME,
+    HEM_PARAMETERS,
+    TASK_ID,
+    RESULT,
+    CHANNEL,
+    MODEL_VERSION,
+    REPLAY_INDEX,
+)
+
+#: Separator of MODEL_URLS.
+MODEL_URLS_SEPARATOR = ";"
+
+#: Boot file of each role in the bundled scripts (``workers/``).
+BOOT_FILES: dict[str, str] = {"train": "train.py", "eval": "eval.py", "inference": "inference.py"}
+
+#: Names of the artifacts train.py leaves in MODEL_URL.
+KERAS_ARTIFACT = "model.keras"
+TFLITE_ARTIFACT = "model.tflite"
+
+#: Exit codes of a boot file: 0 done, 2 bad parameters or input (do not retry), 1 anything else.
+EXIT_OK = 0
+EXIT_FAILED = 1
+EXIT_BAD_INPUT = 2
+
+
+# --- parameters --------------------------------------------------------------------------------
+
+
+class ParameterInfo(BaseModel):
+    """What a known parameter means; drives ``--help`` of the boot files."""
+
+    model_config = ConfigDict(frozen=True)
+
+    name: str
+    default: str | None
+    help: str
+    roles: tuple[Role, ...]
+
+
+_ALL: tuple[Role, ...] = ("train", "eval", "inference")
+
+#: The parameters the bundled scripts understand, in ``--help`` order. Defaults are strings,
+#: as they would appear in a manifest.
+PARAMETERS: tuple[ParameterInfo, ...] = (
+    ParameterInfo(name="input_shape", default="352,640", help="model input height,width", roles=_ALL),
+    ParameterInfo(
+        name="class_names",
+        default="person,helmet,helmet-on,helmet-off",
+        help="comma-separated class names; box class i is the i-th name",
+        roles=_ALL,
+    ),
+    ParameterInfo(name="obj_threshold", default="0.3", help="minimum box score", roles=_ALL),
+    ParameterInfo(name="nms_threshold", default="0.4", help="IoU above which NMS drops a box", roles=_ALL),
+    ParameterInfo(name="batch_size", default="16", help="images per training step", roles=("train",)),
+    ParameterInfo(name="epochs", default="12", help="passes over new + replay samples", roles=("train",)),
+    ParameterInfo(
+        name="learning_rate",
+        default=None,
+        help="peak learning rate (default 3e-3 from scratch, 1e-3 from a base model)",
+        roles=("train",),
+    ),
+    ParameterInfo(
+        name="replay_ratio",
+        default="1.0",
+        help="replay samples per new sample, drawn from EDGELOOP_REPLAY_INDEX",
+        roles=("train",),
+    ),
+    ParameterInfo(name="replay_max", default="2000", help="cap on replay samples", roles=("train",)),
+    ParameterInfo(
+        name="export_precision",
+        default="fp32",
+        help="LiteRT precision of model.tflite: fp32, fp16, dynamic-int8 or int8",
+        roles=("train",),
+    ),
+    ParameterInfo(name="seed", default="0", help="random seed of shuffling and replay", roles=("train",)),
+    ParameterInfo(
+        name="video_url",
+        default=None,
+        help="OpenCV source: rtsp://..., a file, or a camera index",
+        roles=("inference",),
+    ),
+    ParameterInfo(name="loop", default="0", help="1: restart a file source at its end", roles=("inference",)),
+    ParameterInfo(
+        name="HE_SAVED_URL", default=None, help="folder for hard examples", roles=("inference",)
+    ),
+    ParameterInfo(
+        name="he_quota_mb", default="1024", help="size cap of HE_SAVED_URL in MiB", roles=("inference",)
+    ),
+    ParameterInfo(
+        name="he_dedup_distance",
+        default="4",
+        help="hard examples within this perceptual-hash distance of a recent one are skipped",
+        roles=("inference",),
+    ),
+    ParameterInfo(
+        name="max_frames", default="0", help="stop after this many frames (0: never)", roles=("inference",)
+    ),
+    ParameterInfo(
+        name="threads", default="0", help="CPU threads for the model (0: all cores)", roles=_ALL
+    ),
+)
+
+#: ``MODEL_URL`` etc. are also accepted as ``--MODEL_URL`` flags when a script runs by hand.
+FLAG_VARIABLES = tuple(v for v in LOCATION_VARIABLES if v != CHANNEL)
+
+
+def parameters_for(role: Role) -> tuple[ParameterInfo, ...]:
+    return tuple(p for p in PARAMETERS if role in p.roles)
+
+
+class WorkerEnvironment(BaseModel):
+    """Everything the agent passes to one worker, and its mapping to environment variables.
+
+    ``parameters`` holds the manifest parameters verbatim (strings); typed reading is the
+    worker's job (:func:`workers.sdk.parameters`), so that an unknown key never fails here.
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    task_id: str = ""
+    result_path: str = ""
+    channel: str | None = None
+    model_version: str | None = None
+    base_model_url: str | None = None
+    train_dataset_url: str | None = None
+    test_dataset_url: str | None = None
+    model_url: str | None = None
+    model_urls: tuple[str, ...] = ()
+    hem_name: str | None = None
+    hem_parameters: dict[str, str] = Field(default_factory=dict)
+    replay_index: str | None = None
+    parameters: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("channel")
+    @classmethod
+    def _local_websocket(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("ws://", "wss://")):
+            raise ValueError(f"{CHANNEL} must be a ws:// URL, got {value!r}")
+        return value
+
+    @field_validator("parameters")
+    @classmethod
+    def _no_clash(cls, value: dict[str, str]) -> dict[str, str]:
+        clash = sorted(set(value) & set(LOCATION_VARIABLES))
+        if clash:
+            raise ValueError(f"parameters may not set injected variables: {', '.join(clash)}")
+        return value
+
+    def to_env(self) -> dict[str, str]:
+        """The environment variables to add to the worker's environment."""
+        env = dict(self.parameters)
+        pairs = {
+            TASK_ID: self.task_id,
+            RESULT: self.result_path,
+            CHANNEL: self.channel,
+            MODEL_VERSION: self.model_version,
+            BASE_MODEL_URL: self.base_model_url,
+            TRAIN_DATASET_URL: self.train_dataset_url,
+            TEST_DATASET_URL: self.test_dataset_url,
+            MODEL_URL: self.model_url,
+            MODEL_URLS: MODEL_URLS_SEPARATOR.join(self.model_urls) or None,
+            HEM_NAME: self.hem_name,
+            HEM_PARAMETERS: json.dumps(self.hem_parameters) if self.hem_parameters else None,
+            REPLAY_INDEX: self.replay_index,
+        }
+        env.update({k: v for k, v in pairs.items() if v})
+        return env
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str]) -> WorkerEnvironment:
+        """Read the contract back from an environment.
+
+        ``parameters`` gets the known parameter names present in ``env``: extra manifest keys
+        cannot be told apart from the process's ordinary environment, so a script reads its own
+        extra keys directly (``os.environ`` or :func:`workers.sdk.parameters`).
+        """
+        try:
+            hem = json.loads(env[HEM_PARAMETERS]) if env.get(HEM_PARAMETERS) else {}
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{HEM_PARAMETERS} is not valid JSON: {exc}") from exc
+        if not isinstance(hem, dict):
+            raise ValueError(f"{HEM_PARAMETERS} must be a JSON object of strings")
+        urls = env.get(MODEL_URLS, "")
+        try:
+            return cls(
+                task_id=env.get(TASK_ID, ""),
+                result_path=env.get(RESULT, ""),
+                channel=env.get(CHANNEL) or None,
+                model_version=env.get(MODEL_VERSION) or None,
+                base_model_url=env.get(BASE_MODEL_URL) or None,
+                train_dataset_url=env.get(TRAIN_DATASET_URL) or None,
+                test_dataset_url=env.get(TEST_DATASET_URL) or None,
+                model_url=env.get(MODEL_URL) or None,
+                model_urls=tuple(u.strip() for u in urls.split(MODEL_URLS_SEPARATOR) if u.strip()),
+                hem_name=env.get(HEM_NAME) or None,
+                hem_parameters={str(k): str(v) for k, v in hem.items()},
+                replay_index=env.get(REPLAY_INDEX) or None,
+                parameters={p.name: env[p.name] for p in PARAMETERS if p.name in env},
+            )
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(str(x) for x in first["loc"])
+            raise ValueError(f"worker environment: {where}: {first['msg']}") from exc
