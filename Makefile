@@ -19,6 +19,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 test: system-deps $(STAMP)
+	@./.ci/system-deps chromium
 	$(PY) -m pytest
 
 demo: $(STAMP)

@@ -32,6 +32,7 @@ MAX_MESSAGE_BYTES = 4 * 2**20
 class ChannelHandlers:
     """What the agent does with each kind of worker message; all optional."""
 
+    hello: Callable[[str, wc.Hello], Awaitable[None]] | None = None
     progress: Callable[[str, wc.Progress], Awaitable[None]] | None = None
     result: Callable[[str, wc.Result], Awaitable[None]] | None = None
     stats: Callable[[str, wc.Stats], Awaitable[None]] | None = None
@@ -82,6 +83,9 @@ class WorkerChannel:
 
     def connected(self, task_id: str) -> bool:
         return task_id in self._peers
+
+    def connected_tasks(self) -> list[str]:
+        return list(self._peers)
 
     def hello(self, task_id: str) -> wc.Hello | None:
         peer = self._peers.get(task_id)
@@ -143,7 +147,6 @@ class WorkerChannel:
             if message.task_id and message.task_id != peer.task_id:
                 log.warning("worker of task %s says it is task %s", peer.task_id, message.task_id)
             peer.hello = message
-            return
         handler = getattr(self.handlers, message.type, None)
         if handler is None:
             return

@@ -38,6 +38,9 @@ def register(app: typer.Typer) -> None:
             "--hardex-dir",
             help="Drain a hard-example folder: namespace/job=/path (repeatable).",
         ),
+        live_view_port: int | None = typer.Option(
+            None, "--live-view-port", help="Port of the live-view page (0: any free port)."
+        ),
     ) -> None:
         """Run the edge agent until SIGTERM or Ctrl-C."""
         import asyncio
@@ -60,6 +63,7 @@ def register(app: typer.Typer) -> None:
                     "password": os.environ.get(PASSWORD_ENV),
                     "datasets": parse_mapping(dataset, "--dataset"),
                     "hardex_dirs": parse_mapping(hardex_dir, "--hardex-dir"),
+                    "live_view_port": live_view_port,
                 },
             )
         except ConfigError as exc:

@@ -14,6 +14,7 @@ line)::
     hardex_dirs:                    # HE_SAVED_URL folders to drain, per job
       default/helmet-job: /var/lib/edgeloop/hardex
     outbox_quota_mb: 1024
+    live_view_port: 8080            # the live-view page; null turns it off
 """
 
 from __future__ import annotations
@@ -58,6 +59,12 @@ class AgentConfig(BaseModel):
     keepalive: int = Field(default=15, ge=2)
     #: Longest wait between reconnection attempts (they back off exponentially up to it)
     reconnect_max_s: float = Field(default=5.0, gt=0)
+    #: Port of the live-view page (0: any free port; null: no live view)
+    live_view_port: int | None = Field(default=8080, ge=0, le=65535)
+    #: Address the live-view page listens on (0.0.0.0 to reach it from other machines)
+    live_view_host: str = "127.0.0.1"
+    #: Frames per second sent to the live view, per inference worker
+    live_view_max_fps: float = Field(default=5.0, gt=0, le=30)
 
     @property
     def outbox_quota_bytes(self) -> int:

@@ -28,6 +28,7 @@ from edge_agent.deployment import ModelDeployer, PreparedModel
 from edge_agent.downloads import ArtifactDownloader, DownloadError
 from edge_agent.hardex_intake import HardExampleIntake
 from edge_agent.identity import NodeIdentity
+from edge_agent.live_view import LiveView
 from edge_agent.outbox import DiskOutbox
 from edge_agent.runner import WorkerRunner
 from edge_agent.watcher import DatasetWatcher
@@ -133,13 +134,25 @@ class Agent:
         )
         self.channel = WorkerChannel(
             ChannelHandlers(
+                hello=self._on_worker_hello,
                 progress=self._on_worker_progress,
                 result=self._on_worker_result,
                 stats=self._on_worker_stats,
                 hardex=self._on_worker_hardex,
                 swapped=self._on_worker_swapped,
+                frame=self._on_worker_frame,
             )
         )
+        self.live_view: LiveView | None = None
+        if config.live_view_port is not None:
+            self.live_view = LiveView(
+                self.channel,
+                node=self.node,
+                backlog=lambda: len(self.outbox),
+                host=config.live_view_host,
+                port=config.live_view_port,
+                max_fps=config.live_view_max_fps,
+            )
         self.downloader = ArtifactDownloader(self.client, self.node, self.state_dir / "artifacts")
         self.deployer = ModelDeployer(self.downloader, self.state_dir / "models")
         self.serving: dict[str, int] = {}  # task id -> model version its worker serves
@@ -164,6 +177,7 @@ class Agent:
         for report in self.runner.recover():
             self._unsent_final[report.task_id] = report  # published once connected
         await self.channel.__aenter__()
+        await self._start_live_view()
         await self.intake.scan()  # what was saved while the agent was down, before anything new
         await self.client.__aenter__()
         await self.sender.__aenter__()
@@ -187,6 +201,8 @@ class Agent:
         self._background.clear()
         await self.runner.stop_all("stopped: the agent is shutting down")
         log.debug("workers stopped")
+        if self.live_view is not None:
+            await self.live_view.__aexit__(None, None, None)
         await self.channel.__aexit__(None, None, None)
         if self.client.connected:
             with contextlib.suppress(Exception):
@@ -207,6 +223,21 @@ class Agent:
                     await closing()
             except TimeoutError:
                 log.warning("%s did not stop within %s s", what, CLOSE_TIMEOUT_S)
+
+    async def _start_live_view(self) -> None:
+        """The page is an aid: a port already taken costs the page, not the node."""
+        if self.live_view is None:
+            return
+        try:
+            await self.live_view.__aenter__()
+        except OSError as exc:
+            log.error(
+                "live view off: cannot listen on %s:%s: %s",
+                self.config.live_view_host,
+                self.config.live_view_port,
+                exc,
+            )
+            self.live_view = None
 
     # -- outgoing ---------------------------------------------------------------------------
 
@@ -241,6 +272,8 @@ class Agent:
         if final:
             self.serving.pop(report.task_id, None)
             self.worker_stats.pop(report.task_id, None)
+            if self.live_view is not None:
+                self.live_view.forget(report.task_id)
         try:
             delivered = await self.client.publish(
                 topics.progress(self.node, report.task_id), report
@@ -418,6 +451,14 @@ class Agent:
     def _channel_url_for(self, task_id: str) -> str | None:
         return self.channel.url_for(task_id) if self.channel.port else None
 
+    async def _on_worker_hello(self, task_id: str, message: wc.Hello) -> None:
+        if self.live_view is not None:
+            await self.live_view.on_worker_hello(task_id, message)
+
+    async def _on_worker_frame(self, task_id: str, message: wc.Frame) -> None:
+        if self.live_view is not None:
+            await self.live_view.on_frame(task_id, message)
+
     async def _on_worker_progress(self, task_id: str, message: wc.Progress) -> None:
         await self.runner.report_progress(task_id, message.fraction, message.message)
 
@@ -427,6 +468,8 @@ class Agent:
     async def _on_worker_stats(self, task_id: str, message: wc.Stats) -> None:
         self.worker_stats[task_id] = message
         self._note_serving(task_id, message.model_version)
+        if self.live_view is not None:
+            await self.live_view.on_stats(task_id, message)
 
     async def _on_worker_hardex(self, task_id: str, message: wc.HardExample) -> None:
         path = Path(message.sidecar_path)
@@ -436,6 +479,8 @@ class Agent:
         await self.intake.take_file(path)
 
     async def _on_worker_swapped(self, task_id: str, message: wc.Swapped) -> None:
+        if self.live_view is not None:
+            await self.live_view.on_swapped(task_id, message)
         if message.ok:
             log.info("task %s now serves model %s", task_id, message.version)
             self._note_serving(task_id, message.version)

@@ -28,6 +28,7 @@ def agent_config(url: str, state: Path, **overrides) -> AgentConfig:
         "reconnect_max_s": 0.5,
         "stop_grace_s": 2.0,
         "hardex_scan_s": 0.5,
+        "live_view_port": 0,
     }
     values.update(overrides)
     return AgentConfig(**values)
