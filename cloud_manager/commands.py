@@ -1,18 +1,21 @@
-"""Commands that talk to the cloud manager's API: ``edgeloop apply`` (more to come)."""
+"""Commands of the cloud manager: ``edgeloop cloud`` (the daemon) and the API clients
+``apply``, ``create namespace``, ``get``, ``describe``, ``delete``, ``pause``, ``resume``."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from pathlib import Path
+from typing import Any
 
 import typer
 
 from edgeloop.connection import (
+    DEFAULT_BROKER,
     BrokerUrl,
     CaFile,
     CertFile,
     ConnectionOptions,
-    DEFAULT_BROKER,
     KeyFile,
     Password,
     Username,
@@ -22,8 +25,95 @@ from protocol.commands import FILES_HELP, PATHS_HELP, manifest_sources
 #: Exit code when the broker or the cloud manager cannot be reached.
 EXIT_UNREACHABLE = 3
 
+RESOURCE_HELP = "jobs (il), datasets, models, nodes, namespaces or versions."
+Namespace = typer.Option("default", "-n", "--namespace", help="Namespace.")
+Timeout = typer.Option(5.0, "--timeout", help="Seconds to wait for an answer.")
+
+
+def _request(options: ConnectionOptions, verb: str, timeout: float, **fields: Any) -> Any:
+    """One API call; prints the error and exits unless the answer is ok."""
+    from cloud_manager.api_client import call, new_request
+    from edgeloop.mqtt import NotConnected, RequestTimeout
+
+    try:
+        (response,) = asyncio.run(call(options, verb, new_request(**fields), timeout=timeout))
+    except (NotConnected, RequestTimeout) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_UNREACHABLE) from None
+    if not response.ok:
+        typer.echo(f"error: {response.message}", err=True)
+        for line in response.errors:
+            typer.echo(f"  {line}", err=True)
+        raise typer.Exit(1)
+    return response
+
+
+def _check_output(output: str) -> str:
+    from cloud_manager.render import OUTPUT_FORMATS
+
+    if output not in OUTPUT_FORMATS:
+        raise typer.BadParameter(f"{output!r}: use one of {', '.join(OUTPUT_FORMATS)}")
+    return output
+
 
 def register(app: typer.Typer) -> None:
+    create = typer.Typer(help="Create a resource that has no manifest (a namespace).",
+                         no_args_is_help=True)
+    app.add_typer(create, name="create")
+
+    @app.command("cloud")
+    def cloud(
+        state: Path = typer.Option(Path("edgeloop-state"), "--state", envvar="EDGELOOP_STATE",
+                                   help="Directory of the cloud manager's SQLite store."),
+        tz: str = typer.Option("UTC", "--timezone", envvar="EDGELOOP_TIMEZONE",
+                               help="IANA timezone in which train trigger timer windows are read."),
+        client_id: str = typer.Option("edgeloop-cloud", "--client-id",
+                                      help="MQTT client id (its session keeps messages while down)."),
+        broker: BrokerUrl = DEFAULT_BROKER,
+        ca: CaFile = None,
+        cert: CertFile = None,
+        key: KeyFile = None,
+        username: Username = None,
+        password: Password = None,
+    ) -> None:
+        """Run the cloud manager: job state machine, triggers, API, node registry."""
+        import signal
+        from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+        from cloud_manager.daemon import CloudDaemon
+        from cloud_manager.hardex_inbox import INBOX_DIR, HardExampleInbox
+        from cloud_manager.manager import Manager
+        from cloud_manager.registry import REGISTRY_DIR, ModelRegistry
+        from cloud_manager.store import Store, StoreError
+
+        try:
+            zone = ZoneInfo(tz)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise typer.BadParameter(f"{tz!r} is not a known IANA timezone (e.g. UTC, "
+                                     "Asia/Shanghai)", param_hint="--timezone") from None
+        try:
+            store = Store(state)
+        except StoreError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        options = ConnectionOptions(broker, ca, cert, key, username, password)
+        manager = Manager(store, tz=zone, inbox=HardExampleInbox(state / INBOX_DIR),
+                          registry=ModelRegistry(state / REGISTRY_DIR))
+        daemon = CloudDaemon(options.settings(client_id), manager)
+
+        async def main() -> None:
+            stop = asyncio.Event()
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                loop.add_signal_handler(sig, stop.set)
+            await daemon.run(stop)
+
+        typer.echo(f"cloud manager: state {store.path}, broker {broker}, timers in {tz}", err=True)
+        try:
+            asyncio.run(main())
+        finally:
+            store.close()
+
     @app.command("apply")
     def apply(
         paths: list[str] = typer.Argument(None, help=PATHS_HELP),
@@ -31,7 +121,7 @@ def register(app: typer.Typer) -> None:
         dry_run: bool = typer.Option(
             False, "--dry-run", help="Validate only; send nothing to the cloud manager."
         ),
-        timeout: float = typer.Option(5.0, "--timeout", help="Seconds to wait for an answer."),
+        timeout: float = Timeout,
         broker: BrokerUrl = DEFAULT_BROKER,
         ca: CaFile = None,
         cert: CertFile = None,
@@ -41,8 +131,10 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Create or update resources from manifests, as ``kubectl apply -f`` does.
 
-        Every manifest is validated first; nothing is sent unless all are valid.
+        Every manifest is validated first; nothing is sent unless all are valid. Datasets and
+        models are sent before the jobs that reference them.
         """
+        from cloud_manager.api import APPLY_ORDER
         from cloud_manager.api_client import call, new_request
         from edgeloop.mqtt import NotConnected, RequestTimeout
         from protocol.manifest_yaml import manifests_or_raise, read_files
@@ -54,6 +146,7 @@ def register(app: typer.Typer) -> None:
             for line in exc.errors:
                 typer.echo(line, err=True)
             raise typer.Exit(1) from None
+        manifests.sort(key=lambda m: APPLY_ORDER[m.kind])
         if dry_run:
             for manifest in manifests:
                 typer.echo(f"{'/'.join(manifest.key)} valid (dry run: not applied)")
@@ -85,3 +178,145 @@ def register(app: typer.Typer) -> None:
                     typer.echo(f"  {line}", err=True)
         if failed:
             raise typer.Exit(1)
+
+    @create.command("namespace")
+    def create_namespace(
+        name: str = typer.Argument(..., help="Namespace to create."),
+        timeout: float = Timeout,
+        broker: BrokerUrl = DEFAULT_BROKER,
+        ca: CaFile = None,
+        cert: CertFile = None,
+        key: KeyFile = None,
+        username: Username = None,
+        password: Password = None,
+    ) -> None:
+        """Create a namespace (``kubectl create ns``)."""
+        options = ConnectionOptions(broker, ca, cert, key, username, password)
+        response = _request(options, "create_namespace", timeout, name=name, namespace=name)
+        typer.echo(f"namespace/{name} {response.message}")
+
+    @app.command("get")
+    def get(
+        resource: str = typer.Argument(..., help=RESOURCE_HELP),
+        name: str = typer.Argument("", help="Only this one."),
+        namespace: str = Namespace,
+        all_namespaces: bool = typer.Option(False, "-A", "--all-namespaces",
+                                            help="Every namespace."),
+        output: str = typer.Option("table", "-o", "--output", help="table, wide, yaml or json."),
+        timeout: float = Timeout,
+        broker: BrokerUrl = DEFAULT_BROKER,
+        ca: CaFile = None,
+        cert: CertFile = None,
+        key: KeyFile = None,
+        username: Username = None,
+        password: Password = None,
+    ) -> None:
+        """List resources, with their status."""
+        from rich.console import Console
+
+        from cloud_manager.render import dump, table
+
+        _check_output(output)
+        options = ConnectionOptions(broker, ca, cert, key, username, password)
+        response = _request(options, "get", timeout, resource=resource, name=name,
+                            namespace=namespace, args={"all_namespaces": all_namespaces})
+        data = response.data
+        if output in ("yaml", "json"):
+            typer.echo(dump(data["items"], output))
+        elif not data["items"]:
+            typer.echo(f"No {resource} found in namespace {namespace}." if not all_namespaces
+                       else f"No {resource} found.", err=True)
+        else:
+            Console(width=200).print(table(data["kind"], data["items"], wide=output == "wide"))
+
+    @app.command("describe")
+    def describe(
+        resource: str = typer.Argument(..., help=RESOURCE_HELP),
+        name: str = typer.Argument(..., help="Resource name."),
+        namespace: str = Namespace,
+        output: str = typer.Option("table", "-o", "--output", help="table, yaml or json."),
+        timeout: float = Timeout,
+        broker: BrokerUrl = DEFAULT_BROKER,
+        ca: CaFile = None,
+        cert: CertFile = None,
+        key: KeyFile = None,
+        username: Username = None,
+        password: Password = None,
+    ) -> None:
+        """Show one resource in detail; for a job, its whole condition history."""
+        from rich.console import Console
+
+        from cloud_manager.render import describe_job, dump
+
+        _check_output(output)
+        options = ConnectionOptions(broker, ca, cert, key, username, password)
+        response = _request(options, "describe", timeout, resource=resource, name=name,
+                            namespace=namespace)
+        data = response.data
+        if output in ("yaml", "json") or data["kind"] != "IncrementalLearningJob":
+            typer.echo(dump(data, "json" if output == "json" else "yaml"))
+        else:
+            Console(width=200).print(describe_job(data))
+
+    @app.command("delete")
+    def delete(
+        resource: str = typer.Argument(..., help="jobs (il), datasets or models."),
+        name: str = typer.Argument(..., help="Resource name."),
+        namespace: str = Namespace,
+        timeout: float = Timeout,
+        broker: BrokerUrl = DEFAULT_BROKER,
+        ca: CaFile = None,
+        cert: CertFile = None,
+        key: KeyFile = None,
+        username: Username = None,
+        password: Password = None,
+    ) -> None:
+        """Delete a resource. A job's running task is stopped; its model versions are kept."""
+        options = ConnectionOptions(broker, ca, cert, key, username, password)
+        response = _request(options, "delete", timeout, resource=resource, name=name,
+                            namespace=namespace)
+        typer.echo(f"{response.data['kind']}/{namespace}/{name} deleted")
+
+    def _pause_or_resume(verb: str) -> None:
+        @app.command(verb)
+        def command(
+            name: str = typer.Argument(..., help="Job name."),
+            namespace: str = Namespace,
+            timeout: float = Timeout,
+            broker: BrokerUrl = DEFAULT_BROKER,
+            ca: CaFile = None,
+            cert: CertFile = None,
+            key: KeyFile = None,
+            username: Username = None,
+            password: Password = None,
+        ) -> None:
+            options = ConnectionOptions(broker, ca, cert, key, username, password)
+            _request(options, verb, timeout, resource="jobs", name=name, namespace=namespace)
+            typer.echo(f"IncrementalLearningJob/{namespace}/{name} {verb}d")
+
+        command.__doc__ = (
+            "Pause a job: no new task starts (a running one finishes) until it is resumed."
+            if verb == "pause" else "Resume a paused (or failed) job."
+        )
+
+    _pause_or_resume("pause")
+    _pause_or_resume("resume")
+
+    @app.command("rollback")
+    def rollback(
+        name: str = typer.Argument(..., help="Job name."),
+        to: int = typer.Option(None, "--to", help="Version to serve (default: the previous one)."),
+        namespace: str = Namespace,
+        timeout: float = Timeout,
+        broker: BrokerUrl = DEFAULT_BROKER,
+        ca: CaFile = None,
+        cert: CertFile = None,
+        key: KeyFile = None,
+        username: Username = None,
+        password: Password = None,
+    ) -> None:
+        """Serve an earlier model version of a job on its deploy node (every version is kept)."""
+        options = ConnectionOptions(broker, ca, cert, key, username, password)
+        response = _request(options, "rollback", timeout, resource="jobs", name=name,
+                            namespace=namespace, args={} if to is None else {"version": to})
+        typer.echo(f"IncrementalLearningJob/{namespace}/{name} {response.message}")

@@ -1,0 +1,280 @@
+"""The cloud manager's request/response API: apply, get, describe, delete, create_namespace,
+pause, resume. Each request runs inside the store transaction the manager opened for it.
+
+``resource`` names follow kubectl's habits: ``jobs``/``il``/``incrementallearningjob``,
+``datasets``/``ds``, ``models``, ``nodes``, ``namespaces``/``ns``, ``versions`` (registered model
+versions). Answers carry JSON-ready ``data``; the CLI renders it.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from cloud_manager import state_machine as sm
+from cloud_manager.outgoing import Outgoing
+from protocol import topics
+from protocol.manifest_yaml import load_documents
+from protocol.manifests import IncrementalLearningJob, ManifestError, ObjectMeta
+from protocol.messages import ApiRequest, ApiResponse
+
+if TYPE_CHECKING:
+    from cloud_manager.manager import Manager
+
+JOB = "IncrementalLearningJob"
+KIND_ALIASES: dict[str, str] = {
+    **dict.fromkeys(("jobs", "job", "il", "ilj", "incrementallearningjob",
+                     "incrementallearningjobs"), JOB),
+    **dict.fromkeys(("datasets", "dataset", "ds"), "Dataset"),
+    **dict.fromkeys(("models", "model"), "Model"),
+    **dict.fromkeys(("nodes", "node", "no"), "Node"),
+    **dict.fromkeys(("namespaces", "namespace", "ns"), "Namespace"),
+    **dict.fromkeys(("versions", "version", "modelversions"), "ModelVersion"),
+}
+APPLY_ORDER = {"Dataset": 0, "Model": 1, JOB: 2}
+
+
+class ApiError(Exception):
+    def __init__(self, code: int, message: str, errors: list[str] | None = None) -> None:
+        super().__init__(message)
+        self.code, self.message, self.errors = code, message, errors or []
+
+
+def resolve_kind(resource: str) -> str:
+    kind = KIND_ALIASES.get(resource.strip().lower())
+    if kind is None:
+        raise ApiError(400, f"unknown resource type {resource!r}; use one of: jobs (il), "
+                            "datasets, models, nodes, namespaces, versions")
+    return kind
+
+
+class ApiHandler:
+    def __init__(self, store: Any, manager: Manager) -> None:
+        self.store = store
+        self.manager = manager
+
+    def handle(self, request: ApiRequest, now: float) -> tuple[ApiResponse, list[Outgoing]]:
+        verb = request.verb
+        method = getattr(self, f"verb_{verb}", None)
+        try:
+            if method is None:
+                raise ApiError(400, f"verb {verb!r} is not supported by this cloud manager")
+            code, message, data, out = method(request, now)
+        except ApiError as exc:
+            return ApiResponse(request_id=request.request_id, ok=False, code=exc.code,
+                               message=exc.message, errors=exc.errors), []
+        return ApiResponse(request_id=request.request_id, ok=True, code=code, message=message,
+                           data=data), out
+
+    # -- apply --
+
+    def verb_apply(self, request: ApiRequest, now: float) -> tuple[int, str, Any, list[Outgoing]]:
+        try:
+            manifests = load_documents(request.body, None)
+        except ManifestError as exc:
+            raise ApiError(400, "invalid manifest", exc.errors) from None
+        if not manifests:
+            raise ApiError(400, "no manifest in the request body")
+        manifests.sort(key=lambda m: APPLY_ORDER[m.kind_name])
+        batch = {m.key for m in manifests}
+        errors = []
+        for m in manifests:
+            kind, ns, name = m.key
+            if not self.store.namespace_exists(ns):
+                errors.append(f"{kind}/{ns}/{name}: namespace {ns!r} does not exist; create it "
+                              f"with `edgeloop create namespace {ns}`")
+            if isinstance(m, IncrementalLearningJob):
+                for ref in m.references():
+                    if ref not in batch and self.store.get_resource(*ref) is None:
+                        errors.append(f"{kind}/{ns}/{name}: references {ref[0]} {ref[1]}/{ref[2]}, "
+                                      "which does not exist; apply it first")
+        if errors:
+            raise ApiError(404, "not applied: missing namespace or referenced resource", errors)
+        results, out, created = [], [], False
+        for m in manifests:
+            kind, ns, name = m.key
+            body = m.model_dump(mode="json", by_alias=True, exclude_unset=True)
+            outcome = self.store.put_resource(kind, ns, name, body, now)
+            created |= outcome == "created"
+            results.append({"kind": kind, "namespace": ns, "name": name, "result": outcome})
+            if outcome == "unchanged":
+                continue
+            if isinstance(m, IncrementalLearningJob):
+                out += self._job_applied(m, outcome, now)
+            else:
+                for state in self.store.jobs():
+                    inputs = self.manager.inputs(state.namespace, state.name)
+                    if inputs and (kind, ns, name) in inputs.job.references():
+                        out += self.manager.job_event(ns, state.name, sm.SpecChanged(), now)
+        message = results[0]["result"] if len(results) == 1 else ", ".join(
+            f"{r['kind']}/{r['name']} {r['result']}" for r in results)
+        return (201 if created else 200), message, results, out
+
+    def _job_applied(self, job: IncrementalLearningJob, outcome: str, now: float) -> list[Outgoing]:
+        ns, name = job.metadata.namespace, job.metadata.name
+        out: list[Outgoing] = []
+        if outcome == "created" or self.store.load_job(ns, name) is None:
+            state = sm.new_job(ns, name, now)
+            self.store.save_job(state, now)
+            out.append(self.manager.status_message(state))
+            known = self.store.dataset_samples(ns, job.spec.dataset.name)
+            if known is not None:
+                out += self.manager.job_event(ns, name, sm.SamplesReported(known["samples"]), now)
+        else:
+            out += self.manager.job_event(ns, name, sm.SpecChanged(), now)
+        out += self.manager.desired_for(job.spec.deploy_spec.node_name)
+        return out
+
+    # -- reading --
+
+    def verb_get(self, request: ApiRequest, now: float) -> tuple[int, str, Any, list[Outgoing]]:
+        kind = resolve_kind(request.resource or "jobs")
+        namespace = None if request.args.get("all_namespaces") else request.namespace
+        rows = self._rows(kind, namespace)
+        if request.name:
+            rows = [r for r in rows if r.get("name") == request.name]
+            if not rows:
+                raise ApiError(404, f"{kind} {request.namespace}/{request.name} not found")
+        return 200, f"{len(rows)} {kind}", {"kind": kind, "items": rows}, []
+
+    def _rows(self, kind: str, namespace: str | None) -> list[dict[str, Any]]:
+        store = self.store
+        if kind == "Namespace":
+            return [{"name": n} for n in store.namespaces()]
+        if kind == "Node":
+            return [{
+                "name": n["name"], "state": n["state"], "boot_id": n["boot_id"],
+                "agent_version": n["status"].get("agent_version", ""),
+                "outbox_backlog": n["status"].get("outbox_backlog", 0), "updated": n["updated"],
+            } for n in store.nodes()]
+        if kind == "ModelVersion":
+            return [{
+                "job": v["job"], "name": f"{v['job']}:{v['version']}", "version": v["version"],
+                "round": v["round"], "metrics": v.get("metrics", {}), "time": v["time"],
+                "collected": v.get("collected"),
+                "artifacts": v.get("artifacts", []),
+            } for v in store.model_versions() if namespace is None or v["job"].startswith(f"{namespace}/")]
+        rows = []
+        for r in store.resources(kind, namespace):
+            spec = r["manifest"].get("spec", {})
+            row: dict[str, Any] = {"namespace": r["namespace"], "name": r["name"],
+                                   "generation": r["generation"], "created": r["created"]}
+            if kind == "Dataset":
+                samples = store.dataset_samples(r["namespace"], r["name"])
+                row |= {"url": spec.get("url"), "format": spec.get("format"),
+                        "node": spec.get("nodeName"),
+                        "samples": samples["samples"] if samples else None}
+            elif kind == "Model":
+                row |= {"url": spec.get("url"), "format": spec.get("format")}
+            else:
+                state = store.load_job(r["namespace"], r["name"])
+                if state is not None:
+                    last = state.conditions[-1] if state.conditions else None
+                    row |= {
+                        "stage": state.stage, "state": state.state, "round": state.round,
+                        "samples": state.samples, "new_samples": max(0, state.samples - state.baseline),
+                        "deployed_version": state.deployed_version,
+                        "serving_version": state.serving_version, "paused": state.paused,
+                        "reason": last.reason if last else "",
+                        "node": spec.get("nodeName"), "deploy_node": spec.get("deploySpec", {}).get("nodeName"),
+                    }
+            rows.append(row)
+        return rows
+
+    def verb_describe(self, request: ApiRequest, now: float) -> tuple[int, str, Any, list[Outgoing]]:
+        kind = resolve_kind(request.resource or "jobs")
+        if kind in ("Dataset", "Model", JOB):
+            resource = self.store.get_resource(kind, request.namespace, request.name)
+            if resource is None:
+                raise ApiError(404, f"{kind} {request.namespace}/{request.name} not found")
+            data: dict[str, Any] = {"kind": kind, "resource": resource}
+            if kind == JOB:
+                ref = f"{request.namespace}/{request.name}"
+                state = self.store.load_job(request.namespace, request.name)
+                data["status"] = sm.status_fields(state) if state else None
+                if state is not None:
+                    data["status"]["conditions"] = [c.__dict__ for c in state.conditions]
+                data["versions"] = self.store.model_versions(ref)
+                data["tasks"] = [{k: t[k] for k in ("task_id", "attempt", "role", "round", "node",
+                                                    "state", "updated")} for t in self.store.tasks(ref)]
+            elif kind == "Dataset":
+                data["samples"] = self.store.dataset_samples(request.namespace, request.name)
+            return 200, "", data, []
+        rows = [r for r in self._rows(kind, None) if r.get("name") == request.name]
+        if not rows:
+            raise ApiError(404, f"{kind} {request.name} not found")
+        return 200, "", {"kind": kind, "resource": rows[0]}, []
+
+    def verb_hardex_list(self, request: ApiRequest, now: float) -> tuple[int, str, Any, list[Outgoing]]:
+        inbox = self.manager.inbox
+        if inbox is None:
+            raise ApiError(400, "this cloud manager keeps no hard-example inbox")
+        job = f"{request.namespace}/{request.name}"
+        items = list(inbox.examples(job)) if request.name else []
+        return 200, f"{len(items)} hard examples", {"job": job, "root": str(inbox.job_dir(job)),
+                                                     "items": items}, []
+
+    # -- changing --
+
+    def verb_delete(self, request: ApiRequest, now: float) -> tuple[int, str, Any, list[Outgoing]]:
+        kind = resolve_kind(request.resource or "jobs")
+        ns, name = request.namespace, request.name
+        if kind not in ("Dataset", "Model", JOB):
+            raise ApiError(400, f"{kind} cannot be deleted through the API")
+        if self.store.get_resource(kind, ns, name) is None:
+            raise ApiError(404, f"{kind} {ns}/{name} not found")
+        out: list[Outgoing] = []
+        if kind == JOB:
+            inputs = self.manager.inputs(ns, name)
+            out += self.manager.job_event(ns, name, sm.Deleted(), now)
+            self.store.delete_job(ns, name)
+            self.store.delete_resource(kind, ns, name)
+            out.append(Outgoing(topics.job_status(ns, name), None, retain=True))
+            if inputs is not None:
+                out += self.manager.desired_for(inputs.deploy_node)
+        else:
+            users = [f"{s.namespace}/{s.name}" for s in self.store.jobs()
+                     if (inputs := self.manager.inputs(s.namespace, s.name))
+                     and (kind, ns, name) in inputs.job.references()]
+            if users:
+                raise ApiError(409, f"{kind} {ns}/{name} is used by job {', '.join(users)}; "
+                                    "delete the job first")
+            self.store.delete_resource(kind, ns, name)
+        return 200, "deleted", {"kind": kind, "namespace": ns, "name": name}, out
+
+    def verb_create_namespace(self, request: ApiRequest, now: float) -> tuple[int, str, Any, list[Outgoing]]:
+        name = request.name or request.namespace
+        try:
+            ObjectMeta(name="x", namespace=name)
+        except Exception:  # pydantic's error names the rule; ours says it in words
+            raise ApiError(400, f"{name!r} is not a valid namespace: use at most 63 lowercase "
+                                "letters, digits and '-', starting and ending with a letter or digit") from None
+        created = self.store.create_namespace(name, now)
+        return (201 if created else 200), "created" if created else "unchanged", {"name": name}, []
+
+    def _pause_resume(self, request: ApiRequest, now: float, event: sm.Event,
+                      word: str) -> tuple[int, str, Any, list[Outgoing]]:
+        ns, name = request.namespace, request.name
+        if self.store.load_job(ns, name) is None:
+            raise ApiError(404, f"{JOB} {ns}/{name} not found")
+        out = self.manager.job_event(ns, name, event, now)
+        state = self.store.load_job(ns, name)
+        return 200, word, {"paused": state.paused if state else None}, out
+
+    def verb_rollback(self, request: ApiRequest, now: float) -> tuple[int, str, Any, list[Outgoing]]:
+        version = request.args.get("version")
+        if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
+            raise ApiError(400, f"version must be a whole number, got {version!r}")
+        try:
+            code, _, _, out = self._pause_resume(request, now, sm.RolledBack(version), "rolled back")
+        except sm.RollbackError as exc:
+            raise ApiError(409, str(exc)) from None
+        state = self.store.load_job(request.namespace, request.name)
+        serving = state.deployed_version if state else None
+        return code, f"serving version {serving}", {"deployed_version": serving}, out
+
+    def verb_pause(self, request: ApiRequest, now: float) -> tuple[int, str, Any, list[Outgoing]]:
+        return self._pause_resume(request, now, sm.Paused(), "paused")
+
+    def verb_resume(self, request: ApiRequest, now: float) -> tuple[int, str, Any, list[Outgoing]]:
+        return self._pause_resume(request, now, sm.Resumed(), "resumed")
+

@@ -1,0 +1,347 @@
+"""The cloud manager's core: turns incoming messages into store updates and outgoing messages.
+
+It knows nothing of MQTT connections (``daemon.py`` wires it to the broker) and reads no clock
+of its own (every entry point takes ``now``): each method runs one event inside one store
+transaction and returns the messages to publish once that transaction has committed. A crash
+between the commit and the publish is repaired by :meth:`Manager.resync`, which the daemon runs
+on every (re)connection: it re-sends every active task (receivers dedupe by task id + attempt),
+every node's desired state and every job's status.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from datetime import timezone, tzinfo
+from typing import Any
+
+from cloud_manager import state_machine as sm
+from cloud_manager.api import ApiHandler
+from cloud_manager.hardex_inbox import HardExampleInbox
+from cloud_manager.registry import ModelRegistry, RegistryError
+from cloud_manager.outgoing import Outgoing
+from cloud_manager.store import Store
+from cloud_manager.task_builder import JobInputs, build_inference_task, task_id
+from protocol import topics
+from protocol.manifest_yaml import parse_manifest
+from protocol.manifests import Dataset, IncrementalLearningJob, Model
+from protocol.messages import (
+    ApiRequest,
+    ApiResponse,
+    DesiredState,
+    JobStatus,
+    NodeStatus,
+    SampleReport,
+    Task,
+    TaskProgress,
+)
+
+log = logging.getLogger("edgeloop.cloud")
+
+JOB_KIND = "IncrementalLearningJob"
+#: Keys of handled messages are kept this long (far beyond a broker session's redelivery).
+PROCESSED_KEYS_KEPT_S = 86400.0
+CLEANUP_EVERY_S = 3600.0
+
+
+@dataclass(frozen=True)
+class Pull:
+    """Files of a job's version to pull from a node into the registry."""
+
+    namespace: str
+    name: str
+    version: int
+    node: str
+    artifacts: list[dict[str, Any]]
+
+
+class Manager:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        tz: tzinfo = timezone.utc,
+        settings: sm.MachineSettings | None = None,
+        inbox: HardExampleInbox | None = None,
+        registry: ModelRegistry | None = None,
+    ) -> None:
+        self.store = store
+        self.inbox = inbox
+        self.registry = registry
+        self.tz = tz
+        self.settings = settings or sm.MachineSettings()
+        self.api = ApiHandler(store, self)
+        self._pulls: list[Pull] = []
+        self._manifests: dict[tuple[str, str, str], tuple[tuple[int, float], Any]] = {}
+        self._last_cleanup = 0.0
+
+    # -- helpers --
+
+    def online_nodes(self) -> frozenset[str]:
+        return frozenset(n["name"] for n in self.store.nodes() if n["state"] == "online")
+
+    def context(self, now: float) -> sm.Context:
+        return sm.Context(now, self.online_nodes(), self.tz, self.settings)
+
+    def _parsed(self, resource: dict[str, Any]) -> Any:
+        """The manifest model of a stored resource, validated once per stored revision (every
+        tick looks at every job: validating each time would cost more than the rest)."""
+        key = (resource["kind"], resource["namespace"], resource["name"])
+        revision = (resource["generation"], resource["updated"])
+        cached = self._manifests.get(key)
+        if cached is None or cached[0] != revision:
+            cached = (revision, parse_manifest(resource["manifest"]))
+            self._manifests[key] = cached
+        return cached[1]
+
+    def inputs(self, namespace: str, name: str) -> JobInputs | None:
+        """The job's manifest and the resources it references, or None if any is missing."""
+        job = self.store.get_resource(JOB_KIND, namespace, name)
+        if job is None:
+            return None
+        manifest = self._parsed(job)
+        assert isinstance(manifest, IncrementalLearningJob)
+        found: dict[tuple[str, str, str], Any] = {}
+        for key in manifest.references():
+            stored = self.store.get_resource(*key)
+            if stored is None:
+                return None
+            found[key] = self._parsed(stored)
+        spec = manifest.spec
+        initial_eval = spec.eval_spec.initial_eval_model
+        result = JobInputs(
+            job=manifest,
+            dataset=found[("Dataset", namespace, spec.dataset.name)],
+            initial_model=found[("Model", namespace, spec.initial_model.name)],
+            deploy_model=found[("Model", namespace, spec.deploy_spec.model.name)],
+            initial_eval_model=found[("Model", namespace, initial_eval.name)] if initial_eval else None,
+        )
+        assert isinstance(result.dataset, Dataset) and isinstance(result.initial_model, Model)
+        return result
+
+    # -- job events --
+
+    def job_event(self, namespace: str, name: str, event: sm.Event, now: float) -> list[Outgoing]:
+        """Run one event through a job's machine and persist the outcome (inside the caller's
+        transaction)."""
+        state = self.store.load_job(namespace, name)
+        inputs = self.inputs(namespace, name)
+        if state is None or inputs is None:
+            return []
+        transition = sm.handle(state, inputs, event, self.context(now))
+        new = transition.state
+        out: list[Outgoing] = []
+        if new.deleted:
+            self.store.delete_job(namespace, name)
+        elif new != state:
+            self.store.save_job(new, now)
+        followups: list[sm.Event] = []
+        for action in transition.actions:
+            if isinstance(action, sm.CollectArtifacts):
+                done = self._collect(new, action)
+                if done is not None:
+                    followups.append(done)
+            else:
+                out.extend(self._carry_out(new, inputs, action, now))
+        # Events the actions answered at once run after this transition's messages are queued,
+        # so that the last status published is the newest.
+        for event in followups:
+            out += self.job_event(namespace, name, event, now)
+        return out
+
+    def _carry_out(self, state: sm.JobState, inputs: JobInputs, action: sm.Action,
+                   now: float) -> list[Outgoing]:
+        match action:
+            case sm.DispatchTask(node=node, task=task):
+                self.store.record_task(task.model_dump(mode="json"), node, "Starting", now)
+                return [Outgoing(topics.task(node, task.task_id), task)]
+            case sm.StopTask(node=node, task=task):
+                self.store.set_task_state(task.task_id, task.attempt, "Failed", now)
+                return [Outgoing(topics.task(node, task.task_id), task)]
+            case sm.RegisterModel(version=version):
+                self.store.add_model_version(state.ref, version, now)
+                return []
+            case sm.DeployModel(node=node):
+                return self.desired_for(node)
+            case sm.PublishStatus():
+                return [self.status_message(state)]
+        return []
+
+    def _collect(self, state: sm.JobState, action: sm.CollectArtifacts) -> sm.Event | None:
+        """Get a version's files into the registry: copied at once when this machine can read
+        them (same host or shared storage), else pulled from the node by the daemon. Returns the
+        answer when it is known now, None when a pull was queued (see :meth:`take_pulls`)."""
+        if self.registry is None:
+            return sm.ArtifactsCollected(action.version, True)  # nodes read the paths themselves
+        record = next(v for v in state.versions if v["version"] == action.version)
+        missing = []
+        for artifact in record.get("artifacts", []):
+            try:
+                self.registry.import_file(Path(artifact["path"]), artifact["sha256"], artifact["size"])
+            except (RegistryError, OSError) as exc:
+                log.info("%s version %s: %s is not readable here (%s); pulling it from node %s",
+                         state.ref, action.version, artifact["name"], exc, action.node)
+                missing.append(artifact)
+        if not missing:
+            self.store.update_model_version(state.ref, action.version, {"collected": True})
+            return sm.ArtifactsCollected(action.version, True)
+        self._pulls.append(Pull(state.namespace, state.name, action.version, action.node, missing))
+        return None
+
+    def take_pulls(self) -> list[Pull]:
+        """Pulls queued by the events handled so far (the daemon runs them)."""
+        pulls, self._pulls = self._pulls, []
+        return pulls
+
+    def on_collected(self, pull: Pull, ok: bool, reason: str, now: float) -> list[Outgoing]:
+        """The end of a pull: feed it to the job, record it on the version."""
+        with self.store.transaction():
+            self.store.update_model_version(f"{pull.namespace}/{pull.name}", pull.version,
+                                            {"collected": ok, "collect_error": reason or None})
+            return self.job_event(pull.namespace, pull.name,
+                                  sm.ArtifactsCollected(pull.version, ok, reason), now)
+
+    def status_message(self, state: sm.JobState) -> Outgoing:
+        topic = topics.job_status(state.namespace, state.name)
+        return Outgoing(topic, JobStatus(**sm.status_fields(state)), retain=True)
+
+    def desired_for(self, node: str) -> list[Outgoing]:
+        """Recompute ``node``'s desired state: the inference worker of every job deploying to
+        it, serving that job's deployed version. Published only when it changed."""
+        tasks: list[Task] = []
+        models = []
+        for state in self.store.jobs():
+            inputs = self.inputs(state.namespace, state.name)
+            if inputs is None or inputs.deploy_node != node:
+                continue
+            task = build_inference_task(inputs, state.deployed())
+            tasks.append(task)
+            models.extend(task.models)
+        content = json.dumps({"tasks": [t.model_dump(mode="json") for t in tasks],
+                              "models": [m.model_dump(mode="json") for m in models]}, sort_keys=True)
+        before = self.store.desired(node)
+        generation = self.store.put_desired(node, content)
+        if before is not None and before[0] == generation:
+            return []
+        return [self.desired_message(node)]
+
+    def desired_message(self, node: str) -> Outgoing:
+        stored = self.store.desired(node)
+        assert stored is not None
+        generation, content = stored
+        data = json.loads(content)
+        message = DesiredState(node=node, generation=generation, tasks=data["tasks"],
+                               models=data["models"], ts=0.0)
+        return Outgoing(topics.desired(node), message, retain=True)
+
+    # -- incoming messages --
+
+    def on_api(self, request: ApiRequest, now: float) -> tuple[ApiResponse, list[Outgoing]]:
+        with self.store.transaction():
+            return self.api.handle(request, now)
+
+    def on_status(self, status: NodeStatus, now: float) -> list[Outgoing]:
+        with self.store.transaction():
+            known = {n["name"]: n for n in self.store.nodes()}.get(status.node)
+            if known and known["boot_id"] == status.boot_id and known["status"].get("seq", 0) > status.seq:
+                return []  # an older status of the same boot, redelivered late
+            changed = known is None or known["state"] != status.state
+            self.store.put_node(status.node, status.state, status.boot_id,
+                                status.model_dump(mode="json"), now)
+            out: list[Outgoing] = []
+            for state in self.store.jobs():
+                if changed:
+                    out += self.job_event(state.namespace, state.name,
+                                          sm.NodeChanged(status.node, status.state), now)
+                inputs = self.inputs(state.namespace, state.name)
+                if inputs is not None and inputs.deploy_node == status.node and status.state == "online":
+                    serving = status.serving.get(
+                        task_id(state.namespace, state.name, 0, "inference"))
+                    out += self.job_event(state.namespace, state.name,
+                                          sm.ServingReported(serving), now)
+            return out
+
+    def on_samples(self, report: SampleReport, now: float) -> list[Outgoing]:
+        key = f"samples:{report.key}"
+        with self.store.transaction():
+            if self.store.processed(key):
+                return []
+            self.store.mark_processed(key, now)
+            out: list[Outgoing] = []
+            for entry in report.datasets:
+                namespace, name = entry.dataset.split("/", 1)
+                dataset = self.store.get_resource("Dataset", namespace, name)
+                if dataset is None:
+                    log.info("sample report from %s for unknown dataset %s", report.node, entry.dataset)
+                    continue
+                if dataset["manifest"]["spec"]["nodeName"] != report.node:
+                    log.warning("node %s reported dataset %s, which lives on node %s; ignored",
+                                report.node, entry.dataset, dataset["manifest"]["spec"]["nodeName"])
+                    continue
+                if entry.error is None:
+                    self.store.put_dataset_samples(namespace, name, entry.samples, entry.error,
+                                                   report.node, now)
+                event = sm.SamplesReported(entry.samples, entry.error)
+                for state in self.store.jobs():
+                    inputs = self.inputs(state.namespace, state.name)
+                    if inputs and state.namespace == namespace and inputs.job.spec.dataset.name == name:
+                        out += self.job_event(state.namespace, state.name, event, now)
+            return out
+
+    def on_progress(self, progress: TaskProgress, now: float) -> list[Outgoing]:
+        key = f"progress:{progress.key}"
+        with self.store.transaction():
+            if self.store.processed(key):
+                return []
+            self.store.mark_processed(key, now)
+            event = sm.TaskReported(
+                progress.task_id, progress.attempt, progress.seq, progress.state,
+                dict(progress.result), [a.model_dump() for a in progress.artifacts],
+                progress.message, progress.exit_code,
+            )
+            out: list[Outgoing] = []
+            for state in self.store.jobs():
+                if state.task is not None and state.task.task_id == progress.task_id:
+                    out += self.job_event(state.namespace, state.name, event, now)
+                    if progress.state in ("Running", "Completed", "Failed"):
+                        self.store.set_task_state(progress.task_id, progress.attempt,
+                                                  progress.state, now)
+            return out
+
+    def tick(self, now: float) -> list[Outgoing]:
+        if now - self._last_cleanup >= CLEANUP_EVERY_S:
+            # Redeliveries come within the broker session's life; a day of keys is plenty.
+            with self.store.transaction():
+                self.store.forget_processed_before(now - PROCESSED_KEYS_KEPT_S)
+            self._last_cleanup = now
+        out: list[Outgoing] = []
+        for state in self.store.jobs():
+            with self.store.transaction():
+                out += self.job_event(state.namespace, state.name, sm.Tick(), now)
+        return out
+
+    def resync(self, now: float) -> list[Outgoing]:
+        """Everything a reconnected broker (or a restarted manager) must see again."""
+        out: list[Outgoing] = []
+        for state in self.store.jobs():
+            out.append(self.status_message(state))
+            task = state.task
+            if task is not None and task.state in sm.ACTIVE_TASK_STATES:
+                for record in self.store.tasks(state.ref):
+                    if record["task_id"] == task.task_id and record["attempt"] == task.attempt:
+                        message = Task.model_validate(record["message"])
+                        out.append(Outgoing(topics.task(task.node, task.task_id), message))
+            if state.pending_version is not None and (state.stage, state.state) == ("Deploy", "Running"):
+                inputs = self.inputs(state.namespace, state.name)
+                if inputs is not None:
+                    action = sm.CollectArtifacts(state.pending_version, inputs.dataset_node)
+                    with self.store.transaction():
+                        done = self._collect(state, action)
+                        if done is not None:
+                            out += self.job_event(state.namespace, state.name, done, now)
+        for node in self.store.desired_nodes():
+            out.append(self.desired_message(node))
+        return out
+

@@ -1,0 +1,144 @@
+"""How ``edgeloop get`` and ``edgeloop describe`` show the API's answers: rich tables, YAML or
+JSON. Pure formatting: data in, renderables or text out."""
+
+from __future__ import annotations
+
+import json
+import time
+from typing import Any
+
+import yaml
+from rich.console import Group
+from rich.table import Table
+from rich.text import Text
+
+OUTPUT_FORMATS = ("table", "wide", "yaml", "json")
+
+# kind -> (columns always shown, extra columns with -o wide); a column is (header, key)
+_COLUMNS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
+    "IncrementalLearningJob": (
+        [("NAMESPACE", "namespace"), ("NAME", "name"), ("STAGE", "stage"), ("STATE", "state"),
+         ("ROUND", "round"), ("NEW SAMPLES", "new_samples"), ("DEPLOYED", "deployed_version"),
+         ("AGE", "created")],
+        [("SERVING", "serving_version"), ("PAUSED", "paused"), ("NODE", "node"), ("DEPLOY NODE", "deploy_node"), ("REASON", "reason")],
+    ),
+    "Dataset": (
+        [("NAMESPACE", "namespace"), ("NAME", "name"), ("NODE", "node"), ("SAMPLES", "samples"),
+         ("AGE", "created")],
+        [("URL", "url"), ("FORMAT", "format"), ("GENERATION", "generation")],
+    ),
+    "Model": (
+        [("NAMESPACE", "namespace"), ("NAME", "name"), ("FORMAT", "format"), ("AGE", "created")],
+        [("URL", "url"), ("GENERATION", "generation")],
+    ),
+    "Node": (
+        [("NAME", "name"), ("STATE", "state"), ("SEEN", "updated")],
+        [("BOOT", "boot_id"), ("AGENT", "agent_version"), ("OUTBOX", "outbox_backlog")],
+    ),
+    "Namespace": ([("NAME", "name")], []),
+    "ModelVersion": (
+        [("JOB", "job"), ("VERSION", "version"), ("ROUND", "round"), ("PRECISION", "precision"),
+         ("AGE", "time")],
+        [("RECALL", "recall"), ("MAP50", "map50"), ("FILES", "collected")],
+    ),
+}
+
+_TIME_KEYS = {"created", "updated", "time"}
+
+
+def age(timestamp: float | None, now: float | None = None) -> str:
+    """``kubectl``-style age: 45s, 12m, 3h, 5d."""
+    if not isinstance(timestamp, int | float) or timestamp <= 0:
+        return "-"
+    seconds = max(0, int((now or time.time()) - timestamp))
+    for unit, size in (("d", 86400), ("h", 3600), ("m", 60)):
+        if seconds >= size:
+            return f"{seconds // size}{unit}"
+    return f"{seconds}s"
+
+
+def cell(row: dict[str, Any], key: str, now: float | None = None) -> str:
+    if key in ("precision", "recall", "map50"):
+        value = (row.get("metrics") or {}).get(key)
+        return f"{value:.3f}" if isinstance(value, int | float) else "-"
+    value = row.get(key)
+    if key in _TIME_KEYS:
+        return age(value, now)
+    if value is None or value == "":
+        return "-"
+    if isinstance(value, bool):
+        if key == "collected":
+            return "in registry" if value else "missing"
+        return "yes" if value else "no"
+    return str(value)
+
+
+def table(kind: str, rows: list[dict[str, Any]], wide: bool = False,
+          now: float | None = None) -> Table:
+    base, extra = _COLUMNS.get(kind, ([("NAME", "name")], []))
+    columns = base + (extra if wide else [])
+    out = Table(box=None, pad_edge=False, header_style="bold")
+    for header, _ in columns:
+        out.add_column(header, overflow="fold")
+    for row in rows:
+        out.add_row(*(cell(row, key, now) for _, key in columns))
+    return out
+
+
+def dump(data: Any, fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps(data, indent=2, sort_keys=True)
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def _clock(timestamp: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
+
+
+def describe_job(data: dict[str, Any], now: float | None = None) -> Group:
+    """The job's manifest summary, status, condition history, versions and tasks."""
+    resource, status = data["resource"], data.get("status") or {}
+    spec = resource["manifest"]["spec"]
+    head = Table.grid(padding=(0, 2))
+    head.add_column(style="bold")
+    head.add_column()
+    trigger = spec["trainSpec"]["trigger"]
+    condition = trigger["condition"]
+    timer = trigger.get("timer")
+    deploy = spec["deploySpec"]["trigger"]["condition"]
+    for label, value in (
+        ("Name", f"{resource['namespace']}/{resource['name']}"),
+        ("Generation", resource["generation"]),
+        ("Dataset", spec["dataset"]["name"]),
+        ("Train trigger", f"{condition['metric']} {condition['operator']} {_number(condition['threshold'])}"
+         + (f" within {timer['start']}-{timer['end']}" if timer else "")),
+        ("Deploy trigger", f"{deploy['metric']} {deploy['operator']} {_number(deploy['threshold'])}"),
+        ("Deploy node", spec["deploySpec"]["nodeName"]),
+        ("Output dir", spec["outputDir"]),
+        ("Stage", f"{status.get('stage')} {status.get('state')} (round {status.get('round')})"),
+        ("Samples", status.get("samples")),
+        ("Deployed version", status.get("deployed_version") or "-"),
+        ("Paused", "yes" if status.get("paused") else "no"),
+    ):
+        head.add_row(f"{label}:", str(value))
+    history = Table(title="Conditions", box=None, header_style="bold", title_justify="left")
+    for column in ("TIME", "ROUND", "STAGE", "STATE", "REASON"):
+        history.add_column(column, overflow="fold")
+    for c in status.get("conditions", []):
+        history.add_row(_clock(c["time"]), str(c["round"]), c["stage"], c["state"], c["reason"])
+    parts: list[Any] = [head, Text(""), history]
+    if data.get("versions"):
+        parts += [Text(""), table("ModelVersion", data["versions"], wide=True, now=now)]
+    if data.get("tasks"):
+        tasks = Table(title="Tasks", box=None, header_style="bold", title_justify="left")
+        for column in ("TASK", "ATTEMPT", "ROLE", "NODE", "STATE", "UPDATED"):
+            tasks.add_column(column)
+        for t in data["tasks"]:
+            tasks.add_row(t["task_id"], str(t["attempt"]), t["role"], t["node"], t["state"],
+                          age(t["updated"], now))
+        parts += [Text(""), tasks]
+    return Group(*parts)

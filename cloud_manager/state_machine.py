@@ -1,0 +1,703 @@
+"""The incremental-learning job as a state machine: Train -> Eval -> Deploy, round after round. Pure.
+
+``handle(state, inputs, event, ctx)`` returns the job's next state and the actions the daemon
+must carry out (send a task, stop one, register and deploy a model version, publish the status).
+Nothing here does I/O, reads the clock or draws random numbers: the time comes in ``ctx.now``,
+so every path is testable and a replay of the same events gives the same result.
+
+States follow Sedna: each stage (Train, Eval, Deploy) is Waiting, Ready, Starting, Running,
+Completed or Failed, and the job's history is an append-only list of conditions with a time and
+a reason. A round:
+
+1. Train/Waiting until the train trigger holds (checked on every sample report and every
+   ``checkPeriodSeconds``), then Train/Ready -> Starting (task sent to the dataset's node; it
+   waits in Ready while the node is offline or the job is paused) -> Running -> Completed.
+2. Eval the same way, on the candidate and the serving model.
+3. If the deploy trigger holds: the candidate becomes model version N, Deploy/Running while its
+   files are collected into the registry, then Deploy/Completed (or Deploy/Failed if they never
+   arrive: the serving version stays); either way the next round begins at once in Train/Waiting and the train trigger is evaluated
+   immediately with the samples that arrived meanwhile (rounds 2, 3, ... never stall).
+
+Failures: a task that fails, times out or whose node goes offline is retried with exponential
+backoff up to ``max_attempts`` (an exit code 2, bad input, is not retried). When attempts run out
+the stage is Failed with the reason and the job waits there until new samples arrive, the
+manifest changes or the user resumes it; a new round then starts.
+
+Events are idempotent: task reports are matched on task id + attempt and applied only when their
+``seq`` is higher than the last one seen, so duplicates and stale reorderings change nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import asdict, dataclass, field
+from datetime import timezone, tzinfo
+from typing import Any, Literal
+
+from protocol import worker_contract as contract
+from protocol.messages import Task
+
+from cloud_manager import triggers
+from cloud_manager.task_builder import (
+    JobInputs,
+    build_eval_task,
+    build_train_task,
+    round_dir,
+    sample_split,
+    task_id,
+)
+
+Stage = Literal["Train", "Eval", "Deploy"]
+StageState = Literal["Waiting", "Ready", "Starting", "Running", "Completed", "Failed"]
+ACTIVE_TASK_STATES = ("Starting", "Running")
+#: Keep the condition history bounded: a job running for years keeps its recent past.
+MAX_CONDITIONS = 500
+
+
+# --- state -------------------------------------------------------------------------------------
+
+
+@dataclass
+class ConditionEntry:
+    stage: str
+    state: str
+    round: int
+    reason: str
+    time: float
+
+
+@dataclass
+class TaskRun:
+    """The task of the current stage: one attempt of it at a time."""
+
+    task_id: str
+    role: str
+    round: int
+    attempt: int
+    node: str
+    state: str
+    sent_at: float
+    deadline: float
+    last_seq: int = -1
+    progress: float | None = None
+
+
+@dataclass
+class JobState:
+    namespace: str
+    name: str
+    stage: str = "Train"
+    state: str = "Waiting"
+    round: int = 1
+    conditions: list[ConditionEntry] = field(default_factory=list)
+    paused: bool = False
+    deleted: bool = False
+    #: labelled samples in the dataset index, as last reported
+    samples: int = 0
+    #: the sample count when the last round started training: num_of_samples counts from here
+    baseline: int = 0
+    #: [start, end) of the samples the current round trains on
+    round_samples: list[int] | None = None
+    last_check: float | None = None
+    task: TaskRun | None = None
+    #: attempts made for the current stage's task
+    attempt: int = 0
+    retry_at: float | None = None
+    #: train result of the current round: {"artifacts": [{name, sha256, size, path}], ...}
+    candidate: dict[str, Any] | None = None
+    #: registered model versions: {"version", "round", "artifacts", "metrics", "time"}
+    versions: list[dict[str, Any]] = field(default_factory=list)
+    deployed_version: int | None = None
+    #: a registered version whose files are being collected before it is deployed
+    pending_version: int | None = None
+    collect_deadline: float | None = None
+    #: the version the deploy node last said it serves
+    serving_version: int | None = None
+    #: sample count when the job ended in Failed; more samples than this start a new round
+    failed_at_samples: int | None = None
+    revision: int = 0
+
+    @property
+    def ref(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+    def deployed(self) -> dict[str, Any] | None:
+        for version in self.versions:
+            if version["version"] == self.deployed_version:
+                return version
+        return None
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobState:
+        data = dict(data)
+        data["conditions"] = [ConditionEntry(**c) for c in data.get("conditions", [])]
+        if data.get("task") is not None:
+            data["task"] = TaskRun(**data["task"])
+        return cls(**data)
+
+
+def new_job(namespace: str, name: str, now: float) -> JobState:
+    state = JobState(namespace=namespace, name=name)
+    _append(state, "Train", "Waiting", "job created; waiting for the train trigger", now)
+    return state
+
+
+# --- events ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SamplesReported:
+    """The dataset index now holds ``total`` labelled samples (``error``: it could not be read)."""
+
+    total: int
+    error: str | None = None
+
+
+@dataclass(frozen=True)
+class Tick:
+    """Time passes: periodic trigger checks, task deadlines, retries that are due."""
+
+
+@dataclass(frozen=True)
+class TaskReported:
+    task_id: str
+    attempt: int
+    seq: int
+    state: str
+    result: dict[str, Any] = field(default_factory=dict)
+    artifacts: list[dict[str, Any]] = field(default_factory=list)
+    message: str = ""
+    exit_code: int | None = None
+
+
+@dataclass(frozen=True)
+class NodeChanged:
+    node: str
+    state: str  # online, offline, lost
+
+
+@dataclass(frozen=True)
+class SpecChanged:
+    """The job manifest (or a resource it references) was updated; ``inputs`` is the new one."""
+
+
+@dataclass(frozen=True)
+class Paused:
+    pass
+
+
+@dataclass(frozen=True)
+class Resumed:
+    pass
+
+
+@dataclass(frozen=True)
+class Deleted:
+    pass
+
+
+@dataclass(frozen=True)
+class ArtifactsCollected:
+    """The registry has (``ok``) or could not get (``reason``) the files of ``version``."""
+
+    version: int
+    ok: bool
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class ServingReported:
+    """The deploy node says which version of this job it serves (its status ``serving``)."""
+
+    version: int | None
+
+
+@dataclass(frozen=True)
+class RolledBack:
+    """Serve an earlier registered version (None: the one before the deployed one)."""
+
+    version: int | None = None
+
+
+Event = (SamplesReported | Tick | TaskReported | NodeChanged | SpecChanged | Paused | Resumed
+         | Deleted | RolledBack | ServingReported | ArtifactsCollected)
+
+
+class RollbackError(ValueError):
+    """A rollback that names no registered version."""
+
+
+# --- actions -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class DispatchTask:
+    node: str
+    task: Task
+
+
+@dataclass(frozen=True)
+class StopTask:
+    node: str
+    task: Task
+
+
+@dataclass(frozen=True)
+class RegisterModel:
+    version: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class CollectArtifacts:
+    """Get the files of ``version`` into the registry (from ``node``, where they were trained);
+    answered by an :class:`ArtifactsCollected` event."""
+
+    version: int
+    node: str
+
+
+@dataclass(frozen=True)
+class DeployModel:
+    node: str
+    version: int
+
+
+@dataclass(frozen=True)
+class PublishStatus:
+    pass
+
+
+Action = DispatchTask | StopTask | RegisterModel | CollectArtifacts | DeployModel | PublishStatus
+
+
+# --- context -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class MachineSettings:
+    train_timeout_s: float = 6 * 3600.0
+    eval_timeout_s: float = 3600.0
+    max_attempts: int = 3
+    retry_initial_s: float = 10.0
+    retry_max_s: float = 600.0
+    #: How long a deployed version's files may take to reach the registry.
+    collect_timeout_s: float = 1800.0
+    #: Check the train trigger on every sample report. False checks only every
+    #: checkPeriodSeconds, as Sedna does; kept to measure the difference (bench/).
+    event_driven: bool = True
+
+    def retry_delay(self, failed_attempt: int) -> float:
+        return min(self.retry_max_s, self.retry_initial_s * 2 ** max(0, failed_attempt - 1))
+
+
+@dataclass(frozen=True)
+class Context:
+    now: float
+    online_nodes: frozenset[str] = frozenset()
+    tz: tzinfo = timezone.utc
+    settings: MachineSettings = MachineSettings()
+
+
+@dataclass
+class Transition:
+    state: JobState
+    actions: list[Action]
+
+
+# --- the machine -------------------------------------------------------------------------------
+
+
+def handle(state: JobState, inputs: JobInputs, event: Event, ctx: Context) -> Transition:
+    """The job's state after ``event`` and what to do about it. ``state`` is not modified."""
+    s = copy.deepcopy(state)
+    before = s.revision
+    actions: list[Action] = []
+    if s.deleted:
+        return Transition(s, actions)
+    step = _Step(s, inputs, ctx, actions)
+    step.on(event)
+    if not s.deleted:
+        step.advance()
+    if s.revision != before:
+        actions.append(PublishStatus())
+    return Transition(s, actions)
+
+
+def _append(s: JobState, stage: str, state: str, reason: str, now: float) -> None:
+    s.stage, s.state = stage, state
+    s.conditions.append(ConditionEntry(stage, state, s.round, reason, now))
+    del s.conditions[:-MAX_CONDITIONS]
+    s.revision += 1
+
+
+class _Step:
+    """One event's worth of work on a (copied) state."""
+
+    def __init__(self, s: JobState, inputs: JobInputs, ctx: Context, actions: list[Action]):
+        self.s, self.inputs, self.ctx, self.actions = s, inputs, ctx, actions
+
+    def note(self, stage: str, state: str, reason: str) -> None:
+        _append(self.s, stage, state, reason, self.ctx.now)
+
+    # -- events --
+
+    def on(self, event: Event) -> None:
+        s = self.s
+        match event:
+            case SamplesReported(total=total, error=error):
+                if error:
+                    return  # an unreadable index says nothing about how many samples there are
+                if total != s.samples:
+                    s.revision += 1
+                s.samples = total
+                if total < s.baseline:
+                    s.baseline = total  # the index shrank: count new samples from its new size
+                if s.state == "Failed" and s.failed_at_samples is not None and total > s.failed_at_samples:
+                    self.next_round("new samples arrived after the failure")
+                if self.ctx.settings.event_driven:
+                    self.check_train_trigger()
+            case Tick():
+                self.check_deadline()
+                if s.collect_deadline is not None and self.ctx.now >= s.collect_deadline \
+                        and s.pending_version is not None:
+                    self.on_collected(ArtifactsCollected(
+                        s.pending_version, False,
+                        f"its files did not reach the registry within "
+                        f"{self.ctx.settings.collect_timeout_s:g} s"))
+                if triggers.check_due(s.last_check, self.ctx.now, self.period()):
+                    self.check_train_trigger()
+            case TaskReported():
+                self.on_task(event)
+            case NodeChanged(node=node, state=node_state):
+                task = s.task
+                if node_state != "online" and task and task.node == node and task.state in ACTIVE_TASK_STATES:
+                    self.stop_current()
+                    self.attempt_failed(f"node {node} went {node_state} during the task", retry=True)
+            case SpecChanged():
+                s.revision += 1
+                if s.state == "Failed":
+                    self.next_round("the job's manifest changed after the failure")
+                self.check_train_trigger()
+            case Paused():
+                if not s.paused:
+                    s.paused = True
+                    self.note(s.stage, s.state, "paused: no new task starts until resumed")
+            case Resumed():
+                if s.paused:
+                    s.paused = False
+                    self.note(s.stage, s.state, "resumed")
+                if s.state == "Failed":
+                    self.next_round("resumed after the failure")
+                self.check_train_trigger()
+            case ArtifactsCollected():
+                self.on_collected(event)
+            case ServingReported(version=version):
+                if version != s.serving_version:
+                    s.serving_version = version
+                    node = self.inputs.deploy_node
+                    if version is not None and version == s.deployed_version:
+                        self.note(s.stage, s.state, f"node {node} serves model version {version}")
+                    else:
+                        s.revision += 1
+            case RolledBack(version=version):
+                self.roll_back(version)
+            case Deleted():
+                if s.task and s.task.state in ACTIVE_TASK_STATES:
+                    self.stop_current()
+                s.deleted = True
+                s.revision += 1
+
+    def roll_back(self, version: int | None) -> None:
+        """Point the deploy node back at a registered version. The stage is left alone: a round
+        in progress carries on, and its candidate is compared with the version now serving."""
+        s = self.s
+        known = sorted(v["version"] for v in s.versions)
+        if version is None:
+            usable = [v["version"] for v in s.versions if v.get("collected") is not False]
+            earlier = [v for v in usable if s.deployed_version is not None and v < s.deployed_version]
+            if not earlier:
+                raise RollbackError(f"job {s.ref} has no version before "
+                                    f"{s.deployed_version or 'the initial model'} to roll back to")
+            version = earlier[-1]
+        if version not in known:
+            raise RollbackError(f"job {s.ref} has no model version {version}; registered: "
+                                f"{', '.join(map(str, known)) or 'none'}")
+        record = next(v for v in s.versions if v["version"] == version)
+        if record.get("collected") is False:
+            raise RollbackError(f"job {s.ref} version {version} was never deployed: its files "
+                                "did not reach the registry")
+        if version == s.deployed_version:
+            return
+        previous, s.deployed_version = s.deployed_version, version
+        node = self.inputs.deploy_node
+        self.actions.append(DeployModel(node, version))
+        self.note(s.stage, s.state, f"rolled back from version {previous} to {version} on node {node}")
+
+    def period(self) -> float:
+        return float(self.inputs.job.spec.train_spec.trigger.check_period_seconds)
+
+    def check_train_trigger(self) -> None:
+        s = self.s
+        if (s.stage, s.state) != ("Train", "Waiting") or s.paused:
+            return
+        s.last_check = self.ctx.now
+        trigger = self.inputs.job.spec.train_spec.trigger
+        decision = triggers.train_decision(
+            trigger.condition,
+            trigger.timer,
+            triggers.new_samples(s.samples, s.baseline),
+            triggers.minute_of_day(self.ctx.now, self.ctx.tz),
+        )
+        if decision.holds:
+            s.round_samples = [s.baseline, s.samples]
+            s.attempt, s.retry_at, s.candidate = 0, None, None
+            self.note("Train", "Ready", f"train trigger: {decision.reason}")
+
+    def next_round(self, why: str) -> None:
+        s = self.s
+        s.round += 1
+        s.task, s.attempt, s.retry_at, s.candidate, s.round_samples = None, 0, None, None, None
+        s.failed_at_samples = None
+        s.last_check = None
+        self.note("Train", "Waiting", f"round {s.round}: {why}; waiting for the train trigger")
+
+    # -- tasks --
+
+
+    def current_task_message(self) -> Task:
+        """The Task message of the current attempt (for a stop)."""
+        s, task = self.s, self.s.task
+        assert task is not None
+        return Task(
+            task_id=task.task_id, attempt=task.attempt, action="stop", job=s.ref,
+            role=task.role, round=task.round, ts=self.ctx.now,  # type: ignore[arg-type]
+        )
+
+    def stop_current(self) -> None:
+        task = self.s.task
+        if task is not None:
+            self.actions.append(StopTask(task.node, self.current_task_message()))
+            task.state = "Failed"
+
+    def advance(self) -> None:
+        """Start what is ready: the task of a Ready stage, once its node is online."""
+        s, ctx = self.s, self.ctx
+        if s.state != "Ready" or s.stage not in ("Train", "Eval") or s.paused:
+            return
+        if s.retry_at is not None and ctx.now < s.retry_at:
+            return
+        node = self.inputs.dataset_node  # train and eval run where the data is
+        if node not in ctx.online_nodes:
+            reason = f"waiting for node {node} to be online"
+            if s.conditions[-1].reason != reason:
+                self.note(s.stage, "Ready", reason)
+            return
+        s.attempt += 1
+        s.retry_at = None
+        settings = ctx.settings
+        if s.stage == "Train":
+            timeout = settings.train_timeout_s
+            task = build_train_task(
+                self.inputs, s.round, s.attempt, tuple(s.round_samples or [s.baseline, s.samples]),
+                s.deployed(), timeout,
+            )
+        else:
+            timeout = settings.eval_timeout_s
+            task = build_eval_task(
+                self.inputs, s.round, s.attempt, s.candidate or {}, s.deployed(), timeout,
+                sample_split(self.inputs, s.round, tuple(s.round_samples or [s.baseline, s.samples])),
+            )
+        task = task.model_copy(update={"ts": ctx.now})
+        s.task = TaskRun(
+            task_id=task.task_id, role=task.role, round=s.round, attempt=s.attempt, node=node,
+            state="Starting", sent_at=ctx.now, deadline=ctx.now + timeout,
+        )
+        self.actions.append(DispatchTask(node, task))
+        self.note(s.stage, "Starting", f"task {task.task_id} attempt {s.attempt} sent to node {node}")
+
+    def check_deadline(self) -> None:
+        task = self.s.task
+        if task and task.state in ACTIVE_TASK_STATES and self.ctx.now >= task.deadline:
+            self.stop_current()
+            self.attempt_failed(
+                f"task {task.task_id} attempt {task.attempt} timed out after "
+                f"{task.deadline - task.sent_at:g} s", retry=True,
+            )
+
+    def on_task(self, event: TaskReported) -> None:
+        s, task = self.s, self.s.task
+        if (
+            task is None
+            or event.task_id != task.task_id
+            or event.attempt != task.attempt
+            or event.seq <= task.last_seq
+            or task.state not in ACTIVE_TASK_STATES
+        ):
+            return  # another attempt's, a duplicate, or stale
+        task.last_seq = event.seq
+        if event.state in ("Starting", "Running"):
+            if isinstance(event.result.get("progress"), int | float):
+                task.progress = float(event.result["progress"])
+            if task.state != "Running" or s.state != "Running":
+                task.state = "Running"
+                self.note(s.stage, "Running", f"task {task.task_id} running on node {task.node}")
+            return
+        if event.state == "Failed":
+            detail = event.message or "no message"
+            code = f" (exit code {event.exit_code})" if event.exit_code is not None else ""
+            task.state = "Failed"
+            self.attempt_failed(f"{detail}{code}", retry=event.exit_code != contract.EXIT_BAD_INPUT)
+            return
+        if event.state == "Completed":
+            task.state = "Completed"
+            if s.stage == "Train":
+                self.train_completed(event)
+            elif s.stage == "Eval":
+                self.eval_completed(event)
+
+    def attempt_failed(self, reason: str, retry: bool) -> None:
+        s, settings = self.s, self.ctx.settings
+        if s.task is not None:
+            s.task.state = "Failed"
+        if retry and s.attempt < settings.max_attempts:
+            delay = settings.retry_delay(s.attempt)
+            s.retry_at = self.ctx.now + delay
+            self.note(s.stage, "Failed", f"attempt {s.attempt} failed: {reason}")
+            self.note(
+                s.stage, "Ready",
+                f"retry: attempt {s.attempt + 1} of {settings.max_attempts} in {delay:g} s",
+            )
+            return
+        tried = f"after {s.attempt} attempt{'s' if s.attempt != 1 else ''}"
+        self.note(s.stage, "Failed", f"{reason}; gave up {tried}")
+        s.failed_at_samples = s.samples
+        s.task = None
+
+    def train_completed(self, event: TaskReported) -> None:
+        s = self.s
+        artifacts, problem = _model_artifacts(event, round_dir(self.inputs, s.round))
+        if problem:
+            self.attempt_failed(f"train completed without a usable model: {problem}", retry=False)
+            return
+        s.candidate = {"artifacts": artifacts, "result": _summary(event.result)}
+        # The round consumed its samples: num_of_samples counts from here on.
+        s.baseline = (s.round_samples or [0, s.samples])[1]
+        self.note("Train", "Completed", f"task {event.task_id} produced {len(artifacts)} artifact(s)")
+        s.task, s.attempt, s.retry_at = None, 0, None
+        self.note("Eval", "Ready", "evaluating the candidate against the serving model")
+
+    def eval_completed(self, event: TaskReported) -> None:
+        s = self.s
+        models = event.result.get("models")
+        if not isinstance(models, list) or not models or not isinstance(models[0], dict) \
+                or not isinstance(models[0].get("metrics"), dict):
+            self.attempt_failed("eval result has no models[0].metrics", retry=False)
+            return
+        candidate = models[0]["metrics"]
+        deployed = None
+        if s.deployed_version is not None and len(models) > 1 and isinstance(models[1], dict):
+            deployed = models[1].get("metrics") if isinstance(models[1].get("metrics"), dict) else None
+        condition = self.inputs.job.spec.deploy_spec.trigger.condition
+        decision = triggers.deploy_decision(condition, candidate, deployed, self.inputs.class_names())
+        s.task = None
+        if not decision.holds:
+            self.note("Eval", "Completed", f"candidate not deployed: {decision.reason}")
+            self.next_round("the candidate was not deployed")
+            self.check_train_trigger()
+            return
+        self.note("Eval", "Completed", f"deploy trigger: {decision.reason}")
+        number = max((v["version"] for v in s.versions), default=0) + 1
+        version = {
+            "version": number,
+            "round": s.round,
+            "artifacts": (s.candidate or {}).get("artifacts", []),
+            "metrics": {k: candidate.get(k) for k in ("precision", "recall", "f1", "map50", "map")},
+            "decision": decision.reason,
+            "time": self.ctx.now,
+        }
+        s.versions.append(version)
+        s.pending_version = number
+        s.collect_deadline = self.ctx.now + self.ctx.settings.collect_timeout_s
+        self.actions.append(RegisterModel(version))
+        self.actions.append(CollectArtifacts(number, self.inputs.dataset_node))
+        self.note("Deploy", "Running",
+                  f"model version {number} registered; collecting its files for the registry")
+
+    def on_collected(self, event: ArtifactsCollected) -> None:
+        s = self.s
+        if event.version != s.pending_version or (s.stage, s.state) != ("Deploy", "Running"):
+            return  # a late answer about a collection that already ended
+        s.pending_version = s.collect_deadline = None
+        number = event.version
+        if not event.ok:
+            for version in s.versions:
+                if version["version"] == number:
+                    version["collected"] = False
+            self.note("Deploy", "Failed", f"model version {number} not deployed: {event.reason}")
+            self.next_round(f"version {number} could not be deployed; version "
+                            f"{s.deployed_version or '(initial model)'} keeps serving")
+            self.check_train_trigger()
+            return
+        s.deployed_version = number
+        node = self.inputs.deploy_node
+        self.actions.append(DeployModel(node, number))
+        self.note("Deploy", "Completed", f"model version {number} published to node {node}")
+        self.next_round(f"version {number} deployed")
+        # Samples that arrived during this round may already be enough for the next one.
+        self.check_train_trigger()
+
+
+def _summary(result: dict[str, Any]) -> dict[str, Any]:
+    """The small part of a train result worth keeping in the job's state."""
+    keep = ("loss", "epochs", "samples", "duration_s")
+    return {k: result[k] for k in keep if k in result}
+
+
+def _model_artifacts(event: TaskReported, out_dir: str) -> tuple[list[dict[str, Any]], str]:
+    """Artifacts of a train result (``result["artifacts"]`` with paths, else the message's
+    ``artifacts``), each {name, sha256, size, path}; or the reason there are none."""
+    raw = event.result.get("artifacts") or event.artifacts
+    if not isinstance(raw, list) or not raw:
+        return [], "no artifacts reported"
+    artifacts = []
+    for i, item in enumerate(raw):
+        if not isinstance(item, dict):
+            return [], f"artifact {i} is not a mapping"
+        name, sha, size = item.get("name"), item.get("sha256"), item.get("size")
+        if not isinstance(name, str) or not name or not isinstance(sha, str) or len(sha) != 64 \
+                or not isinstance(size, int) or size < 0:
+            return [], f"artifact {i} needs name, sha256 and size (got {sorted(item)})"
+        path = item.get("path") if isinstance(item.get("path"), str) else f"{out_dir}/{name}"
+        artifacts.append({"name": name, "sha256": sha, "size": size, "path": path})
+    return artifacts, ""
+
+
+def status_fields(s: JobState) -> dict[str, Any]:
+    """The JobStatus message fields of a state (``protocol.messages.JobStatus(**...)``)."""
+    return {
+        "namespace": s.namespace,
+        "name": s.name,
+        "revision": s.revision,
+        "stage": s.stage,
+        "state": s.state,
+        "round": s.round,
+        "deployed_version": s.deployed_version,
+        "samples": s.samples,
+        "paused": s.paused,
+        "conditions": [
+            {"stage": c.stage, "state": c.state, "round": c.round, "reason": c.reason, "time": c.time}
+            for c in s.conditions[-50:]
+        ],
+        "ts": s.conditions[-1].time if s.conditions else 0.0,
+    }
+
+
+__all__ = [
+    "Action", "Context", "DeployModel", "DispatchTask", "Event", "JobState", "MachineSettings",
+    "NodeChanged", "PublishStatus", "RegisterModel", "Paused", "Resumed", "Deleted",
+    "SamplesReported", "SpecChanged", "StopTask", "TaskReported", "Tick", "Transition",
+    "ArtifactsCollected", "CollectArtifacts", "RolledBack", "RollbackError", "ServingReported", "handle", "new_job", "status_fields", "task_id",
+]

@@ -1,0 +1,229 @@
+"""The cloud manager over a real broker, driven by a scripted node: the seed's manifests run
+Train -> Eval -> Deploy for three rounds; the API answers; a restarted manager resumes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from pathlib import Path
+
+import pytest
+import yaml
+
+from cloud_manager import state_machine as sm
+from cloud_manager.api_client import call, new_request
+from cloud_manager.daemon import TEXT_REPLY_TOPIC, CloudDaemon
+from cloud_manager.hardex_inbox import HardExampleInbox
+from cloud_manager.manager import Manager
+from cloud_manager.registry import ModelRegistry
+from cloud_manager.store import Store
+from edgeloop.connection import ConnectionOptions
+from edgeloop.mqtt import MqttClient, MqttSettings
+from protocol import topics
+from protocol.messages import ApiResponse, JobStatus
+from scripted_node import ScriptedNode, succeed
+
+pytestmark = [pytest.mark.broker, pytest.mark.timeout(120)]
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "helmet"
+NS, JOB, NODE = "neptune-test", "helmet-detection-demo", "cloud0"
+DATASET = f"{NS}/incremental-dataset"
+
+
+def seed_manifests(tmp: Path, threshold: int = 100) -> list[str]:
+    """The seed's four manifests, paths moved under ``tmp``, no timer window, a lower threshold."""
+    texts = []
+    for name in ("dataset.yaml", "initial-model.yaml", "deploy-model.yaml", "job.yaml"):
+        data = yaml.safe_load((EXAMPLES / name).read_text())
+        if data["kind"] == "Dataset":
+            data["spec"]["url"] = str(tmp / "data" / "data.txt")
+        if data["kind"] == "IncrementalLearningJob":
+            data["spec"]["outputDir"] = str(tmp / "output")
+            trigger = data["spec"]["trainSpec"]["trigger"]
+            trigger.pop("timer")
+            trigger["condition"]["threshold"] = threshold
+        texts.append(json.dumps(data))
+    return texts
+
+
+async def wait_for(predicate: Callable[[], bool], timeout: float = 15.0, what: str = "") -> None:
+    async with asyncio.timeout(timeout):
+        while not predicate():
+            await asyncio.sleep(0.02)
+
+
+@asynccontextmanager
+async def cloud(url: str, state: Path) -> AsyncIterator[CloudDaemon]:
+    store = Store(state)
+    manager = Manager(store, settings=sm.MachineSettings(retry_initial_s=0.2, retry_max_s=1),
+                      inbox=HardExampleInbox(state / "hardex"),
+                      registry=ModelRegistry(state / "models"))
+    daemon = CloudDaemon(MqttSettings(url=url, client_id="cloud", backoff_max=0.5), manager,
+                         tick_s=0.05)
+    stop = asyncio.Event()
+    runner = asyncio.create_task(daemon.run(stop))
+    await daemon.client.wait_connected(10)
+    try:
+        yield daemon
+    finally:
+        stop.set()
+        await runner
+        store.close()
+
+
+def job_state(daemon: CloudDaemon) -> sm.JobState:
+    state = daemon.manager.store.load_job(NS, JOB)
+    assert state is not None
+    return state
+
+
+async def api(url: str, verb: str, **fields) -> ApiResponse:
+    (response,) = await call(ConnectionOptions(broker=url), verb, new_request(**fields), timeout=10)
+    return response
+
+
+async def setup_job(url: str, tmp: Path, threshold: int = 100) -> None:
+    assert (await api(url, "create_namespace", name=NS)).code == 201
+    for text in seed_manifests(tmp, threshold):
+        response = await api(url, "apply", body=text)
+        assert response.ok, response
+
+
+async def test_three_rounds_over_the_broker(broker, tmp_path):
+    async with cloud(broker.url, tmp_path / "state") as daemon, \
+            ScriptedNode(broker.url, NODE, succeed(lambda r: 0.6 + 0.1 * r)) as node:
+        await setup_job(broker.url, tmp_path)
+        await wait_for(lambda: NODE in daemon.manager.online_nodes())
+        url = str(tmp_path / "data" / "data.txt")
+
+        for round_no, total in ((1, 150), (2, 300), (3, 450)):
+            await node.report_samples(DATASET, url, total)
+            await wait_for(lambda r=round_no: job_state(daemon).round == r + 1, what=f"round {round_no}")
+            assert job_state(daemon).deployed_version == round_no
+        state = job_state(daemon)
+        assert (state.stage, state.state) == ("Train", "Waiting")
+        roles = [(t.role, t.round) for t in node.tasks]
+        assert roles == [("train", 1), ("eval", 1), ("train", 2), ("eval", 2), ("train", 3), ("eval", 3)]
+        # round 2 trained on the samples added since round 1 only, from the deployed model
+        train2 = node.tasks[2]
+        split = json.loads(train2.env["EDGELOOP_SPLIT"])
+        assert (split["start"], split["end"]) == (150, 300)
+        assert train2.env["BASE_MODEL_URL"].endswith("/output/1/model.keras")
+        # the deploy node's desired state serves version 3
+        await wait_for(lambda: node.desired and node.desired[-1].models
+                       and node.desired[-1].models[0].version == 3)
+        await wait_for(lambda: job_state(daemon).serving_version == 3)
+        inference = node.desired[-1].tasks[0]
+        assert inference.role == "inference" and inference.env["HEM_NAME"] == "IBT"
+
+        # the API shows it
+        got = await api(broker.url, "get", resource="il", namespace=NS)
+        (row,) = got.data["items"]
+        assert row["name"] == JOB and row["round"] == 4 and row["deployed_version"] == 3
+        described = await api(broker.url, "describe", resource="jobs", namespace=NS, name=JOB)
+        stages = [(c["stage"], c["state"], c["round"]) for c in described.data["status"]["conditions"]]
+        assert ("Deploy", "Completed", 3) in stages
+        assert [v["version"] for v in described.data["versions"]] == [1, 2, 3]
+        nodes = await api(broker.url, "get", resource="nodes")
+        assert [n["state"] for n in nodes.data["items"]] == ["online"]
+
+        # rollback: the deploy node is pointed back at version 2
+        back = await api(broker.url, "rollback", namespace=NS, name=JOB)
+        assert back.ok and back.data == {"deployed_version": 2}
+        await wait_for(lambda: node.desired[-1].models[0].version == 2)
+        wrong = await api(broker.url, "rollback", namespace=NS, name=JOB, args={"version": 9})
+        assert wrong.code == 409 and "no model version 9" in wrong.message
+
+
+async def test_retained_job_status_is_published(broker, tmp_path):
+    seen: list[JobStatus] = []
+    async with cloud(broker.url, tmp_path / "state"):
+        await setup_job(broker.url, tmp_path)
+        async with MqttClient(MqttSettings(url=broker.url, client_id="dash", session_expiry=0)) as dash:
+            async def on_status(delivery):
+                seen.append(delivery.message)
+
+            dash.subscribe(topics.job_status(NS, JOB), on_status)
+            await dash.wait_connected(10)
+            await wait_for(lambda: bool(seen))
+    assert seen[-1].stage == "Train" and seen[-1].state == "Waiting"
+    assert "waiting for the train trigger" in seen[-1].conditions[-1].reason
+
+
+async def test_api_errors_are_clear(broker, tmp_path):
+    async with cloud(broker.url, tmp_path / "state"):
+        texts = seed_manifests(tmp_path)
+        missing_ns = await api(broker.url, "apply", body=texts[0])
+        assert not missing_ns.ok and "edgeloop create namespace neptune-test" in missing_ns.errors[0]
+        assert (await api(broker.url, "create_namespace", name=NS)).ok
+        missing_ref = await api(broker.url, "apply", body=texts[3])
+        assert not missing_ref.ok and any("Dataset neptune-test/incremental-dataset" in e
+                                          for e in missing_ref.errors)
+        bad = await api(broker.url, "apply", body=texts[0].replace('"txt"', '"csv"'))
+        assert not bad.ok and any("spec.format" in e for e in bad.errors)
+        for text in texts:
+            assert (await api(broker.url, "apply", body=text)).ok
+        again = await api(broker.url, "apply", body=texts[3])
+        assert again.message == "unchanged"
+        in_use = await api(broker.url, "delete", resource="datasets", namespace=NS,
+                           name="incremental-dataset")
+        assert in_use.code == 409 and JOB in in_use.message
+        unknown = await api(broker.url, "get", resource="pods")
+        assert unknown.code == 400 and "unknown resource type" in unknown.message
+        gone = await api(broker.url, "describe", resource="il", namespace=NS, name="nope")
+        assert gone.code == 404
+        assert (await api(broker.url, "delete", resource="il", namespace=NS, name=JOB)).ok
+        assert (await api(broker.url, "get", resource="il", namespace=NS)).data["items"] == []
+
+
+async def test_plain_text_apply_answers_on_the_text_reply_topic(broker, tmp_path, mqtt_probe):
+    probe = mqtt_probe(broker).connect()
+    probe.subscribe(TEXT_REPLY_TOPIC)
+    async with cloud(broker.url, tmp_path / "state"):
+        text = (EXAMPLES / "initial-model.yaml").read_text().replace("neptune-test", "default")
+        await asyncio.to_thread(probe.publish, topics.api_request("apply"), text.encode())
+        message = await asyncio.to_thread(probe.expect, TEXT_REPLY_TOPIC)
+    from protocol.codec import decode
+
+    response = decode(TEXT_REPLY_TOPIC, message.payload)
+    assert isinstance(response, ApiResponse) and response.ok and response.message == "created"
+
+
+async def test_pause_holds_the_round_and_resume_starts_it(broker, tmp_path):
+    async with cloud(broker.url, tmp_path / "state") as daemon, ScriptedNode(broker.url, NODE) as node:
+        await setup_job(broker.url, tmp_path)
+        assert (await api(broker.url, "pause", namespace=NS, name=JOB)).ok
+        await wait_for(lambda: NODE in daemon.manager.online_nodes())
+        await node.report_samples(DATASET, "x", 500)
+        await wait_for(lambda: job_state(daemon).samples == 500)
+        await asyncio.sleep(0.3)
+        assert node.tasks == [] and job_state(daemon).paused
+        assert (await api(broker.url, "resume", namespace=NS, name=JOB)).ok
+        await wait_for(lambda: job_state(daemon).deployed_version == 1)
+
+
+async def test_restarted_manager_resumes_and_nothing_runs_twice(broker, tmp_path):
+    state_dir = tmp_path / "state"
+    node = ScriptedNode(broker.url, NODE, answer=False)  # takes tasks, answers later
+    async with node:
+        async with cloud(broker.url, state_dir) as daemon:
+            await setup_job(broker.url, tmp_path)
+            await wait_for(lambda: NODE in daemon.manager.online_nodes())
+            await node.report_samples(DATASET, "x", 200)
+            await wait_for(lambda: len(node.tasks) == 1)
+            assert job_state(daemon).stage == "Train"
+        # manager down; the node finishes training meanwhile (its message waits in the
+        # manager's persistent session)
+        node.answer = True
+        train = node.tasks[0]
+        await node.play(train)
+        async with cloud(broker.url, state_dir) as daemon:
+            await wait_for(lambda: job_state(daemon).deployed_version == 1)
+            state = job_state(daemon)
+            assert (state.stage, state.state, state.round) == ("Train", "Waiting", 2)
+    started = [k for k in node.started]
+    assert len(started) == len(set(started))
+    trains = {(t.task_id, t.attempt) for t in node.tasks if t.role == "train"}
+    assert len(trains) == 1  # the resync re-sent the same task key; no second attempt
