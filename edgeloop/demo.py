@@ -22,8 +22,8 @@ EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "helmet"
 #: What the full loop still needs; shown at the end of every run so nobody mistakes the demo
 #: for more than it is.
 NOT_BUILT_YET = (
-    "cloud manager daemon running the job (triggers, train -> eval -> deploy)",
-    "edge agents running the workers, the hard-example outbox and hot-swap",
+    "the job itself: the demo does not yet start the cloud manager and the agents cloud0/edge0 "
+    "with the real train/eval/inference workers (each is built and tested on its own)",
     "camera mock over RTSP, simulated annotator, report with plots",
 )
 
