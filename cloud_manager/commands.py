@@ -69,6 +69,9 @@ def register(app: typer.Typer) -> None:
                                help="IANA timezone in which train trigger timer windows are read."),
         client_id: str = typer.Option("edgeloop-cloud", "--client-id",
                                       help="MQTT client id (its session keeps messages while down)."),
+        always_pull: bool = typer.Option(False, "--always-pull", envvar="EDGELOOP_ALWAYS_PULL",
+                                         help="Pull trained models from their node even when "
+                                              "their paths are readable here."),
         broker: BrokerUrl = DEFAULT_BROKER,
         ca: CaFile = None,
         cert: CertFile = None,
@@ -98,7 +101,8 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(1) from None
         options = ConnectionOptions(broker, ca, cert, key, username, password)
         manager = Manager(store, tz=zone, inbox=HardExampleInbox(state / INBOX_DIR),
-                          registry=ModelRegistry(state / REGISTRY_DIR))
+                          registry=ModelRegistry(state / REGISTRY_DIR),
+                          read_node_paths=not always_pull)
         daemon = CloudDaemon(options.settings(client_id), manager)
 
         async def main() -> None:

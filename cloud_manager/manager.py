@@ -66,8 +66,13 @@ class Manager:
         settings: sm.MachineSettings | None = None,
         inbox: HardExampleInbox | None = None,
         registry: ModelRegistry | None = None,
+        read_node_paths: bool = True,
     ) -> None:
+        """``read_node_paths`` False: never copy a version's files from the paths a train
+        result names, always pull them from the node (a path that exists here may be another
+        machine's file of the same name; the sha256 check would catch it, at a copy's cost)."""
         self.store = store
+        self.read_node_paths = read_node_paths
         self.inbox = inbox
         self.registry = registry
         self.tz = tz
@@ -178,6 +183,11 @@ class Manager:
         record = next(v for v in state.versions if v["version"] == action.version)
         missing = []
         for artifact in record.get("artifacts", []):
+            if self.registry.has(artifact["sha256"]):
+                continue
+            if not self.read_node_paths:
+                missing.append(artifact)
+                continue
             try:
                 self.registry.import_file(Path(artifact["path"]), artifact["sha256"], artifact["size"])
             except (RegistryError, OSError) as exc:

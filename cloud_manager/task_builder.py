@@ -9,7 +9,7 @@ Where files live on the dataset's node, for round ``r`` of a job with ``outputDi
 
 The three index files are written on the node from the dataset index before the worker starts;
 train and eval tasks say how in ``EDGELOOP_SPLIT`` (JSON, see :class:`SampleSplit`), and
-:func:`cloud_manager.triggers.plan_round_indexes` says what goes in each.
+:func:`protocol.sample_split.plan_round_indexes` says what goes in each.
 """
 
 from __future__ import annotations
@@ -23,12 +23,13 @@ from protocol import worker_contract as contract
 from protocol.manifests import Dataset, IncrementalLearningJob, Model
 from protocol.manifests import WorkerSpec as ManifestWorkerSpec
 from protocol.messages import ArtifactRef, ModelRef, Task, WorkerSpec
-
-#: Task variable describing the sample split the node materialises before the worker runs.
-SPLIT_VARIABLE = "EDGELOOP_SPLIT"
-TRAIN_INDEX = "train.txt"
-EVAL_INDEX = "eval.txt"
-REPLAY_INDEX = "replay.txt"
+from protocol.sample_split import (
+    EVAL_INDEX,
+    REPLAY_INDEX,
+    SPLIT_VARIABLE,
+    TRAIN_INDEX,
+    SampleSplit,
+)
 
 
 @dataclass(frozen=True)
@@ -59,23 +60,6 @@ class JobInputs:
             return names
         default = next(p.default for p in contract.PARAMETERS if p.name == "class_names")
         return tuple((default or "").split(","))
-
-
-@dataclass(frozen=True)
-class SampleSplit:
-    """Which samples of the dataset index a round uses: the ``[start, end)`` range of valid
-    samples (in index order) is new; earlier train-side samples are the replay set."""
-
-    index: str
-    start: int
-    end: int
-    train_prob: float
-    train: str
-    eval: str
-    replay: str
-
-    def to_json(self) -> str:
-        return json.dumps(self.__dict__, sort_keys=True)
 
 
 def task_id(namespace: str, name: str, round_no: int, role: str) -> str:

@@ -16,13 +16,13 @@ Deploy trigger
 Comparisons allow a small tolerance (:data:`TOLERANCE`) so that ``precision_delta >= 0.1``
 holds for a delta computed as 0.30000000000000004 - 0.2.
 
-The stable ``trainProb`` split lives here too: a sample goes to the train or held-out eval set
-by a hash of its index line, so the split does not change when it is recomputed, on any node.
+The stable ``trainProb`` split (a sample goes to the train or held-out eval set by a hash of
+its index line) lives in :mod:`protocol.sample_split`, shared with the nodes that write the
+round's index files.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -167,61 +167,3 @@ def deploy_decision(
     if compare(condition, value):
         return Decision(True, f"{text}: holds", value)
     return Decision(False, f"{text}: does not hold", value)
-
-
-# --- trainProb split ---------------------------------------------------------------------------
-
-
-def goes_to_train(line: str, train_prob: float) -> bool:
-    """Whether the sample of index line ``line`` is a training sample (else held out for eval).
-
-    The line is hashed with surrounding whitespace removed, so the same sample lands on the same
-    side however often and wherever the split is computed.
-    """
-    digest = hashlib.sha256(line.strip().encode("utf-8")).digest()
-    fraction = int.from_bytes(digest[:8], "big") / 2**64
-    return fraction < train_prob
-
-
-def split_samples(lines: Sequence[str], train_prob: float) -> tuple[list[str], list[str]]:
-    """Split index lines into (train, eval); blank lines and repeats of a line are dropped.
-
-    With ``train_prob`` 1 every sample trains (the eval set is empty).
-    """
-    train: list[str] = []
-    held_out: list[str] = []
-    seen: set[str] = set()
-    for raw in lines:
-        line = raw.strip()
-        if not line or line in seen:
-            continue
-        seen.add(line)
-        (train if goes_to_train(line, train_prob) else held_out).append(line)
-    return train, held_out
-
-
-@dataclass(frozen=True)
-class RoundIndexes:
-    """The three index files of a round, as lists of sample lines."""
-
-    train: list[str]
-    eval: list[str]
-    replay: list[str]
-
-
-def plan_round_indexes(
-    samples: Sequence[str], start: int, end: int, train_prob: float
-) -> RoundIndexes:
-    """What a round's ``train.txt``, ``eval.txt`` and ``replay.txt`` hold.
-
-    ``samples`` are the dataset index's valid sample lines in order; ``[start, end)`` are the
-    round's new ones (``EDGELOOP_SPLIT``). New samples split by :func:`goes_to_train`; a line
-    already seen before ``start`` is not new. Replay is the train side of everything before
-    ``start``. When no new sample is held out (few samples, or ``trainProb`` 1), eval uses every
-    held-out sample so far rather than an empty set.
-    """
-    earlier_train, earlier_eval = split_samples(samples[:start], train_prob)
-    seen = set(earlier_train) | set(earlier_eval)
-    new = [line for line in samples[start:end] if line.strip() not in seen]
-    train, held_out = split_samples(new, train_prob)
-    return RoundIndexes(train=train, eval=held_out or earlier_eval, replay=earlier_train)

@@ -5,7 +5,9 @@ retained ``lost`` one as its last will), ``offline`` on a clean stop; sample cou
 watched indexes; task progress; hard examples, through the durable outbox.
 
 What it obeys: the retained desired state (applied once per generation, so the copy the broker
-hands back at every reconnection changes nothing) and Task messages (run each attempt once).
+hands back at every reconnection changes nothing) and Task messages (run each attempt once);
+before a train or eval worker starts it writes the round's sample indexes. What it serves: chunks
+of the models its train tasks produced, when the cloud pulls them.
 
 Incoming control messages are queued and applied one at a time by a task of their own, so a slow
 stop of a worker never holds up the connection (acknowledgements of hard examples arrive on it).
@@ -22,6 +24,7 @@ import time
 from pathlib import Path
 from typing import Self
 
+from edge_agent.artifact_upload import ArtifactUploader
 from edge_agent.channel import ChannelHandlers, WorkerChannel
 from edge_agent.config import AgentConfig
 from edge_agent.deployment import ModelDeployer, PreparedModel
@@ -30,7 +33,8 @@ from edge_agent.hardex_intake import HardExampleIntake
 from edge_agent.identity import NodeIdentity
 from edge_agent.live_view import LiveView
 from edge_agent.outbox import DiskOutbox
-from edge_agent.runner import WorkerRunner
+from edge_agent.round_indexes import RoundIndexError, write_round_indexes
+from edge_agent.runner import TaskSetupError, WorkerRunner
 from edge_agent.watcher import DatasetWatcher
 from edgeloop.mqtt import Delivery, MqttClient, MqttSettings, NotConnected
 from edgeloop.reliable import ReliableSender
@@ -131,6 +135,7 @@ class Agent:
             self._publish_progress,
             channel_url_for=self._channel_url_for,
             stop_grace_s=config.stop_grace_s,
+            prepare=self._prepare_task,
         )
         self.channel = WorkerChannel(
             ChannelHandlers(
@@ -155,6 +160,7 @@ class Agent:
             )
         self.downloader = ArtifactDownloader(self.client, self.node, self.state_dir / "artifacts")
         self.deployer = ModelDeployer(self.downloader, self.state_dir / "models")
+        self.uploader = ArtifactUploader(self.client, self.node, self.state_dir)
         self.serving: dict[str, int] = {}  # task id -> model version its worker serves
         self.worker_stats: dict[str, wc.Stats] = {}
         self._published_serving: dict[str, int] | None = None
@@ -270,6 +276,7 @@ class Agent:
         """Final reports missed by an outage are sent again at the next connection."""
         final = report.state in ("Completed", "Failed")
         if final:
+            self.uploader.note(report)
             self.serving.pop(report.task_id, None)
             self.worker_stats.pop(report.task_id, None)
             if self.live_view is not None:
@@ -394,6 +401,19 @@ class Agent:
         await self.runner.stop(task.task_id, f"restarting with model version {prepared.version}")
         await self.runner.start(task)
 
+    def _prepare_task(self, task: Task) -> None:
+        """Before a train or eval worker starts: write the round's sample indexes
+        (``EDGELOOP_SPLIT``). Runs in a thread: the dataset index may be large."""
+        if task.role not in ("train", "eval"):
+            return
+        try:
+            written = write_round_indexes(task, self.config.num_classes)
+        except RoundIndexError as exc:
+            raise TaskSetupError(str(exc)) from None
+        if written is not None:
+            log.info("task %s: %d train, %d eval, %d replay samples", task.task_id,
+                     written.train, written.eval, written.replay)
+
     # -- hard examples ----------------------------------------------------------------------
 
     def _note_hardex_folder(self, task: Task) -> None:
@@ -452,6 +472,11 @@ class Agent:
         return self.channel.url_for(task_id) if self.channel.port else None
 
     async def _on_worker_hello(self, task_id: str, message: wc.Hello) -> None:
+        run = self.runner.running.get(task_id)
+        if run is not None and run.task.role == "inference" and task_id not in self.serving:
+            # the version it started with, before any swap or stats
+            version = message.model_version or run.task.env.get(contract.MODEL_VERSION)
+            self._note_serving(task_id, version)
         if self.live_view is not None:
             await self.live_view.on_worker_hello(task_id, message)
 

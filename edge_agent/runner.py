@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 ProgressSink = Callable[[TaskProgress], Awaitable[None]]
 ChannelUrlFor = Callable[[str], "str | None"]
+#: Called (in a thread) before a task's worker starts; raises TaskSetupError to fail the task.
+PrepareTask = Callable[[Task], None]
 
 LOG_NAME = "worker.log"
 RESULT_NAME = "result.json"
@@ -152,6 +154,7 @@ class WorkerRunner:
         channel_url_for: ChannelUrlFor | None = None,
         stop_grace_s: float = 5.0,
         python: str = sys.executable,
+        prepare: PrepareTask | None = None,
     ) -> None:
         self.node = node
         self.state_dir = Path(state_dir)
@@ -159,6 +162,7 @@ class WorkerRunner:
         self.channel_url_for = channel_url_for
         self.stop_grace_s = stop_grace_s
         self.python = python
+        self.prepare = prepare
         self.running: dict[str, TaskRun] = {}  # task id -> its live attempt
         self._seen: set[str] = set()  # task keys handled during this run of the agent
 
@@ -309,6 +313,8 @@ class WorkerRunner:
         boot = script_dir / task.worker.boot_file
         if not boot.is_file():
             raise TaskSetupError(f"boot file {boot} not found (scriptDir/scriptBootFile)")
+        if self.prepare is not None:
+            await asyncio.to_thread(self.prepare, task)
         channel = self.channel_url_for(task.task_id) if self.channel_url_for else None
         env = {**os.environ, **worker_environment(task, run.result_path, channel)}
         run.result_path.unlink(missing_ok=True)

@@ -2,8 +2,8 @@
 
 Which indexes: those named in the agent's configuration (``datasets:`` in the config file or
 ``--dataset namespace/name=/path/data.txt``). The ``TRAIN_DATASET_URL`` of a task is *not*
-watched: it is the index a train worker reads for one round, often a per-round extract the cloud
-prepares, not the growing index that labelling appends to; watching it would report the wrong
+watched: it is the index a train worker reads for one round, the per-round extract the agent
+writes (:mod:`edge_agent.round_indexes`), not the growing index that labelling appends to; watching it would report the wrong
 counts. The cloud will name datasets to watch in the desired state when its protocol carries them.
 
 An index is meant to grow by appended lines. The watcher remembers the size and hash of what it

@@ -25,14 +25,14 @@ Sha256 = Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
 Fraction = Annotated[float, Field(ge=0.0, le=1.0)]
 
 
-class _ChannelMessage(BaseModel):
+class ChannelMessage(BaseModel):
     model_config = ConfigDict(extra="ignore", frozen=True)
 
 
 # --- worker -> agent ---------------------------------------------------------------------------
 
 
-class Hello(_ChannelMessage):
+class Hello(ChannelMessage):
     """First message of a worker: who it is, so the agent can tie the socket to a task."""
 
     type: Literal["hello"] = "hello"
@@ -42,20 +42,20 @@ class Hello(_ChannelMessage):
     model_version: str | None = None
 
 
-class Progress(_ChannelMessage):
+class Progress(ChannelMessage):
     type: Literal["progress"] = "progress"
     fraction: Fraction
     message: str = ""
 
 
-class Result(_ChannelMessage):
+class Result(ChannelMessage):
     """The worker's result (the same dict it writes to ``EDGELOOP_RESULT``)."""
 
     type: Literal["result"] = "result"
     result: dict[str, JsonValue]
 
 
-class Stats(_ChannelMessage):
+class Stats(ChannelMessage):
     """Periodic inference statistics, for node status and the live view."""
 
     type: Literal["stats"] = "stats"
@@ -66,7 +66,7 @@ class Stats(_ChannelMessage):
     extra: dict[str, JsonValue] = Field(default_factory=dict)
 
 
-class HardExample(_ChannelMessage):
+class HardExample(ChannelMessage):
     """A hard example saved under ``HE_SAVED_URL``: the raw frame and its JSON sidecar."""
 
     type: Literal["hardex"] = "hardex"
@@ -76,7 +76,7 @@ class HardExample(_ChannelMessage):
     model_version: str | None = None
 
 
-class Swapped(_ChannelMessage):
+class Swapped(ChannelMessage):
     """Outcome of a ``swap`` or ``rollback``: ``ok`` false means the old model keeps serving."""
 
     type: Literal["swapped"] = "swapped"
@@ -87,7 +87,7 @@ class Swapped(_ChannelMessage):
     frame: int | None = None  # index of the first frame served by ``version``
 
 
-class Frame(_ChannelMessage):
+class Frame(ChannelMessage):
     """One live-view frame: a small JPEG (base64) and the boxes drawn on it by the viewer."""
 
     type: Literal["frame"] = "frame"
@@ -104,7 +104,7 @@ class Frame(_ChannelMessage):
 # --- agent -> worker ---------------------------------------------------------------------------
 
 
-class Swap(_ChannelMessage):
+class Swap(ChannelMessage):
     """Load this model beside the current one and serve it from the next frame."""
 
     type: Literal["swap"] = "swap"
@@ -113,13 +113,13 @@ class Swap(_ChannelMessage):
     sha256: Sha256 | None = None
 
 
-class Rollback(_ChannelMessage):
+class Rollback(ChannelMessage):
     """Serve the previous model again (it stays loaded after a swap)."""
 
     type: Literal["rollback"] = "rollback"
 
 
-class View(_ChannelMessage):
+class View(ChannelMessage):
     """Whether a live viewer is watching; frames are sent only while ``enabled``."""
 
     type: Literal["view"] = "view"
@@ -127,7 +127,7 @@ class View(_ChannelMessage):
     max_fps: float = Field(default=5.0, gt=0.0, le=30.0)
 
 
-class Stop(_ChannelMessage):
+class Stop(ChannelMessage):
     """Finish cleanly: write the result and exit."""
 
     type: Literal["stop"] = "stop"
@@ -142,7 +142,7 @@ _worker_adapter: TypeAdapter[Any] = TypeAdapter(WorkerMessage)
 _agent_adapter: TypeAdapter[Any] = TypeAdapter(AgentMessage)
 
 
-def encode(message: _ChannelMessage) -> str:
+def encode(message: ChannelMessage) -> str:
     return message.model_dump_json()
 
 

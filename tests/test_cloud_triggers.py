@@ -8,6 +8,7 @@ from zoneinfo import ZoneInfo
 import pytest
 
 from cloud_manager import triggers
+from protocol import sample_split
 from protocol.manifests import Condition, Timer
 
 CLASSES = ("person", "helmet", "helmet-on", "helmet-off")
@@ -182,32 +183,32 @@ def test_unknown_metric_is_rejected_by_the_manifest():
 
 def test_split_is_stable_disjoint_and_near_train_prob():
     lines = [f"images/{i:05d}.jpg 1,2,30,40,{i % 4}" for i in range(4000)]
-    train, held_out = triggers.split_samples(lines, 0.8)
+    train, held_out = sample_split.split_samples(lines, 0.8)
     assert set(train).isdisjoint(held_out)
     assert len(train) + len(held_out) == len(lines)
     assert 0.77 < len(train) / len(lines) < 0.83
     # recomputed, in another order, with padding: the same sides
-    again_train, again_held = triggers.split_samples(
+    again_train, again_held = sample_split.split_samples(
         [f"  {line} " for line in reversed(lines)], 0.8
     )
     assert set(again_train) == set(train) and set(again_held) == set(held_out)
 
 
 def test_split_drops_blank_and_repeated_lines():
-    train, held_out = triggers.split_samples(["a.jpg 1,1,2,2,0", "", "a.jpg 1,1,2,2,0 ", "  "], 0.5)
+    train, held_out = sample_split.split_samples(["a.jpg 1,1,2,2,0", "", "a.jpg 1,1,2,2,0 ", "  "], 0.5)
     assert len(train) + len(held_out) == 1
 
 
 def test_split_with_train_prob_one_keeps_everything_for_training():
     lines = [f"{i}.jpg" for i in range(100)]
-    train, held_out = triggers.split_samples(lines, 1.0)
+    train, held_out = sample_split.split_samples(lines, 1.0)
     assert len(train) == 100 and held_out == []
 
 
 def test_growing_index_keeps_earlier_sides():
     lines = [f"{i}.jpg 0,0,1,1,0" for i in range(300)]
-    first_train, _ = triggers.split_samples(lines[:100], 0.7)
-    later_train, _ = triggers.split_samples(lines, 0.7)
+    first_train, _ = sample_split.split_samples(lines[:100], 0.7)
+    later_train, _ = sample_split.split_samples(lines, 0.7)
     assert set(first_train) <= set(later_train)
 
 
@@ -221,8 +222,8 @@ def test_window_boundaries_from_real_clock_times():
 
 def test_round_indexes_split_new_samples_and_replay_earlier_train_side():
     lines = [f"img/{i:04d}.jpg 0,0,9,9,{i % 4}" for i in range(400)]
-    plan = triggers.plan_round_indexes(lines, 250, 400, 0.8)
-    first_train, first_eval = triggers.split_samples(lines[:250], 0.8)
+    plan = sample_split.plan_round_indexes(lines, 250, 400, 0.8)
+    first_train, first_eval = sample_split.split_samples(lines[:250], 0.8)
     assert plan.replay == first_train
     assert set(plan.train) | set(plan.eval) == set(lines[250:])
     assert set(plan.train).isdisjoint(plan.eval)
@@ -231,17 +232,17 @@ def test_round_indexes_split_new_samples_and_replay_earlier_train_side():
 
 def test_round_indexes_drop_lines_seen_in_earlier_rounds():
     lines = ["a.jpg 0,0,1,1,0", "b.jpg 0,0,1,1,0", "a.jpg 0,0,1,1,0", "c.jpg 0,0,1,1,0"]
-    plan = triggers.plan_round_indexes(lines, 2, 4, 0.5)
+    plan = sample_split.plan_round_indexes(lines, 2, 4, 0.5)
     assert sorted(plan.train + plan.eval) == ["c.jpg 0,0,1,1,0"]
 
 
 def test_round_indexes_fall_back_to_all_held_out_samples_when_none_is_new():
     lines = [f"{i}.jpg 0,0,1,1,0" for i in range(200)]
-    plan = triggers.plan_round_indexes(lines, 100, 200, 1.0)
+    plan = sample_split.plan_round_indexes(lines, 100, 200, 1.0)
     assert plan.eval == [] and len(plan.train) == 100  # trainProb 1: nothing held out at all
-    plan = triggers.plan_round_indexes(lines, 100, 101, 0.5)
-    _, earlier_eval = triggers.split_samples(lines[:100], 0.5)
-    if not triggers.goes_to_train(lines[100], 0.5):
+    plan = sample_split.plan_round_indexes(lines, 100, 101, 0.5)
+    _, earlier_eval = sample_split.split_samples(lines[:100], 0.5)
+    if not sample_split.goes_to_train(lines[100], 0.5):
         assert plan.eval == [lines[100]]
     else:
         assert plan.eval == earlier_eval and earlier_eval

@@ -1,0 +1,108 @@
+"""Writes a round's sample indexes (``train.txt``, ``eval.txt``, ``replay.txt``) on the node.
+
+The cloud sends train and eval tasks with ``EDGELOOP_SPLIT`` (:class:`~protocol.sample_split.
+SampleSplit`): the dataset index, the range of its valid samples that is new this round, the
+``trainProb`` and where the three files go. Only this node can read the index, so it writes them
+before the worker starts, by :func:`protocol.sample_split.plan_round_indexes` (the rule the cloud
+documents). Valid samples are those the dataset watcher counts (the line parses and its image
+exists), so the range the cloud took from the node's counts means the same samples here. Image
+paths are written absolute: the files live in the job's output folder, not beside the images.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from protocol.messages import Task
+from protocol.sample_split import SPLIT_VARIABLE, SampleSplit, plan_round_indexes
+from workers.dataset import parse_line
+
+
+class RoundIndexError(ValueError):
+    """The round's index files cannot be written; the message says what is wrong."""
+
+
+@dataclass(frozen=True)
+class WrittenIndexes:
+    """How many samples each file received."""
+
+    train: int
+    eval: int
+    replay: int
+
+
+def valid_samples(index: Path, num_classes: int) -> list[tuple[str, str]]:
+    """The index's valid samples in order, as (stripped line, the line with its image path made
+    absolute). Repeated lines stay, so that positions match the counts the watcher reported."""
+    try:
+        with open(index, encoding="utf-8-sig", errors="replace", newline=None) as f:
+            lines = f.read().splitlines()
+    except FileNotFoundError:
+        raise RoundIndexError(f"dataset index not found: {index}") from None
+    except OSError as exc:
+        raise RoundIndexError(f"cannot read dataset index {index}: {exc}") from None
+    base = index.resolve().parent
+    samples: list[tuple[str, str]] = []
+    for line_no, raw in enumerate(lines, start=1):
+        line = raw.strip()
+        if not line:
+            continue
+        try:
+            sample = parse_line(line, line_no, base, num_classes)
+        except ValueError:
+            continue
+        if not sample.image.is_file():
+            continue
+        samples.append((line, " ".join([str(sample.image), *line.split()[1:]])))
+    return samples
+
+
+def _write_atomically(path: Path, lines: list[str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    with open(tmp, "w", encoding="utf-8") as f:
+        f.write("".join(f"{line}\n" for line in lines))
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _resolve(location: str, script_dir: Path | None) -> Path:
+    path = Path(location).expanduser()
+    if not path.is_absolute() and script_dir is not None:
+        path = script_dir / path  # the worker's working directory
+    return path.absolute()
+
+
+def write_round_indexes(task: Task, num_classes: int) -> WrittenIndexes | None:
+    """Write the three files ``task``'s ``EDGELOOP_SPLIT`` asks for; None when it has none.
+
+    Raises :class:`RoundIndexError` when the split cannot be read, the index lacks the samples
+    it names (it shrank since the cloud counted them), or a file cannot be written.
+    """
+    text = task.env.get(SPLIT_VARIABLE)
+    if not text:
+        return None
+    try:
+        split = SampleSplit.from_json(text)
+    except ValueError as exc:
+        raise RoundIndexError(str(exc)) from None
+    script_dir = Path(task.worker.script_dir).expanduser() if task.worker else None
+    samples = valid_samples(_resolve(split.index, script_dir), num_classes)
+    if len(samples) < split.end:
+        raise RoundIndexError(
+            f"dataset index {split.index} has {len(samples)} valid samples, the round needs "
+            f"samples {split.start}..{split.end - 1}"
+        )
+    absolute = dict(samples)
+    plan = plan_round_indexes([line for line, _ in samples], split.start, split.end,
+                              split.train_prob)
+    files = ((split.train, plan.train), (split.eval, plan.eval), (split.replay, plan.replay))
+    try:
+        for location, lines in files:
+            _write_atomically(_resolve(location, script_dir), [absolute[line] for line in lines])
+    except OSError as exc:
+        raise RoundIndexError(f"cannot write the round's sample indexes: {exc}") from None
+    return WrittenIndexes(len(plan.train), len(plan.eval), len(plan.replay))
