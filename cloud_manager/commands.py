@@ -10,16 +10,7 @@ from typing import Any
 
 import typer
 
-from edgeloop.connection import (
-    DEFAULT_BROKER,
-    BrokerUrl,
-    CaFile,
-    CertFile,
-    ConnectionOptions,
-    KeyFile,
-    Password,
-    Username,
-)
+from edgeloop.connection import ConnectionOptions, with_connection
 from protocol.commands import FILES_HELP, PATHS_HELP, manifest_sources
 
 #: Exit code when the broker or the cloud manager cannot be reached.
@@ -62,6 +53,7 @@ def register(app: typer.Typer) -> None:
     app.add_typer(create, name="create")
 
     @app.command("cloud")
+    @with_connection
     def cloud(
         state: Path = typer.Option(Path("edgeloop-state"), "--state", envvar="EDGELOOP_STATE",
                                    help="Directory of the cloud manager's SQLite store."),
@@ -72,12 +64,7 @@ def register(app: typer.Typer) -> None:
         always_pull: bool = typer.Option(False, "--always-pull", envvar="EDGELOOP_ALWAYS_PULL",
                                          help="Pull trained models from their node even when "
                                               "their paths are readable here."),
-        broker: BrokerUrl = DEFAULT_BROKER,
-        ca: CaFile = None,
-        cert: CertFile = None,
-        key: KeyFile = None,
-        username: Username = None,
-        password: Password = None,
+        connection: ConnectionOptions = None,  # type: ignore[assignment]
     ) -> None:
         """Run the cloud manager: job state machine, triggers, API, node registry."""
         import signal
@@ -99,11 +86,10 @@ def register(app: typer.Typer) -> None:
         except StoreError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
-        options = ConnectionOptions(broker, ca, cert, key, username, password)
         manager = Manager(store, tz=zone, inbox=HardExampleInbox(state / INBOX_DIR),
                           registry=ModelRegistry(state / REGISTRY_DIR),
                           read_node_paths=not always_pull)
-        daemon = CloudDaemon(options.settings(client_id), manager)
+        daemon = CloudDaemon(connection.settings(client_id), manager)
 
         async def main() -> None:
             stop = asyncio.Event()
@@ -112,13 +98,14 @@ def register(app: typer.Typer) -> None:
                 loop.add_signal_handler(sig, stop.set)
             await daemon.run(stop)
 
-        typer.echo(f"cloud manager: state {store.path}, broker {broker}, timers in {tz}", err=True)
+        typer.echo(f"cloud manager: state {store.path}, broker {connection.broker}, timers in {tz}", err=True)
         try:
             asyncio.run(main())
         finally:
             store.close()
 
     @app.command("apply")
+    @with_connection
     def apply(
         paths: list[str] = typer.Argument(None, help=PATHS_HELP),
         files: list[str] = typer.Option([], "-f", "--filename", help=FILES_HELP),
@@ -126,12 +113,7 @@ def register(app: typer.Typer) -> None:
             False, "--dry-run", help="Validate only; send nothing to the cloud manager."
         ),
         timeout: float = Timeout,
-        broker: BrokerUrl = DEFAULT_BROKER,
-        ca: CaFile = None,
-        cert: CertFile = None,
-        key: KeyFile = None,
-        username: Username = None,
-        password: Password = None,
+        connection: ConnectionOptions = None,  # type: ignore[assignment]
     ) -> None:
         """Create or update resources from manifests, as ``kubectl apply -f`` does.
 
@@ -164,9 +146,8 @@ def register(app: typer.Typer) -> None:
             )
             for manifest in manifests
         ]
-        options = ConnectionOptions(broker, ca, cert, key, username, password)
         try:
-            responses = asyncio.run(call(options, "apply", requests, timeout=timeout))
+            responses = asyncio.run(call(connection, "apply", requests, timeout=timeout))
         except (NotConnected, RequestTimeout) as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(EXIT_UNREACHABLE) from None
@@ -184,22 +165,18 @@ def register(app: typer.Typer) -> None:
             raise typer.Exit(1)
 
     @create.command("namespace")
+    @with_connection
     def create_namespace(
         name: str = typer.Argument(..., help="Namespace to create."),
         timeout: float = Timeout,
-        broker: BrokerUrl = DEFAULT_BROKER,
-        ca: CaFile = None,
-        cert: CertFile = None,
-        key: KeyFile = None,
-        username: Username = None,
-        password: Password = None,
+        connection: ConnectionOptions = None,  # type: ignore[assignment]
     ) -> None:
         """Create a namespace (``kubectl create ns``)."""
-        options = ConnectionOptions(broker, ca, cert, key, username, password)
-        response = _request(options, "create_namespace", timeout, name=name, namespace=name)
+        response = _request(connection, "create_namespace", timeout, name=name, namespace=name)
         typer.echo(f"namespace/{name} {response.message}")
 
     @app.command("get")
+    @with_connection
     def get(
         resource: str = typer.Argument(..., help=RESOURCE_HELP),
         name: str = typer.Argument("", help="Only this one."),
@@ -208,12 +185,7 @@ def register(app: typer.Typer) -> None:
                                             help="Every namespace."),
         output: str = typer.Option("table", "-o", "--output", help="table, wide, yaml or json."),
         timeout: float = Timeout,
-        broker: BrokerUrl = DEFAULT_BROKER,
-        ca: CaFile = None,
-        cert: CertFile = None,
-        key: KeyFile = None,
-        username: Username = None,
-        password: Password = None,
+        connection: ConnectionOptions = None,  # type: ignore[assignment]
     ) -> None:
         """List resources, with their status."""
         from rich.console import Console
@@ -221,8 +193,7 @@ def register(app: typer.Typer) -> None:
         from cloud_manager.render import dump, table
 
         _check_output(output)
-        options = ConnectionOptions(broker, ca, cert, key, username, password)
-        response = _request(options, "get", timeout, resource=resource, name=name,
+        response = _request(connection, "get", timeout, resource=resource, name=name,
                             namespace=namespace, args={"all_namespaces": all_namespaces})
         data = response.data
         if output in ("yaml", "json"):
@@ -234,18 +205,14 @@ def register(app: typer.Typer) -> None:
             Console(width=200).print(table(data["kind"], data["items"], wide=output == "wide"))
 
     @app.command("describe")
+    @with_connection
     def describe(
         resource: str = typer.Argument(..., help=RESOURCE_HELP),
         name: str = typer.Argument(..., help="Resource name."),
         namespace: str = Namespace,
         output: str = typer.Option("table", "-o", "--output", help="table, yaml or json."),
         timeout: float = Timeout,
-        broker: BrokerUrl = DEFAULT_BROKER,
-        ca: CaFile = None,
-        cert: CertFile = None,
-        key: KeyFile = None,
-        username: Username = None,
-        password: Password = None,
+        connection: ConnectionOptions = None,  # type: ignore[assignment]
     ) -> None:
         """Show one resource in detail; for a job, its whole condition history."""
         from rich.console import Console
@@ -253,8 +220,7 @@ def register(app: typer.Typer) -> None:
         from cloud_manager.render import describe_job, dump
 
         _check_output(output)
-        options = ConnectionOptions(broker, ca, cert, key, username, password)
-        response = _request(options, "describe", timeout, resource=resource, name=name,
+        response = _request(connection, "describe", timeout, resource=resource, name=name,
                             namespace=namespace)
         data = response.data
         if output in ("yaml", "json") or data["kind"] != "IncrementalLearningJob":
@@ -263,39 +229,29 @@ def register(app: typer.Typer) -> None:
             Console(width=200).print(describe_job(data))
 
     @app.command("delete")
+    @with_connection
     def delete(
         resource: str = typer.Argument(..., help="jobs (il), datasets or models."),
         name: str = typer.Argument(..., help="Resource name."),
         namespace: str = Namespace,
         timeout: float = Timeout,
-        broker: BrokerUrl = DEFAULT_BROKER,
-        ca: CaFile = None,
-        cert: CertFile = None,
-        key: KeyFile = None,
-        username: Username = None,
-        password: Password = None,
+        connection: ConnectionOptions = None,  # type: ignore[assignment]
     ) -> None:
         """Delete a resource. A job's running task is stopped; its model versions are kept."""
-        options = ConnectionOptions(broker, ca, cert, key, username, password)
-        response = _request(options, "delete", timeout, resource=resource, name=name,
+        response = _request(connection, "delete", timeout, resource=resource, name=name,
                             namespace=namespace)
         typer.echo(f"{response.data['kind']}/{namespace}/{name} deleted")
 
     def _pause_or_resume(verb: str) -> None:
         @app.command(verb)
+        @with_connection
         def command(
             name: str = typer.Argument(..., help="Job name."),
             namespace: str = Namespace,
             timeout: float = Timeout,
-            broker: BrokerUrl = DEFAULT_BROKER,
-            ca: CaFile = None,
-            cert: CertFile = None,
-            key: KeyFile = None,
-            username: Username = None,
-            password: Password = None,
+            connection: ConnectionOptions = None,  # type: ignore[assignment]
         ) -> None:
-            options = ConnectionOptions(broker, ca, cert, key, username, password)
-            _request(options, verb, timeout, resource="jobs", name=name, namespace=namespace)
+            _request(connection, verb, timeout, resource="jobs", name=name, namespace=namespace)
             typer.echo(f"IncrementalLearningJob/{namespace}/{name} {verb}d")
 
         command.__doc__ = (
@@ -307,20 +263,15 @@ def register(app: typer.Typer) -> None:
     _pause_or_resume("resume")
 
     @app.command("rollback")
+    @with_connection
     def rollback(
         name: str = typer.Argument(..., help="Job name."),
         to: int = typer.Option(None, "--to", help="Version to serve (default: the previous one)."),
         namespace: str = Namespace,
         timeout: float = Timeout,
-        broker: BrokerUrl = DEFAULT_BROKER,
-        ca: CaFile = None,
-        cert: CertFile = None,
-        key: KeyFile = None,
-        username: Username = None,
-        password: Password = None,
+        connection: ConnectionOptions = None,  # type: ignore[assignment]
     ) -> None:
         """Serve an earlier model version of a job on its deploy node (every version is kept)."""
-        options = ConnectionOptions(broker, ca, cert, key, username, password)
-        response = _request(options, "rollback", timeout, resource="jobs", name=name,
+        response = _request(connection, "rollback", timeout, resource="jobs", name=name,
                             namespace=namespace, args={} if to is None else {"version": to})
         typer.echo(f"IncrementalLearningJob/{namespace}/{name} {response.message}")

@@ -6,15 +6,20 @@ operator's shell sets them once (``EDGELOOP_BROKER=mqtts://broker:8883`` ...).
 
 from __future__ import annotations
 
+import functools
+import inspect
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, TypeVar
 
 import typer
 
 from edgeloop.mqtt import MqttSettings
 
 DEFAULT_BROKER = "mqtt://127.0.0.1:1883"
+
+T = TypeVar("T")
 
 BrokerUrl = Annotated[
     str,
@@ -62,3 +67,39 @@ class ConnectionOptions:
             key_file=self.key,
             **overrides,  # type: ignore[arg-type]
         )
+
+
+#: The options every broker-talking command takes, in the order ``--help`` lists them.
+_OPTION_PARAMETERS = (
+    ("broker", BrokerUrl, DEFAULT_BROKER),
+    ("ca", CaFile, None),
+    ("cert", CertFile, None),
+    ("key", KeyFile, None),
+    ("username", Username, None),
+    ("password", Password, None),
+)
+
+
+def with_connection(command: Callable[..., T]) -> Callable[..., T]:
+    """Give a typer command the broker options without repeating them in its signature.
+
+    The command declares a ``connection: ConnectionOptions`` parameter; the CLI shows
+    ``--broker --ca --cert --key --username --password`` in its place.
+    """
+    signature = inspect.signature(command)
+    own = [p for p in signature.parameters.values() if p.name != "connection"]
+    added = [
+        inspect.Parameter(name, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=hint)
+        for name, hint, default in _OPTION_PARAMETERS
+    ]
+
+    @functools.wraps(command)
+    def wrapper(*args: object, **kwargs: object) -> T:
+        values = {name: kwargs.pop(name) for name, _, _ in _OPTION_PARAMETERS}
+        return command(*args, connection=ConnectionOptions(**values), **kwargs)  # type: ignore[arg-type]
+
+    wrapper.__signature__ = signature.replace(parameters=own + added)  # type: ignore[attr-defined]
+    wrapper.__annotations__ = {
+        k: v for k, v in getattr(command, "__annotations__", {}).items() if k != "connection"
+    }
+    return wrapper
