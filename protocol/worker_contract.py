@@ -94,7 +94,9 @@ _ALL: tuple[Role, ...] = ("train", "eval", "inference")
 #: The parameters the bundled scripts understand, in ``--help`` order. Defaults are strings,
 #: as they would appear in a manifest.
 PARAMETERS: tuple[ParameterInfo, ...] = (
-    ParameterInfo(name="input_shape", default="352,640", help="model input height,width", roles=_ALL),
+    ParameterInfo(
+        name="input_shape", default="352,640", help="model input height,width", roles=_ALL
+    ),
     ParameterInfo(
         name="class_names",
         default="person,helmet,helmet-on,helmet-off",
@@ -102,13 +104,19 @@ PARAMETERS: tuple[ParameterInfo, ...] = (
         roles=_ALL,
     ),
     ParameterInfo(name="obj_threshold", default="0.3", help="minimum box score", roles=_ALL),
-    ParameterInfo(name="nms_threshold", default="0.4", help="IoU above which NMS drops a box", roles=_ALL),
-    ParameterInfo(name="batch_size", default="16", help="images per training step", roles=("train",)),
-    ParameterInfo(name="epochs", default="12", help="passes over new + replay samples", roles=("train",)),
+    ParameterInfo(
+        name="nms_threshold", default="0.4", help="IoU above which NMS drops a box", roles=_ALL
+    ),
+    ParameterInfo(
+        name="batch_size", default="16", help="images per training step", roles=("train",)
+    ),
+    ParameterInfo(
+        name="epochs", default="20", help="passes over new + replay samples", roles=("train",)
+    ),
     ParameterInfo(
         name="learning_rate",
         default=None,
-        help="peak learning rate (default 3e-3 from scratch, 1e-3 from a base model)",
+        help="peak learning rate (default 6e-3 from scratch, 1e-3 from a base model)",
         roles=("train",),
     ),
     ParameterInfo(
@@ -117,26 +125,41 @@ PARAMETERS: tuple[ParameterInfo, ...] = (
         help="replay samples per new sample, drawn from EDGELOOP_REPLAY_INDEX",
         roles=("train",),
     ),
-    ParameterInfo(name="replay_max", default="2000", help="cap on replay samples", roles=("train",)),
+    ParameterInfo(
+        name="replay_max", default="2000", help="cap on replay samples", roles=("train",)
+    ),
+    ParameterInfo(
+        name="train_crop",
+        default="192,320",
+        help="train on random crops of height,width (0: whole images); faster steps, same scale",
+        roles=("train",),
+    ),
     ParameterInfo(
         name="export_precision",
-        default="fp32",
+        default="int8",
         help="LiteRT precision of model.tflite: fp32, fp16, dynamic-int8 or int8",
         roles=("train",),
     ),
-    ParameterInfo(name="seed", default="0", help="random seed of shuffling and replay", roles=("train",)),
+    ParameterInfo(
+        name="seed", default="0", help="random seed of shuffling and replay", roles=("train",)
+    ),
     ParameterInfo(
         name="video_url",
         default=None,
         help="OpenCV source: rtsp://..., a file, or a camera index",
         roles=("inference",),
     ),
-    ParameterInfo(name="loop", default="0", help="1: restart a file source at its end", roles=("inference",)),
+    ParameterInfo(
+        name="loop", default="0", help="1: restart a file source at its end", roles=("inference",)
+    ),
     ParameterInfo(
         name="HE_SAVED_URL", default=None, help="folder for hard examples", roles=("inference",)
     ),
     ParameterInfo(
-        name="he_quota_mb", default="1024", help="size cap of HE_SAVED_URL in MiB", roles=("inference",)
+        name="he_quota_mb",
+        default="1024",
+        help="size cap of HE_SAVED_URL in MiB",
+        roles=("inference",),
     ),
     ParameterInfo(
         name="he_dedup_distance",
@@ -145,10 +168,16 @@ PARAMETERS: tuple[ParameterInfo, ...] = (
         roles=("inference",),
     ),
     ParameterInfo(
-        name="max_frames", default="0", help="stop after this many frames (0: never)", roles=("inference",)
+        name="max_frames",
+        default="0",
+        help="stop after this many frames (0: never)",
+        roles=("inference",),
     ),
     ParameterInfo(
-        name="threads", default="0", help="CPU threads for the model (0: all cores)", roles=_ALL
+        name="threads",
+        default="0",
+        help="CPU threads for the model (0: all cores; inference: all but one, for decoding)",
+        roles=_ALL,
     ),
 )
 
@@ -231,7 +260,8 @@ class WorkerEnvironment(BaseModel):
         except json.JSONDecodeError as exc:
             raise ValueError(f"{HEM_PARAMETERS} is not valid JSON: {exc}") from exc
         if not isinstance(hem, dict):
-            raise ValueError(f"{HEM_PARAMETERS} must be a JSON object of strings")
+            # ValueError like every other problem of the environment: callers catch one type.
+            raise ValueError(f"{HEM_PARAMETERS} must be a JSON object of strings")  # noqa: TRY004
         urls = env.get(MODEL_URLS, "")
         try:
             return cls(

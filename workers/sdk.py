@@ -21,6 +21,7 @@ import asyncio
 import base64
 import json
 import logging
+import math
 import os
 import sys
 import threading
@@ -110,8 +111,10 @@ class Parameters:
             value = float(text.strip())
         except ValueError:
             raise ParameterError(f"{name}={text!r} is not a number") from None
-        if value != value or (minimum is not None and value < minimum) or (
-            maximum is not None and value > maximum
+        if (
+            math.isnan(value)
+            or (minimum is not None and value < minimum)
+            or (maximum is not None and value > maximum)
         ):
             bounds = f"between {minimum} and {maximum}" if maximum is not None else f">= {minimum}"
             raise ParameterError(f"{name}={value} must be {bounds}")
@@ -165,7 +168,8 @@ class Parameters:
         return {
             p.name: value
             for p in contract.PARAMETERS
-            if (self.role is None or self.role in p.roles) and (value := self.get(p.name)) is not None
+            if (self.role is None or self.role in p.roles)
+            and (value := self.get(p.name)) is not None
         }
 
 
@@ -177,7 +181,9 @@ def parse_flags(argv: Sequence[str]) -> dict[str, str]:
     while i < len(argv):
         arg = argv[i]
         if not arg.startswith("--") or arg == "--":
-            raise ParameterError(f"unexpected argument {arg!r}; parameters are given as --name value")
+            raise ParameterError(
+                f"unexpected argument {arg!r}; parameters are given as --name value"
+            )
         key, sep, value = arg[2:].partition("=")
         if not sep:
             if i + 1 >= len(argv):
@@ -248,7 +254,7 @@ class WorkerSession:
         self._last_frame_sent = 0.0
         self._handlers: dict[str, list[Callable[[Any], None]]] = {}
         self._unheard: dict[str, Any] = {}
-        self._pending: deque[wc._ChannelMessage] = deque()
+        self._pending: deque[wc.ChannelMessage] = deque()
         self._lock = threading.Lock()
         self._wake: asyncio.Event | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
@@ -256,7 +262,9 @@ class WorkerSession:
         self._closing = False
         self._thread: threading.Thread | None = None
         if channel_url:
-            self._thread = threading.Thread(target=self._run_loop, name="edgeloop-channel", daemon=True)
+            self._thread = threading.Thread(
+                target=self._run_loop, name="edgeloop-channel", daemon=True
+            )
             self._thread.start()
 
     @classmethod
@@ -314,7 +322,7 @@ class WorkerSession:
 
     # -- sending
 
-    def send(self, message: wc._ChannelMessage) -> None:
+    def send(self, message: wc.ChannelMessage) -> None:
         if not self.channel_url:
             return
         with self._lock:
@@ -358,9 +366,7 @@ class WorkerSession:
         self.send(wc.Result(result=document))
         return path
 
-    def report_stats(
-        self, frames: int, fps: float, hard_examples: int = 0, **extra: Any
-    ) -> None:
+    def report_stats(self, frames: int, fps: float, hard_examples: int = 0, **extra: Any) -> None:
         self.send(
             wc.Stats(
                 model_version=self.model_version,
@@ -371,7 +377,9 @@ class WorkerSession:
             )
         )
 
-    def emit_hard_example(self, image_path: Path | str, sidecar_path: Path | str, sha256: str) -> None:
+    def emit_hard_example(
+        self, image_path: Path | str, sidecar_path: Path | str, sha256: str
+    ) -> None:
         self.send(
             wc.HardExample(
                 image_path=str(image_path),
@@ -381,8 +389,14 @@ class WorkerSession:
             )
         )
 
-    def report_swapped(self, ok: bool, version: str | None, previous: str | None,
-                       error: str | None = None, frame: int | None = None) -> None:
+    def report_swapped(
+        self,
+        ok: bool,
+        version: str | None,
+        previous: str | None,
+        error: str | None = None,
+        frame: int | None = None,
+    ) -> None:
         if ok:
             self.model_version = version
         self.send(wc.Swapped(ok=ok, version=version, previous=previous, error=error, frame=frame))
@@ -411,7 +425,9 @@ class WorkerSession:
         self._last_frame_sent = time.monotonic()
         h, w = image_bgr.shape[:2]
         scale = min(1.0, VIEW_MAX_SIDE / max(h, w))
-        small = cv2.resize(image_bgr, (round(w * scale), round(h * scale))) if scale < 1 else image_bgr
+        small = (
+            cv2.resize(image_bgr, (round(w * scale), round(h * scale))) if scale < 1 else image_bgr
+        )
         ok, jpeg = cv2.imencode(".jpg", small, [cv2.IMWRITE_JPEG_QUALITY, VIEW_JPEG_QUALITY])
         if not ok:
             return False
@@ -451,13 +467,17 @@ class WorkerSession:
             delay = backoff.next_delay()
             try:
                 async with connect(self.channel_url, open_timeout=5, max_size=2**22) as ws:
-                    hello = wc.Hello(task_id=self.task_id, role=self.role, pid=os.getpid(),
-                                     model_version=self.model_version)
+                    hello = wc.Hello(
+                        task_id=self.task_id,
+                        role=self.role,
+                        pid=os.getpid(),
+                        model_version=self.model_version,
+                    )
                     await ws.send(wc.encode(hello))
                     self._connected.set()
                     backoff.reset()
                     await self._pump(ws)
-            except Exception as exc:  # any failure of the link: log, wait, reconnect
+            except Exception as exc:  # noqa: BLE001 - any failure of the link: log, retry
                 if self._closing:
                     break
                 log.warning("agent channel %s: %s; retrying in %.1fs", self.channel_url, exc, delay)
@@ -588,8 +608,12 @@ def close(timeout: float = 5.0) -> None:
             _session = None
 
 
-def run(role: contract.Role, body: Callable[[Parameters, WorkerSession], Mapping[str, Any]],
-        description: str = "", argv: Sequence[str] | None = None) -> int:
+def run(
+    role: contract.Role,
+    body: Callable[[Parameters, WorkerSession], Mapping[str, Any]],
+    description: str = "",
+    argv: Sequence[str] | None = None,
+) -> int:
     """Run a boot file's ``body(params, session) -> result`` with the contract's error handling.
 
     The result (with ``"status": "completed"``) is written to ``EDGELOOP_RESULT`` and sent to the
@@ -616,7 +640,10 @@ def run(role: contract.Role, body: Callable[[Parameters, WorkerSession], Mapping
         result, code = {"status": "failed", "error": str(exc)}, contract.EXIT_BAD_INPUT
     except Exception as exc:
         log.exception("%s failed", role)
-        result, code = {"status": "failed", "error": f"{type(exc).__name__}: {exc}"}, contract.EXIT_FAILED
+        result, code = (
+            {"status": "failed", "error": f"{type(exc).__name__}: {exc}"},
+            contract.EXIT_FAILED,
+        )
     current.write_result(result)
     close()
     return code

@@ -1,0 +1,187 @@
+"""End-to-end inference throughput: TensorFlow vs LiteRT in each precision, side by side.
+
+Each row runs the whole edge pipeline on the same generated 720p video, single process:
+decode + resize to 352x640 (reader thread, overlapping the model) -> model -> box decoding +
+NMS -> hard-example mining (IBT). FPS counts every frame of the file; none is skipped. The TensorFlow (Keras) row is
+the baseline of the ratio column. Goal: >= 120 FPS.
+
+    .venv/bin/python bench/inference.py [--model path/to/model.keras] [--seconds 10]
+
+Without ``--model`` it uses the base model left by ``bench/learning.py`` if there is one (so the
+decode/NMS/mining stages see realistic detections), else an untrained detector.
+Writes bench/results/inference.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import numpy as np
+
+RESULTS = ROOT / "bench" / "results"
+LEARNED_BASE = RESULTS / "learning-models" / "base" / "model.keras"
+GOAL_FPS = 120.0
+
+
+def make_video(path: Path, seconds: float) -> Path:
+    from workers.synth import render_video
+
+    if not path.exists():
+        render_video(
+            path, [("day", seconds / 2), ("night", seconds / 2)], seed=11, fps=25, size=(1280, 720)
+        )
+    return path
+
+
+def run_pipeline(predictor, video: Path) -> dict[str, float]:
+    """FPS of decode + predict + mining over the whole file, plus model-only latency."""
+    from workers.detector import to_model_input
+    from workers.mining import make_miner
+    from workers.video import VideoSource
+
+    miner = make_miner("IBT")
+    frames = hard = boxes = 0
+    input_hw = predictor.spec.input_hw
+    # As inference.py does: decode and resize in the reader thread, the model in this one.
+    with VideoSource(
+        str(video), queue_size=8, prepare=lambda im: to_model_input(im, input_hw)
+    ) as source:
+        first = source.read()
+        assert first is not None
+        predictor.predict(first.image, prepared=first.prepared)  # warm caches on a real frame
+        started = time.perf_counter()
+        for frame in source:
+            det = predictor.predict(frame.image, prepared=frame.prepared)
+            hard += miner.is_hard(det)
+            boxes += len(det)
+            frames += 1
+        elapsed = time.perf_counter() - started
+        assert frames + 1 == source.frames_read, "a frame was read but not processed"
+    h, w = predictor.spec.input_hw
+    x = np.zeros((1, h, w, 3), np.uint8)
+    n = 50
+    started = time.perf_counter()
+    for _ in range(n):
+        predictor.run(x)
+    model_ms = (time.perf_counter() - started) / n * 1000
+    return {
+        "fps": frames / elapsed,
+        "frames": frames,
+        "model_ms": model_ms,
+        "boxes_per_frame": boxes / max(frames, 1),
+        "hard_frames": hard,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--model", type=Path, default=None, help=".keras model to benchmark")
+    parser.add_argument("--seconds", type=float, default=10.0, help="length of the test video")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=0,
+        help="model threads (0: as inference.py, all cores but one)",
+    )
+    args = parser.parse_args()
+
+    from workers.detector import DetectorSpec, build_detector, load_detector, to_model_input
+    from workers.export import PRECISIONS, export_tflite
+    from workers.predictor import configure_runtime, inference_threads, load_predictor
+
+    threads = args.threads or inference_threads()
+    configure_runtime(threads)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    model_path = args.model or (LEARNED_BASE if LEARNED_BASE.exists() else None)
+    work = Path(tempfile.mkdtemp(prefix="edgeloop-bench-inference-"))
+    video = make_video(work / "bench-720p.mp4", args.seconds)
+    if model_path is None:
+        print("no trained model found: benchmarking an untrained detector")
+        model = build_detector(DetectorSpec((352, 640), 4), seed=0)
+        keras_path = work / "untrained.keras"
+        model.save(keras_path)
+    else:
+        model, keras_path = load_detector(model_path), model_path
+
+    def representative():
+        import cv2
+
+        capture = cv2.VideoCapture(str(video))
+        for _ in range(64):
+            ok, frame = capture.read()
+            if not ok:
+                break
+            yield to_model_input(frame, (352, 640))
+        capture.release()
+
+    rows = []
+    candidates = [("tensorflow", "fp32", keras_path)]
+    for precision in PRECISIONS:
+        path = export_tflite(model, work / f"model-{precision}.tflite", precision, representative)
+        candidates.append(("litert", precision, path))
+    for runtime, precision, path in candidates:
+        predictor = load_predictor(path, threads=threads)
+        predictor.warm()
+        result = run_pipeline(predictor, video)
+        rows.append(
+            {
+                "runtime": runtime,
+                "precision": precision,
+                "size_kib": round(path.stat().st_size / 1024, 1),
+                **result,
+            }
+        )
+        print(f"  {runtime:<10} {precision:<13} {result['fps']:7.1f} FPS", flush=True)
+
+    baseline = rows[0]["fps"]
+    for row in rows:
+        row["ratio_vs_tensorflow"] = row["fps"] / baseline
+    best = max(rows[1:], key=lambda r: r["fps"])
+    print()
+    print(
+        f"{'runtime':<11}{'precision':<14}{'FPS':>8}{'x TF':>7}{'model ms':>10}{'boxes/f':>9}{'KiB':>8}"
+    )
+    for r in rows:
+        print(
+            f"{r['runtime']:<11}{r['precision']:<14}{r['fps']:>8.1f}{r['ratio_vs_tensorflow']:>7.2f}"
+            f"{r['model_ms']:>10.2f}{r['boxes_per_frame']:>9.1f}{r['size_kib']:>8.0f}"
+        )
+    print(
+        f"\nfastest: litert {best['precision']} at {best['fps']:.1f} FPS (goal >= {GOAL_FPS:.0f})"
+    )
+    out = RESULTS / "inference.json"
+    out.write_text(
+        json.dumps(
+            {
+                "benchmark": "inference",
+                "pipeline": "decode 1280x720 + resize to 352x640 (reader thread) | model + decode/NMS + IBT mining",
+                "model": str(model_path) if model_path else "untrained",
+                "video_frames": rows[0]["frames"] + 1,
+                "cpu_count": os.cpu_count(),
+                "machine": platform.processor() or platform.machine(),
+                "threads": threads or os.cpu_count(),
+                "rows": rows,
+                "fastest": {"precision": best["precision"], "fps": best["fps"]},
+                "goal_fps": GOAL_FPS,
+                "goal_met": best["fps"] >= GOAL_FPS,
+            },
+            indent=2,
+        )
+    )
+    print(f"wrote {out}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

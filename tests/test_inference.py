@@ -1,0 +1,306 @@
+"""The inference loop: video source, hot-swap without losing frames, rollback, bad models,
+and the hard-example store."""
+
+from __future__ import annotations
+
+import json
+import threading
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from protocol.messages import HardExampleSidecar
+from workers.hardex_store import HardExampleStore, dhash, hamming
+from workers.video import VideoSource, VideoSourceError, parse_source
+
+SIZE = (96, 64)  # w, h of the test video
+
+
+@pytest.fixture(scope="module")
+def video(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from workers.synth import render_video
+
+    return render_video(
+        tmp_path_factory.mktemp("video") / "clip.mp4", [("day", 3.0)], seed=5, fps=10, size=SIZE
+    )
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """Two different tiny LiteRT detectors."""
+    from workers.detector import DetectorSpec, build_detector
+    from workers.export import export_tflite
+
+    root = tmp_path_factory.mktemp("models")
+    spec = DetectorSpec((64, 96), 4)
+    return {
+        name: export_tflite(build_detector(spec, seed=seed), root / f"{name}.tflite")
+        for name, seed in (("v1", 1), ("v2", 2))
+    }
+
+
+def make_loop(models: dict[str, Path], video: Path, **loop_args):
+    from workers.hotswap import ModelSlot
+    from workers.inference import InferenceLoop
+    from workers.predictor import load_predictor
+
+    outcomes: list = []
+    first = load_predictor(models["v1"], version="1", threads=1)
+    first.warm()
+    slot = ModelSlot(
+        first,
+        lambda path, version: load_predictor(path, version=version, threads=1),
+        outcomes.append,
+    )
+    source = VideoSource(str(video))
+    return InferenceLoop(
+        slot, source, ["person", "helmet", "helmet-on", "helmet-off"], **loop_args
+    ), outcomes
+
+
+# --- hot-swap ------------------------------------------------------------------------------------
+
+
+@pytest.mark.ml
+def test_hot_swap_loses_no_frame_and_changes_the_version(
+    models: dict[str, Path], video: Path
+) -> None:
+    from workers.export import file_sha256
+
+    seen: list[tuple[int, str]] = []
+    loop_ref: dict = {}
+
+    def on_detections(frame, det) -> None:
+        seen.append((frame.index, loop_ref["loop"].slot.current.version))
+        if frame.index == 5:
+            loop_ref["loop"].slot.request_swap(models["v2"], "2", file_sha256(models["v2"]))
+            loop_ref["loop"].slot.wait_loaders()  # make the swap land mid-stream in this test
+
+    loop, outcomes = make_loop(models, video, on_detections=on_detections)
+    loop_ref["loop"] = loop
+    stats = loop.run()
+
+    assert stats.frames == loop.source.frames_read == 30  # frames in == frames out
+    assert [i for i, _ in seen] == list(range(30))  # in order, none skipped
+    assert stats.versions == {"1": 6, "2": 24}
+    assert [v for _, v in seen][5:8] == ["1", "2", "2"]  # swapped between frames 5 and 6
+    assert len(outcomes) == 1 and outcomes[0].ok and outcomes[0].frame == 6
+    assert (outcomes[0].version, outcomes[0].previous) == ("2", "1")
+    assert loop.slot.previous is not None and loop.slot.previous.version == "1"  # kept for rollback
+
+
+@pytest.mark.ml
+def test_corrupt_or_mismatched_model_is_refused_and_the_old_one_keeps_serving(
+    models: dict[str, Path], video: Path, tmp_path: Path
+) -> None:
+    corrupt = tmp_path / "broken.tflite"
+    corrupt.write_bytes(models["v2"].read_bytes()[:5000])
+    requests = {3: (corrupt, "2", None), 6: (models["v2"], "3", "0" * 64)}
+
+    def on_detections(frame, det) -> None:
+        if frame.index in requests:
+            path, version, sha = requests[frame.index]
+            loop.slot.request_swap(path, version, sha)
+            loop.slot.wait_loaders()
+
+    loop, outcomes = make_loop(models, video, on_detections=on_detections)
+    stats = loop.run()
+    assert stats.frames == 30 and stats.versions == {"1": 30}
+    assert [o.ok for o in outcomes] == [False, False]
+    assert "broken.tflite" in outcomes[0].error and "cannot load" in outcomes[0].error
+    assert "does not match sha256" in outcomes[1].error
+
+
+@pytest.mark.ml
+def test_rollback_is_instant_and_needs_a_previous_model(
+    models: dict[str, Path], video: Path
+) -> None:
+    def on_detections(frame, det) -> None:
+        if frame.index == 2:
+            loop.slot.request_rollback()  # nothing to roll back to yet
+            loop.slot.request_swap(models["v2"], "2")
+            loop.slot.wait_loaders()
+        if frame.index == 10:
+            loop.slot.request_rollback()
+
+    loop, outcomes = make_loop(models, video, on_detections=on_detections)
+    stats = loop.run()
+    assert stats.frames == 30
+    assert stats.versions == {"1": 3 + 19, "2": 8}
+    assert not outcomes[0].ok and "no previous model" in outcomes[0].error
+    assert [(o.ok, o.version, o.frame) for o in outcomes[1:]] == [(True, "2", 3), (True, "1", 11)]
+
+
+@pytest.mark.ml
+def test_load_errors_name_the_file(models: dict[str, Path], tmp_path: Path) -> None:
+    from workers.predictor import ModelLoadError, load_predictor
+
+    bad = tmp_path / "garbage.tflite"
+    bad.write_bytes(b"not a flatbuffer at all" * 10)
+    with pytest.raises(ModelLoadError, match="garbage.tflite"):
+        load_predictor(bad)
+    with pytest.raises(ModelLoadError, match="does not exist"):
+        load_predictor(tmp_path / "nope.keras")
+    other = tmp_path / "model.onnx"
+    other.write_bytes(b"x")
+    with pytest.raises(ModelLoadError, match="unknown type"):
+        load_predictor(other)
+
+
+# --- video source ---------------------------------------------------------------------------
+
+
+def test_video_source_delivers_every_frame_in_order_and_loops(video: Path) -> None:
+    with VideoSource(str(video)) as source:
+        indices = [f.index for f in source]
+        assert indices == list(range(30))
+        assert source.read() is None  # the end stays the end
+    with VideoSource(str(video), loop=True) as source:
+        frames = [source.read() for _ in range(75)]
+        assert [f.index for f in frames] == list(range(75)) and source.reopens >= 2
+        assert frames[0].image.shape == (64, 96, 3)
+
+
+def test_video_source_close_unblocks_a_reader(video: Path) -> None:
+    source = VideoSource(str(video), loop=True)
+    got: list = []
+    reader = threading.Thread(target=lambda: got.extend(iter(source)))
+    reader.start()
+    source.close()
+    reader.join(5)
+    assert not reader.is_alive()
+
+
+def test_video_source_errors() -> None:
+    assert parse_source("0") == 0 and parse_source("rtsp://cam/1") == "rtsp://cam/1"
+    with pytest.raises(VideoSourceError, match="does not exist"):
+        VideoSource("/no/such/clip.mp4")
+    with pytest.raises(VideoSourceError, match="empty"):
+        parse_source("  ")
+
+
+# --- hard-example store ------------------------------------------------------------------------
+
+
+def sidecar(frame_index: int) -> HardExampleSidecar:
+    return HardExampleSidecar(
+        boxes=[[1, 2, 30, 40]],
+        scores=[0.4],
+        classes=[3],
+        class_names=["a", "b", "c", "d"],
+        frame_index=frame_index,
+        model_version=2,
+        source="cam",
+    )
+
+
+def scene(seed: int) -> np.ndarray:
+    from workers.synth import render_scene
+
+    return render_scene(np.random.default_rng(seed), "day", (160, 90))[0]
+
+
+def test_store_saves_image_then_sidecar_and_skips_near_duplicates(tmp_path: Path) -> None:
+    store = HardExampleStore(tmp_path / "he", quota_bytes=10 * 2**20, dedup_distance=4)
+    image = scene(1)
+    saved = store.save(image, sidecar(7))
+    assert saved is not None
+    document = json.loads(saved.sidecar_path.read_text())
+    assert document["image"] == saved.image_path.name and document["sha256"] == saved.sha256
+    assert document["frame_index"] == 7 and document["model_version"] == 2
+    assert cv2.imread(str(saved.image_path)).shape == image.shape
+
+    noisy = np.clip(image.astype(np.int16) + 3, 0, 255).astype(
+        np.uint8
+    )  # the same view, re-encoded
+    assert store.save(noisy, sidecar(8)) is None
+    assert store.save(scene(2), sidecar(9)) is not None
+    assert (store.counters.saved, store.counters.skipped_duplicate) == (2, 1)
+    assert not list((tmp_path / "he").glob(".*.tmp"))
+
+
+def test_store_quota_refuses_new_examples_and_never_deletes(tmp_path: Path) -> None:
+    store = HardExampleStore(tmp_path / "he", quota_bytes=20_000, dedup_distance=0)
+    results = [store.save(scene(seed), sidecar(seed)) for seed in range(10)]
+    kept = [r for r in results if r is not None]
+    assert 0 < len(kept) < 10 and store.counters.skipped_quota == 10 - len(kept)
+    assert all(r.image_path.exists() for r in kept)
+    # Space freed by the agent (it moved examples away) is noticed.
+    for r in kept:
+        r.image_path.unlink()
+        r.sidecar_path.unlink()
+    assert store.save(scene(20), sidecar(20)) is not None
+
+
+def test_dhash_tells_scenes_apart() -> None:
+    a, b = dhash(scene(1)), dhash(scene(2))
+    assert hamming(a, a) == 0 and hamming(a, b) > 8
+    with pytest.raises(ValueError, match="quota"):
+        HardExampleStore("/tmp/x", quota_bytes=0)
+
+
+# --- end to end through the agent's channel -----------------------------------------------------
+
+
+@pytest.mark.ml
+def test_inference_boot_file_swaps_on_the_agents_command(
+    models: dict[str, Path], video: Path, tmp_path: Path
+) -> None:
+    """inference.py under a websockets 'agent': swap on command, report it, stop on command."""
+    import os
+    import subprocess
+    import sys
+
+    from test_sdk import AgentServer
+
+    from protocol import worker_channel as wc
+    from protocol import worker_contract as contract
+    from workers.export import file_sha256
+
+    agent = AgentServer()
+    env = {k: v for k, v in os.environ.items() if k not in contract.LOCATION_VARIABLES}
+    env |= {
+        contract.MODEL_URL: str(models["v1"]),
+        contract.MODEL_VERSION: "1",
+        contract.CHANNEL: agent.url,
+        contract.RESULT: str(tmp_path / "result.json"),
+        contract.TASK_ID: "infer-1",
+        "video_url": str(video),
+        "loop": "1",
+        "input_shape": "64,96",
+        "threads": "1",
+    }
+    script = Path(__file__).resolve().parent.parent / "workers" / "inference.py"
+    proc = subprocess.Popen(
+        [sys.executable, str(script)],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    try:
+        hello = agent.wait_for(wc.Hello, timeout=60)[0]
+        assert (hello.task_id, hello.role) == ("infer-1", "inference")
+        agent.wait_for(wc.Stats, timeout=60)  # frames are flowing
+        agent.send(
+            wc.encode(
+                wc.Swap(path=str(models["v2"]), version="2", sha256=file_sha256(models["v2"]))
+            )
+        )
+        swapped = agent.wait_for(wc.Swapped, timeout=60)[0]
+        assert swapped.ok and (swapped.version, swapped.previous) == ("2", "1")
+        agent.send(wc.encode(wc.Stop()))
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        agent.close()
+    assert proc.returncode == 0, output
+    result = json.loads((tmp_path / "result.json").read_text())
+    assert result["status"] == "completed" and result["model_version"] == "2"
+    # Frames are numbered from 0 without gaps: version 1 served exactly the frames before the swap.
+    assert result["frames_per_version"]["1"] == swapped.frame
+    assert result["frames_per_version"]["2"] == result["frames"] - swapped.frame > 0
+    assert agent.wait_for(wc.Result)[0].result["frames"] == result["frames"]

@@ -1,0 +1,269 @@
+"""Inference boot file: detect on a video source, mine hard examples, hot-swap models.
+
+Run by the edge agent as ``python inference.py`` with the worker contract in the environment
+(docs/workers.md), or by hand: ``python workers/inference.py --help``.
+
+Reads ``video_url`` (RTSP URL, file, camera index; ``loop=1`` restarts a file), runs the model of
+``MODEL_URL`` on every frame it reads, saves hard examples (``HEM_NAME``/``HEM_PARAMETERS``) under
+``HE_SAVED_URL`` and tells the agent about them, and swaps models on the agent's ``swap`` and
+``rollback`` messages without losing a frame. The loop itself (:class:`InferenceLoop`) is
+importable for benchmarks and tests.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+if __name__ == "__main__":  # run as a script: keep this folder's module names off sys.path
+    sys.path[:] = [
+        p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent
+    ]
+
+import logging
+import signal
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from protocol import worker_contract as contract
+from protocol.messages import HardExampleSidecar
+from workers import sdk
+from workers.hardex_store import HardExampleStore
+from workers.hotswap import ModelSlot, SwapOutcome
+from workers.mining import Detections, Miner
+from workers.video import Frame, VideoSource
+
+log = logging.getLogger("edgeloop.inference")
+
+DESCRIPTION = "Detect on video_url with MODEL_URL, mine hard examples into HE_SAVED_URL"
+STATS_INTERVAL_S = 1.0
+
+
+def wire_version(version: str | None) -> int | None:
+    """The wire carries integer model versions; anything else (a file stem) is unknown there."""
+    return int(version) if version and version.isdigit() else None
+
+
+@dataclass
+class LoopStats:
+    frames: int = 0
+    hard_examples: int = 0
+    mined: int = 0  # judged hard, saved or not
+    started: float = 0.0
+    finished: float = 0.0
+    versions: dict[str, int] = field(default_factory=dict)  # model version -> frames it served
+    frame_times: list[float] | None = None  # monotonic time after each frame, when recorded
+
+    @property
+    def fps(self) -> float:
+        elapsed = (self.finished or time.monotonic()) - self.started
+        return self.frames / elapsed if self.frames and elapsed > 0 else 0.0
+
+
+class InferenceLoop:
+    """Frames in, detections out, one model call per frame, never a frame skipped."""
+
+    def __init__(
+        self,
+        slot: ModelSlot,
+        source: VideoSource,
+        class_names: Sequence[str],
+        session: sdk.WorkerSession | None = None,
+        miner: Miner | None = None,
+        store: HardExampleStore | None = None,
+        max_frames: int = 0,
+        record_times: bool = False,
+        on_detections: Callable[[Frame, Detections], None] | None = None,
+    ):
+        self.slot = slot
+        self.source = source
+        self.class_names = list(class_names)
+        self.session = session
+        self.miner = miner
+        self.store = store
+        self.max_frames = max_frames
+        self.on_detections = on_detections
+        self.stats = LoopStats(frame_times=[] if record_times else None)
+
+    def stop(self) -> None:
+        """End the loop after the current frame (safe from any thread)."""
+        self.source.close()
+
+    def run(self) -> LoopStats:
+        stats = self.stats
+        stats.started = time.monotonic()
+        next_report = stats.started + STATS_INTERVAL_S
+        for frame in self.source:
+            model = self.slot.for_frame(frame.index)
+            det = model.predict(frame.image, prepared=frame.prepared)
+            stats.frames += 1
+            stats.versions[model.version] = stats.versions.get(model.version, 0) + 1
+            if self.miner is not None and self.miner.is_hard(det):
+                stats.mined += 1
+                self._save_hard_example(frame, det, model.version)
+            if self.on_detections is not None:
+                self.on_detections(frame, det)
+            now = time.monotonic()
+            if stats.frame_times is not None:
+                stats.frame_times.append(now)
+            if self.session is not None:
+                if self.session.wants_frame():
+                    self.session.send_frame(
+                        frame.image,
+                        det.boxes,
+                        det.scores,
+                        det.classes,
+                        self.class_names,
+                        stats.fps,
+                        frame.index,
+                    )
+                if now >= next_report:
+                    next_report = now + STATS_INTERVAL_S
+                    self._report_stats()
+            if self.max_frames and stats.frames >= self.max_frames:
+                break
+        stats.finished = time.monotonic()
+        if self.source.error:
+            raise RuntimeError(self.source.error)
+        return stats
+
+    def _save_hard_example(self, frame: Frame, det: Detections, version: str) -> None:
+        if self.store is None:
+            return
+        h, w = frame.image.shape[:2]
+        sidecar = HardExampleSidecar(
+            boxes=[[round(float(v), 1) for v in box] for box in det.boxes],
+            scores=[round(float(s), 4) for s in det.scores],
+            classes=[int(c) for c in det.classes],
+            class_names=self.class_names,
+            model_version=wire_version(version),
+            frame_index=frame.index,
+            time=frame.timestamp,
+            source=self.source.url,
+            mining=repr(self.miner),
+            width=w,
+            height=h,
+        )
+        saved = self.store.save(frame.image, sidecar)
+        if saved is None:
+            return
+        self.stats.hard_examples += 1
+        if self.session is not None:
+            self.session.emit_hard_example(saved.image_path, saved.sidecar_path, saved.sha256)
+
+    def _report_stats(self) -> None:
+        assert self.session is not None
+        counters = self.store.counters if self.store is not None else None
+        self.session.report_stats(
+            self.stats.frames,
+            self.stats.fps,
+            self.stats.hard_examples,
+            mined=self.stats.mined,
+            skipped_duplicate=counters.skipped_duplicate if counters else 0,
+            skipped_quota=counters.skipped_quota if counters else 0,
+            source_frames_read=self.source.frames_read,
+        )
+
+
+def run_inference(params: sdk.Parameters, session: sdk.WorkerSession) -> dict[str, Any]:
+    from workers.detector import to_model_input
+    from workers.mining import make_miner
+    from workers.predictor import (
+        DecodeSettings,
+        configure_runtime,
+        inference_threads,
+        load_predictor,
+    )
+
+    env = params.env
+    if not env.model_url:
+        raise sdk.ParameterError(f"{contract.MODEL_URL} (model file to serve) is required")
+    video_url = params.get("video_url")
+    if not video_url:
+        raise sdk.ParameterError("video_url is required (rtsp:// URL, video file or camera index)")
+    class_names = params.class_names
+    settings = DecodeSettings(params.obj_threshold, params.nms_threshold)
+    threads = params.threads or inference_threads()
+    miner = make_miner(env.hem_name, env.hem_parameters) if env.hem_name else None
+    he_dir = params.get("HE_SAVED_URL")
+    if miner is not None and not he_dir:
+        raise sdk.ParameterError(
+            f"{contract.HEM_NAME} is set but HE_SAVED_URL (where to save) is not"
+        )
+    store = None
+    if he_dir:
+        store = HardExampleStore(
+            he_dir,
+            quota_bytes=int(params.float("he_quota_mb", minimum=0.001) * 2**20),
+            dedup_distance=params.int("he_dedup_distance", minimum=0),
+        )
+    configure_runtime(threads)
+    version = env.model_version or Path(env.model_url).stem
+    predictor = load_predictor(env.model_url, settings, version=version, threads=threads)
+    if predictor.spec.num_classes != len(class_names):
+        raise ValueError(
+            f"model {env.model_url} predicts {predictor.spec.num_classes} classes "
+            f"but class_names lists {len(class_names)}"
+        )
+    predictor.warm()
+    session.model_version = version
+
+    def on_swap_result(outcome: SwapOutcome) -> None:
+        session.report_swapped(
+            outcome.ok, outcome.version, outcome.previous, outcome.error, outcome.frame
+        )
+
+    def loader(path: Path, new_version: str):
+        return load_predictor(path, settings, version=new_version, threads=threads)
+
+    slot = ModelSlot(predictor, loader, on_swap_result)
+    input_hw = predictor.spec.input_hw
+    source = VideoSource(
+        video_url, loop=params.bool("loop"), prepare=lambda image: to_model_input(image, input_hw)
+    )
+    loop = InferenceLoop(
+        slot,
+        source,
+        class_names,
+        session,
+        miner,
+        store,
+        max_frames=params.int("max_frames", minimum=0),
+    )
+    session.subscribe("swap", lambda m: slot.request_swap(m.path, m.version, m.sha256))
+    session.subscribe("rollback", lambda m: slot.request_rollback())
+    session.subscribe("stop", lambda m: loop.stop())
+    if session.stop_requested.is_set():
+        loop.stop()
+    previous_handler = signal.signal(signal.SIGTERM, lambda *_: loop.stop())
+    log.info("serving model %s on %s (mining: %s)", version, video_url, miner)
+    try:
+        stats = loop.run()
+    finally:
+        signal.signal(signal.SIGTERM, previous_handler)
+        source.close()
+    counters = store.counters if store is not None else None
+    return {
+        "frames": stats.frames,
+        "fps": round(stats.fps, 2),
+        "duration_s": round(stats.finished - stats.started, 2),
+        "hard_examples": stats.hard_examples,
+        "mined": stats.mined,
+        "skipped_duplicate": counters.skipped_duplicate if counters else 0,
+        "skipped_quota": counters.skipped_quota if counters else 0,
+        "model_version": slot.current.version,
+        "frames_per_version": stats.versions,
+        "swaps": slot.swaps,
+        "source": video_url,
+        "parameters": params.as_dict(),
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    return sdk.run("inference", run_inference, DESCRIPTION, argv)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
