@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 
-.PHONY: demo test bench system-deps venv clean
+.PHONY: demo test bench bench-learning system-deps venv clean
 
 # Debian packages the project runs against: a real broker, and for the demo a camera mock.
 system-deps:
@@ -26,8 +26,16 @@ demo: $(STAMP)
 	@./.ci/system-deps mosquitto ffmpeg
 	$(VENV)/bin/edgeloop demo
 
+# Quick benchmarks (a few minutes in all). The learning benchmark trains the base model from
+# scratch and takes ~25 minutes on 2 cores: `make bench-learning`.
+QUICK_BENCH := bench/inference.py bench/swap_in_process.py bench/trigger_latency.py \
+               bench/ingest.py bench/agent_outbox.py
+
 bench: system-deps $(STAMP)
-	@for b in bench/*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@for b in $(QUICK_BENCH); do echo "== $$b"; $(PY) $$b || exit 1; done
+
+bench-learning: system-deps $(STAMP)
+	$(PY) bench/learning.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -15,7 +15,7 @@ message raises :class:`protocol.errors.ProtocolError` naming the field.
 from __future__ import annotations
 
 import json
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, TypeAdapter, ValidationError
 
@@ -134,9 +134,9 @@ class Stop(ChannelMessage):
 
 
 WorkerMessage = Annotated[
-    Union[Hello, Progress, Result, Stats, HardExample, Swapped, Frame], Field(discriminator="type")
+    Hello | Progress | Result | Stats | HardExample | Swapped | Frame, Field(discriminator="type")
 ]
-AgentMessage = Annotated[Union[Swap, Rollback, View, Stop], Field(discriminator="type")]
+AgentMessage = Annotated[Swap | Rollback | View | Stop, Field(discriminator="type")]
 
 _worker_adapter: TypeAdapter[Any] = TypeAdapter(WorkerMessage)
 _agent_adapter: TypeAdapter[Any] = TypeAdapter(AgentMessage)
@@ -161,7 +161,9 @@ def _decode(text: str | bytes, adapter: TypeAdapter[Any], side: str):
         raise ProtocolError(f"{side} message: {where}: {first['msg']}") from exc
 
 
-def decode_worker_message(text: str | bytes) -> Hello | Progress | Result | Stats | HardExample | Swapped | Frame:
+def decode_worker_message(
+    text: str | bytes,
+) -> Hello | Progress | Result | Stats | HardExample | Swapped | Frame:
     """Parse what a worker sent (agent side)."""
     return _decode(text, _worker_adapter, "worker")
 
