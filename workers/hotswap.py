@@ -14,13 +14,14 @@ A model that fails to load (bad sha256, corrupt file, wrong shape) is reported t
 from __future__ import annotations
 
 import logging
+import os
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 from workers.export import file_sha256
-from workers.predictor import Predictor
+from workers.predictor import Predictor, inference_threads
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +88,8 @@ class ModelSlot:
         self._report(SwapOutcome(False, self.current.version, None, error))
 
     def _load(self, path: Path, version: str, sha256: str | None, generation: int) -> None:
+        if inference_threads() == 1:
+            _yield_to_the_stream()
         try:
             if sha256 is not None:
                 actual = file_sha256(path) if path.is_file() else None
@@ -140,3 +143,19 @@ class ModelSlot:
                 self._on_result(outcome)
             except Exception:
                 log.exception("swap result handler failed")
+
+
+def _yield_to_the_stream() -> None:
+    """Run the calling (loader) thread at the lowest CPU priority.
+
+    On a small edge machine the serving loop and the frame reader keep every core busy; a loader
+    at normal priority takes its share of a core in the middle of a frame and stretches the gap
+    between two frames. At nice 19 it gets the time the stream leaves, so the swap costs the
+    stream almost nothing and takes a little longer to become ready. Linux applies nice per
+    thread; elsewhere this is a no-op. Only used when models run single-threaded (two cores or
+    fewer): a multi-threaded model would create its thread pool here, and inherit the priority.
+    """
+    try:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), 19)
+    except (AttributeError, OSError):
+        pass
