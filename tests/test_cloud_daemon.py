@@ -5,25 +5,20 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import running_cloud
 import yaml
+from running_cloud import api, cloud
+from scripted_node import ScriptedNode, succeed
 
 from cloud_manager import state_machine as sm
-from cloud_manager.api_client import call, new_request
 from cloud_manager.daemon import TEXT_REPLY_TOPIC, CloudDaemon
-from cloud_manager.hardex_inbox import HardExampleInbox
-from cloud_manager.manager import Manager
-from cloud_manager.registry import ModelRegistry
-from cloud_manager.store import Store
-from edgeloop.connection import ConnectionOptions
 from edgeloop.mqtt import MqttClient, MqttSettings
 from protocol import topics
 from protocol.messages import ApiResponse, JobStatus
-from scripted_node import ScriptedNode, succeed
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(120)]
 
@@ -54,34 +49,8 @@ async def wait_for(predicate: Callable[[], bool], timeout: float = 15.0, what: s
             await asyncio.sleep(0.02)
 
 
-@asynccontextmanager
-async def cloud(url: str, state: Path) -> AsyncIterator[CloudDaemon]:
-    store = Store(state)
-    manager = Manager(store, settings=sm.MachineSettings(retry_initial_s=0.2, retry_max_s=1),
-                      inbox=HardExampleInbox(state / "hardex"),
-                      registry=ModelRegistry(state / "models"))
-    daemon = CloudDaemon(MqttSettings(url=url, client_id="cloud", backoff_max=0.5), manager,
-                         tick_s=0.05)
-    stop = asyncio.Event()
-    runner = asyncio.create_task(daemon.run(stop))
-    await daemon.client.wait_connected(10)
-    try:
-        yield daemon
-    finally:
-        stop.set()
-        await runner
-        store.close()
-
-
 def job_state(daemon: CloudDaemon) -> sm.JobState:
-    state = daemon.manager.store.load_job(NS, JOB)
-    assert state is not None
-    return state
-
-
-async def api(url: str, verb: str, **fields) -> ApiResponse:
-    (response,) = await call(ConnectionOptions(broker=url), verb, new_request(**fields), timeout=10)
-    return response
+    return running_cloud.job_state(daemon, NS, JOB)
 
 
 async def setup_job(url: str, tmp: Path, threshold: int = 100) -> None:

@@ -6,13 +6,13 @@ from __future__ import annotations
 import hashlib
 
 import pytest
+from running_cloud import cloud
 
 from cloud_manager.hardex_inbox import HardExampleInbox
 from edgeloop.mqtt import MqttClient, MqttSettings
 from edgeloop.reliable import ReliableSender
 from protocol import topics
 from protocol.messages import HardExample, HardExampleSidecar
-from test_cloud_daemon import cloud
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(120)]
 

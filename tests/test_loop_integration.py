@@ -15,26 +15,19 @@ import asyncio
 import hashlib
 import json
 import textwrap
-from collections.abc import AsyncIterator, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
+import running_cloud
 import yaml
 from agent_cloud import agent_config
+from running_cloud import api, cloud
 
 from cloud_manager import state_machine as sm
-from cloud_manager.api_client import call, new_request
 from cloud_manager.daemon import CloudDaemon
-from cloud_manager.hardex_inbox import HardExampleInbox
-from cloud_manager.manager import Manager
-from cloud_manager.registry import ModelRegistry
-from cloud_manager.store import Store
 from cloud_manager.task_builder import task_id
 from edge_agent.daemon import Agent
-from edgeloop.connection import ConnectionOptions
-from edgeloop.mqtt import MqttSettings
-from protocol.messages import ApiResponse
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(180)]
 
@@ -160,36 +153,8 @@ async def wait_for(predicate: Callable[[], object], what: str, timeout: float = 
         raise AssertionError(f"not within {timeout} s: {what}") from None
 
 
-async def api(url: str, verb: str, **fields) -> ApiResponse:
-    (response,) = await call(ConnectionOptions(broker=url), verb, new_request(**fields), timeout=10)
-    return response
-
-
-@asynccontextmanager
-async def cloud(url: str, state: Path) -> AsyncIterator[CloudDaemon]:
-    """The cloud manager daemon in this process, as if on another machine: it never reads the
-    node's paths, so every trained file must be pulled from the node."""
-    store = Store(state)
-    manager = Manager(store, settings=sm.MachineSettings(retry_initial_s=0.2, retry_max_s=1),
-                      inbox=HardExampleInbox(state / "hardex"),
-                      registry=ModelRegistry(state / "models"), read_node_paths=False)
-    daemon = CloudDaemon(MqttSettings(url=url, client_id="cloud", backoff_max=0.5), manager,
-                         tick_s=0.05)
-    stop = asyncio.Event()
-    runner = asyncio.create_task(daemon.run(stop))
-    await daemon.client.wait_connected(10)
-    try:
-        yield daemon
-    finally:
-        stop.set()
-        await runner
-        store.close()
-
-
 def job_state(daemon: CloudDaemon) -> sm.JobState:
-    state = daemon.manager.store.load_job(NS, JOB)
-    assert state is not None
-    return state
+    return running_cloud.job_state(daemon, NS, JOB)
 
 
 def node_serving(daemon: CloudDaemon) -> dict[str, int]:
@@ -213,7 +178,7 @@ async def test_two_rounds_train_eval_deploy_and_hot_swap(broker, tmp_path):
     (data / "data.txt").write_text("")
     config = agent_config(broker.url, tmp_path / "agent", node=NODE,
                           datasets={DATASET: str(data / "data.txt")})
-    async with cloud(broker.url, tmp_path / "cloud") as daemon, Agent(config) as agent:
+    async with cloud(broker.url, tmp_path / "cloud", read_node_paths=False) as daemon, Agent(config) as agent:
         assert (await api(broker.url, "create_namespace", name=NS)).code == 201
         for text in seed_manifests(tmp_path):
             response = await api(broker.url, "apply", body=text)
