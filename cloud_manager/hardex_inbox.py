@@ -11,12 +11,12 @@ returns, the example survives a power cut, and only then may the node be acknowl
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from edgeloop.durable import fsync_dir, write_atomically
 from protocol.messages import HardExample
 
 INBOX_DIR = "hardex"
@@ -26,23 +26,6 @@ INBOX_DIR = "hardex"
 class Stored:
     path: Path
     new: bool
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
-
-
-def _sync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class HardExampleInbox:
@@ -62,7 +45,7 @@ class HardExampleInbox:
         if sidecar.exists():
             return Stored(image, new=False)
         folder.mkdir(parents=True, exist_ok=True)
-        _write_durably(image, example.image)
+        write_atomically(image, example.image)
         meta: dict[str, Any] = {
             "sha256": example.sha256,
             "node": example.node,
@@ -72,8 +55,8 @@ class HardExampleInbox:
             "received": example.ts,
             "sidecar": example.sidecar.model_dump(mode="json"),
         }
-        _write_durably(sidecar, json.dumps(meta, sort_keys=True).encode())
-        _sync_dir(folder)
+        write_atomically(sidecar, json.dumps(meta, sort_keys=True).encode())
+        fsync_dir(folder)
         return Stored(image, new=True)
 
     def examples(self, job: str) -> Iterator[dict[str, Any]]:

@@ -23,6 +23,8 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgeloop.durable import fsync_dir, write_atomically
+
 log = logging.getLogger(__name__)
 
 SUFFIX = ".msg"
@@ -38,14 +40,6 @@ class _Entry:
     path: Path
     topic: str
     size: int
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class DiskOutbox:
@@ -76,14 +70,8 @@ class DiskOutbox:
                 f"quota of {self.quota_bytes} bytes"
             )
         path = old.path if old else self.root / self._file_name(key)
-        tmp = path.with_name(f".{path.name}.tmp")
-        with open(tmp, "wb") as f:
-            f.write(header)
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(self.root)
+        write_atomically(path, header + payload)
+        fsync_dir(self.root)
         self._index[key] = _Entry(path, topic, size)
         self._used += size - freed
 

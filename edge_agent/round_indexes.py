@@ -11,10 +11,10 @@ paths are written absolute: the files live in the job's output folder, not besid
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgeloop.durable import write_atomically
 from protocol.messages import Task
 from protocol.sample_split import SPLIT_VARIABLE, SampleSplit, plan_round_indexes
 from workers.dataset import parse_line
@@ -59,14 +59,9 @@ def valid_samples(index: Path, num_classes: int) -> list[tuple[str, str]]:
     return samples
 
 
-def _write_atomically(path: Path, lines: list[str]) -> None:
+def _write_index(path: Path, lines: list[str]) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        f.write("".join(f"{line}\n" for line in lines))
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    write_atomically(path, "".join(f"{line}\n" for line in lines).encode("utf-8"))
 
 
 def _resolve(location: str, script_dir: Path | None) -> Path:
@@ -102,7 +97,7 @@ def write_round_indexes(task: Task, num_classes: int) -> WrittenIndexes | None:
     files = ((split.train, plan.train), (split.eval, plan.eval), (split.replay, plan.replay))
     try:
         for location, lines in files:
-            _write_atomically(_resolve(location, script_dir), [absolute[line] for line in lines])
+            _write_index(_resolve(location, script_dir), [absolute[line] for line in lines])
     except OSError as exc:
         raise RoundIndexError(f"cannot write the round's sample indexes: {exc}") from None
     return WrittenIndexes(len(plan.train), len(plan.eval), len(plan.replay))
