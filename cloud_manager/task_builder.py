@@ -136,13 +136,29 @@ def build_train_task(
         contract.REPLAY_INDEX: split.replay,
         SPLIT_VARIABLE: split.to_json(),
     }
+    return _round_task(
+        inputs, "train", spec.train_spec.worker_spec, round_no, attempt, env, timeout_s
+    )
+
+
+def _round_task(
+    inputs: JobInputs,
+    role: str,
+    worker: Any,
+    round_no: int,
+    attempt: int,
+    env: dict[str, str],
+    timeout_s: float,
+) -> Task:
+    """A train or eval task of one round: the id says job, round and role."""
+    ns, name = inputs.job.metadata.namespace, inputs.job.metadata.name
     return Task(
-        task_id=task_id(inputs.job.metadata.namespace, inputs.job.metadata.name, round_no, "train"),
+        task_id=task_id(ns, name, round_no, role),
         attempt=attempt,
         job=inputs.ref,
-        role="train",
+        role=role,
         round=round_no,
-        worker=worker_spec(spec.train_spec.worker_spec),
+        worker=worker_spec(worker),
         env=env,
         timeout_s=timeout_s,
     )
@@ -171,15 +187,8 @@ def build_eval_task(
     }
     if split is not None:
         env[SPLIT_VARIABLE] = split.to_json()
-    return Task(
-        task_id=task_id(inputs.job.metadata.namespace, inputs.job.metadata.name, round_no, "eval"),
-        attempt=attempt,
-        job=inputs.ref,
-        role="eval",
-        round=round_no,
-        worker=worker_spec(spec.eval_spec.worker_spec),
-        env=env,
-        timeout_s=timeout_s,
+    return _round_task(
+        inputs, "eval", spec.eval_spec.worker_spec, round_no, attempt, env, timeout_s
     )
 
 
