@@ -1,5 +1,5 @@
 """The cloud manager's request/response API: apply, get, describe, delete, create_namespace,
-pause, resume. Each request runs inside the store transaction the manager opened for it.
+pause, resume, rollback, hardex_list, hardex_export, label_import. Each request runs inside the store transaction the manager opened for it.
 
 ``resource`` names follow kubectl's habits: ``jobs``/``il``/``incrementallearningjob``,
 ``datasets``/``ds``, ``models``, ``nodes``, ``namespaces``/``ns``, ``versions`` (registered model
@@ -8,14 +8,18 @@ versions). Answers carry JSON-ready ``data``; the CLI renders it.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from cloud_manager import state_machine as sm
+from cloud_manager.hardex_inbox import HardExampleInbox
 from cloud_manager.outgoing import Outgoing
 from protocol import topics
+from protocol.errors import ProtocolError
 from protocol.manifest_yaml import load_documents
 from protocol.manifests import IncrementalLearningJob, ManifestError, ObjectMeta
 from protocol.messages import ApiRequest, ApiResponse
+from protocol.topics import check_name
 
 if TYPE_CHECKING:
     from cloud_manager.manager import Manager
@@ -31,6 +35,44 @@ KIND_ALIASES: dict[str, str] = {
     **dict.fromkeys(("versions", "version", "modelversions"), "ModelVersion"),
 }
 APPLY_ORDER = {"Dataset": 0, "Model": 1, JOB: 2}
+
+
+#: Hard examples per ``hardex_list`` answer: sidecars with boxes stay far under the 4 MiB cap.
+LIST_PAGE = 1000
+#: Image bytes in one ``hardex_export`` answer, and the largest piece of one image in it; both
+#: leave room under the 4 MiB payload cap for the message around them.
+EXPORT_BUDGET = 3 * 1024 * 1024
+EXPORT_PART = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class Attached:
+    """A verb's answer data with binary attachments (sent as msgpack ``bin``)."""
+
+    data: Any
+    attachments: dict[str, bytes]
+
+
+def _whole_number(value: Any, what: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ApiError(400, f"{what} must be a whole number >= 0, got {value!r}")
+    return value
+
+
+def _summary(meta: dict[str, Any]) -> dict[str, Any]:
+    """A hard example's sidecar with what ``hardex list`` shows in its columns."""
+    sidecar = meta.get("sidecar") or {}
+    return {
+        **meta,
+        "id": meta.get("sha256", ""),
+        "short_id": meta.get("sha256", "")[:12],
+        "source": sidecar.get("source", ""),
+        "boxes": len(sidecar.get("boxes") or []),
+        "model_version": sidecar.get("model_version"),
+        "time": sidecar.get("time") or meta.get("received"),
+        "mining": sidecar.get("mining", ""),
+        "labelled": bool(meta.get("labelled")),
+    }
 
 
 class ApiError(Exception):
@@ -62,8 +104,11 @@ class ApiHandler:
         except ApiError as exc:
             return ApiResponse(request_id=request.request_id, ok=False, code=exc.code,
                                message=exc.message, errors=exc.errors), []
+        attachments: dict[str, bytes] = {}
+        if isinstance(data, Attached):
+            data, attachments = data.data, data.attachments
         return ApiResponse(request_id=request.request_id, ok=True, code=code, message=message,
-                           data=data), out
+                           data=data, attachments=attachments), out
 
     # -- apply --
 
@@ -117,7 +162,9 @@ class ApiHandler:
             self.store.save_job(state, now)
             out.append(self.manager.status_message(state))
             known = self.store.dataset_samples(ns, job.spec.dataset.name)
-            if known is not None:
+            dataset = self.store.get_resource("Dataset", ns, job.spec.dataset.name)
+            owner = dataset["manifest"]["spec"]["nodeName"] if dataset else None
+            if known is not None and known["node"] == owner:
                 out += self.manager.job_event(ns, name, sm.SamplesReported(known["samples"]), now)
         else:
             out += self.manager.job_event(ns, name, sm.SpecChanged(), now)
@@ -204,14 +251,100 @@ class ApiHandler:
             raise ApiError(404, f"{kind} {request.name} not found")
         return 200, "", {"kind": kind, "resource": rows[0]}, []
 
-    def verb_hardex_list(self, request: ApiRequest, now: float) -> tuple[int, str, Any, list[Outgoing]]:
+    # -- hard examples and labels --
+
+    def _job_ref(self, request: ApiRequest) -> str:
+        """``namespace/name`` of the request's job; both become folder names, so both must be
+        valid names."""
+        try:
+            check_name(request.namespace, "namespace")
+            check_name(request.name, "job")
+        except ProtocolError as exc:
+            raise ApiError(400, exc.reason) from None
+        return f"{request.namespace}/{request.name}"
+
+    def _inbox(self, request: ApiRequest) -> tuple[HardExampleInbox, str]:
         inbox = self.manager.inbox
         if inbox is None:
             raise ApiError(400, "this cloud manager keeps no hard-example inbox")
-        job = f"{request.namespace}/{request.name}"
-        items = list(inbox.examples(job)) if request.name else []
-        return 200, f"{len(items)} hard examples", {"job": job, "root": str(inbox.job_dir(job)),
-                                                     "items": items}, []
+        job = self._job_ref(request)
+        if self.store.get_resource(JOB, request.namespace, request.name) is None \
+                and not inbox.job_dir(job).is_dir():
+            raise ApiError(404, f"{JOB} {job} not found")
+        return inbox, job
+
+    def verb_hardex_list(self, request: ApiRequest, now: float) -> tuple[int, str, Any, list[Outgoing]]:
+        """A page (``offset``, ``limit``) of a job's hard examples: each sidecar with a summary
+        (``id``, ``boxes``, ``model_version``, ``time``, ``labelled``) and the job's class names."""
+        inbox, job = self._inbox(request)
+        offset = _whole_number(request.args.get("offset", 0), "offset")
+        limit = _whole_number(request.args.get("limit", LIST_PAGE), "limit") or LIST_PAGE
+        every = list(inbox.examples(job))
+        items = [_summary(meta) for meta in every[offset:offset + limit]]
+        inputs = self.manager.inputs(request.namespace, request.name)
+        return 200, f"{len(every)} hard examples", {
+            "job": job, "root": str(inbox.job_dir(job)), "total": len(every), "offset": offset,
+            "items": items, "class_names": list(inputs.class_names()) if inputs else None,
+        }, []
+
+    def verb_hardex_export(self, request: ApiRequest, now: float) -> tuple[int, str, Any, list[Outgoing]]:
+        """Image bytes of hard examples: ``parts`` asks for ``{"id": sha256, "offset": n}``; the
+        answer carries as many as fit in :data:`EXPORT_BUDGET`, each at most
+        :data:`EXPORT_PART` bytes (attachment ``<id>:<offset>``), so an image of any size
+        arrives in pieces and an answer stays under the message limit."""
+        inbox, job = self._inbox(request)
+        wanted = request.args.get("parts")
+        if not isinstance(wanted, list):
+            raise ApiError(400, "parts: expected a list of {\"id\": sha256, \"offset\": bytes}")
+        parts: list[dict[str, Any]] = []
+        missing: list[str] = []
+        attachments: dict[str, bytes] = {}
+        budget = EXPORT_BUDGET
+        for i, want in enumerate(wanted):
+            if not isinstance(want, dict) or not isinstance(want.get("id"), str):
+                raise ApiError(400, f"parts.{i}: expected {{\"id\": sha256, \"offset\": bytes}}")
+            offset = _whole_number(want.get("offset", 0), f"parts.{i}.offset")
+            length = min(EXPORT_PART, budget)
+            if length <= 0:
+                break
+            try:
+                data, size = inbox.read_image(job, want["id"], offset, length)
+            except KeyError:
+                missing.append(want["id"])
+                continue
+            attachments[f"{want['id']}:{offset}"] = data
+            parts.append({"id": want["id"], "offset": offset, "length": len(data), "size": size})
+            budget -= len(data)
+        return 200, f"{len(parts)} parts", Attached(
+            {"job": job, "parts": parts, "missing": missing}, attachments), []
+
+    def label_target(self, request: ApiRequest) -> dict[str, Any]:
+        """Where labelled samples of the request's job go: the job's Dataset and the node
+        holding its index (``nodeName``), with the job's class names."""
+        job = self._job_ref(request)
+        inputs = self.manager.inputs(request.namespace, request.name)
+        if inputs is None:
+            if self.store.get_resource(JOB, request.namespace, request.name) is None:
+                raise ApiError(404, f"{JOB} {job} not found")
+            raise ApiError(409, f"{JOB} {job} references a resource that does not exist")
+        node = inputs.dataset_node
+        return {
+            "job": job,
+            "dataset": f"{inputs.dataset.metadata.namespace}/{inputs.dataset.metadata.name}",
+            "url": inputs.dataset.spec.url,
+            "node": node,
+            "online": node in self.manager.online_nodes(),
+            "class_names": list(inputs.class_names()),
+        }
+
+    def verb_label_import(self, request: ApiRequest, now: float) -> tuple[int, str, Any, list[Outgoing]]:
+        """Without samples: where the job's labels would go (the CLI asks this first). Samples
+        themselves are forwarded by the daemon (:mod:`cloud_manager.labels`), which waits for
+        the node's answers."""
+        if request.args.get("samples"):
+            raise ApiError(400, "label_import with samples needs the cloud manager daemon")
+        target = self.label_target(request)
+        return 200, f"labels go to {target['dataset']} on node {target['node']}", target, []
 
     # -- changing --
 

@@ -1,10 +1,12 @@
 """Commands of the cloud manager: ``edgeloop cloud`` (the daemon) and the API clients
-``apply``, ``create namespace``, ``get``, ``describe``, ``delete``, ``pause``, ``resume``."""
+``apply``, ``create namespace``, ``get``, ``describe``, ``delete``, ``pause``, ``resume``,
+``rollback``, ``hardex list|export`` and ``label import``."""
 
 from __future__ import annotations
 
 import asyncio
 import json
+from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +41,24 @@ def _request(options: ConnectionOptions, verb: str, timeout: float, **fields: An
     return response
 
 
+def _session(work: Callable[[], Coroutine[Any, Any, Any]]) -> Any:
+    """Run an exchange of several API calls; prints the error and exits on a refusal (1) or
+    when the broker or the cloud manager cannot be reached (3)."""
+    from cloud_manager.api_client import ApiFailed
+    from edgeloop.mqtt import NotConnected, RequestTimeout
+
+    try:
+        return asyncio.run(work())
+    except (NotConnected, RequestTimeout) as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(EXIT_UNREACHABLE) from None
+    except ApiFailed as exc:
+        typer.echo(f"error: {exc.response.message}", err=True)
+        for line in exc.response.errors:
+            typer.echo(f"  {line}", err=True)
+        raise typer.Exit(1) from None
+
+
 def _check_output(output: str) -> str:
     from cloud_manager.render import OUTPUT_FORMATS
 
@@ -51,6 +71,12 @@ def register(app: typer.Typer) -> None:
     create = typer.Typer(help="Create a resource that has no manifest (a namespace).",
                          no_args_is_help=True)
     app.add_typer(create, name="create")
+    hardex = typer.Typer(help="A job's hard examples: list them, export them for labelling.",
+                         no_args_is_help=True)
+    app.add_typer(hardex, name="hardex")
+    label = typer.Typer(help="Labelled samples for a job's dataset.", no_args_is_help=True)
+    app.add_typer(label, name="label")
+    _register_labelling(hardex, label)
 
     @app.command("cloud")
     @with_connection
@@ -275,3 +301,147 @@ def register(app: typer.Typer) -> None:
         response = _request(connection, "rollback", timeout, resource="jobs", name=name,
                             namespace=namespace, args={} if to is None else {"version": to})
         typer.echo(f"IncrementalLearningJob/{namespace}/{name} {response.message}")
+
+
+def _register_labelling(hardex: typer.Typer, label: typer.Typer) -> None:
+    @hardex.command("list")
+    @with_connection
+    def hardex_list(
+        job: str = typer.Argument(..., help="Job name."),
+        namespace: str = Namespace,
+        output: str = typer.Option("table", "-o", "--output", help="table, wide or json."),
+        timeout: float = Timeout,
+        connection: ConnectionOptions = None,  # type: ignore[assignment]
+    ) -> None:
+        """The job's hard examples: id, node, age, model version, boxes, labelled or not."""
+        from rich.console import Console
+
+        from cloud_manager.api_client import ApiSession, list_hardex
+        from cloud_manager.render import dump, table
+
+        if output not in ("table", "wide", "json"):
+            raise typer.BadParameter(f"{output!r}: use one of table, wide, json")
+
+        async def work() -> dict[str, Any]:
+            async with ApiSession(connection, timeout) as api:
+                return await list_hardex(api, namespace, job)
+
+        items = _session(work)["items"]
+        if output == "json":
+            typer.echo(dump(items, "json"))
+        elif not items:
+            typer.echo(f"No hard examples for job {namespace}/{job}.", err=True)
+        else:
+            Console(width=200).print(table("HardExample", items, wide=output == "wide"))
+
+    @hardex.command("export")
+    @with_connection
+    def hardex_export(
+        job: str = typer.Argument(..., help="Job name."),
+        out: Path = typer.Option(..., "--out", help="Folder to write images/ and the "
+                                                    "pre-annotations into."),
+        namespace: str = Namespace,
+        fmt: str = typer.Option("index", "--format", help="index (the seed's data.txt) or coco."),
+        include_all: bool = typer.Option(False, "--all/--unlabelled",
+                                         help="Every hard example, or only those not labelled "
+                                              "yet (the default)."),
+        timeout: float = typer.Option(30.0, "--timeout", help="Seconds to wait for each answer."),
+        connection: ConnectionOptions = None,  # type: ignore[assignment]
+    ) -> None:
+        """Write the job's hard examples and the model's boxes, as proposals to correct, for an
+        annotation tool. `edgeloop label import` takes the corrected files back."""
+        from cloud_manager.api_client import ApiSession, fetch_hardex_images, list_hardex
+        from cloud_manager.hardex_export import EXPORT_FORMATS, image_path, write_export
+        from edgeloop.durable import write_atomically
+        from workers.classes import CLASS_NAMES
+
+        if fmt not in EXPORT_FORMATS:
+            raise typer.BadParameter(f"{fmt!r}: use one of {', '.join(EXPORT_FORMATS)}",
+                                     param_hint="--format")
+        (out / "images").mkdir(parents=True, exist_ok=True)
+
+        def keep(item: dict[str, Any], image: bytes) -> None:
+            write_atomically(image_path(out, item), image)
+
+        async def work() -> tuple[dict[str, Any], list[dict[str, Any]], list[str]]:
+            async with ApiSession(connection, timeout) as api:
+                listing = await list_hardex(api, namespace, job)
+                items = [i for i in listing["items"] if include_all or not i["labelled"]]
+                missing = await fetch_hardex_images(api, namespace, job, items, keep)
+                return listing, items, missing
+
+        try:
+            listing, items, missing = _session(work)
+        except ValueError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        for sha256 in missing:
+            typer.echo(f"{sha256[:12]}: gone from the cloud's inbox meanwhile; not exported",
+                       err=True)
+        class_names = listing.get("class_names") or list(CLASS_NAMES)
+        result = write_export(out, [i for i in items if i["id"] not in missing], fmt, class_names)
+        for line in result.dropped:
+            typer.echo(f"left out: {line}", err=True)
+        skipped = len(listing["items"]) - len(items)
+        typer.echo(f"{result.images} hard examples, {result.boxes} proposed boxes -> {result.path}"
+                   + (f" ({skipped} already labelled not exported; --all includes them)"
+                      if skipped else ""))
+
+    @label.command("import")
+    @with_connection
+    def label_import(
+        job: str = typer.Argument(..., help="Job name: its Dataset receives the samples."),
+        file: Path = typer.Argument(..., help="data.txt (index), a YOLO folder or a COCO JSON."),
+        namespace: str = Namespace,
+        fmt: str = typer.Option("index", "--format", help="index, yolo or coco."),
+        timeout: float = typer.Option(60.0, "--timeout",
+                                      help="Seconds to wait for the dataset's node to confirm "
+                                           "each batch."),
+        connection: ConnectionOptions = None,  # type: ignore[assignment]
+    ) -> None:
+        """Add labelled samples to the job's dataset: the node holding its index copies the
+        images beside it and appends the lines. Importing the same file again adds nothing."""
+        from cloud_manager.api_client import ApiSession
+        from cloud_manager.label_files import LABEL_FORMATS, batches, read_labels
+
+        if fmt not in LABEL_FORMATS:
+            raise typer.BadParameter(f"{fmt!r}: use one of {', '.join(LABEL_FORMATS)}",
+                                     param_hint="--format")
+        wait_s = max(1.0, timeout - 5.0)
+
+        async def work() -> tuple[dict[str, Any], list[str], list[dict[str, Any]]]:
+            async with ApiSession(connection, timeout) as api:
+                target = (await api.ask("label_import", namespace=namespace, name=job)).data
+                assert isinstance(target, dict)
+                read = await asyncio.to_thread(read_labels, file, fmt, target["class_names"])
+                problems = list(read.problems)
+                results: list[dict[str, Any]] = []
+                for batch in batches(read.samples, problems):
+                    response = await api.ask(
+                        "label_import", timeout=timeout + 5.0, namespace=namespace, name=job,
+                        args={"samples": batch.samples, "wait_s": wait_s},
+                        attachments=batch.images)
+                    assert isinstance(response.data, dict)
+                    results += response.data["results"]
+                return target, problems, results
+
+        try:
+            target, problems, results = _session(work)
+        except (OSError, ValueError) as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
+        for line in problems:
+            typer.echo(f"skipped {line}", err=True)
+        for result in results:
+            if result["status"] in ("rejected", "pending"):
+                word = "rejected" if result["status"] == "rejected" else "not confirmed"
+                typer.echo(f"{word} {result['source']}: {result['reason']}", err=True)
+        count = {s: sum(1 for r in results if r["status"] == s)
+                 for s in ("added", "present", "rejected", "pending")}
+        typer.echo(f"{target['dataset']} on node {target['node']}: {count['added']} added, "
+                   f"{count['present']} already there, {len(problems)} skipped (bad line or "
+                   f"image), {count['rejected']} rejected by the node"
+                   + (f", {count['pending']} not confirmed yet (import again to check)"
+                      if count["pending"] else ""))
+        if problems or count["rejected"] or count["pending"]:
+            raise typer.Exit(1)

@@ -3,11 +3,14 @@
 Subscriptions: the API (``api/+``), every node's status, sample reports, task progress and
 hard examples (acknowledged to the node once durably in the inbox), model chunk requests
 (served from the registry) and pushed chunks of trained models it pulls into the registry.
-Each message is handled in one store transaction and what it produced is published after the
-commit; the broker's message is acknowledged only after its handler ran (see
-:mod:`edgeloop.mqtt`), so a crash mid-handler means the broker redelivers it and the store's
-processed keys stop it from counting twice. A clock tick drives periodic trigger checks, task
-deadlines and retries.
+Each message is handled in one store transaction, except sample reports: those that arrived
+together (up to :data:`SAMPLE_BATCH`) share one transaction (group commit, see
+:meth:`Manager.on_sample_reports`). What a transaction produced is published after its commit;
+the broker's messages are acknowledged only after their handler ran, i.e. after the commit (see
+:mod:`edgeloop.mqtt`), so a crash mid-handler means the broker redelivers them and the store's
+processed keys stop them from counting twice. A batch of sample reports the store cannot commit
+is not acknowledged either: the client reconnects and the broker sends it again. A clock tick
+drives periodic trigger checks, task deadlines and retries.
 
 Manifests published as plain text (``mosquitto_pub -t edgeloop/v1/api/apply -f job.yaml``) have
 no MQTT v5 response topic: their answer goes to ``edgeloop/v1/reply/mqtt-text``
@@ -18,14 +21,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sqlite3
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 
 from cloud_manager.artifact_pull import ArtifactPuller, PullError
+from cloud_manager.labels import LabelForwarder
 from cloud_manager.manager import Manager, Pull
 from cloud_manager.outgoing import Outgoing
 from cloud_manager.registry import RegistryError
-from edgeloop.mqtt import Delivery, MqttClient, MqttSettings, NotConnected
+from edgeloop.mqtt import Delivery, MqttClient, MqttSettings, NotConnected, Redeliver
 from edgeloop.reliable import Acknowledger
 from protocol import topics
 from protocol.messages import (
@@ -43,6 +49,24 @@ log = logging.getLogger("edgeloop.cloud")
 TEXT_REPLY_CLIENT = "mqtt-text"
 TEXT_REPLY_TOPIC = topics.api_response(TEXT_REPLY_CLIENT)
 TICK_SECONDS = 1.0
+#: Most sample reports committed in one transaction. A batch is what was already waiting, never
+#: a wait for more: a lone report is handled at once.
+SAMPLE_BATCH = 256
+
+
+@dataclass
+class SampleStats:
+    """Sample reports handled since start (``edgeloop cloud`` logs failures as they happen)."""
+
+    batches: int = 0
+    reports: int = 0
+    duplicates: int = 0
+    #: reports with a dataset update that failed and was rolled back, or in a batch that
+    #: failed for another reason than the store (logged, acknowledged)
+    failed: int = 0
+    #: reports of batches the store could not commit: left unacknowledged for redelivery
+    deferred: int = 0
+    largest_batch: int = 0
 
 
 class CloudDaemon:
@@ -61,9 +85,12 @@ class CloudDaemon:
         self._lock = asyncio.Lock()  # one event at a time: the store has one writer
         self.client.subscribe(topics.api_request_filter(), self._on_api)
         self.client.subscribe(topics.node_filter(topics.Kind.STATUS), self._on_status)
-        self.client.subscribe(topics.node_filter(topics.Kind.SAMPLES), self._on_samples)
+        self.sample_stats = SampleStats()
+        self.client.subscribe_batch(topics.node_filter(topics.Kind.SAMPLES), self._on_samples,
+                                    max_batch=SAMPLE_BATCH)
         self.client.subscribe(topics.node_filter(topics.Kind.PROGRESS), self._on_progress)
         self.acknowledger = Acknowledger(self.client)
+        self.labels = LabelForwarder(self.client, manager, self._lock, TEXT_REPLY_TOPIC, clock=clock)
         if manager.inbox is not None:
             self.client.subscribe(topics.node_filter(topics.Kind.HARDEX), self._on_hardex)
         self.puller: ArtifactPuller | None = None
@@ -76,7 +103,7 @@ class CloudDaemon:
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Serve until ``stop`` is set (or forever)."""
         stop = stop or asyncio.Event()
-        async with self.client:
+        async with self.client, self.labels:
             ticker = asyncio.create_task(self._tick_loop(stop), name="cloud-tick")
             try:
                 await stop.wait()
@@ -138,6 +165,9 @@ class CloudDaemon:
         request = delivery.message
         if not isinstance(request, ApiRequest):
             return
+        if request.verb == "label_import":
+            self.labels.accept(delivery)  # answers once the dataset's node has confirmed
+            return
         async with self._lock:
             try:
                 response, messages = self.manager.on_api(request, self.clock())
@@ -164,11 +194,30 @@ class CloudDaemon:
             await self._run(f"status of {status.node}",
                             lambda: self.manager.on_status(status, self.clock()))
 
-    async def _on_samples(self, delivery: Delivery) -> None:
-        if isinstance(delivery.message, SampleReport):
-            report = delivery.message
-            await self._run(f"samples of {report.node}",
-                            lambda: self.manager.on_samples(report, self.clock()))
+    async def _on_samples(self, deliveries: list[Delivery]) -> None:
+        reports = [d.message for d in deliveries if isinstance(d.message, SampleReport)]
+        if not reports:
+            return
+        stats = self.sample_stats
+        stats.batches += 1
+        stats.largest_batch = max(stats.largest_batch, len(reports))
+        async with self._lock:
+            try:
+                ingest = self.manager.on_sample_reports(reports, self.clock())
+            except (sqlite3.Error, OSError) as exc:
+                # Nothing committed, so nothing is acknowledged: the broker sends them again.
+                stats.deferred += len(reports)
+                raise Redeliver(f"a batch of {len(reports)} sample reports was not committed "
+                                f"({type(exc).__name__}: {exc})") from exc
+            except Exception:
+                stats.failed += len(reports)
+                log.exception("a batch of %d sample reports failed; state unchanged", len(reports))
+                return
+        stats.reports += ingest.reports
+        stats.duplicates += ingest.duplicates
+        stats.failed += ingest.failed
+        await self.publish(ingest.messages)
+        self._start_pulls()
 
     async def _on_progress(self, delivery: Delivery) -> None:
         if isinstance(delivery.message, TaskProgress):

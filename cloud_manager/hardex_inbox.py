@@ -11,6 +11,8 @@ returns, the example survives a power cut, and only then may the node be acknowl
 from __future__ import annotations
 
 import json
+import os
+import re
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +22,12 @@ from edgeloop.durable import fsync_dir, write_atomically
 from protocol.messages import HardExample
 
 INBOX_DIR = "hardex"
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+def _is_sha256(value: str) -> bool:
+    """Names from requests become file names: only a sha256 may."""
+    return isinstance(value, str) and bool(_SHA256.match(value))
 
 
 @dataclass(frozen=True)
@@ -60,12 +68,56 @@ class HardExampleInbox:
         return Stored(image, new=True)
 
     def examples(self, job: str) -> Iterator[dict[str, Any]]:
-        """The sidecars of a job's examples, oldest name first."""
+        """The sidecars of a job's examples, in sha256 order, each with ``bytes``, the size of
+        its image (what an export must fetch)."""
         folder = self.job_dir(job)
         if not folder.is_dir():
             return
         for sidecar in sorted(folder.glob("*.json")):
-            yield json.loads(sidecar.read_text())
+            meta = json.loads(sidecar.read_text())
+            try:
+                meta["bytes"] = (folder / meta["image"]).stat().st_size
+            except (OSError, KeyError):
+                continue  # an image without a sidecar never happens; a lone sidecar is skipped
+            yield meta
+
+    def example(self, job: str, sha256: str) -> dict[str, Any] | None:
+        """The sidecar of one example, or None when the job's inbox has no such image."""
+        if not _is_sha256(sha256):
+            return None
+        sidecar = self.job_dir(job) / f"{sha256}.json"
+        try:
+            return json.loads(sidecar.read_text())
+        except FileNotFoundError:
+            return None
+
+    def read_image(self, job: str, sha256: str, offset: int, length: int) -> tuple[bytes, int]:
+        """Bytes ``offset..offset+length`` of an example's image and the image's whole size.
+
+        Raises ``KeyError`` when the job has no such example."""
+        meta = self.example(job, sha256)
+        if meta is None:
+            raise KeyError(sha256)
+        image = self.job_dir(job) / meta["image"]
+        with open(image, "rb") as handle:
+            size = os.fstat(handle.fileno()).st_size
+            handle.seek(offset)
+            return handle.read(length), size
+
+    def mark_labelled(self, job: str, sha256: str, dataset: str, now: float) -> bool:
+        """Note in an example's sidecar that it was labelled into ``dataset`` (``hardex list``
+        shows it, ``hardex export`` leaves it out by default). False when the job has no such
+        example: labels may come from any image, not only hard examples."""
+        meta = self.example(job, sha256)
+        if meta is None:
+            return False
+        if meta.get("labelled", {}).get("dataset") == dataset:
+            return True
+        meta["labelled"] = {"dataset": dataset, "time": now}
+        folder = self.job_dir(job)
+        write_atomically(folder / f"{sha256}.json", json.dumps(meta, sort_keys=True).encode())
+        fsync_dir(folder)
+        return True
 
     def count(self, job: str) -> int:
         folder = self.job_dir(job)

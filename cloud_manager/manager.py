@@ -1,18 +1,21 @@
 """The cloud manager's core: turns incoming messages into store updates and outgoing messages.
 
 It knows nothing of MQTT connections (``daemon.py`` wires it to the broker) and reads no clock
-of its own (every entry point takes ``now``): each method runs one event inside one store
-transaction and returns the messages to publish once that transaction has committed. A crash
-between the commit and the publish is repaired by :meth:`Manager.resync`, which the daemon runs
-on every (re)connection: it re-sends every active task (receivers dedupe by task id + attempt),
-every node's desired state and every job's status.
+of its own (every entry point takes ``now``): each method runs one event, or one batch of sample
+reports (:meth:`Manager.on_sample_reports`), inside one store transaction and returns the
+messages to publish once that transaction has committed. A crash between the commit and the
+publish is repaired by :meth:`Manager.resync`, which the daemon runs on every (re)connection: it
+re-sends every active task (receivers dedupe by task id + attempt), every node's desired state
+and every job's status.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from dataclasses import dataclass
+import sqlite3
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from datetime import timezone, tzinfo
 from typing import Any
@@ -21,6 +24,7 @@ from cloud_manager import state_machine as sm
 from cloud_manager.api import ApiHandler
 from cloud_manager.hardex_inbox import HardExampleInbox
 from cloud_manager.registry import ModelRegistry, RegistryError
+from cloud_manager.sample_batch import DatasetUpdate, coalesce
 from cloud_manager.outgoing import Outgoing
 from cloud_manager.store import Store
 from cloud_manager.task_builder import JobInputs, build_inference_task, task_id
@@ -44,6 +48,20 @@ JOB_KIND = "IncrementalLearningJob"
 #: Keys of handled messages are kept this long (far beyond a broker session's redelivery).
 PROCESSED_KEYS_KEPT_S = 86400.0
 CLEANUP_EVERY_S = 3600.0
+
+
+@dataclass
+class SampleIngest:
+    """What one batch of sample reports did."""
+
+    #: to publish once the batch has committed
+    messages: list[Outgoing] = field(default_factory=list)
+    #: reports handled for the first time
+    reports: int = 0
+    #: reports handled before (a redelivery) or twice in the batch: skipped
+    duplicates: int = 0
+    #: reports of which some dataset update failed and was rolled back (logged)
+    failed: int = 0
 
 
 @dataclass(frozen=True)
@@ -128,14 +146,17 @@ class Manager:
 
     # -- job events --
 
-    def job_event(self, namespace: str, name: str, event: sm.Event, now: float) -> list[Outgoing]:
+    def job_event(self, namespace: str, name: str, event: sm.Event, now: float,
+                  ctx: sm.Context | None = None) -> list[Outgoing]:
         """Run one event through a job's machine and persist the outcome (inside the caller's
-        transaction)."""
+        transaction). ``ctx``: the context when the caller already has it (a batch reads the
+        nodes once, not once per job)."""
         state = self.store.load_job(namespace, name)
         inputs = self.inputs(namespace, name)
         if state is None or inputs is None:
             return []
-        transition = sm.handle(state, inputs, event, self.context(now))
+        ctx = ctx or self.context(now)
+        transition = sm.handle(state, inputs, event, ctx)
         new = transition.state
         out: list[Outgoing] = []
         if new.deleted:
@@ -153,7 +174,7 @@ class Manager:
         # Events the actions answered at once run after this transition's messages are queued,
         # so that the last status published is the newest.
         for event in followups:
-            out += self.job_event(namespace, name, event, now)
+            out += self.job_event(namespace, name, event, now, ctx)
         return out
 
     def _carry_out(self, state: sm.JobState, inputs: JobInputs, action: sm.Action,
@@ -273,32 +294,105 @@ class Manager:
                                           sm.ServingReported(serving), now)
             return out
 
-    def on_samples(self, report: SampleReport, now: float) -> list[Outgoing]:
-        key = f"samples:{report.key}"
+    def on_sample_reports(self, reports: Sequence[SampleReport], now: float) -> SampleIngest:
+        """Sample reports that arrived together, in arrival order, in one transaction.
+
+        Reports seen before (redelivered) are skipped by their key, which commits with their
+        effects. Several reports of one dataset count as its newest (see
+        :mod:`cloud_manager.sample_batch`): one store write and one trigger evaluation per
+        dataset and job. A dataset update that fails is logged, counted and rolled back alone
+        while the rest of the batch commits; a failure of the store itself
+        (:class:`sqlite3.OperationalError`: disk, lock) rolls the whole batch back and is raised.
+        """
+        result = SampleIngest()
         with self.store.transaction():
-            if self.store.processed(key):
-                return []
-            self.store.mark_processed(key, now)
-            out: list[Outgoing] = []
-            for entry in report.datasets:
-                namespace, name = entry.dataset.split("/", 1)
-                dataset = self.store.get_resource("Dataset", namespace, name)
-                if dataset is None:
-                    log.info("sample report from %s for unknown dataset %s", report.node, entry.dataset)
-                    continue
-                if dataset["manifest"]["spec"]["nodeName"] != report.node:
-                    log.warning("node %s reported dataset %s, which lives on node %s; ignored",
-                                report.node, entry.dataset, dataset["manifest"]["spec"]["nodeName"])
-                    continue
-                if entry.error is None:
-                    self.store.put_dataset_samples(namespace, name, entry.samples, entry.error,
-                                                   report.node, now)
-                event = sm.SamplesReported(entry.samples, entry.error)
-                for state in self.store.jobs():
-                    inputs = self.inputs(state.namespace, state.name)
-                    if inputs and state.namespace == namespace and inputs.job.spec.dataset.name == name:
-                        out += self.job_event(state.namespace, state.name, event, now)
-            return out
+            fresh: dict[str, SampleReport] = {}
+            for report in reports:
+                fresh.setdefault(f"samples:{report.key}", report)
+            for key in self.store.processed_among(fresh):
+                del fresh[key]
+            self.store.mark_processed_many(fresh, now)
+            result.reports = len(fresh)
+            result.duplicates = len(reports) - len(fresh)
+            updates = coalesce(fresh.values())
+            if updates:
+                result.messages, failed = self._apply_updates(updates, now)
+                result.failed = len(failed)
+        return result
+
+    def _apply_updates(self, updates: list[DatasetUpdate],
+                       now: float) -> tuple[list[Outgoing], set[str]]:
+        """Apply a batch's dataset updates (inside its transaction): all at once, and only when
+        one of them fails, again one by one, each in its own savepoint, so that the failing one
+        is rolled back alone. Returns the messages and the keys of the reports that failed."""
+        ctx = self.context(now)
+        jobs = self._jobs_by_dataset()
+        pulls = len(self._pulls)
+        try:
+            with self.store.savepoint():
+                return [out for update in updates
+                        for out in self._apply_samples(update, jobs, now, ctx)], set()
+        except sqlite3.OperationalError:
+            raise  # the store itself (disk, lock), not one report: the whole batch waits
+        except Exception:
+            del self._pulls[pulls:]
+            log.debug("a dataset update failed; applying the batch one dataset at a time",
+                      exc_info=True)
+        messages: list[Outgoing] = []
+        failed: set[str] = set()
+        for update in updates:
+            pulls = len(self._pulls)
+            try:
+                with self.store.savepoint():
+                    messages += self._apply_samples(update, jobs, now, ctx)
+            except sqlite3.OperationalError:
+                raise
+            except Exception:
+                del self._pulls[pulls:]
+                failed.update(update.reports)
+                log.exception("samples of dataset %s from %s not applied (reports %s); the rest "
+                              "of the batch goes on", update.dataset, update.node,
+                              ", ".join(update.reports))
+        return messages, failed
+
+    def _jobs_by_dataset(self) -> dict[tuple[str, str], list[str]]:
+        """Names of the jobs learning from each (namespace, dataset name)."""
+        index: dict[tuple[str, str], list[str]] = {}
+        for state in self.store.jobs():
+            inputs = self.inputs(state.namespace, state.name)
+            if inputs is not None:
+                dataset = (state.namespace, inputs.job.spec.dataset.name)
+                index.setdefault(dataset, []).append(state.name)
+        return index
+
+    def _apply_samples(self, update: DatasetUpdate, jobs: dict[tuple[str, str], list[str]],
+                       now: float, ctx: sm.Context) -> list[Outgoing]:
+        """One dataset's newest count: stored, and fed to the jobs learning from it."""
+        dataset = self.store.get_resource("Dataset", update.namespace, update.name)
+        if dataset is None:
+            # Agents report what they hold as soon as they connect, often before the manifests
+            # are applied, and again only when the index changes. Keep the count: a job created
+            # later starts from it (when the Dataset names this node, see the API's apply).
+            if update.entry.error is None:
+                self.store.put_dataset_samples(update.namespace, update.name, update.entry.samples,
+                                               None, update.node, now)
+            log.info("sample report from %s for dataset %s, not applied yet: count kept",
+                     update.node, update.dataset)
+            return []
+        owner = dataset["manifest"]["spec"]["nodeName"]
+        if owner != update.node:
+            log.warning("node %s reported dataset %s, which lives on node %s; ignored",
+                        update.node, update.dataset, owner)
+            return []
+        entry = update.entry
+        if entry.error is None:
+            self.store.put_dataset_samples(update.namespace, update.name, entry.samples, entry.error,
+                                           update.node, now)
+        event = sm.SamplesReported(entry.samples, entry.error)
+        out: list[Outgoing] = []
+        for name in jobs.get((update.namespace, update.name), []):
+            out += self.job_event(update.namespace, name, event, now, ctx)
+        return out
 
     def on_progress(self, progress: TaskProgress, now: float) -> list[Outgoing]:
         key = f"progress:{progress.key}"

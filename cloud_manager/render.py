@@ -36,6 +36,11 @@ _COLUMNS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
         [("BOOT", "boot_id"), ("AGENT", "agent_version"), ("OUTBOX", "outbox_backlog")],
     ),
     "Namespace": ([("NAME", "name")], []),
+    "HardExample": (
+        [("ID", "short_id"), ("NODE", "node"), ("AGE", "time"), ("MODEL", "model_version"),
+         ("BOXES", "boxes"), ("LABELLED", "labelled")],
+        [("MINING", "mining"), ("SOURCE", "source"), ("SHA256", "id")],
+    ),
     "ModelVersion": (
         [("JOB", "job"), ("VERSION", "version"), ("ROUND", "round"), ("PRECISION", "precision"),
          ("AGE", "time")],

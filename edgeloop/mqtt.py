@@ -11,7 +11,11 @@ and offers MQTT v5 request/response. It steers around three pitfalls of a naive 
   in its per-client queue (``max_queued_messages``) instead of our memory. Messages are
   acknowledged *manually, after their handler ran*, so one whose handler did not finish before a
   disconnect is redelivered. (The v5 ``receive_maximum`` we announce would do the same job, but
-  mosquitto 2.0.11 stops enforcing it once acknowledgements flow.)
+  mosquitto 2.0.11 stops enforcing it once acknowledgements flow.) A batch subscription
+  (:meth:`MqttClient.subscribe_batch`) hands its handler the messages that were already waiting
+  together, and acknowledges them after it: one store transaction for the lot, none acknowledged
+  before it committed. A handler whose commit failed raises :class:`Redeliver` to get its
+  messages again instead of having them acknowledged.
 * **Publish timeouts that duplicate.** A publish that times out is still queued inside paho and
   may go out later; retrying it would send it twice. :meth:`MqttClient.publish` never retries.
   Data that must arrive goes through :class:`edgeloop.reliable.ReliableSender`, which resends
@@ -28,7 +32,7 @@ import logging
 import math
 import ssl
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -55,6 +59,12 @@ class NotConnected(ConnectionError):
 
 class RequestTimeout(TimeoutError):
     """No response arrived for an API request in time."""
+
+
+class Redeliver(Exception):
+    """Raised by a handler that cannot take its messages now (its store failed to commit):
+    they are not acknowledged, the client reconnects after a backoff and the broker sends them
+    again. Needs a persistent session (``session_expiry`` > 0); the handler must dedupe."""
 
 
 @dataclass(frozen=True)
@@ -130,6 +140,7 @@ class Delivery:
 
 
 Handler = Callable[[Delivery], Awaitable[None]]
+BatchHandler = Callable[[list[Delivery]], Awaitable[None]]
 ConnectHook = Callable[[], Awaitable[None]]
 
 
@@ -140,11 +151,14 @@ class ClientStats:
     received: int = 0
     protocol_errors: int = 0
     handler_errors: int = 0
+    #: reconnections asked for by a handler (:class:`Redeliver`)
+    redeliveries: int = 0
     published: int = 0
     publish_failures: int = 0
     refused_oversize: int = 0
     pending_publishes: int = 0
-    #: the most messages ever waiting in the incoming queue; stays <= receive_maximum
+    #: the most messages ever held at once: waiting in the incoming queue plus those taken for
+    #: handling (one, or a batch); bounded by ``incoming_high_water`` plus the largest batch
     queue_high_water: int = 0
     last_error: str = ""
 
@@ -152,8 +166,31 @@ class ClientStats:
 @dataclass
 class _Subscription:
     topic_filter: str
-    handler: Handler
+    handler: Handler | None
     qos: int = 1
+    batch_handler: BatchHandler | None = None
+    max_batch: int = 1
+
+    def __post_init__(self) -> None:
+        self._levels = self.topic_filter.split("/")
+
+    def matches(self, levels: list[str]) -> bool:
+        """MQTT filter matching of a topic split at ``/`` (``+`` one level, ``#`` the rest),
+        without building objects per message as aiomqtt's ``Topic.matches`` does."""
+        last = self._levels[-1]
+        if last != "#" and (len(levels) != len(self._levels) or last not in ("+", levels[-1])):
+            return False  # the usual miss, found at once: another kind of message
+        for i, wanted in enumerate(self._levels):
+            if wanted == "#":
+                return True
+            if i >= len(levels) or (wanted != "+" and wanted != levels[i]):
+                return False
+        return len(levels) == len(self._levels)
+
+
+#: one incoming message on its way: what arrived, what it decoded to (None: it did not), and
+#: the subscriptions it goes to
+_Item = tuple[paho.MQTTMessage, Delivery | None, list[_Subscription]]
 
 
 @dataclass
@@ -176,9 +213,16 @@ class _FlowControlledClient(aiomqtt.Client):
     def _on_socket_open(self, client: paho.Client, userdata: object, sock: Any) -> None:
         # aiomqtt's own version of this callback, keeping the reader so it can be paused.
         def read() -> None:
+            # paho reads about one packet per call. Go on while each call brought a message
+            # (more are probably buffered) and the queue is below the mark, so that messages
+            # that arrived together are queued together and a batch subscription sees them as
+            # one batch instead of one per event-loop turn.
             try:
                 while True:
+                    before = self._queue.qsize()
                     client.loop_read()
+                    if self._queue.qsize() > before and not self._paused:
+                        continue
                     # loop_read does not always drain what an SSL socket has decoded
                     pending = getattr(client._sock, "pending", None)  # noqa: SLF001
                     if pending is not None and pending() > 0:
@@ -203,7 +247,9 @@ class _FlowControlledClient(aiomqtt.Client):
         super()._on_socket_close(client, userdata, sock)  # type: ignore[arg-type]
 
     def _on_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
-        super()._on_message(client, userdata, message)
+        # paho's message is queued as it is: aiomqtt's copy (a validated Topic object per
+        # message) costs more than the rest of its handling here.
+        self._queue.put_nowait(message)  # type: ignore[arg-type]
         if not self._paused and self._reader and self._queue.qsize() >= self._high_water:
             self._loop.remove_reader(self._reader[0])
             self._paused = True
@@ -213,6 +259,21 @@ class _FlowControlledClient(aiomqtt.Client):
         if self._paused and self._reader and self._queue.qsize() <= self._low_water:
             self._loop.add_reader(*self._reader)
             self._paused = False
+
+    async def next_message(self) -> paho.MQTTMessage:
+        """The next incoming message; raises :class:`aiomqtt.MqttError` once disconnected. A
+        message already waiting is taken at once, without the task aiomqtt's iterator starts
+        for every message."""
+        waiting = self.take_waiting()
+        if waiting is not None:
+            return waiting
+        return await anext(self.messages)  # type: ignore[return-value]
+
+    def take_waiting(self) -> paho.MQTTMessage | None:
+        """A message that is already waiting, or None (none, or the connection is gone)."""
+        if self._queue.empty() or self._disconnected.done():
+            return None
+        return self._queue.get_nowait()  # type: ignore[return-value]
 
 
 class MqttClient:
@@ -234,9 +295,13 @@ class MqttClient:
         self._runner: asyncio.Task[None] | None = None
         self._pending_requests: dict[bytes, asyncio.Future[ApiResponse]] = {}
         self._reply_topic = topics.api_response(settings.client_id)
+        self._reply_subscription = _Subscription(self._reply_topic, self._on_reply)
         # Only clients that make requests subscribe to their reply topic: a node's ACL has none.
         self._wants_replies = False
         self._backoff = Backoff(settings.backoff_initial, settings.backoff_max)
+        # Grows while handlers keep asking for redelivery; a connection's success does not reset
+        # it, a window handled without such a request does.
+        self._redelivery_backoff = Backoff(settings.backoff_initial, settings.backoff_max)
 
     # -- lifecycle -----------------------------------------------------------------------------
 
@@ -279,9 +344,25 @@ class MqttClient:
     def subscribe(self, topic_filter: str, handler: Handler) -> None:
         """Deliver every valid message on ``topic_filter`` to ``handler``, now and after every
         reconnect. Messages that fail to decode are counted and logged, never delivered."""
-        self._subscriptions.append(_Subscription(topic_filter, handler))
+        self._add_subscription(_Subscription(topic_filter, handler))
+
+    def subscribe_batch(self, topic_filter: str, handler: BatchHandler, *,
+                        max_batch: int = 256) -> None:
+        """Like :meth:`subscribe`, but ``handler`` gets the messages that arrived together: up
+        to ``max_batch`` consecutive ones on ``topic_filter`` that were already waiting, in
+        arrival order. It never waits for more (a lone message is a batch of one, handled at
+        once). Every message of the batch is acknowledged only after ``handler`` returned, so a
+        handler that commits the batch in one transaction loses nothing if the process dies
+        before the commit: the broker redelivers the lot."""
+        if max_batch < 1:
+            raise ValueError(f"max_batch must be at least 1, not {max_batch}")
+        self._add_subscription(_Subscription(topic_filter, None, batch_handler=handler,
+                                             max_batch=max_batch))
+
+    def _add_subscription(self, subscription: _Subscription) -> None:
+        self._subscriptions.append(subscription)
         if self._client is not None and self.connected:
-            asyncio.ensure_future(self._subscribe_one(self._client, self._subscriptions[-1]))
+            asyncio.ensure_future(self._subscribe_one(self._client, subscription))
 
     def on_connect(self, hook: ConnectHook) -> None:
         """Run ``hook`` after every (re)connection and re-subscription: birth messages, state
@@ -363,7 +444,7 @@ class MqttClient:
                 if client is None:
                     raise NotConnected(f"not connected to {self.settings.url}")
                 self._wants_replies = True
-                await self._subscribe_one(client, _Subscription(self._reply_topic, self._on_reply))
+                await self._subscribe_one(client, self._reply_subscription)
             await self.publish(topic, request, properties=properties, timeout=timeout)
             async with asyncio.timeout(timeout):
                 return await future
@@ -431,6 +512,7 @@ class MqttClient:
     async def _run(self) -> None:
         while not self._closing:
             client = self._new_client()
+            delay: float | None = None
             try:
                 async with client:
                     self._client = client
@@ -438,6 +520,12 @@ class MqttClient:
                     self._backoff.reset()
                     await self._after_connect(client)
                     await self._consume(client)
+            except Redeliver as exc:
+                self.stats.redeliveries += 1
+                self.stats.last_error = str(exc)
+                delay = self._redelivery_backoff.next_delay()
+                log.warning("%s; reconnecting in %.1f s so that the broker sends the messages "
+                            "again", exc, delay)
             except aiomqtt.MqttError as exc:
                 # Say it once per kind of failure, not on every retry of an outage.
                 level = logging.DEBUG if str(exc) == self.stats.last_error else logging.INFO
@@ -456,11 +544,11 @@ class MqttClient:
                 self._client = None
             if self._closing:
                 return
-            await asyncio.sleep(self._backoff.next_delay())
+            await asyncio.sleep(delay if delay is not None else self._backoff.next_delay())
 
     async def _after_connect(self, client: _FlowControlledClient) -> None:
         if self._wants_replies:
-            await self._subscribe_one(client, _Subscription(self._reply_topic, self._on_reply))
+            await self._subscribe_one(client, self._reply_subscription)
         for subscription in self._subscriptions:
             await self._subscribe_one(client, subscription)
         self._connected.set()
@@ -478,36 +566,94 @@ class MqttClient:
             log.error("subscription to %s refused by the broker (%s)", subscription.topic_filter, codes)
 
     async def _consume(self, client: _FlowControlledClient) -> None:
-        async for raw in client.messages:
-            self.stats.received += 1
-            self.stats.queue_high_water = max(self.stats.queue_high_water, len(client.messages) + 1)
+        """Take what is waiting (at least one message, at most the largest batch), deliver it
+        in arrival order, acknowledge each message after its handlers ran."""
+        while True:
+            window = [await client.next_message()]
+            limit = max((sub.max_batch for sub in self._subscriptions), default=1)
+            while len(window) < limit and (raw := client.take_waiting()) is not None:
+                window.append(raw)
+            self.stats.received += len(window)
+            self.stats.queue_high_water = max(self.stats.queue_high_water,
+                                              len(window) + len(client.messages))
             client.worked_down()
-            try:
-                await self._dispatch(raw)
-            finally:
-                if raw.qos > 0:
-                    client._client.ack(raw.mid, raw.qos)  # noqa: SLF001
+            # If cancelled mid-window (closing), the broker redelivers what is not acknowledged.
+            for run in self._runs(window):
+                await self._deliver(run)  # Redeliver: this run and the rest stay unacknowledged
+                for raw, _, _ in run:
+                    if raw.qos > 0:
+                        client._client.ack(raw.mid, raw.qos)  # noqa: SLF001
+            self._redelivery_backoff.reset()
 
-    async def _dispatch(self, raw: aiomqtt.Message) -> None:
-        topic = raw.topic.value
-        payload = raw.payload if isinstance(raw.payload, bytes) else bytes(str(raw.payload), "utf-8")
+    def _runs(self, window: list[paho.MQTTMessage]) -> Iterator[list[_Item]]:
+        """Split a window into consecutive runs delivered together: messages for the same batch
+        subscriptions stay together (up to the smallest ``max_batch``); every other message is
+        a run of its own. A message that fails to decode joins the run it sits in."""
+        run: list[_Item] = []
+        run_subs: list[_Subscription] | None = None
+        for raw in window:
+            delivery, subs = self._decode(raw)
+            if delivery is None:
+                run.append((raw, None, []))
+                continue
+            batched = any(sub.batch_handler for sub in subs)
+            limit = min((sub.max_batch for sub in subs if sub.batch_handler), default=1)
+            if run and not (batched and subs == run_subs and len(run) < limit):
+                yield run
+                run = []
+            run.append((raw, delivery, subs))
+            run_subs = subs if batched else None
+        if run:
+            yield run
+
+    def _decode(self, raw: paho.MQTTMessage) -> tuple[Delivery | None, list[_Subscription]]:
+        try:
+            topic = raw.topic
+        except UnicodeDecodeError:
+            self.stats.protocol_errors += 1
+            log.warning("dropped a message on a topic that is not UTF-8: %r",
+                        raw._topic)  # noqa: SLF001
+            return None, []
+        payload = raw.payload
         try:
             message = decode(topic, payload, self.settings.max_payload)
         except ProtocolError as exc:
             self.stats.protocol_errors += 1
             log.warning("dropped a message on %s: %s", topic, exc.reason)
-            return
-        delivery = Delivery(topic, message, raw.retain, raw.properties)
+            return None, []
+        delivery = Delivery(topic, message, bool(raw.retain), getattr(raw, "properties", None))
         if topic == self._reply_topic:
-            await self._on_reply(delivery)
+            return delivery, [self._reply_subscription]
+        levels = topic.split("/")
+        return delivery, [sub for sub in self._subscriptions if sub.matches(levels)]
+
+    async def _deliver(self, run: list[_Item]) -> None:
+        """Hand a run to its handlers; a handler's failure is counted and logged, never fatal."""
+        deliveries = [delivery for _, delivery, _ in run if delivery is not None]
+        if not deliveries:
             return
-        for subscription in self._subscriptions:
-            if raw.topic.matches(subscription.topic_filter):
+        subscriptions = next(subs for _, delivery, subs in run if delivery is not None)
+        for subscription in subscriptions:
+            if subscription.batch_handler is not None:
                 try:
-                    await subscription.handler(delivery)
+                    await subscription.batch_handler(deliveries)
+                except Redeliver:
+                    raise
                 except Exception:
                     self.stats.handler_errors += 1
-                    log.exception("handler for %s failed on %s", subscription.topic_filter, topic)
+                    log.exception("batch handler for %s failed on %d messages",
+                                  subscription.topic_filter, len(deliveries))
+                continue
+            assert subscription.handler is not None
+            for delivery in deliveries:
+                try:
+                    await subscription.handler(delivery)
+                except Redeliver:
+                    raise
+                except Exception:
+                    self.stats.handler_errors += 1
+                    log.exception("handler for %s failed on %s", subscription.topic_filter,
+                                  delivery.topic)
 
 
 def new_client_id(prefix: str) -> str:

@@ -65,6 +65,9 @@ class NodeStatus(Message):
     #: task id -> model version the node is serving for it
     serving: dict[str, int] = Field(default_factory=dict)
     outbox_backlog: Count = 0
+    #: task id -> restarts of its inference worker since the task started (a camera or model
+    #: that keeps crashing shows up here before anyone reads a log)
+    worker_restarts: dict[str, Count] = Field(default_factory=dict)
     ts: float = Field(default_factory=now)
 
     @property
@@ -275,6 +278,61 @@ class Ack(Message):
         return "ack:" + hashlib.sha256("\n".join(self.keys).encode()).hexdigest()[:16]
 
 
+# --- labels (cloud -> node) -------------------------------------------------------------------
+
+#: ``x1, y1, x2, y2, cls`` in integer pixels, as a line of the dataset index holds it.
+LabelBox = Annotated[list[int], Field(min_length=5, max_length=5)]
+
+
+class LabelledSample(Message):
+    """One labelled image for a Dataset's index, sent to the node that holds the index
+    (``node/{node}/labels``). Keyed by dataset and image sha256: however often it arrives, the
+    node adds it to that index once."""
+
+    kind: ClassVar[Kind] = Kind.LABELS
+    node: Name
+    dataset: JobRef  # namespace/name of the Dataset resource
+    sha256: Sha256
+    image: bytes = Field(min_length=1)
+    image_format: Literal["jpg", "png"] = "jpg"
+    boxes: list[LabelBox] = Field(default_factory=list)
+    #: where the label came from (file and line), repeated in the node's answer and logs
+    source: str = Field(default="", max_length=1024)
+    ts: float = Field(default_factory=now)
+
+    @property
+    def key(self) -> str:
+        return f"{self.dataset}/{self.sha256}"
+
+    @model_validator(mode="after")
+    def _valid(self) -> LabelledSample:
+        actual = hashlib.sha256(self.image).hexdigest()
+        if actual != self.sha256:
+            raise ValueError(f"sha256: {self.sha256} does not match the image (is {actual})")
+        for i, (x1, y1, x2, y2, cls) in enumerate(self.boxes, start=1):
+            if x1 < 0 or y1 < 0 or x2 <= x1 or y2 <= y1 or cls < 0:
+                raise ValueError(f"boxes.{i}: {[x1, y1, x2, y2, cls]} is not x1,y1,x2,y2,cls with "
+                                 "x2 > x1 >= 0, y2 > y1 >= 0 and cls >= 0")
+        return self
+
+
+class LabelOutcome(BaseModel):
+    """What became of one labelled sample on the node."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    status: Literal["added", "present", "rejected"]  # present: already in the index
+    reason: str = Field(default="", max_length=1024)
+
+
+class LabelReceipt(Ack):
+    """The node's answer to labelled samples (``node/{node}/labels/ack``): an :class:`Ack` of the
+    keys it is done with (added, already present, or rejected for good) and each one's outcome."""
+
+    kind: ClassVar[Kind] = Kind.LABEL_ACK
+    outcomes: dict[str, LabelOutcome] = Field(default_factory=dict)
+
+
 # --- artifacts --------------------------------------------------------------------------------
 
 
@@ -342,6 +400,8 @@ class ApiRequest(Message):
     #: manifest text (YAML or JSON) for apply, or structured arguments
     body: str = ""
     args: dict[str, JsonValue] = Field(default_factory=dict)
+    #: binary parts by name (images of ``label_import``), msgpack ``bin`` on the wire
+    attachments: dict[str, bytes] = Field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -356,6 +416,8 @@ class ApiResponse(Message):
     message: str = ""
     errors: list[str] = Field(default_factory=list)
     data: JsonValue = None
+    #: binary parts by name (image bytes of ``hardex_export``)
+    attachments: dict[str, bytes] = Field(default_factory=dict)
 
     @property
     def key(self) -> str:
@@ -411,4 +473,6 @@ MESSAGE_FOR_KIND: dict[Kind, type[Message]] = {
     Kind.API_REQUEST: ApiRequest,
     Kind.API_RESPONSE: ApiResponse,
     Kind.JOB_STATUS: JobStatus,
+    Kind.LABELS: LabelledSample,
+    Kind.LABEL_ACK: LabelReceipt,
 }

@@ -46,6 +46,8 @@ class Kind(str, Enum):
     API_REQUEST = "api_request"
     API_RESPONSE = "api_response"
     JOB_STATUS = "job_status"
+    LABELS = "labels"
+    LABEL_ACK = "label_ack"
 
 
 @dataclass(frozen=True)
@@ -77,6 +79,9 @@ NODE_TOPICS: tuple[NodeTopic, ...] = (
     NodeTopic(Kind.ARTIFACT_PULL, "artifact/pull", Direction.DOWN),
     NodeTopic(Kind.ARTIFACT_PUSH, "artifact/push", Direction.UP),
     NodeTopic(Kind.ERROR, "error", Direction.UP),
+    # Labelled samples for a dataset the node holds; the node confirms each on labels/ack.
+    NodeTopic(Kind.LABELS, "labels", Direction.DOWN),
+    NodeTopic(Kind.LABEL_ACK, "labels/ack", Direction.UP),
 )
 
 _BY_KIND = {t.kind: t for t in NODE_TOPICS}
@@ -154,6 +159,14 @@ def hardex(node: str) -> str:
 
 def ack(node: str) -> str:
     return node_topic(Kind.ACK, node)
+
+
+def labels(node: str) -> str:
+    return node_topic(Kind.LABELS, node)
+
+
+def label_ack(node: str) -> str:
+    return node_topic(Kind.LABEL_ACK, node)
 
 
 def api_request(verb: str) -> str:

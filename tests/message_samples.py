@@ -20,6 +20,9 @@ from protocol.messages import (
     HardExampleSidecar,
     JobCondition,
     JobStatus,
+    LabelledSample,
+    LabelOutcome,
+    LabelReceipt,
     Message,
     ModelRef,
     NodeStatus,
@@ -130,7 +133,28 @@ def samples() -> dict[Kind, tuple[str, Message]]:
         ),
         Kind.API_RESPONSE: (
             topics.api_response("cli-1"),
-            ApiResponse(request_id="r1", ok=True, data=[{"name": "x"}]),
+            ApiResponse(request_id="r1", ok=True, data=[{"name": "x"}], attachments={"x:0": IMAGE[:64]}),
+        ),
+        Kind.LABELS: (
+            topics.labels(node),
+            LabelledSample(
+                node=node,
+                dataset="neptune-test/incremental-dataset",
+                sha256=SHA,
+                image=IMAGE,
+                boxes=[[1, 2, 30, 40, 3]],
+                source="data.txt:4",
+            ),
+        ),
+        Kind.LABEL_ACK: (
+            topics.label_ack(node),
+            LabelReceipt(
+                node=node,
+                keys=[f"neptune-test/incremental-dataset/{SHA}"],
+                outcomes={
+                    f"neptune-test/incremental-dataset/{SHA}": LabelOutcome(status="added")
+                },
+            ),
         ),
         Kind.JOB_STATUS: (
             topics.job_status("neptune-test", "helmet-detection-demo"),

@@ -14,7 +14,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-
 from scripted_node import ScriptedNode, succeed
 from test_cloud_daemon import DATASET, JOB, NODE, NS, seed_manifests, wait_for
 
@@ -164,3 +163,28 @@ async def test_kill_9_in_a_stage_then_restart_resumes_once(broker, cloud_process
         assert {(t.role, t.attempt) for t in node.tasks} == {("train", 1), ("eval", 1)}
     versions = edgeloop("get", "versions", "-n", NS, "-o", "json", "--broker", broker.url)
     assert [v["version"] for v in json.loads(versions.stdout)] == [1]
+
+
+async def test_kill_9_while_waiting_then_restart_starts_one_train_task(broker, cloud_process,
+                                                                       tmp_path):
+    await asyncio.to_thread(apply_seed, broker.url, tmp_path)
+    async with ScriptedNode(broker.url, NODE, succeed(), answer=False) as node:
+        await node.report_samples(DATASET, "x", 60)  # below the threshold of 100
+        row = await job_when(broker.url, lambda r: r["samples"] == 60)
+        assert (row["stage"], row["state"]) == ("Train", "Waiting")
+        round_before = row["round"]
+        cloud_process.kill()
+        cloud_process.start()
+        row = await asyncio.to_thread(get_job, broker.url)
+        assert (row["stage"], row["state"], row["round"], row["samples"]) == \
+            ("Train", "Waiting", round_before, 60)
+        assert not node.tasks  # the restart itself starts nothing
+        await node.report_samples(DATASET, "x", 150)
+        await wait_for(lambda: len(node.held) == 1, timeout=30)
+        row = await job_when(broker.url, lambda r: r["state"] in ("Starting", "Running"))
+        assert row["stage"] == "Train"
+        await node.report_samples(DATASET, "x", 150)  # a repeat report changes nothing
+        await node.report_samples(DATASET, "x", 151)  # handled after the repeat: a barrier
+        await job_when(broker.url, lambda r: r["samples"] == 151)
+        assert len(node.started) == len(set(node.started)) == 1
+        assert {(t.role, t.attempt) for t in node.tasks} == {("train", 1)}

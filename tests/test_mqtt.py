@@ -11,7 +11,14 @@ import pytest
 from message_samples import samples
 
 from edgeloop.backoff import Backoff
-from edgeloop.mqtt import Delivery, MqttClient, MqttSettings, RequestTimeout, new_client_id
+from edgeloop.mqtt import (
+    Delivery,
+    MqttClient,
+    MqttSettings,
+    Redeliver,
+    RequestTimeout,
+    new_client_id,
+)
 from edgeloop.reliable import Acknowledger, Deduper, ReliableSender
 from protocol import topics
 from protocol.codec import PayloadTooLarge
@@ -226,3 +233,71 @@ async def test_a_slow_handler_slows_the_broker_down_instead_of_losing_messages(b
     assert sorted(d.message.seq for d in inbox.items) == list(range(total))
     # one socket read may decode a few packets past the mark before reading pauses
     assert receiver.stats.queue_high_water <= 2 * high_water
+
+
+async def test_a_batch_subscription_gets_what_arrived_together_in_order(broker):
+    """Messages that wait while the handler is busy come as one batch (never over max_batch),
+    in arrival order; a message for a plain subscription in between is delivered in its turn."""
+    batches: list[list[int]] = []
+    order: list[str] = []
+    first = asyncio.Event()
+
+    async def on_batch(deliveries: list[Delivery]) -> None:
+        if not batches:
+            await first.wait()  # busy: the rest piles up meanwhile
+        batches.append([d.message.seq for d in deliveries])
+        order.extend(f"s{d.message.seq}" for d in deliveries)
+
+    async def on_status(delivery: Delivery) -> None:
+        order.append("status")
+
+    receiver = MqttClient(settings(broker.url, "cloud"))
+    receiver.subscribe_batch(topics.node_filter(Kind.SAMPLES), on_batch, max_batch=16)
+    receiver.subscribe(topics.node_filter(Kind.STATUS), on_status)
+    async with receiver, MqttClient(settings(broker.url, "edge0")) as sender:
+        await receiver.wait_connected(5)
+        await sender.wait_connected(5)
+        def report(seq: int) -> SampleReport:
+            return SampleReport(node="edge0", boot_id="b", seq=seq)
+
+        assert await sender.publish(topics.samples("edge0"), report(0))
+        for i in range(1, 41):
+            assert await sender.publish(topics.samples("edge0"), report(i))
+        assert await sender.publish(topics.status("edge0"),
+                                    NodeStatus(node="edge0", state="online", boot_id="b"))
+        for i in range(41, 61):
+            assert await sender.publish(topics.samples("edge0"), report(i))
+        first.set()
+        async with asyncio.timeout(10):
+            while sum(map(len, batches)) < 61:
+                await asyncio.sleep(0.01)
+    assert [seq for batch in batches for seq in batch] == list(range(61))
+    assert max(map(len, batches)) <= 16 and max(map(len, batches)) > 1
+    assert order.index("status") == order.index("s40") + 1
+
+
+async def test_a_handler_that_cannot_take_its_messages_gets_them_again(broker):
+    """Redeliver: nothing of the batch is acknowledged, the client reconnects and the broker
+    sends the lot again."""
+    seen: list[int] = []
+    refused: list[int] = []
+
+    async def on_batch(deliveries: list[Delivery]) -> None:
+        if not refused:
+            refused.extend(d.message.seq for d in deliveries)
+            raise Redeliver("store unavailable")
+        seen.extend(d.message.seq for d in deliveries)
+
+    receiver = MqttClient(settings(broker.url, "cloud"))
+    receiver.subscribe_batch(topics.node_filter(Kind.SAMPLES), on_batch)
+    async with receiver, MqttClient(settings(broker.url, "edge0")) as sender:
+        await receiver.wait_connected(5)
+        await sender.wait_connected(5)
+        for i in range(20):
+            assert await sender.publish(topics.samples("edge0"),
+                                        SampleReport(node="edge0", boot_id="b", seq=i))
+        async with asyncio.timeout(10):
+            while set(seen) != set(range(20)):
+                await asyncio.sleep(0.01)
+    assert refused and set(refused) <= set(seen)
+    assert receiver.stats.redeliveries == 1 and receiver.stats.connects == 2

@@ -413,3 +413,51 @@ def import_coco(
     if crowd:
         report.problems.append(f"{crowd} crowd annotations (iscrowd=1) left out")
     return writer.finish(report)
+
+
+def write_coco(
+    path: Path,
+    samples: Sequence[Sample],
+    class_names: Sequence[str],
+    scores: Sequence[Sequence[float]] | None = None,
+) -> int:
+    """Write samples as a COCO detection JSON that :func:`import_coco` reads back; return the
+    number of annotations.
+
+    ``file_name`` is relative to the JSON's folder when the image is under it; ``bbox`` is
+    ``[x, y, w, h]``; category ids are ``1..N`` in ``class_names`` order (0 is background to
+    several tools). ``scores`` (one list per sample, one score per box) marks the boxes as model
+    proposals, as annotation tools that take pre-annotations expect. The file is written under a
+    temporary name and renamed, so a reader never sees half of it.
+    """
+    path = Path(path).absolute()
+    base = path.parent
+    images, annotations = [], []
+    for image_id, sample in enumerate(samples, start=1):
+        size = image_size(sample.image)
+        if size is None:
+            raise ValueError(f"{sample.image}: missing or unreadable image")
+        image = Path(os.path.abspath(sample.image))
+        name = image.relative_to(base).as_posix() if image.is_relative_to(base) else str(image)
+        images.append({"id": image_id, "file_name": name, "width": size[0], "height": size[1]})
+        box_scores = scores[image_id - 1] if scores is not None else None
+        for i, (x1, y1, x2, y2, cls) in enumerate(sample.boxes.tolist()):
+            if not 0 <= cls < len(class_names):
+                raise ValueError(f"{sample.image}: box {i + 1}: class {cls} has no name")
+            annotation = {
+                "id": len(annotations) + 1, "image_id": image_id, "category_id": cls + 1,
+                "bbox": [x1, y1, x2 - x1, y2 - y1], "area": (x2 - x1) * (y2 - y1), "iscrowd": 0,
+            }
+            if box_scores is not None:
+                annotation["score"] = float(box_scores[i])
+            annotations.append(annotation)
+    document = {
+        "images": images,
+        "annotations": annotations,
+        "categories": [{"id": i + 1, "name": n} for i, n in enumerate(class_names)],
+    }
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(document, indent=1), encoding="utf-8")
+    os.replace(tmp, path)
+    return len(annotations)

@@ -1,0 +1,91 @@
+"""``edgeloop hardex export``: a job's hard examples as files an annotation tool opens.
+
+``OUT/images/<sha256>.<jpg|png>`` holds the frames (exactly the bytes the node sent, so a label
+imported back for that file finds its hard example by sha256), and beside them the model's boxes
+as proposals to correct: ``OUT/data.txt`` in the seed's index format (``index``), or
+``OUT/annotations.json`` in COCO (``coco``, with each box's score). Both are written by the one
+writer of each format (``workers.dataset.append_samples``, ``workers.importers.write_coco``) and
+are what ``edgeloop label import`` reads back.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from workers.dataset import Sample, append_samples, image_size
+from workers.importers import corners_in_image, write_coco
+
+EXPORT_FORMATS = ("index", "coco")
+INDEX_NAME = "data.txt"
+COCO_NAME = "annotations.json"
+IMAGES_DIR = "images"
+
+
+@dataclass
+class ExportResult:
+    path: Path  # data.txt or annotations.json
+    images: int = 0
+    boxes: int = 0
+    #: boxes left out, and why (a class the job does not know, no area inside the frame)
+    dropped: list[str] = field(default_factory=list)
+
+
+def image_path(out: Path, item: dict[str, Any]) -> Path:
+    """Where an example's image goes in the export (its inbox name: ``<sha256>.<ext>``)."""
+    return out / IMAGES_DIR / Path(item["image"]).name
+
+
+def proposals(item: dict[str, Any], width: int, height: int, num_classes: int
+              ) -> tuple[list[list[int]], list[float], list[str]]:
+    """The model's boxes of an example as integer ``x1,y1,x2,y2,cls`` inside the frame, their
+    scores, and a reason for each box left out."""
+    sidecar = item.get("sidecar") or {}
+    boxes, scores, dropped = [], [], []
+    for i, (box, score, cls) in enumerate(zip(sidecar.get("boxes") or [], sidecar.get("scores") or [],
+                                              sidecar.get("classes") or [], strict=False), start=1):
+        if not 0 <= int(cls) < num_classes:
+            dropped.append(f"{item['id'][:12]} box {i}: class {cls} is not one of the job's "
+                           f"{num_classes} classes")
+            continue
+        corners = corners_in_image(*box, width, height)
+        if corners is None:
+            dropped.append(f"{item['id'][:12]} box {i}: no area inside the {width}x{height} frame")
+            continue
+        boxes.append([*corners, int(cls)])
+        scores.append(float(score))
+    return boxes, scores, dropped
+
+
+def write_export(out: Path, items: Sequence[dict[str, Any]], fmt: str,
+                 class_names: Sequence[str]) -> ExportResult:
+    """Write the pre-annotations of ``items``, whose images are already under ``out/images``."""
+    if fmt not in EXPORT_FORMATS:
+        raise ValueError(f"format {fmt!r}: use one of {', '.join(EXPORT_FORMATS)}")
+    out = Path(out).absolute()
+    result = ExportResult(path=out / (INDEX_NAME if fmt == "index" else COCO_NAME))
+    samples, all_scores = [], []
+    for item in items:
+        image = image_path(out, item)
+        size = image_size(image)
+        if size is None:
+            raise ValueError(f"{image}: missing or unreadable image")
+        boxes, scores, dropped = proposals(item, size[0], size[1], len(class_names))
+        samples.append(Sample(image=image, boxes=boxes))
+        all_scores.append(scores)
+        result.dropped += dropped
+        result.boxes += len(boxes)
+    result.images = len(samples)
+    if fmt == "coco":
+        write_coco(result.path, samples, class_names, all_scores)
+    else:
+        # A fresh index every export: written aside, then renamed over the old one.
+        tmp = result.path.with_name(f".{INDEX_NAME}.tmp")
+        tmp.unlink(missing_ok=True)
+        append_samples(tmp, samples)
+        tmp.touch()
+        os.replace(tmp, result.path)
+    return result
