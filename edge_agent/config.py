@@ -20,10 +20,17 @@ line)::
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Self
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from edge_agent.restart_policy import (
+    DEFAULT_HEALTHY_S,
+    DEFAULT_INITIAL_S,
+    DEFAULT_MAXIMUM_S,
+    RestartPolicy,
+)
 from protocol.codec import describe_validation_error
 from protocol.messages import JobRef, Name
 
@@ -56,15 +63,40 @@ class AgentConfig(BaseModel):
     hardex_scan_s: float = Field(default=2.0, gt=0)
     #: Seconds a stopped worker gets between SIGTERM and SIGKILL
     stop_grace_s: float = Field(default=5.0, ge=0)
+    #: First pause before an inference worker that exited by itself is started again; the
+    #: pauses double (with jitter) up to ``restart_max_s``
+    restart_initial_s: float = Field(default=DEFAULT_INITIAL_S, gt=0)
+    restart_max_s: float = Field(default=DEFAULT_MAXIMUM_S, gt=0)
+    #: A worker that ran this long before exiting restarts after a short pause again
+    restart_healthy_s: float = Field(default=DEFAULT_HEALTHY_S, ge=0)
     keepalive: int = Field(default=15, ge=2)
     #: Longest wait between reconnection attempts (they back off exponentially up to it)
     reconnect_max_s: float = Field(default=5.0, gt=0)
+    #: Seconds to wait for a requested model chunk before asking for it again
+    download_chunk_timeout_s: float = Field(default=10.0, gt=0)
     #: Port of the live-view page (0: any free port; null: no live view)
     live_view_port: int | None = Field(default=8080, ge=0, le=65535)
     #: Address the live-view page listens on (0.0.0.0 to reach it from other machines)
     live_view_host: str = "127.0.0.1"
     #: Frames per second sent to the live view, per inference worker
     live_view_max_fps: float = Field(default=5.0, gt=0, le=30)
+
+    @model_validator(mode="after")
+    def _restart_pauses_ordered(self) -> Self:
+        if self.restart_initial_s > self.restart_max_s:
+            raise ValueError(
+                f"restart_initial_s ({self.restart_initial_s}) must not exceed restart_max_s "
+                f"({self.restart_max_s})"
+            )
+        return self
+
+    def restart_policy(self) -> RestartPolicy:
+        """A fresh restart policy for one inference worker."""
+        return RestartPolicy(
+            initial_s=self.restart_initial_s,
+            maximum_s=self.restart_max_s,
+            healthy_s=self.restart_healthy_s,
+        )
 
     @property
     def outbox_quota_bytes(self) -> int:

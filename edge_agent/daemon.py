@@ -31,6 +31,7 @@ from edge_agent.deployment import ModelDeployer, PreparedModel
 from edge_agent.downloads import ArtifactDownloader, DownloadError
 from edge_agent.hardex_intake import HardExampleIntake
 from edge_agent.identity import NodeIdentity
+from edge_agent.label_intake import LabelIntake
 from edge_agent.live_view import LiveView
 from edge_agent.outbox import DiskOutbox
 from edge_agent.round_indexes import RoundIndexError, write_round_indexes
@@ -129,6 +130,7 @@ class Agent:
             self._publish_samples,
             num_classes=config.num_classes,
         )
+        self.labels = LabelIntake(self.client, self.node, config.datasets, config.num_classes)
         self.runner = WorkerRunner(
             self.node,
             self.state_dir,
@@ -136,6 +138,8 @@ class Agent:
             channel_url_for=self._channel_url_for,
             stop_grace_s=config.stop_grace_s,
             prepare=self._prepare_task,
+            restart_policy=config.restart_policy,
+            on_worker_exit=self._on_worker_exit,
         )
         self.channel = WorkerChannel(
             ChannelHandlers(
@@ -158,12 +162,18 @@ class Agent:
                 port=config.live_view_port,
                 max_fps=config.live_view_max_fps,
             )
-        self.downloader = ArtifactDownloader(self.client, self.node, self.state_dir / "artifacts")
+        self.downloader = ArtifactDownloader(
+            self.client,
+            self.node,
+            self.state_dir / "artifacts",
+            chunk_timeout=config.download_chunk_timeout_s,
+        )
         self.deployer = ModelDeployer(self.downloader, self.state_dir / "models")
         self.uploader = ArtifactUploader(self.client, self.node, self.state_dir)
         self.serving: dict[str, int] = {}  # task id -> model version its worker serves
         self.worker_stats: dict[str, wc.Stats] = {}
         self._published_serving: dict[str, int] | None = None
+        self._published_restarts: dict[str, int] | None = None
         self.applied_generation = -1
         self._desired_tasks: set[str] = set()
         self._control: asyncio.Queue[Message] = asyncio.Queue()
@@ -256,10 +266,14 @@ class Agent:
 
     async def _publish_status(self) -> None:
         backlog = len(self.outbox)
-        status = self.identity.status("online", outbox_backlog=backlog, serving=self.serving)
+        restarts = self.runner.restart_counts()
+        status = self.identity.status(
+            "online", outbox_backlog=backlog, serving=self.serving, worker_restarts=restarts
+        )
         if await self.client.publish(topics.status(self.node), status, retain=True):
             self._published_backlog = backlog
             self._published_serving = dict(self.serving)
+            self._published_restarts = restarts
             self._last_status = time.monotonic()
 
     async def _publish_samples(self, datasets: list[DatasetSamples]) -> None:
@@ -386,6 +400,16 @@ class Agent:
 
     async def _swap(self, task: Task, prepared: PreparedModel) -> None:
         """Hand the new version to the running worker; restart it when it has no channel."""
+        run = self.runner.running.get(task.task_id)
+        if run is not None and not run.alive:
+            log.info(
+                "task %s: its worker is waiting to be restarted; it will start with model "
+                "version %d",
+                task.task_id,
+                prepared.version,
+            )
+            self.runner.retarget(task)
+            return
         swap = wc.Swap(
             path=str(prepared.path), version=str(prepared.version), sha256=prepared.sha256
         )
@@ -450,13 +474,14 @@ class Agent:
             await asyncio.sleep(self.config.hardex_scan_s)
 
     async def _refresh_status(self) -> None:
-        """Republish the status when the outbox backlog or the served models changed (at most
-        every 2 s)."""
+        """Republish the status when the outbox backlog, the served models or the restarts of
+        inference workers changed (at most every 2 s)."""
         while True:
             await asyncio.sleep(0.5)
             changed = (
                 len(self.outbox) != self._published_backlog
                 or self.serving != self._published_serving
+                or self.runner.restart_counts() != self._published_restarts
             )
             if (
                 changed
@@ -513,6 +538,12 @@ class Agent:
             await self._report_error(
                 "swap_failed", message.error or "the worker refused the model", task_id
             )
+
+    def _on_worker_exit(self, task_id: str) -> None:
+        """An inference worker died and will be started again: until its successor says hello
+        (with the version it loaded), the node serves nothing for that task."""
+        self.serving.pop(task_id, None)
+        self.worker_stats.pop(task_id, None)
 
     def _note_serving(self, task_id: str, version: str | None) -> None:
         if version is not None and version.isdigit() and task_id in self.runner.running:

@@ -7,6 +7,10 @@ Chunks are written in place into ``<sha256>.part`` and the indexes received so f
 ``<sha256>.have``, so a download cut by an outage or a restart resumes where it stopped. Nothing
 uses the file before its size and sha256 match the :class:`~protocol.messages.ArtifactRef`; then
 it is renamed to ``<sha256>`` and, being content-addressed, never fetched again.
+
+Requests and chunks in flight when the connection drops are lost with it (the broker may have
+crashed): at every reconnection the outstanding chunks are asked for again at once, rather than
+after their timeout, and such a re-request does not count as a failed attempt.
 """
 
 from __future__ import annotations
@@ -33,11 +37,17 @@ class DownloadError(RuntimeError):
     """The artifact could not be fetched or did not verify; the message says which and why."""
 
 
+class _AskAgain(Exception):
+    """The connection was re-established while a chunk was awaited: request it again."""
+
+
 @dataclass
 class DownloadStats:
     requested: int = 0
     received: int = 0
     retried: int = 0
+    #: requests sent again because the connection was re-established
+    reasked: int = 0
     completed: int = 0
     bytes: int = 0
 
@@ -80,6 +90,7 @@ class ArtifactDownloader:
         self._waiting: dict[tuple[str, int], asyncio.Future[Chunk]] = {}
         self._downloads: dict[str, asyncio.Task[Path]] = {}
         client.subscribe(topics.node_topic(Kind.ARTIFACT_CHUNK, node), self._on_chunk)
+        client.on_connect(self._on_reconnect)
 
     def path_of(self, artifact: ArtifactRef) -> Path:
         return self.store_dir / artifact.sha256
@@ -108,6 +119,11 @@ class ArtifactDownloader:
         future = self._waiting.get((chunk.sha256, chunk.index))
         if future is not None and not future.done():
             future.set_result(chunk)
+
+    async def _on_reconnect(self) -> None:
+        for future in self._waiting.values():
+            if not future.done():
+                future.set_exception(_AskAgain())
 
     # -- downloading ----------------------------------------------------------------------
 
@@ -173,9 +189,11 @@ class ArtifactDownloader:
         )
         key = (artifact.sha256, index)
         last_problem = "no answer"
-        for attempt in range(self.attempts):
+        attempt = 0
+        while attempt < self.attempts:
             if attempt:
                 self.stats.retried += 1
+            attempt += 1
             future: asyncio.Future[Chunk] = asyncio.get_running_loop().create_future()
             self._waiting[key] = future
             try:
@@ -186,11 +204,17 @@ class ArtifactDownloader:
                 self.stats.requested += 1
                 async with asyncio.timeout(self.chunk_timeout):
                     chunk = await future
+            except _AskAgain:
+                self.stats.reasked += 1
+                attempt -= 1
+                continue
             except (TimeoutError, NotConnected) as exc:
                 last_problem = str(exc) or "no answer in time"
                 continue
             finally:
                 self._waiting.pop(key, None)
+                if future.done() and not future.cancelled():
+                    future.exception()  # retrieved: a re-ask that raced a failed publish
             if chunk.error:
                 raise DownloadError(f"{artifact.name}: the cloud cannot serve it: {chunk.error}")
             if chunk.total != total or chunk.size != artifact.size or len(chunk.data) != expected:

@@ -66,6 +66,7 @@ class NodeIdentity:
         *,
         outbox_backlog: int = 0,
         serving: dict[str, int] | None = None,
+        worker_restarts: dict[str, int] | None = None,
     ) -> NodeStatus:
         self._seq += 1
         return NodeStatus(
@@ -77,6 +78,7 @@ class NodeIdentity:
             capabilities=self.capabilities,
             serving=serving or {},
             outbox_backlog=outbox_backlog,
+            worker_restarts=worker_restarts or {},
         )
 
     def last_will(self) -> NodeStatus:

@@ -6,6 +6,13 @@ contract defines (:mod:`protocol.worker_contract`): the manifest parameters, the
 locations (``task.env``) and edgeloop's own variables. Output goes to one log file per task
 attempt; the worker's JSON result file becomes ``TaskProgress.result``.
 
+An inference worker is a service: when it dies or fails (a crash, a kill, a source it cannot
+open: any exit but 0), the same attempt starts it again after a backoff pause
+(:mod:`edge_agent.restart_policy`), with the task as it stands then, so with the model version
+deployed last. A stop, a timeout or the agent's shutdown ends it for good, and so does exit code
+0: the worker finished (a video file without ``loop`` ended, or it was asked to stop over the
+channel). Train and eval workers run once.
+
 Everything about a task attempt lives in ``<state>/tasks/<task id>/attempt-<n>/``: ``worker.log``,
 ``result.json`` and ``state.json`` (the last progress reported). ``state.json`` makes a repeated
 Task message harmless even across agent restarts: the attempt is not run again, its last progress
@@ -28,6 +35,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from edge_agent.restart_policy import RestartPolicy
 from protocol import worker_contract as contract
 from protocol.messages import Task, TaskProgress, TaskState
 
@@ -37,6 +45,8 @@ ProgressSink = Callable[[TaskProgress], Awaitable[None]]
 ChannelUrlFor = Callable[[str], "str | None"]
 #: Called (in a thread) before a task's worker starts; raises TaskSetupError to fail the task.
 PrepareTask = Callable[[Task], None]
+#: Called when a service worker (inference) exited by itself and is about to be started again.
+OnWorkerExit = Callable[[str], None]
 
 LOG_NAME = "worker.log"
 RESULT_NAME = "result.json"
@@ -44,6 +54,8 @@ STATE_NAME = "state.json"
 PID_NAME = "worker.pid"
 LOG_TAIL_BYTES = 4096
 PROGRESS_MIN_INTERVAL_S = 0.5
+#: Workers of these roles are services: restarted when they exit by themselves.
+SERVICE_ROLES = frozenset({"inference"})
 
 
 class TaskSetupError(ValueError):
@@ -63,6 +75,15 @@ class TaskRun:
     channel_result: dict | None = None
     last_progress_at: float = float("-inf")
     finished: asyncio.Event = field(default_factory=asyncio.Event)
+    #: set by stop(): ends the pause before a restart at once
+    stopping: asyncio.Event = field(default_factory=asyncio.Event)
+    #: the restarts of a service worker; None for a worker that runs once
+    restarts: RestartPolicy | None = None
+    started_at: float = 0.0
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.returncode is None
 
     @property
     def log_path(self) -> Path:
@@ -155,6 +176,8 @@ class WorkerRunner:
         stop_grace_s: float = 5.0,
         python: str = sys.executable,
         prepare: PrepareTask | None = None,
+        restart_policy: Callable[[], RestartPolicy] = RestartPolicy,
+        on_worker_exit: OnWorkerExit | None = None,
     ) -> None:
         self.node = node
         self.state_dir = Path(state_dir)
@@ -163,6 +186,8 @@ class WorkerRunner:
         self.stop_grace_s = stop_grace_s
         self.python = python
         self.prepare = prepare
+        self.restart_policy = restart_policy
+        self.on_worker_exit = on_worker_exit
         self.running: dict[str, TaskRun] = {}  # task id -> its live attempt
         self._seen: set[str] = set()  # task keys handled during this run of the agent
 
@@ -206,6 +231,8 @@ class WorkerRunner:
         directory = task_directory(self.state_dir, task)
         directory.mkdir(parents=True, exist_ok=True)
         run = TaskRun(task, directory, seq=self._last_seq(directory))
+        if task.role in SERVICE_ROLES:
+            run.restarts = self.restart_policy()
         self.running[task.task_id] = run
         await self._report(run, "Starting")
         try:
@@ -215,27 +242,41 @@ class WorkerRunner:
             await self._report(run, "Failed", message=f"cannot start the worker: {exc}")
             run.finished.set()
             return run
-        await self._report(run, "Running", progress=0.0)
+        # supervised before anything else can be awaited: a cancellation must not leave a
+        # process that nobody waits for (a later stop would wait for it forever)
         run.supervisor = asyncio.create_task(self._supervise(run), name=f"task:{task.task_id}")
+        await self._report(run, "Running", progress=0.0)
         return run
 
     async def stop(self, task_id: str, reason: str) -> bool:
-        """Stop the task's process group (SIGTERM, then SIGKILL after the grace period)."""
+        """Stop the task's process group (SIGTERM, then SIGKILL after the grace period), for
+        good: a service worker waiting to be restarted is not restarted."""
         run = self.running.get(task_id)
         if run is None or run.process is None:
             return False
         run.stop_reason = reason
-        self._signal(run, signal.SIGTERM)
+        run.stopping.set()
+        if run.alive:  # a dead leader's pid may already belong to someone else
+            self._signal(run, signal.SIGTERM)
         try:
             async with asyncio.timeout(self.stop_grace_s):
                 await run.finished.wait()
         except TimeoutError:
-            self._signal(run, signal.SIGKILL)
+            if run.alive:
+                self._signal(run, signal.SIGKILL)
             await run.finished.wait()
         return True
 
     async def stop_all(self, reason: str) -> None:
         await asyncio.gather(*(self.stop(task_id, reason) for task_id in list(self.running)))
+
+    def restart_counts(self) -> dict[str, int]:
+        """Task id -> how many times its running service worker was started again."""
+        return {
+            task_id: run.restarts.restarts
+            for task_id, run in self.running.items()
+            if run.restarts is not None
+        }
 
     def recover(self) -> list[TaskProgress]:
         """Close the attempts a previous run of the agent left unfinished (it was killed).
@@ -332,25 +373,94 @@ class WorkerRunner:
                 stderr=asyncio.subprocess.STDOUT,
                 start_new_session=True,  # own process group: stop() reaches its children
             )
+        run.started_at = time.monotonic()
         (run.directory / PID_NAME).write_text(f"{run.process.pid}\n{boot.resolve()}\n")
         log.info("task %s attempt %d: pid %d", task.task_id, task.attempt, run.process.pid)
 
     async def _supervise(self, run: TaskRun) -> None:
-        assert run.process is not None
         timeout = run.task.timeout_s
+        deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
+        exit_code: int | None = None
         try:
-            async with asyncio.timeout(timeout):
-                exit_code = await run.process.wait()
+            while True:
+                exit_code = await self._wait_exit(run, deadline)
+                self._signal(run, signal.SIGKILL)  # leftovers of the group
+                if run.stop_reason or run.restarts is None or exit_code == contract.EXIT_OK:
+                    break  # asked to stop, runs once, or finished its work (a file source ended)
+                if not await self._restart(run, exit_code):
+                    break
+        except Exception as exc:  # e.g. a full disk: end the attempt, never leave a stop hanging
+            log.exception("task %s: supervision failed", run.task.task_id)
+            run.stop_reason = run.stop_reason or f"supervision failed: {exc}"
+            process = run.process
+            if process is not None and process.returncode is None:
+                self._signal(run, signal.SIGKILL)
+                exit_code = await process.wait()
+        await self._finish(run, exit_code)
+
+    async def _wait_exit(self, run: TaskRun, deadline: float | None) -> int:
+        """The exit code of the worker's process; past the task's deadline it is stopped."""
+        assert run.process is not None
+        try:
+            async with asyncio.timeout_at(deadline):
+                return await run.process.wait()
         except TimeoutError:
-            run.stop_reason = f"timed out after {timeout:g} s"
+            run.stop_reason = f"timed out after {run.task.timeout_s:g} s"
             self._signal(run, signal.SIGTERM)
             try:
                 async with asyncio.timeout(self.stop_grace_s):
-                    exit_code = await run.process.wait()
+                    return await run.process.wait()
             except TimeoutError:
                 self._signal(run, signal.SIGKILL)
-                exit_code = await run.process.wait()
-        self._signal(run, signal.SIGKILL)  # leftovers of the group
+                return await run.process.wait()
+
+    async def _restart(self, run: TaskRun, exit_code: int) -> bool:
+        """Start the service worker of ``run`` again after its backoff pause; False when it is
+        not to run any more (stopped meanwhile, or its task can no longer start)."""
+        assert run.restarts is not None
+        ran_for = time.monotonic() - run.started_at
+        delay = run.restarts.next_delay(ran_for)
+        why = f"worker exited with code {exit_code} after {ran_for:.1f} s"
+        log.warning(
+            "task %s: %s; restart %d in %.1f s", run.task.task_id, why, run.restarts.restarts, delay
+        )
+        if self.on_worker_exit is not None:
+            self.on_worker_exit(run.task.task_id)
+        await self._report(
+            run, "Running", message=f"{why}; restart {run.restarts.restarts} in {delay:.1f} s"
+        )
+        await self._pause(run, delay)
+        while not run.stop_reason:
+            run.channel_result = None
+            try:
+                await self._spawn(run)
+            except TaskSetupError as exc:
+                run.stop_reason = f"cannot restart the worker: {exc}"
+                return False
+            except OSError as exc:
+                delay = run.restarts.next_delay(0.0)
+                log.warning(
+                    "task %s: cannot restart the worker: %s; again in %.1f s",
+                    run.task.task_id,
+                    exc,
+                    delay,
+                )
+                await self._pause(run, delay)
+                continue
+            if run.stop_reason:  # stopped while it was being spawned
+                self._signal(run, signal.SIGTERM)
+            return True
+        return False
+
+    @staticmethod
+    async def _pause(run: TaskRun, seconds: float) -> None:
+        """Wait ``seconds``, or less if the task is stopped meanwhile."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(seconds):
+                await run.stopping.wait()
+
+    async def _finish(self, run: TaskRun, exit_code: int | None) -> None:
+        """The final report of the attempt: Completed, or Failed with why."""
         result, problem = read_result(run.result_path)
         if not result and run.channel_result:
             result = run.channel_result

@@ -2,8 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
+import json
+import os
 import random
+import signal
 import textwrap
 from collections import Counter
 from typing import Self
@@ -12,10 +16,11 @@ import pytest
 from agent_cloud import FakeCloud, agent_config
 
 from edge_agent.daemon import Agent
-from edge_agent.downloads import ArtifactDownloader, DownloadError
+from edge_agent.downloads import ArtifactDownloader, DownloadError, chunk_count
 from edgeloop.mqtt import Delivery, MqttClient, MqttSettings
 from protocol import topics
 from protocol.messages import (
+    MAX_CHUNK_BYTES,
     ArtifactRef,
     Chunk,
     ChunkRequest,
@@ -39,6 +44,7 @@ class ChunkServer:
         self.client = MqttClient(MqttSettings(url=url, client_id="chunk-server", backoff_max=0.5))
         self.client.subscribe(topics.node_filter(Kind.ARTIFACT_REQUEST), self._on_request)
         self.requests: Counter[int] = Counter()
+        self.answered: Counter[int] = Counter()
         self.answer_limit: int | None = None
         self.corrupt = False
         self.refuse: str | None = None
@@ -74,6 +80,7 @@ class ChunkServer:
             data=b"" if self.refuse else data,
             error=self.refuse,
         )
+        self.answered[request.index] += 1
         await self.client.publish(topics.node_topic(Kind.ARTIFACT_CHUNK, request.node), chunk)
 
 
@@ -192,3 +199,119 @@ async def test_new_model_version_is_downloaded_and_hot_swapped(broker, tmp_path)
         versions = tmp_path / "state" / "models" / "default" / "helmet"
         assert (versions / "v1" / "model.tflite").read_bytes() == v1  # kept for rollback
         assert agent.runner.running["inf"].task.models[0].version == 2
+
+
+RECORDING_WORKER = """
+    import hashlib, os
+    from workers.sdk import WorkerSession
+
+    def record(what, version, path):
+        digest = hashlib.sha256(open(path, "rb").read()).hexdigest()
+        with open("served.txt", "a") as f:
+            f.write(f"{what} {os.getpid()} {version} {digest}\\n")
+
+    record("start", os.environ["EDGELOOP_MODEL_VERSION"], os.environ["MODEL_URL"])
+    session = WorkerSession.from_env(role="inference")
+    assert session.wait_connected(10)
+
+    def on_swap(message):
+        record("swap", message.version, message.path)
+        session.report_swapped(True, message.version, session.model_version)
+
+    session.subscribe("swap", on_swap)
+    session.report_stats(frames=1, fps=1.0)
+    session.stop_requested.wait(120)
+    session.close()
+"""
+
+
+async def test_broker_killed_mid_download_the_download_resumes_and_the_model_is_swapped(
+    broker, tmp_path
+):
+    """The broker dies (SIGKILL) after a few chunks of a new version arrived and comes back on
+    the same port: the agent reconnects by itself, asks only for the chunks it lacks, verifies
+    the file and hot-swaps it into the running worker; a worker restarted later loads it too."""
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    (scripts / "infer.py").write_text(textwrap.dedent(RECORDING_WORKER))
+    v1 = b"model version one"
+    v2 = random.Random(3).randbytes(5 * MAX_CHUNK_BYTES + 77)
+    refs = {1: blob_ref("model.tflite", v1), 2: blob_ref("model.tflite", v2)}
+    total = chunk_count(len(v2))
+    assert total == 6
+
+    def task(version: int) -> Task:
+        return Task(
+            task_id="inf",
+            job="default/helmet",
+            role="inference",
+            worker=WorkerSpec(script_dir=str(scripts), boot_file="infer.py"),
+            env={
+                "MODEL_URL": str(tmp_path / "serving" / "model.tflite"),
+                "EDGELOOP_MODEL_VERSION": str(version),
+            },
+            models=[ModelRef(job="default/helmet", version=version, artifacts=[refs[version]])],
+        )
+
+    def served() -> list[list[str]]:
+        path = scripts / "served.txt"
+        return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+
+    def serving(version: int):
+        return lambda: [s for s in cloud.statuses() if s.serving.get("inf") == version]
+
+    state = tmp_path / "state"
+    have_file = state / "artifacts" / f"{refs[2].sha256}.have"
+    config = agent_config(
+        broker.url, state, download_chunk_timeout_s=2.0, restart_initial_s=0.2, restart_max_s=0.4
+    )
+    blobs = {refs[1].sha256: v1, refs[2].sha256: v2}
+    async with (
+        FakeCloud(broker.url) as cloud,
+        ChunkServer(broker.url, blobs) as server,
+        Agent(config) as agent,
+    ):
+        await cloud.wait_for(cloud.statuses)
+        desired = topics.desired("edge-1")
+        await cloud.client.publish(
+            desired, DesiredState(node="edge-1", generation=1, tasks=[task(1)])
+        )
+        await cloud.wait_for(serving(1))
+        [(_, pid, _, _)] = served()
+
+        server.requests.clear()
+        server.answered.clear()
+        server.answer_limit = 3  # then silence, as if the broker were already dying
+        await cloud.client.publish(
+            desired, DesiredState(node="edge-1", generation=2, tasks=[task(2)])
+        )
+        await cloud.wait_for(
+            lambda: have_file.exists() and len(json.loads(have_file.read_text())) == 3
+        )
+        arrived = set(json.loads(have_file.read_text()))
+
+        await asyncio.to_thread(broker.kill)
+        server.answer_limit = None
+        await asyncio.sleep(0.3)  # the agent notices it is cut off
+        await asyncio.to_thread(broker.restart)  # same port, no retained state kept
+
+        await cloud.wait_for(serving(2), timeout=30)
+        assert agent.client.stats.connects >= 2  # it reconnected by itself
+        assert served() == [
+            ["start", pid, "1", refs[1].sha256],
+            ["swap", pid, "2", refs[2].sha256],  # same process: hot-swapped
+        ]
+        assert all(server.requests[i] == 1 for i in arrived)  # chunks it had: not asked again
+        assert set(server.answered) == set(range(total))
+        assert sum(server.answered[i] for i in arrived) == len(arrived)
+        assert (state / "artifacts" / refs[2].sha256).read_bytes() == v2
+        assert not have_file.exists() and not list((state / "artifacts").glob("*.part"))
+
+        # a worker that dies later comes back with the version deployed last
+        os.kill(int(pid), signal.SIGKILL)
+        await cloud.wait_for(lambda: len(served()) == 3 or None)
+        restarted = served()[2]
+        assert restarted[0] == "start" and restarted[1] != pid
+        assert restarted[2:] == ["2", refs[2].sha256]
+        await cloud.wait_for(lambda: agent.serving == {"inf": 2} or None)
+        assert agent.runner.restart_counts() == {"inf": 1}
