@@ -10,6 +10,7 @@ import random
 import signal
 import textwrap
 from collections import Counter
+from pathlib import Path
 from typing import Self
 
 import pytest
@@ -88,6 +89,24 @@ def blob_ref(name: str, data: bytes) -> ArtifactRef:
     return ArtifactRef(name=name, sha256=hashlib.sha256(data).hexdigest(), size=len(data))
 
 
+def deployed_inference_task(scripts: Path, serving: Path, version: int, ref: ArtifactRef) -> Task:
+    """The deploy task ``inf`` running ``scripts/infer.py`` with model ``version`` (``ref``)."""
+    return Task(
+        task_id="inf",
+        job="default/helmet",
+        role="inference",
+        worker=WorkerSpec(script_dir=str(scripts), boot_file="infer.py"),
+        env={"MODEL_URL": str(serving / "model.tflite"), "EDGELOOP_MODEL_VERSION": str(version)},
+        models=[ModelRef(job="default/helmet", version=version, artifacts=[ref])],
+    )
+
+
+def served_lines(scripts: Path) -> list[list[str]]:
+    """What RECORDING_WORKER wrote to ``served.txt``, one split line per model it served."""
+    path = scripts / "served.txt"
+    return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+
+
 async def test_download_resumes_after_an_interruption_and_verifies(broker, tmp_path):
     data = random.Random(1).randbytes(5 * CHUNK + 123)  # 6 chunks
     ref = blob_ref("model.tflite", data)
@@ -163,17 +182,7 @@ async def test_new_model_version_is_downloaded_and_hot_swapped(broker, tmp_path)
     refs = {1: blob_ref("model.tflite", v1), 2: blob_ref("model.tflite", v2)}
 
     def task(version: int) -> Task:
-        return Task(
-            task_id="inf",
-            job="default/helmet",
-            role="inference",
-            worker=WorkerSpec(script_dir=str(scripts), boot_file="infer.py"),
-            env={
-                "MODEL_URL": str(tmp_path / "serving" / "model.tflite"),
-                "EDGELOOP_MODEL_VERSION": str(version),
-            },
-            models=[ModelRef(job="default/helmet", version=version, artifacts=[refs[version]])],
-        )
+        return deployed_inference_task(scripts, tmp_path / "serving", version, refs[version])
 
     blobs = {refs[1].sha256: v1, refs[2].sha256: v2}
     async with (
@@ -241,21 +250,10 @@ async def test_broker_killed_mid_download_the_download_resumes_and_the_model_is_
     assert total == 6
 
     def task(version: int) -> Task:
-        return Task(
-            task_id="inf",
-            job="default/helmet",
-            role="inference",
-            worker=WorkerSpec(script_dir=str(scripts), boot_file="infer.py"),
-            env={
-                "MODEL_URL": str(tmp_path / "serving" / "model.tflite"),
-                "EDGELOOP_MODEL_VERSION": str(version),
-            },
-            models=[ModelRef(job="default/helmet", version=version, artifacts=[refs[version]])],
-        )
+        return deployed_inference_task(scripts, tmp_path / "serving", version, refs[version])
 
     def served() -> list[list[str]]:
-        path = scripts / "served.txt"
-        return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+        return served_lines(scripts)
 
     def serving(version: int):
         return lambda: [s for s in cloud.statuses() if s.serving.get("inf") == version]

@@ -16,14 +16,20 @@ import msgpack
 import pytest
 from agent_cloud import FakeCloud, agent_config
 from mqtt_probe import Probe
-from test_agent_downloads import RECORDING_WORKER, ChunkServer, blob_ref
+from test_agent_downloads import (
+    RECORDING_WORKER,
+    ChunkServer,
+    blob_ref,
+    deployed_inference_task,
+    served_lines,
+)
 
 from edge_agent.config import ConfigError, load_config
 from edge_agent.daemon import Agent
 from edge_agent.restart_policy import RestartPolicy
 from mosquitto.launcher import Broker
 from protocol import topics
-from protocol.messages import DesiredState, ModelRef, Task, WorkerSpec
+from protocol.messages import DesiredState, Task, WorkerSpec
 
 #: Kept running; spawns a child so that a dead leader's group can be checked for leftovers.
 SERVICE = """
@@ -259,21 +265,10 @@ async def test_a_version_deployed_while_the_worker_awaits_its_restart_is_the_one
     refs = {1: blob_ref("model.tflite", v1), 2: blob_ref("model.tflite", v2)}
 
     def task(version: int) -> Task:
-        return Task(
-            task_id="inf",
-            job="default/helmet",
-            role="inference",
-            worker=WorkerSpec(script_dir=str(scripts), boot_file="infer.py"),
-            env={
-                "MODEL_URL": str(tmp_path / "serving" / "model.tflite"),
-                "EDGELOOP_MODEL_VERSION": str(version),
-            },
-            models=[ModelRef(job="default/helmet", version=version, artifacts=[refs[version]])],
-        )
+        return deployed_inference_task(scripts, tmp_path / "serving", version, refs[version])
 
     def served() -> list[list[str]]:
-        path = scripts / "served.txt"
-        return [line.split() for line in path.read_text().splitlines()] if path.exists() else []
+        return served_lines(scripts)
 
     config = agent_config(broker.url, tmp_path / "state", restart_initial_s=3, restart_max_s=3)
     async with (
