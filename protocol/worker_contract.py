@@ -153,6 +153,18 @@ PARAMETERS: tuple[ParameterInfo, ...] = (
         name="loop", default="0", help="1: restart a file source at its end", roles=("inference",)
     ),
     ParameterInfo(
+        name="realtime",
+        default="0",
+        help="1: deliver a file source at its own frame rate, as a camera would",
+        roles=("inference",),
+    ),
+    ParameterInfo(
+        name="frame_log",
+        default=None,
+        help="JSONL file: one line per frame (index, times, model version)",
+        roles=("inference",),
+    ),
+    ParameterInfo(
         name="HE_SAVED_URL", default=None, help="folder for hard examples", roles=("inference",)
     ),
     ParameterInfo(

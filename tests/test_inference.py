@@ -134,6 +134,72 @@ def test_rollback_is_instant_and_needs_a_previous_model(
 
 
 @pytest.mark.ml
+def test_a_new_model_failing_its_first_frame_is_put_back_and_the_frame_still_served(
+    models: dict[str, Path], video: Path
+) -> None:
+    from workers.predictor import Predictor, load_predictor
+
+    class FailsToRun(Predictor):
+        warm_before_serving = False  # like LiteRT: its first real frame is its first run
+
+        def run(self, batch):
+            raise RuntimeError("tensor arena exhausted")
+
+    def loader(path: Path, version: str) -> Predictor:
+        good = load_predictor(path, version=version, threads=1)
+        return FailsToRun(path, good.spec, good.settings, version) if version == "bad" else good
+
+    def on_detections(frame, det) -> None:
+        if frame.index == 3:
+            loop.slot.request_swap(models["v2"], "bad")
+            loop.slot.wait_loaders()
+
+    loop, outcomes = make_loop(models, video, on_detections=on_detections)
+    loop.slot._loader = loader
+    stats = loop.run()
+    assert stats.frames == loop.source.frames_read == 30  # the failed frame was served too
+    assert stats.versions == {"1": 30}
+    assert [(o.ok, o.version, o.frame) for o in outcomes] == [(True, "bad", 4), (False, "1", 4)]
+    assert "bad failed on its first frame: tensor arena exhausted" in outcomes[1].error
+    assert loop.slot.current.version == "1" and loop.slot.swaps == 0
+
+
+@pytest.mark.ml
+def test_frame_log_names_the_model_of_every_frame_and_retired_models_are_released(
+    models: dict[str, Path], video: Path, tmp_path: Path
+) -> None:
+    import itertools
+    import time
+    import weakref
+
+    from workers.inference import read_frame_log
+
+    requests = {3: "2", 10: "3"}
+
+    def on_detections(frame, det) -> None:
+        if frame.index in requests:
+            loop.slot.request_swap(models["v2"], requests[frame.index])
+            loop.slot.wait_loaders()
+
+    log_path = tmp_path / "logs" / "frames.jsonl"
+    loop, _ = make_loop(models, video, on_detections=on_detections, frame_log=log_path)
+    first = weakref.ref(loop.slot.current)
+    loop.run()
+    records = read_frame_log(log_path)
+    assert [r["frame"] for r in records] == list(range(30))
+    assert [r["version"] for r in records] == ["1"] * 4 + ["2"] * 7 + ["3"] * 19
+    assert all(b["t"] >= a["t"] for a, b in itertools.pairwise(records))
+    assert all(r["decoded"] <= r["t"] for r in records)
+    assert all(isinstance(r["boxes"], int) and r["boxes"] >= 0 for r in records)
+    # Version 1 left "previous" at the second swap; the release thread lets go of it.
+    assert loop.slot.previous.version == "2"
+    deadline = time.monotonic() + 10
+    while first() is not None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert first() is None
+
+
+@pytest.mark.ml
 def test_load_errors_name_the_file(models: dict[str, Path], tmp_path: Path) -> None:
     from workers.predictor import ModelLoadError, load_predictor
 
@@ -161,6 +227,16 @@ def test_video_source_delivers_every_frame_in_order_and_loops(video: Path) -> No
         frames = [source.read() for _ in range(75)]
         assert [f.index for f in frames] == list(range(75)) and source.reopens >= 2
         assert frames[0].image.shape == (64, 96, 3)
+
+
+def test_a_realtime_file_is_never_delivered_faster_than_its_frame_rate(video: Path) -> None:
+    """``realtime=1`` plays a file as a camera would (10 fps here): frame n is never handed over
+    before n / fps seconds after the first. A lower bound only, so a slow machine cannot fail it."""
+    with VideoSource(str(video), realtime=True) as source:
+        assert source.source_fps == pytest.approx(10.0)
+        stamps = [f.timestamp for f in source]
+    assert len(stamps) == 30
+    assert all(t - stamps[0] >= n / 10.0 - 0.01 for n, t in enumerate(stamps))
 
 
 def test_video_source_close_unblocks_a_reader(video: Path) -> None:
@@ -271,6 +347,7 @@ def test_inference_boot_file_swaps_on_the_agents_command(
         "loop": "1",
         "input_shape": "64,96",
         "threads": "1",
+        "frame_log": str(tmp_path / "frames.jsonl"),
     }
     script = Path(__file__).resolve().parent.parent / "workers" / "inference.py"
     proc = subprocess.Popen(
@@ -303,4 +380,8 @@ def test_inference_boot_file_swaps_on_the_agents_command(
     # Frames are numbered from 0 without gaps: version 1 served exactly the frames before the swap.
     assert result["frames_per_version"]["1"] == swapped.frame
     assert result["frames_per_version"]["2"] == result["frames"] - swapped.frame > 0
+    from workers.inference import read_frame_log
+
+    versions = [r["version"] for r in read_frame_log(tmp_path / "frames.jsonl")]
+    assert versions == ["1"] * swapped.frame + ["2"] * (result["frames"] - swapped.frame)
     assert agent.wait_for(wc.Result)[0].result["frames"] == result["frames"]

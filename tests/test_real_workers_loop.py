@@ -62,7 +62,8 @@ STAGE_PARAMETERS = {
         "threads": "1",
     },
     "evalSpec": {"input_shape": INPUT_SHAPE, "threads": "1"},
-    "deploySpec": {"input_shape": INPUT_SHAPE, "loop": "1", "threads": "1"},
+    # realtime: the clip plays at its 10 fps, as a camera would, instead of taking a whole core
+    "deploySpec": {"input_shape": INPUT_SHAPE, "loop": "1", "realtime": "1", "threads": "1"},
 }
 
 

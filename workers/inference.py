@@ -6,8 +6,9 @@ Run by the edge agent as ``python inference.py`` with the worker contract in the
 Reads ``video_url`` (RTSP URL, file, camera index; ``loop=1`` restarts a file), runs the model of
 ``MODEL_URL`` on every frame it reads, saves hard examples (``HEM_NAME``/``HEM_PARAMETERS``) under
 ``HE_SAVED_URL`` and tells the agent about them, and swaps models on the agent's ``swap`` and
-``rollback`` messages without losing a frame. The loop itself (:class:`InferenceLoop`) is
-importable for benchmarks and tests.
+``rollback`` messages without losing a frame. With ``frame_log`` it records which model served
+each frame, and when (:class:`FrameLog`). The loop itself (:class:`InferenceLoop`) is importable
+for benchmarks and tests.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ if __name__ == "__main__":  # run as a script: keep this folder's module names o
         p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent
     ]
 
+import json
 import logging
 import signal
 import time
@@ -39,6 +41,10 @@ log = logging.getLogger("edgeloop.inference")
 
 DESCRIPTION = "Detect on video_url with MODEL_URL, mine hard examples into HE_SAVED_URL"
 STATS_INTERVAL_S = 1.0
+#: Python's thread switch interval while the loop runs (default 5 ms, longer than a frame):
+#: after the model call, which releases the GIL, the loop waits at most this long for it while
+#: the decode or model-loading thread runs Python.
+SWITCH_INTERVAL_S = 0.001
 
 
 def wire_version(version: str | None) -> int | None:
@@ -62,6 +68,55 @@ class LoopStats:
         return self.frames / elapsed if self.frames and elapsed > 0 else 0.0
 
 
+class FrameLog:
+    """One JSON line per processed frame: index, times, model version, box count.
+
+    The record behind "which model served each frame" plots and swap-gap benchmarks (format in
+    docs/workers.md, "Frame log"). Lines are kept in memory and written by :meth:`flush`, which
+    the loop calls about once a second, so a frame costs one string format, not a write.
+    """
+
+    def __init__(self, path: Path | str):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._file = self.path.open("a", encoding="utf-8")
+        self._lines: list[str] = []
+        self._version: str | None = None
+        self._version_json = "null"
+
+    def add(
+        self, frame_index: int, decoded: float, served: float, version: str, boxes: int
+    ) -> None:
+        """``decoded``: wall time the frame left the decoder; ``served``: when the model answered."""
+        if version != self._version:
+            self._version, self._version_json = version, json.dumps(version)
+        self._lines.append(
+            f'{{"frame":{frame_index},"t":{served:.6f},"decoded":{decoded:.6f},'
+            f'"version":{self._version_json},"boxes":{boxes}}}\n'
+        )
+
+    def flush(self) -> None:
+        if self._lines:
+            self._file.write("".join(self._lines))
+            self._lines.clear()
+            self._file.flush()
+
+    def close(self) -> None:
+        self.flush()
+        self._file.close()
+
+
+def read_frame_log(path: Path | str) -> list[dict[str, Any]]:
+    """The records of a frame log, in order (a torn last line, from a crash, is skipped)."""
+    records = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            records.append(json.loads(line))
+        except ValueError:
+            continue
+    return records
+
+
 class InferenceLoop:
     """Frames in, detections out, one model call per frame, never a frame skipped."""
 
@@ -76,6 +131,7 @@ class InferenceLoop:
         max_frames: int = 0,
         record_times: bool = False,
         on_detections: Callable[[Frame, Detections], None] | None = None,
+        frame_log: Path | str | None = None,
     ):
         self.slot = slot
         self.source = source
@@ -85,6 +141,7 @@ class InferenceLoop:
         self.store = store
         self.max_frames = max_frames
         self.on_detections = on_detections
+        self.frame_log_path = Path(frame_log) if frame_log else None
         self.stats = LoopStats(frame_times=[] if record_times else None)
 
     def stop(self) -> None:
@@ -92,12 +149,33 @@ class InferenceLoop:
         self.source.close()
 
     def run(self) -> LoopStats:
+        frame_log = FrameLog(self.frame_log_path) if self.frame_log_path else None
+        switch_interval = sys.getswitchinterval()
+        sys.setswitchinterval(min(switch_interval, SWITCH_INTERVAL_S))
+        try:
+            return self._run(frame_log)
+        finally:
+            sys.setswitchinterval(switch_interval)
+            if frame_log is not None:
+                frame_log.close()
+
+    def _run(self, frame_log: FrameLog | None) -> LoopStats:
         stats = self.stats
         stats.started = time.monotonic()
         next_report = stats.started + STATS_INTERVAL_S
         for frame in self.source:
             model = self.slot.for_frame(frame.index)
-            det = model.predict(frame.image, prepared=frame.prepared)
+            try:
+                det = model.predict(frame.image, prepared=frame.prepared)
+            except Exception as exc:
+                if not self.slot.reject(model, str(exc), frame.index):
+                    raise
+                model = self.slot.current  # the previous model, which served before
+                det = model.predict(frame.image, prepared=frame.prepared)
+            if frame_log is not None:
+                frame_log.add(
+                    frame.index, frame.timestamp, time.time(), model.version, len(det.scores)
+                )
             stats.frames += 1
             stats.versions[model.version] = stats.versions.get(model.version, 0) + 1
             if self.miner is not None and self.miner.is_hard(det):
@@ -108,19 +186,21 @@ class InferenceLoop:
             now = time.monotonic()
             if stats.frame_times is not None:
                 stats.frame_times.append(now)
-            if self.session is not None:
-                if self.session.wants_frame():
-                    self.session.send_frame(
-                        frame.image,
-                        det.boxes,
-                        det.scores,
-                        det.classes,
-                        self.class_names,
-                        stats.fps,
-                        frame.index,
-                    )
-                if now >= next_report:
-                    next_report = now + STATS_INTERVAL_S
+            if self.session is not None and self.session.wants_frame():
+                self.session.send_frame(
+                    frame.image,
+                    det.boxes,
+                    det.scores,
+                    det.classes,
+                    self.class_names,
+                    stats.fps,
+                    frame.index,
+                )
+            if now >= next_report:
+                next_report = now + STATS_INTERVAL_S
+                if frame_log is not None:
+                    frame_log.flush()
+                if self.session is not None:
                     self._report_stats()
             if self.max_frames and stats.frames >= self.max_frames:
                 break
@@ -214,6 +294,7 @@ def run_inference(params: sdk.Parameters, session: sdk.WorkerSession) -> dict[st
         session.report_swapped(
             outcome.ok, outcome.version, outcome.previous, outcome.error, outcome.frame
         )
+        session.model_version = outcome.version  # also after a refused model: what serves now
 
     def loader(path: Path, new_version: str):
         return load_predictor(path, settings, version=new_version, threads=threads)
@@ -221,7 +302,10 @@ def run_inference(params: sdk.Parameters, session: sdk.WorkerSession) -> dict[st
     slot = ModelSlot(predictor, loader, on_swap_result)
     input_hw = predictor.spec.input_hw
     source = VideoSource(
-        video_url, loop=params.bool("loop"), prepare=lambda image: to_model_input(image, input_hw)
+        video_url,
+        loop=params.bool("loop"),
+        realtime=params.bool("realtime"),
+        prepare=lambda image: to_model_input(image, input_hw),
     )
     loop = InferenceLoop(
         slot,
@@ -231,6 +315,7 @@ def run_inference(params: sdk.Parameters, session: sdk.WorkerSession) -> dict[st
         miner,
         store,
         max_frames=params.int("max_frames", minimum=0),
+        frame_log=params.get("frame_log"),
     )
     session.subscribe("swap", lambda m: slot.request_swap(m.path, m.version, m.sha256))
     session.subscribe("rollback", lambda m: slot.request_rollback())

@@ -63,9 +63,13 @@ class VideoSource:
         loop: bool = False,
         queue_size: int = 4,
         prepare: Callable[[np.ndarray], np.ndarray] | None = None,
+        realtime: bool = False,
     ):
         """``prepare`` runs on each frame in the decode thread (e.g. the resize to the model
-        input), so that work too overlaps inference instead of adding to it."""
+        input), so that work too overlaps inference instead of adding to it.
+
+        ``realtime`` delivers a file's frames at the file's own frame rate, as a camera would,
+        instead of as fast as they decode (streams and cameras are paced by their source)."""
         self.url = str(url)
         self.prepare = prepare
         self.source = parse_source(url)
@@ -80,6 +84,7 @@ class VideoSource:
         self.error: str | None = None
         self.source_fps: float = 0.0
         self._capture = self._open()  # fail fast, in the caller's thread
+        self._pace = realtime and is_file_source and self.source_fps > 0
         self._thread = threading.Thread(target=self._run, name="video-decode", daemon=True)
         self._thread.start()
 
@@ -106,11 +111,17 @@ class VideoSource:
     def _run(self) -> None:
         backoff = Backoff(initial=0.5, maximum=10.0)
         capture = self._capture
+        interval = 1.0 / self.source_fps if self._pace else 0.0
+        due = time.monotonic()
         try:
             while not self._closed.is_set():
                 ok, image = capture.read() if capture is not None else (False, None)
                 if ok:
                     backoff.reset()
+                    if interval:
+                        due = max(due + interval, time.monotonic() - interval)
+                        if self._closed.wait(max(0.0, due - time.monotonic())):
+                            break
                     prepared = self.prepare(image) if self.prepare is not None else None
                     frame = Frame(self.frames_read, image, time.time(), prepared)
                     if not self._put(frame):
