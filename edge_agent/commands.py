@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 #: Read instead of a command-line option so that the password does not show in ``ps``.
-PASSWORD_ENV = "EDGELOOP_MQTT_PASSWORD"
+PASSWORD_ENV = "EDGELOOP_PASSWORD"  # as every other command's --password
 
 
 def register(app: typer.Typer) -> None:

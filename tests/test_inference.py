@@ -215,6 +215,22 @@ def test_load_errors_name_the_file(models: dict[str, Path], tmp_path: Path) -> N
         load_predictor(other)
 
 
+@pytest.mark.ml
+def test_a_model_file_is_recognised_by_its_content_whatever_its_name(
+    models: dict[str, Path], tmp_path: Path
+) -> None:
+    """The seed's deploy model is ``/deploy/model.pb``: the served file keeps that name."""
+    from workers.predictor import LiteRTPredictor, load_predictor, model_kind
+
+    renamed = tmp_path / "model.pb"
+    renamed.write_bytes(models["v1"].read_bytes())
+    assert model_kind(renamed) == ".tflite"
+    assert isinstance(load_predictor(renamed, threads=1), LiteRTPredictor)
+    text = tmp_path / "notes.pb"
+    text.write_text("no model here")
+    assert model_kind(text) is None
+
+
 # --- video source ---------------------------------------------------------------------------
 
 

@@ -205,8 +205,27 @@ def load_predictor(
         raise ModelLoadError(f"model file {path} is empty")
     settings = settings or DecodeSettings()
     version = version or path.stem
-    if path.suffix == ".keras":
+    kind = model_kind(path)
+    if kind == ".keras":
         return KerasPredictor(path, settings, version)
-    if path.suffix == ".tflite":
+    if kind == ".tflite":
         return LiteRTPredictor(path, settings, version, threads or default_threads())
-    raise ModelLoadError(f"model file {path}: unknown type; expected one of {MODEL_SUFFIXES}")
+    raise ModelLoadError(
+        f"model file {path}: unknown type; expected a Keras (.keras) or LiteRT (.tflite) file"
+    )
+
+
+def model_kind(path: Path) -> str | None:
+    """``.keras`` or ``.tflite`` by the file's content, else by its suffix, else None.
+
+    Manifests name model files however their authors like (the seed's deploy model is
+    ``/deploy/model.pb``) and the agent copies the served file to that name, so the suffix alone
+    cannot be trusted: a LiteRT flatbuffer carries ``TFL3`` at byte 4, a ``.keras`` file is a zip.
+    """
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head[4:8] == b"TFL3":
+        return ".tflite"
+    if head[:4] == b"PK\x03\x04":
+        return ".keras"
+    return path.suffix if path.suffix in MODEL_SUFFIXES else None
