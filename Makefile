@@ -19,17 +19,18 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 test: system-deps $(STAMP)
-	@./.ci/system-deps chromium
+	@./.ci/system-deps chromium ffmpeg rtsp-server-perl
 	$(PY) -m pytest
 
+# The whole helmet loop on one machine (docs/demo.md); DEMO_FLAGS=--fast for the quick version.
 demo: $(STAMP)
-	@./.ci/system-deps mosquitto ffmpeg
-	$(VENV)/bin/edgeloop demo
+	@./.ci/system-deps mosquitto ffmpeg rtsp-server-perl
+	$(VENV)/bin/edgeloop demo $(DEMO_FLAGS)
 
 # Quick benchmarks (a few minutes in all). The learning benchmark trains the base model from
 # scratch and takes ~25 minutes on 2 cores: `make bench-learning`.
 QUICK_BENCH := bench/inference.py bench/swap_in_process.py bench/trigger_latency.py \
-               bench/ingest.py bench/agent_outbox.py
+               bench/ingest.py bench/agent_outbox.py bench/hotswap.py
 
 bench: system-deps $(STAMP)
 	@for b in $(QUICK_BENCH); do echo "== $$b"; $(PY) $$b || exit 1; done

@@ -1,23 +1,263 @@
-"""``edgeloop demo --fast`` runs end to end as a user runs it."""
+"""``edgeloop demo --fast`` end to end, as a user runs it: every process real (production broker,
+cloud manager, agents cloud0 and edge0, RTSP camera mock, TensorFlow training, LiteRT inference).
+
+The first test closes the loop twice on shifted domains and checks the run's summary and logs;
+the second interrupts a run mid-way and checks that nothing it started is left running.
+Pure parts (the seed's adaptation, the frame-log summary) are tested without running anything.
+"""
 
 from __future__ import annotations
 
+import json
+import os
+import re
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import pytest
 
+from edgeloop.demo_manifests import DemoPaths, adapt, load_seed
+from edgeloop.demo_schedule import DomainPlan
+from edgeloop.report import frame_log_summary, round_deltas
+
+#: Log lines that mean something went wrong in a process: a logged error or a traceback.
+PROBLEM = re.compile(r"^\S+ \S+ (ERROR|CRITICAL) |Traceback \(most recent call last\)")
+
+
+def demo_command(workdir: Path) -> list[str]:
+    return [sys.executable, "-m", "edgeloop", "demo", "--fast", "--workdir", str(workdir),
+            "--live-view-port", "0"]
+
+
+def processes_mentioning(text: str) -> list[str]:
+    """Running processes whose command line or open files (logs: every child of the demo writes
+    one under the work directory) mention ``text``; this test's own process excluded."""
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            targets = [os.readlink(fd) for fd in (proc / "fd").iterdir()]
+        except OSError:
+            continue
+        if text in cmdline or any(text in t for t in targets):
+            found.append(f"{proc.name}: {cmdline}")
+    return found
+
+
+def wait_gone(text: str, timeout: float = 30.0) -> list[str]:
+    deadline = time.monotonic() + timeout
+    left = processes_mentioning(text)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.5)
+        left = processes_mentioning(text)
+    return left
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory) -> Path:
+    """One work directory for the module: the second run reuses the first one's cache."""
+    return tmp_path_factory.mktemp("demo") / "work"
+
 
 @pytest.mark.broker
-def test_demo_fast_runs_what_is_built(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "edgeloop", "demo", "--fast", "--workdir", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "50/50 sample reports delivered and acknowledged" in result.stdout
-    assert "not built yet" in result.stdout
-    assert (tmp_path / "data" / "data.txt").exists()
-    assert (tmp_path / "creds" / "acl").exists()
+@pytest.mark.ml
+@pytest.mark.timeout(900)
+def test_fast_demo_closes_the_loop_on_two_shifted_domains(workdir):
+    result = subprocess.run(demo_command(workdir), capture_output=True, text=True, timeout=880,
+                            check=False)
+    output = result.stdout + result.stderr
+    assert result.returncode == 0, output[-6000:]
+    summary = json.loads((workdir / "summary.json").read_text())
+
+    assert summary["ok"], summary["error"]
+    # versions 2 (night) and 3 (new-colors) were served on edge0, after version 1
+    assert {2, 3} <= set(summary["served_versions"])
+    versions = {v["version"]: v for v in summary["versions"]}
+    for number, domain in ((2, "night"), (3, "new-colors")):
+        assert versions[number]["domain"] == domain
+        assert versions[number]["precision_delta"] > 0.1, versions[number]
+    # every frame read was served, across the hot-swaps
+    assert summary["frames"] > 0
+    assert summary["frames_lost"] == 0
+    swapped_to = {str(s["to"]) for s in summary["swaps"]}
+    assert {"2", "3"} <= swapped_to
+    assert summary["rounds"] >= 3
+
+    # the report and its plots
+    report = (workdir / "report.md").read_text()
+    assert "SIMULATED ANNOTATOR" in report and "timer window" in report
+    for plot in ("precision.png", "samples.png", "served_version.png", "swap_gaps.png"):
+        assert (workdir / "plots" / plot).stat().st_size > 1000
+
+    # no process logged an error
+    logs = list((workdir / "logs").glob("*.log")) + list(
+        (workdir / "run" / "agents").glob("*/tasks/*/attempt-*/worker.log"))
+    assert len(logs) >= 5
+    problems = [f"{log.name}: {line}" for log in logs
+                for line in log.read_text(errors="replace").splitlines() if PROBLEM.search(line)]
+    assert not problems, "\n".join(problems[:20])
+    assert not wait_gone(str(workdir), 10.0)
+
+
+@pytest.mark.broker
+@pytest.mark.ml
+@pytest.mark.timeout(600)
+def test_interrupted_demo_leaves_nothing_running_and_reruns(workdir, tmp_path):
+    log = tmp_path / "demo.out"
+    with open(log, "w") as out:
+        demo = subprocess.Popen(demo_command(workdir), stdout=out, stderr=subprocess.STDOUT)
+    try:
+        # interrupt once the cloud manager and both agents run
+        deadline = time.monotonic() + 420
+        while time.monotonic() < deadline and demo.poll() is None:
+            agents = (workdir / "logs" / "edge0.log")
+            if agents.exists() and len(processes_mentioning(str(workdir / "run" / "edge0.yaml"))):
+                break
+            time.sleep(1.0)
+        assert demo.poll() is None, log.read_text()[-3000:]
+        time.sleep(5.0)
+        demo.send_signal(signal.SIGINT)
+        assert demo.wait(timeout=90) == 130, log.read_text()[-3000:]
+    finally:
+        if demo.poll() is None:
+            demo.kill()
+    left = wait_gone(str(workdir), 20.0)
+    assert not left, left
+    assert "stopping every process" in log.read_text()
+
+    # a rerun starts from fresh state, keeps the cache, and comes up again
+    assert list((workdir / "cache").glob("base-model-*/.complete"))
+    with open(log, "w") as out:
+        again = subprocess.Popen(demo_command(workdir), stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and again.poll() is None:
+            if "IncrementalLearningJob/neptune-test/helmet-detection-demo created" in log.read_text():
+                break
+            time.sleep(1.0)
+        assert again.poll() is None, log.read_text()[-3000:]
+        assert "base model cached" in log.read_text()
+        again.send_signal(signal.SIGTERM)
+        assert again.wait(timeout=90) == 130, log.read_text()[-3000:]
+    finally:
+        if again.poll() is None:
+            again.kill()
+    assert not wait_gone(str(workdir), 20.0)
+
+
+def test_seed_manifests_change_only_what_the_demo_must(tmp_path):
+    paths = DemoPaths(
+        dataset_index=tmp_path / "data.txt", initial_model=tmp_path / "base" / "model.tflite",
+        deploy_model=tmp_path / "deploy" / "model.tflite", script_dir=tmp_path / "code",
+        output_dir=tmp_path / "out", hardex_dir=tmp_path / "he",
+        video_url="rtsp://127.0.0.1:9/cam", frame_log=tmp_path / "frames.jsonl")
+    seed = load_seed()
+    adapted = adapt(seed, paths, 42, {"epochs": "7"})
+    dataset, initial, deploy, job = adapted.manifests
+    assert dataset["spec"] == {**seed[0]["spec"], "url": str(paths.dataset_index)}
+    assert initial["spec"]["url"] == str(paths.initial_model)
+    assert deploy["spec"]["url"] == str(paths.deploy_model)
+    spec = job["spec"]
+    trigger = spec["trainSpec"]["trigger"]
+    assert trigger["condition"] == {"operator": ">", "threshold": 42, "metric": "num_of_samples"}
+    assert trigger["timer"] == {"start": "00:00", "end": "24:00"}
+    assert trigger["checkPeriodSeconds"] == 60
+    assert spec["deploySpec"]["nodeName"] == "edge0" and spec["nodeName"] == "cloud0"
+    assert spec["deploySpec"]["trigger"] == seed[3]["spec"]["deploySpec"]["trigger"]
+    inference = {p["key"]: p["value"] for p in spec["deploySpec"]["workerSpec"]["parameters"]}
+    assert inference["video_url"] == paths.video_url
+    assert inference["HE_SAVED_URL"] == str(paths.hardex_dir)
+    assert inference["frame_log"] == str(paths.frame_log)
+    train = {p["key"]: p["value"] for p in spec["trainSpec"]["workerSpec"]["parameters"]}
+    assert train["epochs"] == "7" and train["batch_size"] == "32"
+    # every change is said, and the seed itself is left alone
+    said = "\n".join(adapted.changes)
+    for words in ("timer window 02:00-04:00", "-> 42", "nodeName cloud0 -> edge0", "epochs"):
+        assert words in said
+    assert seed[3]["spec"]["trainSpec"]["trigger"]["condition"]["threshold"] == 500
+
+
+def test_frame_log_summary_counts_versions_swaps_and_lost_frames():
+    records = [{"frame": i, "t": 100 + i * 0.04, "version": "model"} for i in range(5)]
+    records += [{"frame": 5, "t": 100.3, "version": "1"}, {"frame": 7, "t": 100.38, "version": "1"}]
+    records += [{"frame": 0, "t": 200.0, "version": "1"}, {"frame": 1, "t": 200.04, "version": "2"}]
+    summary = frame_log_summary(records)
+    assert summary.frames == 9 and summary.runs == 2
+    assert summary.per_version == {"model": 5, "1": 3, "2": 1}
+    assert summary.lost == 1  # frame 6 never served
+    assert [(s["from"], s["to"], s["lost"]) for s in summary.swaps] == [("model", "1", 0),
+                                                                       ("1", "2", 0)]
+    assert summary.swaps[0]["gap_s"] == pytest.approx(0.14)
+    assert frame_log_summary([]).frames == 0
+
+
+def test_round_deltas_compare_candidate_with_the_serving_model():
+    result = {"models": [{"metrics": {"precision": 0.7}}, {"metrics": {"precision": 0.45}}],
+              "images": 20}
+    assert round_deltas(result) == {"candidate": 0.7, "reference": 0.45,
+                                    "delta": pytest.approx(0.25), "images": 20}
+    assert round_deltas({"models": [{"metrics": {"precision": 0.7}}]}) is None
+
+
+def test_camera_shows_the_next_domain_to_learn_and_goes_back_after_a_failed_round():
+    plan = DomainPlan("day", ("night", "new-colors"))
+    assert plan.camera("Train", "Waiting", 1, "day") == "night"
+    assert plan.round_begins(1, now=10.0) == "day"  # the dataset already in data.txt
+    assert plan.camera("Train", "Running", 1, "day") == "night"
+    assert plan.camera("Deploy", "Running", 1, "night") == "night"  # hold while deploying
+    plan.round_deployed(1)
+    plan.add_labels([(11.0, "day"), (12.0, "night"), (13.0, "night")])
+    assert plan.round_begins(2, now=14.0) == "night"
+    assert plan.camera("Eval", "Running", 2, "night") == "new-colors"
+    # round 2 not deployed: back to night, from another video of it
+    assert plan.variant("night") == 0
+    plan.round_failed(2)
+    plan.round_failed(2)  # seen twice (Eval/Completed, then Train/Waiting): counted once
+    assert plan.variant("night") == 1 and plan.variant("new-colors") == 0
+    assert plan.camera("Train", "Waiting", 3, "new-colors") == "night"
+    plan.add_labels([(15.0, "night"), (16.0, "night"), (16.5, "new-colors")])
+    assert plan.round_begins(3, now=17.0) == "night"
+    plan.round_deployed(3)
+    assert plan.learned == ["day", "night"] and not plan.done
+    assert plan.camera("Train", "Waiting", 4, "night") == "new-colors"
+    plan.add_labels([(18.0, "new-colors"), (19.0, "new-colors"), (19.5, "night")])
+    assert plan.round_begins(4, now=20.0) == "new-colors"
+    assert plan.variant("night") == 1  # round 3 was deployed: not a failure
+    assert plan.camera("Train", "Running", 4, "new-colors") == "new-colors"  # nothing left
+    plan.round_deployed(4)
+    assert plan.done
+    assert plan.round_begins(4, now=99.0) == "new-colors"  # a round is classified once
+
+
+def test_children_run_in_their_own_groups_and_a_later_run_stops_leftovers(tmp_path):
+    from edgeloop.demo_processes import ProcessSet, stop_leftovers
+
+    registry = tmp_path / "children.pids"
+    first = ProcessSet(tmp_path / "logs", registry)
+    # a child that starts a grandchild: both must go with the group
+    child = first.start("sleeper", ["sh", "-c", "sleep 300 & sleep 300; wait"])
+    assert os.getpgid(child.pid) == child.pid != os.getpgid(os.getpid())
+    time.sleep(0.3)
+    assert len(processes_mentioning("sleep 300")) >= 2
+    # the demo was SIGKILLed: nothing stopped its children; the next run does
+    assert stop_leftovers(registry) == [child.pid]
+    assert not wait_gone("sleep 300", 10.0)
+    child.process.wait(timeout=5)
+    assert stop_leftovers(registry) == []  # gone: nothing to do, and no stranger is killed
+    first.children.clear()
+
+
+def test_a_round_that_starts_after_one_that_deployed_nothing_marks_it_failed():
+    plan = DomainPlan("day", ("night", "new-colors"))
+    plan.round_begins(1, now=1.0)
+    plan.round_deployed(1)
+    plan.add_labels([(2.0, "night")])
+    plan.round_begins(2, now=3.0)
+    plan.add_labels([(4.0, "new-colors")])
+    plan.round_begins(3, now=5.0)  # the Train/Waiting of round 3 was never seen
+    assert plan.failed_rounds == {2} and plan.variant("night") == 1

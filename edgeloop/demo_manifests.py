@@ -1,0 +1,122 @@
+"""The seed's manifests (examples/helmet/*.yaml) adapted to one machine. Pure.
+
+Only what cannot stay as written changes, and every change is listed in words so that the
+terminal and the report can say it: paths move into the work directory, the sample threshold
+scales to the demo's size, the timer window (02:00-04:00) widens to the whole day so the demo
+runs at any hour, the inference runs on ``edge0`` (the seed runs everything on ``cloud0``), the
+camera URL is the local RTSP mock, the training epochs/batch suit a small round, and the
+inference worker keeps a per-frame log for the report.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "helmet"
+SEED_FILES = ("dataset.yaml", "initial-model.yaml", "deploy-model.yaml", "job.yaml")
+NAMESPACE = "neptune-test"
+JOB = "helmet-detection-demo"
+DATASET = "incremental-dataset"
+CLOUD_NODE = "cloud0"
+EDGE_NODE = "edge0"
+WHOLE_DAY = {"start": "00:00", "end": "24:00"}
+
+
+@dataclass(frozen=True)
+class DemoPaths:
+    """Where the adapted manifests point."""
+
+    dataset_index: Path
+    initial_model: Path
+    deploy_model: Path
+    script_dir: Path
+    output_dir: Path
+    hardex_dir: Path
+    video_url: str
+    #: the inference worker's per-frame log (which version served each frame), for the report
+    frame_log: Path | None = None
+
+
+@dataclass
+class Adapted:
+    manifests: list[dict[str, Any]] = field(default_factory=list)
+    #: one line per change, for the terminal and the report
+    changes: list[str] = field(default_factory=list)
+
+
+def load_seed() -> list[dict[str, Any]]:
+    """The four seed manifests as written, in apply order."""
+    return [yaml.safe_load((EXAMPLES / name).read_text()) for name in SEED_FILES]
+
+
+def _set_parameter(worker: dict[str, Any], key: str, value: str, changes: list[str],
+                   why: str) -> None:
+    parameters = worker.setdefault("parameters", [])
+    for parameter in parameters:
+        if parameter["key"] == key:
+            if parameter["value"] != value:
+                changes.append(f"{why}: {key} {parameter['value']!r} -> {value!r}")
+                parameter["value"] = value
+            return
+    parameters.append({"key": key, "value": value})
+    changes.append(f"{why}: {key} = {value!r} (added)")
+
+
+def adapt(
+    seed: list[dict[str, Any]],
+    paths: DemoPaths,
+    threshold: int,
+    train_parameters: dict[str, str],
+) -> Adapted:
+    """The seed manifests with the demo's paths, threshold, window, edge node and epochs."""
+    out = Adapted()
+    changes = out.changes
+    for original in seed:
+        data = copy.deepcopy(original)
+        kind, name, spec = data["kind"], data["metadata"]["name"], data["spec"]
+        if kind == "Dataset":
+            spec["url"] = str(paths.dataset_index)
+        elif kind == "Model" and name == "initial-model":
+            spec["url"] = str(paths.initial_model)
+        elif kind == "Model":
+            spec["url"] = str(paths.deploy_model)
+        elif kind == "IncrementalLearningJob":
+            spec["outputDir"] = str(paths.output_dir)
+            for stage in ("trainSpec", "evalSpec", "deploySpec"):
+                spec[stage]["workerSpec"]["scriptDir"] = str(paths.script_dir)
+            trigger = spec["trainSpec"]["trigger"]
+            condition = trigger["condition"]
+            changes.append(f"train trigger: num_of_samples {condition['operator']} "
+                           f"{condition['threshold']} -> {threshold} (scaled to the demo's size)")
+            condition["threshold"] = threshold
+            if "timer" in trigger:
+                old = trigger["timer"]
+                changes.append(f"train trigger: timer window {old['start']}-{old['end']} -> "
+                               f"{WHOLE_DAY['start']}-{WHOLE_DAY['end']} (so the demo runs at "
+                               "any hour)")
+                trigger["timer"] = dict(WHOLE_DAY)
+            deploy = spec["deploySpec"]
+            if deploy["nodeName"] != EDGE_NODE:
+                changes.append(f"deploySpec.nodeName {deploy['nodeName']} -> {EDGE_NODE} "
+                               "(inference runs on the edge node)")
+                deploy["nodeName"] = EDGE_NODE
+            worker = deploy["workerSpec"]
+            _set_parameter(worker, "video_url", paths.video_url, changes,
+                           "inference (local RTSP camera mock)")
+            _set_parameter(worker, "HE_SAVED_URL", str(paths.hardex_dir), changes,
+                           "inference (path in the work directory)")
+            if paths.frame_log is not None:
+                _set_parameter(worker, "frame_log", str(paths.frame_log), changes,
+                               "inference (per-frame log for the report)")
+            for key, value in train_parameters.items():
+                _set_parameter(spec["trainSpec"]["workerSpec"], key, value, changes,
+                               "training (suited to the demo's round size)")
+        out.manifests.append(data)
+    changes.append(f"paths: scriptDir, outputDir, dataset, model urls and HE_SAVED_URL under "
+                   f"the work directory (scriptDir = {paths.script_dir})")
+    return out
