@@ -23,6 +23,7 @@ from test_agent_downloads import (
     deployed_inference_task,
     served_lines,
 )
+from test_agent_runner import pid_alive
 
 from edge_agent.config import ConfigError, load_config
 from edge_agent.daemon import Agent
@@ -55,17 +56,6 @@ NO_SOURCE = """
 """
 
 FAST_RESTARTS = {"restart_initial_s": 0.2, "restart_max_s": 0.4}
-
-
-def pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().split()[2] != "Z"
-    except OSError:
-        return False
 
 
 async def gone(pid: int, timeout: float = 10.0) -> bool:
