@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import json
 import logging
-import os
 import time
 from pathlib import Path
 from typing import Self
@@ -37,6 +36,7 @@ from edge_agent.outbox import DiskOutbox
 from edge_agent.round_indexes import RoundIndexError, write_round_indexes
 from edge_agent.runner import TaskSetupError, WorkerRunner
 from edge_agent.watcher import DatasetWatcher
+from edgeloop.durable import write_atomically
 from edgeloop.mqtt import Delivery, MqttClient, MqttSettings, NotConnected
 from edgeloop.reliable import ReliableSender
 from protocol import topics
@@ -450,9 +450,7 @@ class Agent:
         known = self._load_hardex_folders()
         known[task.job] = folder
         path = self.state_dir / HARDEX_FOLDERS_NAME
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps({k: str(v) for k, v in known.items()}), encoding="utf-8")
-        os.replace(tmp, path)
+        write_atomically(path, json.dumps({k: str(v) for k, v in known.items()}).encode())
 
     def _load_hardex_folders(self) -> dict[str, Path]:
         """Folders of earlier tasks: drained at start-up even before any task runs again."""

@@ -25,6 +25,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgeloop.durable import write_atomically
 from edgeloop.mqtt import Delivery, MqttClient, NotConnected
 from protocol import topics
 from protocol.messages import MAX_CHUNK_BYTES, ArtifactRef, Chunk, ChunkRequest
@@ -239,6 +240,4 @@ class ArtifactDownloader:
 
     @staticmethod
     def _save_have(path: Path, have: set[int]) -> None:
-        tmp = path.with_name(f".{path.name}.tmp")
-        tmp.write_text(json.dumps(sorted(have)))
-        os.replace(tmp, path)
+        write_atomically(path, json.dumps(sorted(have)).encode())

@@ -36,6 +36,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from edge_agent.restart_policy import RestartPolicy
+from edgeloop.durable import write_atomically
 from protocol import worker_contract as contract
 from protocol.messages import Task, TaskProgress, TaskState
 
@@ -556,9 +557,7 @@ class WorkerRunner:
 
     @staticmethod
     def _save_state(directory: Path, report: TaskProgress) -> None:
-        tmp = directory / f".{STATE_NAME}.tmp"
-        tmp.write_text(report.model_dump_json(), encoding="utf-8")
-        os.replace(tmp, directory / STATE_NAME)
+        write_atomically(directory / STATE_NAME, report.model_dump_json().encode())
 
     @staticmethod
     def _last_seq(directory: Path) -> int:

@@ -31,6 +31,7 @@ from pathlib import Path
 
 import watchfiles
 
+from edgeloop.durable import write_atomically
 from protocol.messages import DatasetSamples
 from workers.dataset import count_valid_samples
 
@@ -230,6 +231,4 @@ class DatasetWatcher:
     def _save_fingerprints(self) -> None:
         data = {k: {"size": v.size, "sha256": v.sha256} for k, v in self._fingerprints.items() if v}
         self._state_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self._state_path.with_name(f".{STATE_NAME}.tmp")
-        tmp.write_text(json.dumps(data), encoding="utf-8")
-        os.replace(tmp, self._state_path)
+        write_atomically(self._state_path, json.dumps(data).encode())

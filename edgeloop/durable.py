@@ -2,7 +2,7 @@
 renamed over the target, so a reader sees the old content or the new, never half of it.
 
 Used wherever accepting data means promising to keep it (the cloud's hard-example inbox, the
-edge outbox, round index files). ``workers/`` keeps its own copy: it depends on ``protocol`` only.
+edge outbox, round index files, the workers' hard examples) and for the agent's own state files.
 """
 
 from __future__ import annotations

@@ -27,6 +27,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from edgeloop.durable import write_atomically
 from protocol.messages import HardExampleSidecar
 
 log = logging.getLogger(__name__)
@@ -66,15 +67,6 @@ class StoreCounters:
     skipped_duplicate: int = 0
     skipped_quota: int = 0
     failed: int = 0
-
-
-def _write_atomically(path: Path, data: bytes) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
 
 
 def folder_bytes(root: Path) -> int:
@@ -145,8 +137,8 @@ class HardExampleStore:
         document = sidecar.model_dump(mode="json") | {"image": image_path.name, "sha256": sha}
         body = json.dumps(document, indent=1).encode()
         try:
-            _write_atomically(image_path, jpeg)
-            _write_atomically(sidecar_path, body)
+            write_atomically(image_path, jpeg)
+            write_atomically(sidecar_path, body)
         except OSError as exc:
             self.counters.failed += 1
             log.error("cannot save hard example %s: %s", image_path, exc)
