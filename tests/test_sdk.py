@@ -227,6 +227,18 @@ def test_standalone_session_writes_the_result_file(tmp_path: Path) -> None:
     session.close()
 
 
+def test_run_by_hand_writes_the_result_named_by_flag(tmp_path: Path) -> None:
+    """``--help`` says injected names are accepted as flags: the result file is one of them."""
+    result = tmp_path / "result.json"
+    code = sdk.run("eval", lambda params, session: {"epochs": params.int("epochs")},
+                   argv=["--epochs", "3", f"--{contract.RESULT}", str(result)])
+    assert code == contract.EXIT_OK
+    assert json.loads(result.read_text()) == {"epochs": 3, "status": "completed"}
+
+    code = sdk.run("eval", lambda params, session: {}, argv=[f"--{contract.RESULT}"])
+    assert code == contract.EXIT_BAD_INPUT  # the flag syntax error is reported, not raised
+
+
 # --- parameters -------------------------------------------------------------------------------
 
 

@@ -572,6 +572,20 @@ def session(role: str = "") -> WorkerSession:
         return _session
 
 
+def _session_for(role: str, argv: Sequence[str]) -> WorkerSession:
+    """This process's session, where injected names given as flags (``--EDGELOOP_RESULT f`` in a
+    run by hand) count as the environment, as ``--help`` promises."""
+    global _session
+    try:
+        flags = parse_flags(argv)
+    except ParameterError:
+        flags = {}  # reported by parameters() inside run's error handling
+    with _session_lock:
+        if _session is None:
+            _session = WorkerSession.from_env(role, os.environ | flags)
+        return _session
+
+
 def report_progress(fraction: float, message: str = "") -> None:
     session().report_progress(fraction, message)
 
@@ -629,7 +643,7 @@ def run(
     argv = sys.argv[1:] if argv is None else list(argv)
     if "--help" in argv or "-h" in argv:
         parameters(role, argv, description=description)  # prints and exits
-    current = session(role)
+    current = _session_for(role, argv)
     code = contract.EXIT_OK
     try:
         params = parameters(role, argv, description=description)
