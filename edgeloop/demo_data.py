@@ -66,8 +66,10 @@ class DemoSizes:
         return out
 
 
+#: Replay ratio 3: with 1, a night round cost ``day`` 0.05-0.09 precision (docs/demo.md).
 FULL = DemoSizes(base_images=800, base_epochs=20, batch_size=16, heldout_images=150,
-                 round_epochs=8, threshold=100, video_shots=40, shot_seconds=3.0)
+                 round_epochs=8, threshold=100, video_shots=40, shot_seconds=3.0,
+                 replay_ratio="3")
 
 FAST = DemoSizes(base_images=240, base_epochs=14, batch_size=16, heldout_images=40,
                  round_epochs=12, threshold=60, video_shots=12, shot_seconds=2.0,
