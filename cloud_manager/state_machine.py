@@ -597,11 +597,12 @@ class _Step:
             self.attempt_failed("eval result has no models[0].metrics", retry=False)
             return
         candidate = models[0]["metrics"]
-        deployed = None
-        if s.deployed_version is not None and len(models) > 1 and isinstance(models[1], dict):
-            deployed = models[1].get("metrics") if isinstance(models[1].get("metrics"), dict) else None
+        # models[1] is the model serving now: the deployed version, else the initial model
+        serving = None
+        if len(models) > 1 and isinstance(models[1], dict):
+            serving = models[1].get("metrics") if isinstance(models[1].get("metrics"), dict) else None
         condition = self.inputs.job.spec.deploy_spec.trigger.condition
-        decision = triggers.deploy_decision(condition, candidate, deployed, self.inputs.class_names())
+        decision = triggers.deploy_decision(condition, candidate, serving, self.inputs.class_names())
         s.task = None
         if not decision.holds:
             self.note("Eval", "Completed", f"candidate not deployed: {decision.reason}")

@@ -151,9 +151,10 @@ def deploy_decision(
 ) -> Decision:
     """Whether the candidate whose metrics are ``candidate`` is deployed.
 
-    ``deployed`` is the serving model's metrics on the same eval set, or None when nothing is
-    deployed yet; a ``_delta`` metric then compares with 0 (the first candidate's delta is its
-    own value), which is what a user expects of "better than nothing".
+    ``deployed`` is the serving model's metrics on the same eval set: the deployed version's, or
+    the initial model's while no version is deployed (as in Sedna, the first candidate must beat
+    the model the edge already runs). None only when the eval result scored no second model (a
+    user's own eval script may not); a ``_delta`` metric then compares with 0.
     """
     ref = parse_metric(condition.metric)
     try:

@@ -9,8 +9,9 @@ person plays in production: it moves the camera to a new domain for each round, 
 SIMULATED ANNOTATOR labels the hard examples that reach the cloud's inbox.
 
 Rounds: data.txt holds the base model's day data when the job starts, so round 1 retrains on
-it (the seed's "download the dataset to cloud0" step) and becomes version 1; the camera then
-shows night and new-colors, one per deployed round. While a round learns one domain the camera
+it (the seed's "download the dataset to cloud0" step); it becomes a version only if it beats the
+base model by the deploy gate, which a retrain on the same data rarely does. The camera shows
+night, then new-colors, and each becomes a version once its round passes the gate. While a round learns one domain the camera
 already shows the next one to learn (the round's samples are fixed); a round that is not
 deployed sends the camera back to its domain (:mod:`edgeloop.demo_schedule`).
 
@@ -184,14 +185,15 @@ def _port_free(port: int) -> bool:
     return True
 
 
-def _fill_dataset(index: Path, base_index: Path) -> int:
-    """The Dataset's data.txt starts as the base model's training data (absolute paths)."""
+def _fill_dataset(index: Path, base_index: Path, count: int = 0) -> int:
+    """The Dataset's data.txt starts as the base model's training data (absolute paths), its
+    first ``count`` samples when ``count`` is set."""
     from workers.dataset import append_samples, read_index
 
     index.parent.mkdir(parents=True, exist_ok=True)
     index.write_text("")
     samples = read_index(base_index).samples
-    return append_samples(index, samples)
+    return append_samples(index, samples[:count] if count else samples)
 
 
 def _kill_leftover_workers(paths: RunPaths) -> list[int]:
@@ -305,7 +307,7 @@ class Demo:
         self.timed("base_model", started)
         self.say(f"  base model {'cached' if cached else 'trained'}: {self.base_model} "
                  f"(loss {self.outcome.base_train.get('loss')})")
-        samples = _fill_dataset(self.paths.dataset_index, base_index)
+        samples = _fill_dataset(self.paths.dataset_index, base_index, sizes.dataset_images)
         self.say(f"  the Dataset's data.txt starts with the {samples} day samples the base "
                  "model learned from (replay material for every round)")
 

@@ -397,9 +397,9 @@ def _markdown(s: dict[str, Any], conditions: list[dict[str, Any]], demo: Demo) -
                      f"{_fmt(v.get('train_s'), 0)} |")
     lines += [
         "",
-        ("precision_delta here is candidate minus the model serving at the time (the base model "
-        "for v1), measured by the round's eval task. The cloud manager's decision for the first "
-        "version compares with 0 when nothing is deployed yet (docs/cloud-manager.md)."),
+        ("precision_delta is the candidate minus the model serving at the time (the base model "
+        "until a version is deployed), measured by the round's eval task on its eval set; the "
+        "cloud manager deploys the candidate when it exceeds the seed's 0.1."),
         "",
         "## Hot-swaps on edge0",
         "",

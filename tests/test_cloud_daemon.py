@@ -27,20 +27,58 @@ NS, JOB, NODE = "neptune-test", "helmet-detection-demo", "cloud0"
 DATASET = f"{NS}/incremental-dataset"
 
 
-def seed_manifests(tmp: Path, threshold: int = 100) -> list[str]:
-    """The seed's four manifests, paths moved under ``tmp``, no timer window, a lower threshold."""
+def seed_manifests(
+    tmp: Path,
+    threshold: int = 100,
+    *,
+    script_dir: Path | None = None,
+    initial_model: Path | None = None,
+    parameters: dict[str, dict[str, str]] | None = None,
+    deploy_gate: float | None = None,
+) -> list[str]:
+    """The seed's four manifests with every path moved under ``tmp``, no timer window, a lower
+    threshold. Runs with workers add their ``script_dir``, the ``initial_model`` file, worker
+    ``parameters`` per stage (``trainSpec``, ``evalSpec``, ``deploySpec``) and may replace the
+    deploy gate by ``precision_delta >= deploy_gate``."""
     texts = []
     for name in ("dataset.yaml", "initial-model.yaml", "deploy-model.yaml", "job.yaml"):
         data = yaml.safe_load((EXAMPLES / name).read_text())
+        spec = data["spec"]
         if data["kind"] == "Dataset":
-            data["spec"]["url"] = str(tmp / "data" / "data.txt")
-        if data["kind"] == "IncrementalLearningJob":
-            data["spec"]["outputDir"] = str(tmp / "output")
-            trigger = data["spec"]["trainSpec"]["trigger"]
+            spec["url"] = str(tmp / "data" / "data.txt")
+        elif name == "deploy-model.yaml":
+            spec["url"] = str(tmp / "deploy" / "model.tflite")
+        elif name == "initial-model.yaml":
+            spec["url"] = str(initial_model or tmp / spec["url"].lstrip("/"))
+        else:
+            spec["outputDir"] = str(tmp / "output")
+            trigger = spec["trainSpec"]["trigger"]
             trigger.pop("timer")
             trigger["condition"]["threshold"] = threshold
+            if deploy_gate is not None:
+                spec["deploySpec"]["trigger"]["condition"].update(
+                    operator=">=", threshold=deploy_gate
+                )
+            for stage in ("trainSpec", "evalSpec", "deploySpec"):
+                worker = spec[stage]["workerSpec"]
+                if script_dir is not None:
+                    worker["scriptDir"] = str(script_dir)
+                set_parameters(worker, (parameters or {}).get(stage, {}))
+            set_parameters(spec["deploySpec"]["workerSpec"], {"HE_SAVED_URL": str(tmp / "he")})
         texts.append(json.dumps(data))
     return texts
+
+
+def set_parameters(worker_spec: dict, values: dict[str, str]) -> None:
+    """Set ``values`` in a workerSpec's ``parameters`` list, replacing a key already there."""
+    parameters = worker_spec.setdefault("parameters", [])
+    for key, value in values.items():
+        for parameter in parameters:
+            if parameter["key"] == key:
+                parameter["value"] = value
+                break
+        else:
+            parameters.append({"key": key, "value": value})
 
 
 async def wait_for(predicate: Callable[[], bool], timeout: float = 15.0, what: str = "") -> None:

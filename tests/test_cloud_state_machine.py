@@ -160,6 +160,21 @@ def test_eval_compares_candidate_with_deployed_model_files():
     assert d.dispatched().task.env[contract.TEST_DATASET_URL] == "/output/2/eval.txt"
 
 
+def test_first_candidate_must_beat_the_initial_model_the_edge_serves():
+    """precision_delta > 0.1 while nothing is deployed: against the initial model's metrics,
+    which eval reports as models[1], not against 0."""
+    d = Driver(seed_inputs(threshold=100))
+    d.send(sm.SamplesReported(150))
+    run_round(d, candidate=0.65, deployed=0.6)
+    assert d.state.deployed_version is None and d.where == ("Train", "Waiting", 2)
+    reasons = [c.reason for c in d.state.conditions if (c.stage, c.state) == ("Eval", "Completed")]
+    assert reasons[-1].endswith("> 0.1: does not hold") and "0.05" in reasons[-1]
+    d.send(sm.SamplesReported(300))
+    assert d.dispatched().task.env[contract.BASE_MODEL_URL] == "/model/base_model"
+    run_round(d, candidate=0.8, deployed=0.6)
+    assert d.state.deployed_version == 1
+
+
 def test_samples_that_arrive_during_a_round_start_the_next_one_at_once():
     d = Driver(seed_inputs(threshold=100))
     d.send(sm.SamplesReported(101))

@@ -135,7 +135,7 @@ DEPLOY_CASES = [
     ("precision_delta", ">=", 0.1, metrics(0.3), metrics(0.2), True),
     ("precision_delta", "==", 0.1, metrics(0.3), metrics(0.2), True),
     ("precision_delta", ">", 0.1, metrics(0.3), metrics(0.2), False),
-    # nothing deployed yet: the delta is against 0
+    # the eval scored no serving model (a user's own eval script): the delta is against 0
     ("precision_delta", ">", 0.1, metrics(0.3), None, True),
     ("precision_delta", "<", 0.0, metrics(0.5), metrics(0.7), True),
     ("recall", ">", 0.4, metrics(0.1, recall=0.45), None, True),

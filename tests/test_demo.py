@@ -75,17 +75,20 @@ def test_fast_demo_closes_the_loop_on_two_shifted_domains(workdir):
     summary = json.loads((workdir / "summary.json").read_text())
 
     assert summary["ok"], summary["error"]
-    # versions 2 (night) and 3 (new-colors) were served on edge0, after version 1
-    assert {2, 3} <= set(summary["served_versions"])
-    versions = {v["version"]: v for v in summary["versions"]}
-    for number, domain in ((2, "night"), (3, "new-colors")):
-        assert versions[number]["domain"] == domain
-        assert versions[number]["precision_delta"] > 0.1, versions[number]
+    # a version learned night, a later one new-colors, each beat the model serving before it by
+    # the seed's gate, and edge0 swapped to both (round 1, the retrain on data.txt's day data,
+    # is deployed only when it too beats the initial model by 0.1)
+    by_domain = {v["domain"]: v for v in summary["versions"]}
+    night, colors = by_domain["night"], by_domain["new-colors"]
+    assert night["version"] < colors["version"] and colors["version"] >= 2
+    for version in summary["versions"]:
+        assert version["precision_delta"] > 0.1, version
+    assert {night["version"], colors["version"]} <= set(summary["served_versions"])
+    swapped_to = {str(s["to"]) for s in summary["swaps"]}
+    assert {str(night["version"]), str(colors["version"])} <= swapped_to
     # every frame read was served, across the hot-swaps
     assert summary["frames"] > 0
     assert summary["frames_lost"] == 0
-    swapped_to = {str(s["to"]) for s in summary["swaps"]}
-    assert {"2", "3"} <= swapped_to
     assert summary["rounds"] >= 3
 
     # the report and its plots

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 import running_cloud
-import yaml
 from agent_cloud import agent_config
 from running_cloud import api, cloud
+from test_cloud_daemon import DATASET, JOB, NODE, NS, seed_manifests
 
 from cloud_manager import state_machine as sm
 from cloud_manager.daemon import CloudDaemon
@@ -31,11 +31,6 @@ from edge_agent.daemon import Agent
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(180)]
 
-EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "helmet"
-NS, JOB = "neptune-test", "helmet-detection-demo"
-#: The seed's Dataset nodeName: the agent is named after it.
-NODE = "cloud0"
-DATASET = f"{NS}/incremental-dataset"
 THRESHOLD = 5  # num_of_samples > 5 starts a round
 #: Bigger than one 256 KiB chunk, so that pulls and downloads take several chunks.
 MODEL_BYTES = 300 * 1024
@@ -106,32 +101,6 @@ def write_boot_files(code: Path) -> None:
     (code / "inference.py").write_text(textwrap.dedent(INFERENCE_PY))
 
 
-def seed_manifests(tmp: Path) -> list[str]:
-    """The seed's manifests with every path moved under ``tmp``, no timer, a small threshold."""
-    texts = []
-    for name in ("dataset.yaml", "initial-model.yaml", "deploy-model.yaml", "job.yaml"):
-        data = yaml.safe_load((EXAMPLES / name).read_text())
-        spec = data["spec"]
-        if data["kind"] == "Dataset":
-            spec["url"] = str(tmp / "data" / "data.txt")
-        elif data["kind"] == "Model":
-            spec["url"] = str(tmp / spec["url"].lstrip("/"))
-            if data["metadata"]["name"] == "deploy-model":
-                spec["url"] = str(tmp / "deploy" / "model.tflite")
-        else:
-            spec["outputDir"] = str(tmp / "output")
-            trigger = spec["trainSpec"]["trigger"]
-            trigger.pop("timer")
-            trigger["condition"]["threshold"] = THRESHOLD
-            for stage in ("trainSpec", "evalSpec", "deploySpec"):
-                spec[stage]["workerSpec"]["scriptDir"] = str(tmp / "code")
-            for parameter in spec["deploySpec"]["workerSpec"]["parameters"]:
-                if parameter["key"] == "HE_SAVED_URL":
-                    parameter["value"] = str(tmp / "he")
-        texts.append(json.dumps(data))
-    return texts
-
-
 def append_samples(data_dir: Path, first: int, count: int) -> None:
     """Append ``count`` labelled samples (image files really there) to ``data_dir/data.txt``."""
     images = data_dir / "images"
@@ -180,7 +149,7 @@ async def test_two_rounds_train_eval_deploy_and_hot_swap(broker, tmp_path):
                           datasets={DATASET: str(data / "data.txt")})
     async with cloud(broker.url, tmp_path / "cloud", read_node_paths=False) as daemon, Agent(config) as agent:
         assert (await api(broker.url, "create_namespace", name=NS)).code == 201
-        for text in seed_manifests(tmp_path):
+        for text in seed_manifests(tmp_path, THRESHOLD, script_dir=tmp_path / "code"):
             response = await api(broker.url, "apply", body=text)
             assert response.ok, response
         await wait_for(lambda: NODE in daemon.manager.online_nodes(), "the agent online")
