@@ -332,28 +332,45 @@ class Broker:
     # --- foreground -----------------------------------------------------------------------
 
     def run_foreground(self) -> int:
-        """Run in this terminal until Ctrl-C or SIGTERM, logging to stdout and the log file."""
+        """Run in this terminal until Ctrl-C or SIGTERM, logging to stdout and the log file.
+
+        Ctrl-C reaches mosquitto too (same process group), which saves and exits; this process
+        only waits for it. A Ctrl-C that comes while mosquitto is still starting, or a SIGINT
+        sent to this process alone, is forwarded, so it is never lost nor a traceback.
+        """
         if self._port is None:
             self._port = TLS_PORT if self.production else DEV_PORT
         executable = self._executable or find_mosquitto()
         self._data_dir.mkdir(parents=True, exist_ok=True)
-        self._spawn(executable, foreground=True, extra=("log_dest stdout",))
-        log.info("listening: %s (bound to %s)", self.url, self._bind)
-        previous = signal.signal(signal.SIGTERM, lambda *_: self._forward_sigterm())
+        interrupted = False
+
+        def on_sigint(*_: object) -> None:
+            nonlocal interrupted
+            interrupted = True
+            self._forward(signal.SIGINT)
+
+        previous_int = signal.signal(signal.SIGINT, on_sigint)
+        previous_term = signal.signal(signal.SIGTERM, lambda *_: self._forward(signal.SIGTERM))
         try:
+            try:
+                self._spawn(executable, foreground=True, extra=("log_dest stdout",))
+            except BrokerError:
+                if interrupted:  # stopped while starting: what was asked
+                    return 0
+                raise
+            log.info("listening: %s (bound to %s)", self.url, self._bind)
+            if interrupted:  # before mosquitto could have received it
+                self._forward(signal.SIGINT)
             assert self._process is not None
-            while True:
-                try:
-                    return self._process.wait()
-                except KeyboardInterrupt:
-                    continue  # mosquitto got the SIGINT too; wait for it to finish saving
+            return self._process.wait()
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            signal.signal(signal.SIGINT, previous_int)
+            signal.signal(signal.SIGTERM, previous_term)
             self._terminate(signal.SIGTERM)
 
-    def _forward_sigterm(self) -> None:
+    def _forward(self, sig: signal.Signals) -> None:
         if self._process is not None and self._process.poll() is None:
-            self._process.send_signal(signal.SIGTERM)
+            self._process.send_signal(sig)
 
 
 def run_foreground(

@@ -232,6 +232,33 @@ def _wait_for_port(port: int, process: subprocess.Popen, timeout: float = 20.0) 
     raise AssertionError(f"`edgeloop broker` did not listen on {port}")
 
 
+def test_cli_broker_interrupted_while_starting_exits_cleanly(tmp_path: Path) -> None:
+    """Ctrl-C the moment mosquitto exists, before it is ready: a clean stop, no traceback."""
+    from mosquitto.launcher import free_port
+
+    command = ["broker", "--port", str(free_port()), "--data", str(tmp_path / "d")]
+    process = subprocess.Popen(
+        [sys.executable, "-m", "edgeloop", *command],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+    )
+    children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
+    try:
+        deadline = time.monotonic() + 20
+        while not children.read_text().split():
+            assert process.poll() is None and time.monotonic() < deadline
+            time.sleep(0.001)
+        os.killpg(process.pid, signal.SIGINT)
+        _, err = process.communicate(timeout=20)
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    assert process.returncode == 0, err.decode()
+    assert b"Traceback" not in err
+
+
 def test_cli_broker_runs_in_foreground_until_interrupted(tmp_path: Path, mqtt_probe) -> None:
     from mosquitto.launcher import free_port
 
