@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -232,45 +234,44 @@ def _wait_for_port(port: int, process: subprocess.Popen, timeout: float = 20.0) 
     raise AssertionError(f"`edgeloop broker` did not listen on {port}")
 
 
-def test_cli_broker_interrupted_while_starting_exits_cleanly(tmp_path: Path) -> None:
-    """Ctrl-C the moment mosquitto exists, before it is ready: a clean stop, no traceback."""
+@contextlib.contextmanager
+def cli_broker(tmp_path: Path) -> Iterator[tuple[subprocess.Popen, int]]:
+    """``edgeloop broker`` in its own process group (as a terminal runs it); killed if a test
+    leaves it running."""
     from mosquitto.launcher import free_port
 
-    command = ["broker", "--port", str(free_port()), "--data", str(tmp_path / "d")]
+    port = free_port()
     process = subprocess.Popen(
-        [sys.executable, "-m", "edgeloop", *command],
+        [sys.executable, "-m", "edgeloop", "broker", "--port", str(port),
+         "--data", str(tmp_path / "d")],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         start_new_session=True,
     )
-    children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
     try:
+        yield process, port
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+
+
+def test_cli_broker_interrupted_while_starting_exits_cleanly(tmp_path: Path) -> None:
+    """Ctrl-C the moment mosquitto exists, before it is ready: a clean stop, no traceback."""
+    with cli_broker(tmp_path) as (process, _):
+        children = Path(f"/proc/{process.pid}/task/{process.pid}/children")
         deadline = time.monotonic() + 20
         while not children.read_text().split():
             assert process.poll() is None and time.monotonic() < deadline
             time.sleep(0.001)
         os.killpg(process.pid, signal.SIGINT)
         _, err = process.communicate(timeout=20)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
     assert process.returncode == 0, err.decode()
     assert b"Traceback" not in err
 
 
 def test_cli_broker_runs_in_foreground_until_interrupted(tmp_path: Path, mqtt_probe) -> None:
-    from mosquitto.launcher import free_port
-
-    port = free_port()
-    command = ["broker", "--port", str(port), "--data", str(tmp_path / "d")]
-    process = subprocess.Popen(
-        [sys.executable, "-m", "edgeloop", *command],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        start_new_session=True,
-    )
-    try:
+    with cli_broker(tmp_path) as (process, port):
         _wait_for_port(port, process)
         probe = mqtt_probe(("127.0.0.1", port))
         assert probe.connect().subscribe(TOPIC).value == 1
@@ -278,10 +279,6 @@ def test_cli_broker_runs_in_foreground_until_interrupted(tmp_path: Path, mqtt_pr
         # Ctrl-C in a terminal signals the whole foreground group.
         os.killpg(process.pid, signal.SIGINT)
         out, err = process.communicate(timeout=20)
-    finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
     assert process.returncode == 0, err.decode()
     assert b"running" in out
     assert (tmp_path / "d" / "mosquitto.db").is_file()
