@@ -60,6 +60,8 @@ DAY_SECONDS = 8.0
 PIDS_FILE = "children.pids"
 #: Seconds edge0 keeps serving the last version before the demo stops everything.
 FINAL_SECONDS = 5.0
+#: Seconds without a new label, after a video has played through, for it to count as dried up.
+QUIET_SECONDS = 10.0
 
 
 class DemoInterrupted(BaseException):
@@ -80,7 +82,7 @@ class DemoSettings:
     @property
     def deadline_s(self) -> float:
         """Longest the loop may take once the processes are up, before the demo gives up."""
-        return 900.0 if self.fast else 2700.0
+        return 600.0 if self.fast else 2700.0
 
 
 @dataclass
@@ -232,6 +234,7 @@ class Demo:
         self.heldout: dict[str, Path] = {}
         self.base_model: Path | None = None
         self.camera_domain: str | None = None
+        self.camera_since = 0.0
         self.plan = DomainPlan(data.DOMAINS[0], data.DOMAINS[1:])
         self.registered = 0
         self.started = time.monotonic()
@@ -261,6 +264,7 @@ class Demo:
     def prepare_workdir(self) -> None:
         """Fresh state for this run; what a killed earlier run left running is stopped first."""
         left = stop_leftovers(self.paths.workdir / PIDS_FILE)
+        left += _kill_leftover_workers(self.paths)  # their agents were killed before them
         if left:
             self.say(f"  stopped {len(left)} process(es) a previous run left behind")
         (self.paths.workdir / PIDS_FILE).unlink(missing_ok=True)
@@ -333,6 +337,7 @@ class Demo:
             self.annotator.add_video(domain, playing.video, playing.ground_truth, playing.key)
         self.camera.play(playing.video)
         self.camera_domain = domain
+        self.camera_since = time.time()
         self.view.domain = playing.key
         self.outcome.camera_switches.append({"time": time.time(), "domain": domain,
                                              "video": playing.key})
@@ -478,10 +483,18 @@ class Demo:
                 domain = self.plan.camera(self.view.stage, self.view.state, self.view.round,
                                           self.camera_domain or "day")
                 current = self.videos.get(domain)
+                why = "simulated domain shift"
+                if domain == self.camera_domain and self.plan.video_dried_up(
+                        domain, waiting=(self.view.stage, self.view.state) == ("Train", "Waiting"),
+                        shown_since=self.camera_since, now=time.time(),
+                        loop_s=self.sizes.video_seconds, quiet_s=QUIET_SECONDS):
+                    self.plan.next_video(domain)
+                    why = (f"no new hard example for {QUIET_SECONDS:.0f} s and the train trigger "
+                           "still waits")
                 if domain != self.camera_domain or (
                         current is not None and current.variant != self.plan.variant(domain)):
                     variant = self.plan.variant(domain)
-                    self.say(f"[bold magenta]camera → {domain}[/] (simulated domain shift"
+                    self.say(f"[bold magenta]camera → {domain}[/] ({why}"
                              f"{f', video {variant + 1}' if variant else ''})")
                     await asyncio.to_thread(self.play, domain)
             self.view.changed.clear()

@@ -58,6 +58,11 @@ class DemoSizes:
         return _key({"images": self.base_images, "epochs": self.base_epochs,
                      "batch": self.batch_size, "seed": self.seed, "input": INPUT_SHAPE})
 
+    @property
+    def video_seconds(self) -> float:
+        """How long one camera video plays before it loops."""
+        return self.video_shots * self.shot_seconds
+
     def round_parameters(self) -> dict[str, str]:
         """The train workerSpec parameters the demo sets (the seed's epochs=1 learns nothing
         from a few hundred samples)."""

@@ -8,6 +8,7 @@ Pure parts (the seed's adaptation, the frame-log summary) are tested without run
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import re
@@ -68,10 +69,19 @@ def workdir(tmp_path_factory) -> Path:
 @pytest.mark.ml
 @pytest.mark.timeout(900)
 def test_fast_demo_closes_the_loop_on_two_shifted_domains(workdir):
-    result = subprocess.run(demo_command(workdir), capture_output=True, text=True, timeout=880,
-                            check=False)
-    output = result.stdout + result.stderr
-    assert result.returncode == 0, output[-6000:]
+    demo = subprocess.Popen(demo_command(workdir), stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True)
+    output = ""
+    try:
+        output, _ = demo.communicate(timeout=840)
+    except subprocess.TimeoutExpired:
+        demo.send_signal(signal.SIGINT)  # Ctrl-C: the demo stops everything it started
+        output, _ = demo.communicate(timeout=90)
+        pytest.fail(f"the fast demo took over 840 s:\n{output[-6000:]}")
+    finally:
+        # the next test reruns the demo in ``workdir``; keep this run's story beside it
+        (workdir.parent / "fast-demo.out").write_text(output)
+    assert demo.returncode == 0, output[-6000:]
     summary = json.loads((workdir / "summary.json").read_text())
 
     assert summary["ok"], summary["error"]
@@ -237,6 +247,36 @@ def test_camera_shows_the_next_domain_to_learn_and_goes_back_after_a_failed_roun
     assert plan.round_begins(4, now=99.0) == "new-colors"  # a round is classified once
 
 
+def test_a_video_that_stops_giving_hard_examples_while_the_job_waits_is_replaced():
+    """A looping video gives each near-duplicate once: when it has given fewer hard examples
+    than the trigger needs, only another video of the domain lets the job go on."""
+    plan = DomainPlan("day", ("night", "new-colors"))
+    plan.add_labels([(105.0, "night"), (128.0, "night")])
+    dried = functools.partial(plan.video_dried_up, "night", shown_since=100.0, loop_s=24.0,
+                              quiet_s=10.0)
+    assert not dried(waiting=True, now=130.0)  # not played through yet
+    assert not dried(waiting=True, now=135.0)  # played through, but a label came 7 s ago
+    assert dried(waiting=True, now=140.0)  # 12 s without a label
+    assert not dried(waiting=False, now=140.0)  # a round is running: its trigger fired
+    plan.add_labels([(138.0, "night")])
+    assert not dried(waiting=True, now=140.0)  # still labelling
+    assert dried(waiting=True, now=150.0)
+    plan.next_video("night")
+    assert plan.variant("night") == 1 and plan.variant("new-colors") == 0
+    # the next video counts from when it is shown, not from the last label of the domain
+    assert not plan.video_dried_up("night", waiting=True, shown_since=151.0, now=170.0,
+                                   loop_s=24.0, quiet_s=10.0)
+    # neither a learned domain nor the first one is refreshed
+    plan.round_begins(1, now=1.0)
+    plan.round_deployed(1)
+    assert not plan.video_dried_up("day", waiting=True, shown_since=0.0, now=999.0,
+                                   loop_s=24.0, quiet_s=10.0)
+    plan.round_begins(2, now=139.0)
+    plan.round_deployed(2)
+    assert not plan.video_dried_up("night", waiting=True, shown_since=151.0, now=999.0,
+                                   loop_s=24.0, quiet_s=10.0)
+
+
 def test_children_run_in_their_own_groups_and_a_later_run_stops_leftovers(tmp_path):
     from edgeloop.demo_processes import ProcessSet, stop_leftovers
 
@@ -264,3 +304,28 @@ def test_a_round_that_starts_after_one_that_deployed_nothing_marks_it_failed():
     plan.add_labels([(4.0, "new-colors")])
     plan.round_begins(3, now=5.0)  # the Train/Waiting of round 3 was never seen
     assert plan.failed_rounds == {2} and plan.variant("night") == 1
+
+
+def test_a_new_run_stops_the_workers_a_killed_run_left(tmp_path):
+    """A SIGKILLed demo takes its agents' stops with it: their workers run on in their own
+    groups. The next run stops them before it deletes the ``worker.pid`` files naming them."""
+    from rich.console import Console
+
+    from edgeloop.demo import Demo, DemoSettings
+
+    attempt = tmp_path / "run" / "agents" / "edge0" / "tasks" / "t-inference" / "attempt-1"
+    attempt.mkdir(parents=True)
+    worker = subprocess.Popen(
+        [sys.executable, "-c", "import time; time.sleep(300)", "workers/inference.py"],
+        start_new_session=True,
+    )
+    try:
+        (attempt / "worker.pid").write_text(f"{worker.pid}\n")
+        time.sleep(0.2)
+        Demo(DemoSettings(tmp_path), Console(quiet=True)).prepare_workdir()
+        assert worker.wait(timeout=10) == -signal.SIGKILL
+        assert not (tmp_path / "run" / "agents").exists()
+    finally:
+        if worker.poll() is None:
+            worker.kill()
+            worker.wait()
