@@ -11,9 +11,10 @@ SIMULATED ANNOTATOR labels the hard examples that reach the cloud's inbox.
 Rounds: data.txt holds the base model's day data when the job starts, so round 1 retrains on
 it (the seed's "download the dataset to cloud0" step); it becomes a version only if it beats the
 base model by the deploy gate, which a retrain on the same data rarely does. The camera shows
-night, then new-colors, and each becomes a version once its round passes the gate. While a round learns one domain the camera
-already shows the next one to learn (the round's samples are fixed); a round that is not
-deployed sends the camera back to its domain (:mod:`edgeloop.demo_schedule`).
+night, then new-colors, and each becomes a version once its round passes the gate. While a round
+learns one domain the camera already shows the next one to learn (the round's samples are
+fixed); a round that is not deployed sends the camera back to its domain, and a video that gives
+no more hard examples is followed by another (:mod:`edgeloop.demo_schedule`).
 
 ``WORKDIR/cache/`` (data, videos, base model) is kept between runs; ``WORKDIR/run/`` and
 ``WORKDIR/logs/`` are fresh every run.
