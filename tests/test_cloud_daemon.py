@@ -81,10 +81,14 @@ def set_parameters(worker_spec: dict, values: dict[str, str]) -> None:
             parameters.append({"key": key, "value": value})
 
 
-async def wait_for(predicate: Callable[[], bool], timeout: float = 15.0, what: str = "") -> None:
-    async with asyncio.timeout(timeout):
-        while not predicate():
-            await asyncio.sleep(0.02)
+async def wait_for(predicate: Callable[[], object], what: str = "", timeout: float = 30.0) -> None:
+    """Poll ``predicate`` until it holds; a timeout fails the test naming ``what`` it waited for."""
+    try:
+        async with asyncio.timeout(timeout):
+            while not predicate():
+                await asyncio.sleep(0.02)
+    except TimeoutError:
+        raise AssertionError(f"not within {timeout} s: {what or predicate}") from None
 
 
 def job_state(daemon: CloudDaemon) -> sm.JobState:

@@ -11,20 +11,16 @@ cloud records. Twice, so that round 2 trains from version 1 on the new samples o
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import json
 import textwrap
-from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-import running_cloud
 from agent_cloud import agent_config
 from running_cloud import api, cloud
-from test_cloud_daemon import DATASET, JOB, NODE, NS, seed_manifests
+from test_cloud_daemon import DATASET, JOB, NODE, NS, job_state, seed_manifests, wait_for
 
-from cloud_manager import state_machine as sm
 from cloud_manager.daemon import CloudDaemon
 from cloud_manager.task_builder import task_id
 from edge_agent.daemon import Agent
@@ -113,17 +109,6 @@ def append_samples(data_dir: Path, first: int, count: int) -> None:
         f.write("".join(lines))
 
 
-async def wait_for(predicate: Callable[[], object], what: str, timeout: float = 30.0) -> None:
-    try:
-        async with asyncio.timeout(timeout):
-            while not predicate():
-                await asyncio.sleep(0.05)
-    except TimeoutError:
-        raise AssertionError(f"not within {timeout} s: {what}") from None
-
-
-def job_state(daemon: CloudDaemon) -> sm.JobState:
-    return running_cloud.job_state(daemon, NS, JOB)
 
 
 def node_serving(daemon: CloudDaemon) -> dict[str, int]:

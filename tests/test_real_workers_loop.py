@@ -23,8 +23,8 @@ from pathlib import Path
 import pytest
 from agent_cloud import agent_config
 from running_cloud import api, cloud
-from test_cloud_daemon import DATASET, JOB, NODE, NS, seed_manifests
-from test_loop_integration import INFERENCE_TASK, job_state, wait_for
+from test_cloud_daemon import DATASET, JOB, NODE, NS, job_state, seed_manifests, wait_for
+from test_loop_integration import INFERENCE_TASK
 
 import workers
 from cloud_manager.task_builder import task_id
