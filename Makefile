@@ -3,8 +3,12 @@ PYTHON ?= python3
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
+# A second environment as an edge box has it: `edgeloop[edge]`, LiteRT + OpenCV, no TensorFlow.
+# The tests run the inference worker in it (tests/test_inference.py).
+EDGE_VENV  ?= .venv-edge
+EDGE_STAMP := $(EDGE_VENV)/.installed
 
-.PHONY: demo test bench bench-learning system-deps venv clean
+.PHONY: demo test typecheck bench bench-learning system-deps venv clean
 
 # Debian packages the project runs against: a real broker, and for the demo a camera mock.
 system-deps:
@@ -15,12 +19,22 @@ venv: $(STAMP)
 $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
-	$(PY) -m pip install --quiet -e '.[test]'
+	$(PY) -m pip install --quiet -e '.[demo,test]'
 	@touch $(STAMP)
 
-test: system-deps $(STAMP)
+$(EDGE_STAMP): pyproject.toml
+	$(PYTHON) -m venv $(EDGE_VENV)
+	$(EDGE_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(EDGE_VENV)/bin/python -m pip install --quiet -e '.[edge]'
+	@touch $(EDGE_STAMP)
+
+test: system-deps $(STAMP) $(EDGE_STAMP) typecheck
 	@./.ci/system-deps chromium ffmpeg rtsp-server-perl
 	$(PY) -m pytest
+
+# The type checker over the packages with typed boundaries (settings in pyproject.toml).
+typecheck: $(STAMP)
+	$(PY) -m mypy
 
 # The whole helmet loop on one machine (docs/demo.md); DEMO_FLAGS=--fast for the quick version.
 demo: $(STAMP)
@@ -39,4 +53,4 @@ bench-learning: system-deps $(STAMP)
 	$(PY) bench/learning.py
 
 clean:
-	rm -rf $(VENV) build *.egg-info .pytest_cache
+	rm -rf $(VENV) $(EDGE_VENV) build *.egg-info .pytest_cache .mypy_cache

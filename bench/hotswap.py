@@ -55,7 +55,8 @@ sys.path.insert(0, str(ROOT / "tests"))
 import numpy as np
 from agent_cloud import FakeCloud, agent_config
 
-from cloud_manager.registry import ModelRegistry, file_sha256
+from cloud_manager.registry import ModelRegistry
+from edgeloop.checksum import file_sha256
 from edge_agent.daemon import Agent
 from edgeloop.mqtt import Delivery, MqttClient, MqttSettings, NotConnected
 from mosquitto.launcher import Broker
@@ -278,8 +279,8 @@ def start_stream(work: Path, video: Path):
     """
     import shlex
 
-    from edgeloop.demo_processes import ProcessSet
-    from mosquitto.launcher import free_port
+    from demo.processes import ProcessSet
+    from edgeloop.ports import free_port
 
     if shutil.which("ffmpeg") is None:
         return None, "stream source skipped: needs ffmpeg (apt-get install ffmpeg)"
@@ -322,7 +323,7 @@ def main() -> int:
 def measure(args: argparse.Namespace, sources: list[str], work: Path) -> int:
     from swap_in_process import models as export_models
 
-    from workers.synth import render_video
+    from demo.scenes import render_video
 
     video = render_video(work / "swap-720p.mp4", [("day", 4.0)], seed=12, fps=25, size=(1280, 720))
     path_a, path_b, kind = export_models(work, args.precision)

@@ -35,7 +35,7 @@ GOAL_FPS = 120.0
 
 
 def make_video(path: Path, seconds: float) -> Path:
-    from workers.synth import render_video
+    from demo.scenes import render_video
 
     if not path.exists():
         render_video(

@@ -51,7 +51,7 @@ TARGETS = {
 
 
 def make_data(work: Path, base_images: int, shift: str) -> dict[str, Path]:
-    from workers.synth import generate_dataset
+    from demo.scenes import generate_dataset
 
     plan = {
         "day-train": ("day", base_images, 101),

@@ -56,7 +56,7 @@ def models(work: Path, precision: str) -> tuple[Path, Path, str]:
     """Two LiteRT models in ``precision`` (int8 calibrates on generated scenes)."""
     from workers.detector import DetectorSpec, build_detector, load_detector
     from workers.export import export_tflite
-    from workers.synth import render_scene
+    from demo.scenes import render_scene
 
     a, b = LEARNED / "base" / "model.keras", LEARNED / "replay" / "model.keras"
     if a.exists() and b.exists():
@@ -142,7 +142,7 @@ def run_once(
 ) -> dict:
     """One stream with a swap or rollback every ``every`` frames; per-event figures."""
     from workers.detector import to_model_input
-    from workers.export import file_sha256
+    from edgeloop.checksum import file_sha256
     from workers.hotswap import ModelSlot
     from workers.inference import InferenceLoop
     from workers.mining import make_miner
@@ -293,7 +293,7 @@ def main() -> int:
         parser.error(f"unknown mode(s) {unknown}; choose from {sorted(MODES)}")
 
     from workers.predictor import configure_runtime, inference_threads
-    from workers.synth import render_video
+    from demo.scenes import render_video
 
     threads = args.threads or inference_threads()
     configure_runtime(threads)

@@ -9,20 +9,19 @@ versions). Answers carry JSON-ready ``data``; the CLI renders it.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from cloud_manager import state_machine as sm
 from cloud_manager.hardex_inbox import HardExampleInbox
 from cloud_manager.outgoing import Outgoing
+from cloud_manager.store import Store
+from cloud_manager.task_builder import JobInputs
 from protocol import topics
 from protocol.errors import ProtocolError
 from protocol.manifest_yaml import load_documents
 from protocol.manifests import IncrementalLearningJob, ManifestError, ObjectMeta
 from protocol.messages import ApiRequest, ApiResponse
 from protocol.topics import check_name
-
-if TYPE_CHECKING:
-    from cloud_manager.manager import Manager
 
 JOB = "IncrementalLearningJob"
 KIND_ALIASES: dict[str, str] = {
@@ -89,8 +88,26 @@ def resolve_kind(resource: str) -> str:
     return kind
 
 
+class JobControl(Protocol):
+    """What the API asks of the job side (the :class:`~cloud_manager.manager.Manager`): the API
+    changes manifests, the job side turns the change into job events and messages."""
+
+    inbox: HardExampleInbox | None
+
+    def inputs(self, namespace: str, name: str) -> JobInputs | None: ...
+
+    def job_event(self, namespace: str, name: str, event: sm.Event, now: float,
+                  ctx: sm.Context | None = None) -> list[Outgoing]: ...
+
+    def status_message(self, state: sm.JobState) -> Outgoing: ...
+
+    def desired_for(self, node: str) -> list[Outgoing]: ...
+
+    def online_nodes(self) -> frozenset[str]: ...
+
+
 class ApiHandler:
-    def __init__(self, store: Any, manager: Manager) -> None:
+    def __init__(self, store: Store, manager: JobControl) -> None:
         self.store = store
         self.manager = manager
 

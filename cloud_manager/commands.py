@@ -353,7 +353,7 @@ def _register_labelling(hardex: typer.Typer, label: typer.Typer) -> None:
         from cloud_manager.api_client import ApiSession, fetch_hardex_images, list_hardex
         from cloud_manager.hardex_export import EXPORT_FORMATS, image_path, write_export
         from edgeloop.durable import write_atomically
-        from workers.classes import CLASS_NAMES
+        from protocol.classes import CLASS_NAMES
 
         if fmt not in EXPORT_FORMATS:
             raise typer.BadParameter(f"{fmt!r}: use one of {', '.join(EXPORT_FORMATS)}",

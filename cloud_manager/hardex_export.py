@@ -4,7 +4,7 @@
 imported back for that file finds its hard example by sha256), and beside them the model's boxes
 as proposals to correct: ``OUT/data.txt`` in the seed's index format (``index``), or
 ``OUT/annotations.json`` in COCO (``coco``, with each box's score). Both are written by the one
-writer of each format (``workers.dataset.append_samples``, ``workers.importers.write_coco``) and
+writer of each format (``protocol.dataset_index.append_samples``, ``protocol.label_formats.write_coco``) and
 are what ``edgeloop label import`` reads back.
 """
 
@@ -16,8 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workers.dataset import Sample, append_samples, image_size
-from workers.importers import corners_in_image, write_coco
+from protocol.dataset_index import Sample, append_samples, image_size
+from protocol.label_formats import corners_in_image, write_coco
 
 EXPORT_FORMATS = ("index", "coco")
 INDEX_NAME = "data.txt"

@@ -1,7 +1,7 @@
 """``edgeloop label import``: reading labelled samples from what an annotation tool returns.
 
 Three layouts, each read by the project's one reader of it: the seed's index (``data.txt``,
-``workers.dataset.read_index``), a YOLO folder and a COCO JSON (``workers.importers``, converted
+``protocol.dataset_index.read_index``), a YOLO folder and a COCO JSON (``protocol.label_formats``, converted
 into a scratch index with the images left in place). A bad line or image is skipped and reported
 (``data.txt:7: box 1: class 9 is out of range 0..3``), never fatal for the rest.
 
@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from workers.dataset import read_index
-from workers.importers import import_coco, import_yolo
+from protocol.dataset_index import read_index
+from protocol.label_formats import import_coco, import_yolo
 
 LABEL_FORMATS = ("index", "yolo", "coco")
 #: Image bytes per ``label_import`` request, under the 4 MiB message limit with room to spare.

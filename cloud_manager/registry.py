@@ -11,12 +11,12 @@ answered by :meth:`ModelRegistry.chunk` on ``artifact/chunk``).
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import shutil
 from pathlib import Path
 
+from edgeloop.checksum import file_sha256
 from protocol.messages import MAX_CHUNK_BYTES, Chunk, ChunkRequest
 
 REGISTRY_DIR = "models"
@@ -24,14 +24,6 @@ REGISTRY_DIR = "models"
 
 class RegistryError(ValueError):
     """A file that cannot enter the registry; the message says why."""
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class ModelRegistry:

@@ -36,6 +36,7 @@ from edge_agent.outbox import DiskOutbox
 from edge_agent.round_indexes import RoundIndexError, write_round_indexes
 from edge_agent.runner import TaskSetupError, WorkerRunner
 from edge_agent.watcher import DatasetWatcher
+from edgeloop.cancellation import cancel_and_wait
 from edgeloop.durable import write_atomically
 from edgeloop.mqtt import Delivery, MqttClient, MqttSettings, NotConnected
 from edgeloop.reliable import ReliableSender
@@ -87,23 +88,6 @@ def hardex_folder_of(task: Task) -> Path | None:
     if not folder.is_absolute() and task.worker is not None:
         folder = Path(task.worker.script_dir).expanduser() / folder
     return folder.absolute()
-
-
-async def cancel_and_wait(tasks: list[asyncio.Task[None]]) -> None:
-    """Cancel ``tasks`` and wait until they are all done.
-
-    Cancels again while any is still running: on Python 3.11 ``asyncio.wait_for`` (used by the
-    MQTT library around publishes) can swallow a cancellation that races with its result, and
-    a loop task would then carry on forever.
-    """
-    pending = {t for t in tasks if not t.done()}
-    while pending:
-        for task in pending:
-            task.cancel()
-        _, pending = await asyncio.wait(pending, timeout=0.5)
-    for task in tasks:
-        if not task.cancelled() and task.exception() is not None:
-            log.error("%s ended with %r", task.get_name(), task.exception())
 
 
 class Agent:
@@ -213,7 +197,7 @@ class Agent:
         """Stop workers, say ``offline`` (retained), disconnect cleanly; the outbox stays."""
         log.info("shutting down: %d worker(s) to stop", len(self.runner.running))
         self.watcher.close()
-        await cancel_and_wait(self._background)
+        await cancel_and_wait(*self._background)
         self._background.clear()
         await self.runner.stop_all("stopped: the agent is shutting down")
         log.debug("workers stopped")

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import json
 import logging
 import math
@@ -25,6 +24,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from edgeloop.checksum import file_sha256
 from edgeloop.durable import write_atomically
 from edgeloop.mqtt import Delivery, MqttClient, NotConnected
 from protocol import topics
@@ -55,14 +55,6 @@ class DownloadStats:
 
 def chunk_count(size: int, chunk_size: int = MAX_CHUNK_BYTES) -> int:
     return max(1, math.ceil(size / chunk_size))
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class ArtifactDownloader:

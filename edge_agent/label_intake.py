@@ -3,7 +3,7 @@
 Each :class:`LabelledSample` names a Dataset (``namespace/name``) this node holds (its
 ``datasets:`` setting). Its image goes into a folder beside the index, ``labelled/<sha256>.<ext>``
 (written atomically: temporary name, fsync, rename), then one line is appended to the index with
-``workers.dataset.append_samples`` (one write + fsync). Only then does the node answer with a
+``protocol.dataset_index.append_samples`` (one write + fsync). Only then does the node answer with a
 :class:`LabelReceipt`. The dataset watcher sees the index grow and reports the new count, so the
 train trigger fires as for any labelled sample.
 
@@ -26,7 +26,7 @@ from edgeloop.durable import fsync_dir, write_atomically
 from edgeloop.mqtt import Delivery, MqttClient, NotConnected
 from protocol import topics
 from protocol.messages import LabelledSample, LabelOutcome, LabelReceipt
-from workers.dataset import Sample, append_samples, image_size
+from protocol.dataset_index import Sample, append_samples, image_size
 
 log = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from edgeloop.durable import write_atomically
 from protocol.messages import Task
 from protocol.sample_split import SPLIT_VARIABLE, SampleSplit, plan_round_indexes
-from workers.dataset import parse_line
+from protocol.dataset_index import parse_line
 
 
 class RoundIndexError(ValueError):

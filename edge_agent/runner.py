@@ -64,7 +64,7 @@ class TaskSetupError(ValueError):
 
 
 @dataclass
-class TaskRun:
+class WorkerAttempt:
     """One attempt of one task while its process lives."""
 
     task: Task
@@ -189,7 +189,7 @@ class WorkerRunner:
         self.prepare = prepare
         self.restart_policy = restart_policy
         self.on_worker_exit = on_worker_exit
-        self.running: dict[str, TaskRun] = {}  # task id -> its live attempt
+        self.running: dict[str, WorkerAttempt] = {}  # task id -> its live attempt
         self._seen: set[str] = set()  # task keys handled during this run of the agent
 
     # -- entry points ---------------------------------------------------------------------
@@ -221,7 +221,7 @@ class WorkerRunner:
             return
         await self.start(task)
 
-    async def start(self, task: Task) -> TaskRun:
+    async def start(self, task: Task) -> WorkerAttempt:
         """Start ``task`` (stopping another attempt of it first) and supervise it."""
         if task.worker is None:
             raise TaskSetupError("worker: required to start a task")
@@ -231,7 +231,7 @@ class WorkerRunner:
         self._seen.add(task.key)
         directory = task_directory(self.state_dir, task)
         directory.mkdir(parents=True, exist_ok=True)
-        run = TaskRun(task, directory, seq=self._last_seq(directory))
+        run = WorkerAttempt(task, directory, seq=self._last_seq(directory))
         if task.role in SERVICE_ROLES:
             run.restarts = self.restart_policy()
         self.running[task.task_id] = run
@@ -317,7 +317,7 @@ class WorkerRunner:
         directory = task_directory(self.state_dir, task)
         directory.mkdir(parents=True, exist_ok=True)
         await self._report(
-            TaskRun(task, directory, seq=self._last_seq(directory)), "Failed", message=message
+            WorkerAttempt(task, directory, seq=self._last_seq(directory)), "Failed", message=message
         )
 
     def retarget(self, task: Task) -> None:
@@ -348,7 +348,7 @@ class WorkerRunner:
 
     # -- process ----------------------------------------------------------------------------
 
-    async def _spawn(self, run: TaskRun) -> None:
+    async def _spawn(self, run: WorkerAttempt) -> None:
         task = run.task
         assert task.worker is not None
         script_dir = Path(task.worker.script_dir).expanduser()
@@ -378,7 +378,7 @@ class WorkerRunner:
         (run.directory / PID_NAME).write_text(f"{run.process.pid}\n{boot.resolve()}\n")
         log.info("task %s attempt %d: pid %d", task.task_id, task.attempt, run.process.pid)
 
-    async def _supervise(self, run: TaskRun) -> None:
+    async def _supervise(self, run: WorkerAttempt) -> None:
         timeout = run.task.timeout_s
         deadline = None if timeout is None else asyncio.get_running_loop().time() + timeout
         exit_code: int | None = None
@@ -399,7 +399,7 @@ class WorkerRunner:
                 exit_code = await process.wait()
         await self._finish(run, exit_code)
 
-    async def _wait_exit(self, run: TaskRun, deadline: float | None) -> int:
+    async def _wait_exit(self, run: WorkerAttempt, deadline: float | None) -> int:
         """The exit code of the worker's process; past the task's deadline it is stopped."""
         assert run.process is not None
         try:
@@ -415,7 +415,7 @@ class WorkerRunner:
                 self._signal(run, signal.SIGKILL)
                 return await run.process.wait()
 
-    async def _restart(self, run: TaskRun, exit_code: int) -> bool:
+    async def _restart(self, run: WorkerAttempt, exit_code: int) -> bool:
         """Start the service worker of ``run`` again after its backoff pause; False when it is
         not to run any more (stopped meanwhile, or its task can no longer start)."""
         assert run.restarts is not None
@@ -454,13 +454,13 @@ class WorkerRunner:
         return False
 
     @staticmethod
-    async def _pause(run: TaskRun, seconds: float) -> None:
+    async def _pause(run: WorkerAttempt, seconds: float) -> None:
         """Wait ``seconds``, or less if the task is stopped meanwhile."""
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(seconds):
                 await run.stopping.wait()
 
-    async def _finish(self, run: TaskRun, exit_code: int | None) -> None:
+    async def _finish(self, run: WorkerAttempt, exit_code: int | None) -> None:
         """The final report of the attempt: Completed, or Failed with why."""
         result, problem = read_result(run.result_path)
         if not result and run.channel_result:
@@ -491,7 +491,7 @@ class WorkerRunner:
             run.finished.set()
 
     @staticmethod
-    def _signal(run: TaskRun, sig: signal.Signals) -> None:
+    def _signal(run: WorkerAttempt, sig: signal.Signals) -> None:
         if run.process is None:
             return
         with contextlib.suppress(ProcessLookupError, PermissionError):
@@ -501,7 +501,7 @@ class WorkerRunner:
 
     async def _report(
         self,
-        run: TaskRun,
+        run: WorkerAttempt,
         state: TaskState,
         *,
         progress: float | None = None,

@@ -33,7 +33,7 @@ import watchfiles
 
 from edgeloop.durable import write_atomically
 from protocol.messages import DatasetSamples
-from workers.dataset import count_valid_samples
+from protocol.dataset_index import count_valid_samples
 
 log = logging.getLogger(__name__)
 

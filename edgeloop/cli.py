@@ -2,29 +2,33 @@
 
 Each package contributes its own subcommands from a ``commands.py`` module with a
 ``register(app)`` function, so that the CLI of a package lives beside the code it drives and this
-file only assembles them. Imports inside commands are lazy: ``edgeloop --help`` must not load
-TensorFlow.
+file only assembles them. The modules are found through the ``edgeloop.commands`` entry points
+(``pyproject.toml``), so this runtime package never imports the packages built on it. Imports
+inside commands are lazy: ``edgeloop --help`` must not load TensorFlow, and a command whose extra
+is not installed says which one to install.
 """
 
 from __future__ import annotations
 
-import importlib
 import logging
 import os
+import sys
+from importlib.metadata import entry_points
 
 import typer
 
 from edgeloop import __version__
 
-# Order sets the order of ``edgeloop --help``.
-COMMAND_MODULES = (
-    "protocol.commands",
-    "mosquitto.commands",
-    "cloud_manager.commands",
-    "edge_agent.commands",
-    "workers.commands",
-    "edgeloop.demo_commands",
-)
+COMMAND_GROUP = "edgeloop.commands"
+#: Third-party modules that come with an extra, not with ``pip install edgeloop``.
+EXTRA_OF_MODULE = {
+    "tensorflow": "train",
+    "keras": "train",
+    "pycocotools": "train",
+    "matplotlib": "demo",
+    "cv2": "edge",
+    "ai_edge_litert": "edge",
+}
 
 app = typer.Typer(
     name="edgeloop",
@@ -51,21 +55,24 @@ def _root(
 
 
 def _register_all() -> None:
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(name)
-        except ModuleNotFoundError as exc:
-            if exc.name == name:  # that package has no commands yet
-                continue
-            raise
-        module.register(app)
+    for entry in sorted(entry_points(group=COMMAND_GROUP), key=lambda e: e.name):
+        entry.load().register(app)
 
 
 _register_all()
 
 
 def main() -> None:
-    app()
+    try:
+        app()
+    except ModuleNotFoundError as exc:
+        top = (exc.name or "").partition(".")[0]
+        if top not in EXTRA_OF_MODULE:
+            raise
+        extra = EXTRA_OF_MODULE[top]
+        print(f"edgeloop: this command needs {top}, which comes with the {extra!r} extra: "
+              f"pip install 'edgeloop[{extra}]'", file=sys.stderr)
+        raise SystemExit(2) from None
 
 
 if __name__ == "__main__":

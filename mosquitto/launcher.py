@@ -14,7 +14,6 @@ import pwd
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import tempfile
 import time
@@ -23,6 +22,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from types import TracebackType
 
+from edgeloop.ports import free_port
 from mosquitto.config import BrokerConfig, TlsSettings, render
 from mosquitto.creds import Credentials, load_credentials
 
@@ -70,14 +70,6 @@ def find_mosquitto() -> Path:
             f"(or set {EXECUTABLE_ENV} to its path)"
         )
     return Path(found)
-
-
-def free_port(host: str = "127.0.0.1") -> int:
-    """A TCP port nobody listens on right now (another process may still take it first)."""
-    family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    with socket.socket(family, socket.SOCK_STREAM) as sock:
-        sock.bind((host, 0))
-        return int(sock.getsockname()[1])
 
 
 def _current_user() -> str:

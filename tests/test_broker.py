@@ -238,7 +238,7 @@ def _wait_for_port(port: int, process: subprocess.Popen, timeout: float = 20.0) 
 def cli_broker(tmp_path: Path) -> Iterator[tuple[subprocess.Popen, int]]:
     """``edgeloop broker`` in its own process group (as a terminal runs it); killed if a test
     leaves it running."""
-    from mosquitto.launcher import free_port
+    from edgeloop.ports import free_port
 
     port = free_port()
     process = subprocess.Popen(

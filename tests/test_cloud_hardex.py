@@ -22,9 +22,9 @@ from edgeloop.mqtt import MqttClient, MqttSettings
 from edgeloop.reliable import ReliableSender
 from protocol import topics
 from protocol.messages import HardExample, HardExampleSidecar
-from workers.dataset import read_index
+from protocol.dataset_index import read_index
 from workers.hardex_store import HardExampleStore
-from workers.importers import import_coco
+from protocol.label_formats import import_coco
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(120)]
 

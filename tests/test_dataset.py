@@ -11,8 +11,8 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from workers.classes import CLASS_NAMES, parse_class_names
-from workers.dataset import (
+from protocol.classes import CLASS_NAMES, parse_class_names
+from protocol.dataset_index import (
     Sample,
     append_samples,
     count_valid_samples,

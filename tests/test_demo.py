@@ -20,9 +20,9 @@ from pathlib import Path
 
 import pytest
 
-from edgeloop.demo_manifests import DemoPaths, adapt, load_seed
-from edgeloop.demo_schedule import DomainPlan
-from edgeloop.report import frame_log_summary, round_deltas
+from demo.manifests import DemoPaths, adapt, load_seed
+from demo.schedule import DomainPlan
+from demo.report import frame_log_summary, round_deltas
 
 #: Log lines that mean something went wrong in a process: a logged error or a traceback.
 PROBLEM = re.compile(r"^\S+ \S+ (ERROR|CRITICAL) |Traceback \(most recent call last\)")
@@ -278,7 +278,7 @@ def test_a_video_that_stops_giving_hard_examples_while_the_job_waits_is_replaced
 
 
 def test_children_run_in_their_own_groups_and_a_later_run_stops_leftovers(tmp_path):
-    from edgeloop.demo_processes import ProcessSet, stop_leftovers
+    from demo.processes import ProcessSet, stop_leftovers
 
     registry = tmp_path / "children.pids"
     first = ProcessSet(tmp_path / "logs", registry)
@@ -311,7 +311,7 @@ def test_a_new_run_stops_the_workers_a_killed_run_left(tmp_path):
     groups. The next run stops them before it deletes the ``worker.pid`` files naming them."""
     from rich.console import Console
 
-    from edgeloop.demo import Demo, DemoSettings
+    from demo.run import Demo, DemoSettings
 
     attempt = tmp_path / "run" / "agents" / "edge0" / "tasks" / "t-inference" / "attempt-1"
     attempt.mkdir(parents=True)

@@ -105,7 +105,7 @@ def test_model_output_layout_and_litert_export_agree(tmp_path: Path) -> None:
     assert model.output_shape == (None, 16, 24, 8)
     # A few steps on one scene so that scores spread out and the box comparison means something.
     from workers.detector import compile_detector
-    from workers.synth import render_scene
+    from demo.scenes import render_scene
     from workers.training import scale_boxes
 
     scenes = [render_scene(np.random.default_rng(seed), "day", (128, 72)) for seed in range(4)]

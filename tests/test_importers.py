@@ -9,8 +9,8 @@ import cv2
 import numpy as np
 import pytest
 
-from workers.dataset import read_index
-from workers.importers import (
+from protocol.dataset_index import read_index
+from protocol.label_formats import (
     build_class_mapping,
     import_coco,
     import_yolo,

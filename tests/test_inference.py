@@ -20,7 +20,7 @@ SIZE = (96, 64)  # w, h of the test video
 
 @pytest.fixture(scope="module")
 def video(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from workers.synth import render_video
+    from demo.scenes import render_video
 
     return render_video(
         tmp_path_factory.mktemp("video") / "clip.mp4", [("day", 3.0)], seed=5, fps=10, size=SIZE
@@ -67,7 +67,7 @@ def make_loop(models: dict[str, Path], video: Path, **loop_args):
 def test_hot_swap_loses_no_frame_and_changes_the_version(
     models: dict[str, Path], video: Path
 ) -> None:
-    from workers.export import file_sha256
+    from edgeloop.checksum import file_sha256
 
     seen: list[tuple[int, str]] = []
     loop_ref: dict = {}
@@ -289,7 +289,7 @@ def sidecar(frame_index: int) -> HardExampleSidecar:
 
 
 def scene(seed: int) -> np.ndarray:
-    from workers.synth import render_scene
+    from demo.scenes import render_scene
 
     return render_scene(np.random.default_rng(seed), "day", (160, 90))[0]
 
@@ -349,7 +349,7 @@ def test_inference_boot_file_swaps_on_the_agents_command(
 
     from protocol import worker_channel as wc
     from protocol import worker_contract as contract
-    from workers.export import file_sha256
+    from edgeloop.checksum import file_sha256
 
     agent = AgentServer()
     env = {k: v for k, v in os.environ.items() if k not in contract.LOCATION_VARIABLES}

@@ -22,7 +22,7 @@ from edge_agent.label_intake import LABELLED_FOLDER, LabelIntake
 from edgeloop.mqtt import Delivery, MqttClient, MqttSettings
 from protocol import topics
 from protocol.messages import LabelledSample, LabelReceipt
-from workers.dataset import read_index
+from protocol.dataset_index import read_index
 
 pytestmark = pytest.mark.timeout(120)
 

@@ -81,7 +81,7 @@ def seed_manifests_for_workers(tmp: Path, initial_model: Path, video: Path) -> l
 
 
 async def test_real_workers_train_eval_deploy_and_hot_swap_without_losing_a_frame(broker, tmp_path):
-    from workers.synth import generate_dataset, render_video
+    from demo.scenes import generate_dataset, render_video
 
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "data.txt").write_text("")

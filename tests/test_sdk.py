@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from websockets.exceptions import ConnectionClosed
 
+from edgeloop.ports import free_port
 from protocol import worker_channel as wc
 from protocol import worker_contract as contract
 from protocol.errors import ProtocolError
@@ -184,11 +185,7 @@ def test_live_view_frames_only_when_watched_and_rate_capped(agent: AgentServer) 
 
 def test_messages_wait_for_a_late_agent(tmp_path: Path) -> None:
     """The agent's channel may come up after the worker: nothing queued is lost."""
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+    port = free_port()
     session = sdk.WorkerSession(f"ws://127.0.0.1:{port}/w", task_id="t-4", role="inference")
     try:
         session.emit_hard_example(tmp_path / "a.jpg", tmp_path / "a.json", "b" * 64)

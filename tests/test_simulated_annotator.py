@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from edgeloop.simulated_annotator import (
+from demo.annotator import (
     MAX_DISTANCE,
     FrameIndex,
     SimulatedAnnotator,
@@ -18,8 +18,8 @@ from edgeloop.simulated_annotator import (
     thumbnail,
     video_thumbnails,
 )
-from workers.dataset import read_index
-from workers.synth import load_ground_truth, render_video
+from protocol.dataset_index import read_index
+from demo.scenes import load_ground_truth, render_video
 
 SIZE = (320, 180)
 

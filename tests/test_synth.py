@@ -8,9 +8,9 @@ import cv2
 import numpy as np
 import pytest
 
-from workers.classes import CLASS_NAMES
-from workers.dataset import read_index
-from workers.synth import (
+from protocol.classes import CLASS_NAMES
+from protocol.dataset_index import read_index
+from demo.scenes import (
     DAY_HELMET_COLOURS,
     DOMAIN_HELMET_COLOURS,
     DOMAINS,

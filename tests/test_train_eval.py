@@ -13,7 +13,7 @@ import pytest
 
 import workers
 from protocol import worker_contract as contract
-from workers.synth import generate_dataset, render_video
+from demo.scenes import generate_dataset, render_video
 
 pytestmark = [
     pytest.mark.ml,
@@ -76,7 +76,7 @@ def base_model(data: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) 
 
 
 def test_train_from_scratch_writes_both_artifacts_with_checksums(base_model: Path) -> None:
-    from workers.export import file_sha256
+    from edgeloop.checksum import file_sha256
 
     result = json.loads(next(base_model.glob("train.py-*.result.json")).read_text())
     names = {a["name"]: a for a in result["artifacts"]}
@@ -206,7 +206,7 @@ def test_boot_files_explain_themselves_and_reject_bad_input(
 def test_replay_selection_is_capped_random_and_never_repeats_new_images(tmp_path: Path) -> None:
     import numpy as np
 
-    from workers.dataset import Sample
+    from protocol.dataset_index import Sample
     from workers.training import select_replay
 
     def samples(names: list[str]) -> list[Sample]:

@@ -44,7 +44,7 @@ def evaluate_model(
     threads: int | None = None,
     on_image: Callable[[int], None] | None = None,
 ) -> dict[str, Any]:
-    """Metrics of one model file on ``samples`` (``workers.dataset.Sample``)."""
+    """Metrics of one model file on ``samples`` (``protocol.dataset_index.Sample``)."""
     import cv2
 
     from workers.metrics import evaluate
@@ -72,7 +72,7 @@ def evaluate_model(
 
 
 def run_eval(params: sdk.Parameters, session: sdk.WorkerSession) -> dict[str, Any]:
-    from workers.dataset import read_index
+    from protocol.dataset_index import read_index
     from workers.predictor import configure_runtime
 
     started = time.monotonic()

@@ -14,7 +14,6 @@ Precisions (measured side by side by ``bench/inference.py``; see docs/workers.md
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -23,18 +22,12 @@ from pathlib import Path
 
 import numpy as np
 
+from edgeloop.checksum import file_sha256
+
 PRECISIONS = ("fp32", "fp16", "dynamic-int8", "int8")
 #: What train.py writes unless the ``export_precision`` parameter says otherwise: full int8 is
 #: the fastest here (bench/inference.py) at no measured accuracy cost (docs/workers.md).
 DEFAULT_PRECISION = "int8"
-
-
-def file_sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def export_tflite(

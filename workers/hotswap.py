@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from workers.export import file_sha256
+from edgeloop.checksum import file_sha256
 from workers.predictor import Predictor, inference_threads
 
 log = logging.getLogger(__name__)

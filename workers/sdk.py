@@ -144,7 +144,7 @@ class Parameters:
 
     @property
     def class_names(self) -> tuple[str, ...]:
-        from workers.classes import parse_class_names
+        from protocol.classes import parse_class_names
 
         try:
             return parse_class_names(self.require("class_names"))

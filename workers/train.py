@@ -38,7 +38,7 @@ LOAD_SHARE, FIT_SHARE = 0.05, 0.90
 
 
 def _read_samples(index: str, num_classes: int, what: str):
-    from workers.dataset import read_index
+    from protocol.dataset_index import read_index
 
     path = Path(index)
     if not path.is_file():
@@ -97,7 +97,8 @@ def _crop(value: str | None, input_hw: tuple[int, int]) -> tuple[int, int] | Non
 def train(params: sdk.Parameters, session: sdk.WorkerSession) -> dict[str, Any]:
     import numpy as np
 
-    from workers.export import PRECISIONS, export_tflite, file_sha256, save_keras
+    from workers.export import PRECISIONS, export_tflite, save_keras
+    from edgeloop.checksum import file_sha256
     from workers.predictor import configure_runtime
 
     started = time.monotonic()

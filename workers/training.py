@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 import cv2
 import numpy as np
 
-from workers.dataset import Sample, image_size
+from protocol.dataset_index import Sample, image_size
 from workers.detector import DetectorSpec, compile_detector, encode_targets, to_model_input
 
 log = logging.getLogger(__name__)

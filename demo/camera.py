@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from edgeloop.demo_processes import Child, ProcessSet
+from demo.processes import Child, ProcessSet
 
 RTSP_SERVER = "/usr/bin/rtsp-server-perl"
 #: What ``rtsp-server-perl`` runs, with one change: its RTP ports start at the first argument.

@@ -42,8 +42,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from workers.classes import CLASS_NAMES
-from workers.dataset import Sample, append_samples
+from protocol.classes import CLASS_NAMES
+from protocol.dataset_index import Sample, append_samples
 
 PERSON, HELMET, HELMET_ON, HELMET_OFF = (
     CLASS_NAMES.index(n) for n in ("person", "helmet", "helmet-on", "helmet-off")

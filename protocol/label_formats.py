@@ -24,8 +24,8 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from workers.classes import CLASS_NAMES
-from workers.dataset import Sample, append_samples, image_size
+from protocol.classes import CLASS_NAMES
+from protocol.dataset_index import Sample, append_samples, image_size
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff")
 

@@ -19,18 +19,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from edgeloop import demo_data as data
-from edgeloop.demo_manifests import CLOUD_NODE, EDGE_NODE, JOB, NAMESPACE
+from demo import data
+from run.manifests import CLOUD_NODE, EDGE_NODE, JOB, NAMESPACE
+from run.processes import ProcessSet
+from run.progress import LoopView
+from run.run_record import Outcome, RunPaths
 
 if TYPE_CHECKING:
     from rich.console import Console
 
-    from edgeloop.demo import Demo
-
 SIMULATED = (
-    ("the camera: synthetic videos (workers/synth.py) pushed by `ffmpeg -re` to a local RTSP "
+    ("the camera: synthetic videos (demo/scenes.py) pushed by `ffmpeg -re` to a local RTSP "
     "server, one video per domain, switched by the demo"),
-    ("the annotator: the SIMULATED ANNOTATOR (edgeloop/simulated_annotator.py) labels each hard "
+    ("the annotator: the SIMULATED ANNOTATOR (demo/annotator.py) labels each hard "
     "example with the ground truth of the nearest video frame, where a person would label it"),
     ("the data: every image is generated (day, night, new-colors domains); the base model's "
     "training set and the held-out test sets are synthetic too"),
@@ -99,6 +100,24 @@ def round_deltas(eval_result: dict[str, Any]) -> dict[str, float] | None:
             "images": eval_result.get("images")}
 
 
+@dataclass
+class ReportInputs:
+    """What the report reads of a finished run, besides the files it left."""
+
+    paths: RunPaths
+    outcome: Outcome
+    view: LoopView
+    fast: bool
+    sizes: data.DemoSizes
+    base_model: Path | None
+    #: domain -> held-out index that no round trained on
+    heldout: dict[str, Path]
+    #: runs the evaluation of every model (None: the run never started its processes)
+    processes: ProcessSet | None
+    #: round -> the domain it learned
+    round_domain: dict[int, str]
+
+
 # --- collecting files ----------------------------------------------------------------------
 
 
@@ -113,12 +132,12 @@ def _last_attempt_result(tasks_dir: Path, task: str) -> dict[str, Any] | None:
     return None
 
 
-def _served_models(demo: Demo) -> dict[str, Path]:
+def _served_models(run: ReportInputs) -> dict[str, Path]:
     """The base model and every version file edge0 received, in version order."""
     models: dict[str, Path] = {}
-    if demo.base_model is not None and demo.base_model.exists():
-        models["base"] = demo.base_model
-    folder = demo.paths.agent_state(EDGE_NODE) / "models" / NAMESPACE / JOB
+    if run.base_model is not None and run.base_model.exists():
+        models["base"] = run.base_model
+    folder = run.paths.agent_state(EDGE_NODE) / "models" / NAMESPACE / JOB
     found = []
     for path in folder.glob("v*/model.tflite"):
         try:
@@ -139,7 +158,7 @@ def _read_journal(path: Path) -> list[dict[str, Any]]:
 # --- plots ------------------------------------------------------------------------------------
 
 
-def _plots(out: Path, precision: dict[str, dict[str, float]], demo: Demo,
+def _plots(out: Path, precision: dict[str, dict[str, float]], run: ReportInputs,
            journal: list[dict[str, Any]], frames: list[dict[str, Any]],
            summary: FrameLogSummary) -> list[str]:
     import matplotlib
@@ -149,7 +168,7 @@ def _plots(out: Path, precision: dict[str, dict[str, float]], demo: Demo,
 
     out.mkdir(parents=True, exist_ok=True)
     written = []
-    start = demo.view.started
+    start = run.view.started
 
     if precision:
         fig, ax = plt.subplots(figsize=(7, 4))
@@ -169,7 +188,7 @@ def _plots(out: Path, precision: dict[str, dict[str, float]], demo: Demo,
         written.append("precision.png")
 
     fig, ax = plt.subplots(figsize=(8, 4))
-    history = demo.view.sample_history
+    history = run.view.sample_history
     if history:
         ax.step([t - start for t, _ in history], [n for _, n in history], where="post",
                 label="samples in data.txt (cloud's count)")
@@ -178,10 +197,10 @@ def _plots(out: Path, precision: dict[str, dict[str, float]], demo: Demo,
         if times:
             ax.plot([t - start for t in times], range(1, len(times) + 1),
                     label=f"labelled {domain} hard examples")
-    for t in demo.view.transitions:
+    for t in run.view.transitions:
         if t.stage == "Train" and t.state == "Running":
             ax.axvline(t.time - start, color="grey", linestyle=":", linewidth=1)
-    for switch in demo.outcome.camera_switches:
+    for switch in run.outcome.camera_switches:
         ax.axvline(switch["time"] - start, color="purple", linestyle="--", linewidth=1)
     ax.set_xlabel("seconds since start (dotted: a round starts training; dashed: camera switch)")
     ax.set_ylabel("samples")
@@ -213,7 +232,7 @@ def _plots(out: Path, precision: dict[str, dict[str, float]], demo: Demo,
         ax.plot([t - start for t in ts[1:]], gaps, linewidth=0.5)
         for swap in summary.swaps:
             ax.axvline(swap["time"] - start, color="red", linestyle="--", linewidth=1)
-        for switch in demo.outcome.camera_switches:
+        for switch in run.outcome.camera_switches:
             ax.axvline(switch["time"] - start, color="purple", linestyle=":", linewidth=1)
         ax.set_yscale("log")
         ax.set_ylabel("gap between frames (ms)")
@@ -230,20 +249,20 @@ def _plots(out: Path, precision: dict[str, dict[str, float]], demo: Demo,
 # --- the report ---------------------------------------------------------------------------
 
 
-def write_report(demo: Demo, console: Console) -> dict[str, Any]:
+def write_report(run: ReportInputs, console: Console) -> dict[str, Any]:
     """Evaluate every model on the held-out sets, draw the plots, write report.md and
     summary.json; returns the summary."""
     from cloud_manager.task_builder import task_id
 
-    paths, outcome = demo.paths, demo.outcome
+    paths, outcome = run.paths, run.outcome
     console.print("[bold cyan]▶ report: evaluating every model version on held-out sets[/]")
     started = time.monotonic()
-    models = _served_models(demo)
+    models = _served_models(run)
     precision: dict[str, dict[str, float]] = {m: {} for m in models}
     metrics: dict[str, dict[str, dict[str, Any]]] = {m: {} for m in models}
-    if models and demo.heldout and demo.processes is not None:
-        for domain, index in demo.heldout.items():
-            result = data.evaluate(demo.processes, models, index,
+    if models and run.heldout and run.processes is not None:
+        for domain, index in run.heldout.items():
+            result = data.evaluate(run.processes, models, index,
                                    paths.run / "report-eval" / f"{domain}.json")
             for name, m in result.items():
                 precision[name][domain] = round(float(m["precision"]), 4)
@@ -263,7 +282,7 @@ def write_report(demo: Demo, console: Console) -> dict[str, Any]:
         version_rows.append({
             "version": number,
             "round": round_no,
-            "domain": demo.plan.round_domain.get(round_no),
+            "domain": run.round_domain.get(round_no),
             "decision": v.get("decision"),
             "precision_delta": None if deltas is None else round(deltas["delta"], 4),
             "eval": deltas,
@@ -276,7 +295,7 @@ def write_report(demo: Demo, console: Console) -> dict[str, Any]:
     frames = read_frame_log(paths.frame_log) if paths.frame_log.exists() else []
     fsum = frame_log_summary(frames)
     journal = _read_journal(paths.run / "annotator.jsonl")
-    served = sorted({int(v) for _, v in demo.view.serving_history if v is not None})
+    served = sorted({int(v) for _, v in run.view.serving_history if v is not None})
     conditions = (job.get("status") or {}).get("conditions") or []
     rounds = len({c.get("round") for c in conditions
                   if (c.get("stage"), c.get("state")) == ("Train", "Completed")})
@@ -285,7 +304,7 @@ def write_report(demo: Demo, console: Console) -> dict[str, Any]:
         # a swap at the moment the camera switched shares its gap with the stream's reconnect
         near = min((abs(swap["time"] - t) for t in switches), default=None)
         swap["camera_switch_within_s"] = None if near is None else round(near, 1)
-    plots = _plots(paths.plots, precision, demo, journal, frames, fsum)
+    plots = _plots(paths.plots, precision, run, journal, frames, fsum)
 
     gains = {}
     for row in version_rows:
@@ -304,8 +323,8 @@ def write_report(demo: Demo, console: Console) -> dict[str, Any]:
     summary = {
         "ok": outcome.ok,
         "error": outcome.error,
-        "fast": demo.settings.fast,
-        "sizes": data.sizes_dict(demo.sizes),
+        "fast": run.fast,
+        "sizes": data.sizes_dict(run.sizes),
         "rounds": rounds,
         "versions": version_rows,
         "served_versions": served,
@@ -328,7 +347,7 @@ def write_report(demo: Demo, console: Console) -> dict[str, Any]:
         "plots": plots,
     }
     (paths.workdir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    (paths.workdir / "report.md").write_text(_markdown(summary, conditions, demo))
+    (paths.workdir / "report.md").write_text(_markdown(summary, conditions, run))
     console.print(f"report: {paths.workdir / 'report.md'}; plots in {paths.plots}; "
                   f"summary {paths.workdir / 'summary.json'}")
     return summary
@@ -340,7 +359,7 @@ def _fmt(value: Any, digits: int = 3) -> str:
     return "-" if value is None else str(value)
 
 
-def _markdown(s: dict[str, Any], conditions: list[dict[str, Any]], demo: Demo) -> str:
+def _markdown(s: dict[str, Any], conditions: list[dict[str, Any]], run: ReportInputs) -> str:
     lines = [
         "# edgeloop demo report",
         "",
@@ -416,7 +435,7 @@ def _markdown(s: dict[str, Any], conditions: list[dict[str, Any]], demo: Demo) -
                      f"ms), lost {swap['lost']}{note}")
     lines += ["", "## Timeline", "", "| t (s) | round | stage | state | reason |",
               "|---|---|---|---|---|"]
-    start = demo.view.started
+    start = run.view.started
     for c in conditions:
         reason = str(c.get("reason", "")).replace("|", "/")
         lines.append(f"| {c.get('time', 0) - start:.0f} | {c.get('round')} | {c.get('stage')} | "

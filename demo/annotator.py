@@ -2,7 +2,7 @@
 
 In production a person labels the hard examples in the cloud's inbox with an annotation tool and
 adds them to the Dataset's ``data.txt``. The demo has no person, but it has the truth: the
-camera plays videos rendered by ``workers.synth.render_video``, whose ground truth is known for
+camera plays videos rendered by ``demo.scenes.render_video``, whose ground truth is known for
 every frame. A hard example carries the worker's frame index, which does not match the video
 file's frame numbers once the video went through RTSP, looping and reconnections; so each
 example image is matched to the nearest frame of the videos played (small grayscale
@@ -165,7 +165,7 @@ class SimulatedAnnotator:
         """Match examples against ``video`` too; ``key`` names it when a domain has several."""
         import cv2
 
-        from workers.synth import load_ground_truth
+        from demo.scenes import load_ground_truth
 
         key = key or domain
         if key in self.truth:
@@ -188,7 +188,7 @@ class SimulatedAnnotator:
         """Label one example: (record, the dataset Sample or None when refused)."""
         import cv2
 
-        from workers.dataset import Sample
+        from protocol.dataset_index import Sample
 
         meta = json.loads(sidecar.read_text())
         sha = meta.get("sha256") or sidecar.stem
@@ -219,7 +219,7 @@ class SimulatedAnnotator:
     def run_once(self) -> list[Labelled]:
         """Label every pending example; copy the images beside the index, then append the
         labels in one write, then journal them. Returns what this pass did."""
-        from workers.dataset import append_samples
+        from protocol.dataset_index import append_samples
 
         records: list[Labelled] = []
         samples = []

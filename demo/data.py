@@ -1,6 +1,6 @@
 """The demo's synthetic data and its base model, cached in the work directory.
 
-Everything here is generated (workers/synth.py), never downloaded: the day training set of the
+Everything here is generated (demo/scenes.py), never downloaded: the day training set of the
 base model, the held-out test sets of the three domains (generated once, never trained on), and
 one camera video per domain with its per-frame ground truth. Each item lives in a folder named
 by a hash of the parameters that make it, with a ``.complete`` marker written last, so a second
@@ -19,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from edgeloop.demo_processes import ProcessSet
+from demo.processes import ProcessSet
 from protocol import worker_contract as contract
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -113,7 +113,7 @@ class DomainVideo:
 
 def base_dataset(cache: Path, sizes: DemoSizes) -> tuple[Path, bool]:
     """The day images the base model learns from; returns (data.txt, was cached)."""
-    from workers.synth import generate_dataset
+    from demo.scenes import generate_dataset
 
     key = _key({"images": sizes.base_images, "seed": sizes.seed, "domain": "day"})
     folder, cached = _cached(
@@ -125,7 +125,7 @@ def base_dataset(cache: Path, sizes: DemoSizes) -> tuple[Path, bool]:
 
 def heldout_sets(cache: Path, sizes: DemoSizes) -> tuple[dict[str, Path], bool]:
     """One held-out test index per domain (seeds disjoint from every training set)."""
-    from workers.synth import generate_dataset
+    from demo.scenes import generate_dataset
 
     out: dict[str, Path] = {}
     all_cached = True
@@ -143,7 +143,7 @@ def heldout_sets(cache: Path, sizes: DemoSizes) -> tuple[dict[str, Path], bool]:
 def domain_video(cache: Path, sizes: DemoSizes, domain: str, variant: int = 0) -> tuple[DomainVideo, bool]:
     """One camera video of ``domain``, many short shots so that frames vary; ``variant`` > 0
     gives another video of the same domain (other scenes). Returns (video, was cached)."""
-    from workers.synth import render_video
+    from demo.scenes import render_video
 
     seed = 500 + DOMAINS.index(domain) + 100 * variant
     key = _key({"shots": sizes.video_shots, "seconds": sizes.shot_seconds, "domain": domain,

@@ -4,7 +4,7 @@ What runs, each as its own process with its own log under ``WORKDIR/logs/``: a p
 broker (TLS, one certificate per identity, the generated ACL), the cloud manager, the agent
 ``cloud0`` (holds the dataset, trains, evaluates) and the agent ``edge0`` (inference), an RTSP
 server fed by ``ffmpeg -re`` (the camera). The seed's manifests are applied over the API with
-only the adaptations :mod:`edgeloop.demo_manifests` lists. The demo itself plays the parts a
+only the adaptations :mod:`demo.manifests` lists. The demo itself plays the parts a
 person plays in production: it moves the camera to a new domain for each round, and its
 SIMULATED ANNOTATOR labels the hard examples that reach the cloud's inbox.
 
@@ -14,7 +14,7 @@ base model by the deploy gate, which a retrain on the same data rarely does. The
 night, then new-colors, and each becomes a version once its round passes the gate. While a round
 learns one domain the camera already shows the next one to learn (the round's samples are
 fixed); a round that is not deployed sends the camera back to its domain, and a video that gives
-no more hard examples is followed by another (:mod:`edgeloop.demo_schedule`).
+no more hard examples is followed by another (:mod:`demo.schedule`).
 
 ``WORKDIR/cache/`` (data, videos, base model) is kept between runs; ``WORKDIR/run/`` and
 ``WORKDIR/logs/`` are fresh every run.
@@ -38,9 +38,10 @@ import yaml
 from rich.console import Console
 from rich.live import Live
 
-from edgeloop import demo_data as data
-from edgeloop.demo_camera import CAPTURE_OPTIONS, Camera
-from edgeloop.demo_manifests import (
+from demo import data
+from edgeloop.ports import free_port, port_is_free
+from demo.camera import CAPTURE_OPTIONS, Camera
+from demo.manifests import (
     CLOUD_NODE,
     DATASET,
     EDGE_NODE,
@@ -50,9 +51,11 @@ from edgeloop.demo_manifests import (
     adapt,
     load_seed,
 )
-from edgeloop.demo_processes import ProcessFailed, ProcessSet, stop_leftovers
-from edgeloop.demo_progress import JobWatch, LoopView, Transition, follow_live_view, render
-from edgeloop.demo_schedule import DomainPlan
+from demo.processes import ProcessFailed, ProcessSet, stop_leftovers
+from demo.progress import JobWatch, LoopView, Transition, follow_live_view, render
+from demo.report import ReportInputs, write_report
+from demo.run_record import Outcome, RunPaths
+from demo.schedule import DomainPlan
 
 CLOUD = "cloud"
 #: Seconds the camera stays on day once edge0 shows frames, before the first shift.
@@ -86,64 +89,6 @@ class DemoSettings:
         return 600.0 if self.fast else 2700.0
 
 
-@dataclass
-class RunPaths:
-    """Everything under the work directory."""
-
-    workdir: Path
-
-    @property
-    def cache(self) -> Path:
-        return self.workdir / "cache"
-
-    @property
-    def run(self) -> Path:
-        return self.workdir / "run"
-
-    @property
-    def logs(self) -> Path:
-        return self.workdir / "logs"
-
-    @property
-    def plots(self) -> Path:
-        return self.workdir / "plots"
-
-    @property
-    def cloud_state(self) -> Path:
-        return self.run / "cloud"
-
-    def agent_state(self, node: str) -> Path:
-        return self.run / "agents" / node
-
-    @property
-    def dataset_index(self) -> Path:
-        return self.run / "dataset" / "data.txt"
-
-    @property
-    def frame_log(self) -> Path:
-        return self.run / "frames.jsonl"
-
-    @property
-    def inbox(self) -> Path:
-        return self.cloud_state / "hardex" / NAMESPACE / JOB
-
-
-@dataclass
-class Outcome:
-    """What the run produced, for the report and summary.json."""
-
-    ok: bool = False
-    error: str | None = None
-    durations: dict[str, float] = field(default_factory=dict)
-    changes: list[str] = field(default_factory=list)
-    base_train: dict[str, Any] = field(default_factory=dict)
-    cached: dict[str, bool] = field(default_factory=dict)
-    live_view_url: str = ""
-    camera_switches: list[dict[str, Any]] = field(default_factory=list)
-    #: ``edgeloop describe il`` data at the end: status, conditions, versions, tasks
-    job: dict[str, Any] = field(default_factory=dict)
-
-
 def _child_env() -> dict[str, str]:
     env = dict(os.environ)
     env.update({
@@ -173,25 +118,10 @@ def _agent_config(paths: RunPaths, node: str, broker_url: str, identity: Any,
     return path
 
 
-def _free_port() -> int:
-    from mosquitto.launcher import free_port
-
-    return free_port()
-
-
-def _port_free(port: int) -> bool:
-    with socket.socket() as sock:
-        try:
-            sock.bind(("127.0.0.1", port))
-        except OSError:
-            return False
-    return True
-
-
 def _fill_dataset(index: Path, base_index: Path, count: int = 0) -> int:
     """The Dataset's data.txt starts as the base model's training data (absolute paths), its
     first ``count`` samples when ``count`` is set."""
-    from workers.dataset import append_samples, read_index
+    from protocol.dataset_index import append_samples, read_index
 
     index.parent.mkdir(parents=True, exist_ok=True)
     index.write_text("")
@@ -317,7 +247,7 @@ class Demo:
                  "model learned from (replay material for every round)")
 
     def start_camera(self) -> None:
-        self.camera = Camera(self.processes, _free_port(), _free_port())
+        self.camera = Camera(self.processes, free_port(), free_port())
         self.camera.start()
         self.play("day")
         self.camera.wait_stream()
@@ -356,9 +286,9 @@ class Demo:
             env=env, grace_s=10.0,
         )
         datasets = {f"{NAMESPACE}/{DATASET}": str(self.paths.dataset_index)}
-        port = self.settings.live_view_port or _free_port()
-        if not _port_free(port):
-            free = _free_port()
+        port = self.settings.live_view_port or free_port()
+        if not port_is_free(port):
+            free = free_port()
             self.say(f"  port {port} is taken; {EDGE_NODE}'s live view uses {free} instead")
             port = free
         for node, live, sets in ((CLOUD_NODE, None, datasets), (EDGE_NODE, port, {})):
@@ -460,7 +390,7 @@ class Demo:
             await asyncio.sleep(1.0)
 
     def follow_rounds(self, t: Transition) -> None:
-        """Which domain each round learns, and which are learned (edgeloop/demo_schedule.py)."""
+        """Which domain each round learns, and which are learned (demo/schedule.py)."""
         if t.stage == "Train" and t.state in ("Ready", "Starting", "Running"):
             if t.round not in self.plan.round_domain:
                 domain = self.plan.round_begins(t.round, t.time)
@@ -506,7 +436,7 @@ class Demo:
 
     async def run_loop(self) -> None:
         from cloud_manager.task_builder import task_id
-        from edgeloop.simulated_annotator import SimulatedAnnotator
+        from demo.annotator import SimulatedAnnotator
 
         inference_task = task_id(NAMESPACE, JOB, 0, "inference")
         self.annotator = SimulatedAnnotator(self.paths.inbox, self.paths.dataset_index,
@@ -581,6 +511,13 @@ class Demo:
                     await asyncio.gather(*pending, return_exceptions=True)
         self.view.labelled = self.annotator.counts()
 
+    def report_inputs(self) -> ReportInputs:
+        return ReportInputs(
+            paths=self.paths, outcome=self.outcome, view=self.view, fast=self.settings.fast,
+            sizes=self.sizes, base_model=self.base_model, heldout=self.heldout,
+            processes=self.processes, round_domain=self.plan.round_domain,
+        )
+
     def stop_edge(self) -> None:
         """Stop edge0 first, so its inference worker finishes cleanly and writes its result."""
         if self.processes is None:
@@ -604,7 +541,7 @@ def _raise_interrupt(signum: int, frame: object) -> None:
 
 def run_demo(settings: DemoSettings, console: Console | None = None) -> int:
     """Run the demo; returns the process exit code (0: the loop closed twice or more)."""
-    from edgeloop.demo_camera import missing_programs
+    from demo.camera import missing_programs
 
     console = console or Console(width=None if sys.stdout.isatty() else 120)
     demo = Demo(settings, console)
@@ -658,9 +595,7 @@ def run_demo(settings: DemoSettings, console: Console | None = None) -> int:
                 signal.signal(sig, handler)
     if code != 130:
         try:
-            from edgeloop.report import write_report
-
-            write_report(demo, console)
+            write_report(demo.report_inputs(), console)
         except Exception as exc:  # a report that fails must still leave the exit code right
             console.print(f"[red]report failed: {type(exc).__name__}: {exc}[/]")
             code = code or 1
