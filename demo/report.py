@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from demo import data
-from run.manifests import CLOUD_NODE, EDGE_NODE, JOB, NAMESPACE
-from run.processes import ProcessSet
-from run.progress import LoopView
-from run.run_record import Outcome, RunPaths
+from demo.manifests import CLOUD_NODE, EDGE_NODE, JOB, NAMESPACE
+from demo.processes import ProcessSet
+from demo.progress import LoopView
+from demo.run_record import Outcome, RunPaths
 
 if TYPE_CHECKING:
     from rich.console import Console

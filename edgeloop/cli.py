@@ -13,13 +13,15 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from importlib.metadata import entry_points
+from importlib.metadata import EntryPoint, entry_points
 
 import typer
 
 from edgeloop import __version__
 
 COMMAND_GROUP = "edgeloop.commands"
+#: The order of ``edgeloop --help``: manifests, broker, cloud, agent, demo; others after these.
+HELP_ORDER = ("protocol", "mosquitto", "cloud_manager", "edge_agent", "demo")
 #: Third-party modules that come with an extra, not with ``pip install edgeloop``.
 EXTRA_OF_MODULE = {
     "tensorflow": "train",
@@ -55,7 +57,11 @@ def _root(
 
 
 def _register_all() -> None:
-    for entry in sorted(entry_points(group=COMMAND_GROUP), key=lambda e: e.name):
+    def order(entry: EntryPoint) -> tuple[int, str]:
+        known = entry.name in HELP_ORDER
+        return (HELP_ORDER.index(entry.name) if known else len(HELP_ORDER), entry.name)
+
+    for entry in sorted(entry_points(group=COMMAND_GROUP), key=order):
         entry.load().register(app)
 
 
