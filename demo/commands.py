@@ -47,6 +47,9 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Run the seed's helmet loop on one machine: broker, cloud, agents cloud0 and edge0,
         an RTSP camera, a simulated annotator; two rounds of learning and a report."""
+        from edgeloop.cli import require_extra
+
+        require_extra("demo", "tensorflow", "cv2", "matplotlib")
         from demo.run import DemoSettings, run_demo
 
         code = run_demo(DemoSettings(workdir=workdir, fast=fast, live_view_port=live_view_port))

@@ -10,6 +10,7 @@ is not installed says which one to install.
 
 from __future__ import annotations
 
+import importlib.util
 import logging
 import os
 import sys
@@ -39,6 +40,23 @@ app = typer.Typer(
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+class MissingExtra(Exception):
+    """A command needs a library that comes with an extra this install lacks."""
+
+    def __init__(self, module: str, extra: str) -> None:
+        super().__init__(
+            f"this command needs {module}, which comes with the {extra!r} extra: "
+            f"pip install 'edgeloop[{extra}]'"
+        )
+
+
+def require_extra(extra: str, *modules: str) -> None:
+    """Fail early, before any work, when a command's extra is not installed."""
+    for module in modules:
+        if importlib.util.find_spec(module) is None:
+            raise MissingExtra(module, extra)
 
 
 def _version(value: bool) -> None:
@@ -75,9 +93,10 @@ def main() -> None:
         top = (exc.name or "").partition(".")[0]
         if top not in EXTRA_OF_MODULE:
             raise
-        extra = EXTRA_OF_MODULE[top]
-        print(f"edgeloop: this command needs {top}, which comes with the {extra!r} extra: "
-              f"pip install 'edgeloop[{extra}]'", file=sys.stderr)
+        print(f"edgeloop: {MissingExtra(top, EXTRA_OF_MODULE[top])}", file=sys.stderr)
+        raise SystemExit(2) from None
+    except MissingExtra as exc:
+        print(f"edgeloop: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
 
 

@@ -74,3 +74,20 @@ def test_apply_says_when_no_cloud_manager_answers(broker):
     result = edgeloop("apply", "-f", str(EXAMPLES / "dataset.yaml"), "--timeout", "1", "--broker", broker.url)
     assert result.returncode == 3
     assert "is the cloud manager running" in result.stderr
+
+
+def test_an_edge_install_runs_the_cli_and_names_the_extra_a_command_needs(tmp_path):
+    """``pip install 'edgeloop[edge]'`` (no TensorFlow): the control-plane commands work, and a
+    command that needs more says which extra, before doing anything."""
+    from test_inference import edge_python
+
+    def run(*args: str) -> subprocess.CompletedProcess:
+        return subprocess.run([edge_python(), "-m", "edgeloop", *args], capture_output=True,
+                              text=True, timeout=120, cwd=tmp_path)
+
+    validated = run("validate", "-f", str(EXAMPLES))
+    assert validated.returncode == 0, validated.stderr
+    demo = run("demo", "--workdir", str(tmp_path / "w"))
+    assert demo.returncode == 2
+    assert "pip install 'edgeloop[demo]'" in demo.stderr
+    assert not (tmp_path / "w").exists()

@@ -4,6 +4,9 @@ and the hard-example store."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -336,15 +339,32 @@ def test_dhash_tells_scenes_apart() -> None:
 # --- end to end through the agent's channel -----------------------------------------------------
 
 
-@pytest.mark.ml
-def test_inference_boot_file_swaps_on_the_agents_command(
-    models: dict[str, Path], video: Path, tmp_path: Path
-) -> None:
-    """inference.py under a websockets 'agent': swap on command, report it, stop on command."""
-    import os
-    import subprocess
-    import sys
+ROOT = Path(__file__).resolve().parent.parent
+#: The environment ``make test`` builds as an edge box has it: ``pip install 'edgeloop[edge]'``,
+#: LiteRT and OpenCV, no TensorFlow.
+EDGE_PYTHON = Path(os.environ.get("EDGELOOP_EDGE_PYTHON", ROOT / ".venv-edge" / "bin" / "python"))
 
+
+def edge_python() -> str:
+    """The edge environment's interpreter, after checking that it really has no TensorFlow."""
+    if not EDGE_PYTHON.exists():
+        pytest.fail(f"{EDGE_PYTHON} is missing: `make test` creates it (make .venv-edge/.installed)")
+    probe = subprocess.run(
+        [str(EDGE_PYTHON), "-c", "import importlib.util as u; "
+         "print(u.find_spec('tensorflow') is None, u.find_spec('keras') is None)"],
+        capture_output=True, text=True, check=True,
+    )
+    assert probe.stdout.split() == ["True", "True"], "the edge environment has TensorFlow or Keras"
+    return str(EDGE_PYTHON)
+
+
+@pytest.mark.ml
+@pytest.mark.parametrize("environment", ["full", "edge-without-tensorflow"])
+def test_inference_boot_file_swaps_on_the_agents_command(
+    models: dict[str, Path], video: Path, tmp_path: Path, environment: str
+) -> None:
+    """inference.py under a websockets 'agent': swap on command, report it, stop on command;
+    in this environment, and in an edge box's (LiteRT + OpenCV, no TensorFlow installed)."""
     from test_sdk import AgentServer
 
     from protocol import worker_channel as wc
@@ -364,10 +384,12 @@ def test_inference_boot_file_swaps_on_the_agents_command(
         "input_shape": "64,96",
         "threads": "1",
         "frame_log": str(tmp_path / "frames.jsonl"),
+        contract.HEM_NAME: "Random",  # mining and saving need OpenCV: the edge extra has it
+        "HE_SAVED_URL": str(tmp_path / "he"),
     }
-    script = Path(__file__).resolve().parent.parent / "workers" / "inference.py"
+    python = sys.executable if environment == "full" else edge_python()
     proc = subprocess.Popen(
-        [sys.executable, str(script)],
+        [python, str(ROOT / "workers" / "inference.py")],
         env=env,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -393,6 +415,8 @@ def test_inference_boot_file_swaps_on_the_agents_command(
     assert proc.returncode == 0, output
     result = json.loads((tmp_path / "result.json").read_text())
     assert result["status"] == "completed" and result["model_version"] == "2"
+    assert result["hard_examples"] > 0
+    assert len(list((tmp_path / "he").glob("*.jpg"))) == result["hard_examples"]
     # Frames are numbered from 0 without gaps: version 1 served exactly the frames before the swap.
     assert result["frames_per_version"]["1"] == swapped.frame
     assert result["frames_per_version"]["2"] == result["frames"] - swapped.frame > 0

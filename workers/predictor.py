@@ -6,6 +6,7 @@ two runtimes are interchangeable and produce boxes through the same decoding cod
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
@@ -56,9 +57,12 @@ def configure_runtime(threads: int | None = None) -> None:
 
     One intra-op pool of ``threads`` (default: all cores) and a single inter-op thread: the
     detector is one chain of ops, so parallel ops would only contend for the same cores. Must run
-    before TensorFlow executes anything.
+    before TensorFlow executes anything. On an edge box without TensorFlow (LiteRT only) there is
+    nothing to configure: each LiteRT interpreter gets its thread count when it is loaded.
     """
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    if importlib.util.find_spec("tensorflow") is None:
+        return
     import tensorflow as tf
 
     n = threads or default_threads()
@@ -207,6 +211,11 @@ def load_predictor(
     version = version or path.stem
     kind = model_kind(path)
     if kind == ".keras":
+        if importlib.util.find_spec("tensorflow") is None:
+            raise ModelLoadError(
+                f"model file {path} is a Keras model: serving it needs TensorFlow, which this "
+                "machine lacks (pip install 'edgeloop[train]'); an edge box serves .tflite files"
+            )
         return KerasPredictor(path, settings, version)
     if kind == ".tflite":
         return LiteRTPredictor(path, settings, version, threads or default_threads())
