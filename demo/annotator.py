@@ -120,6 +120,23 @@ def scale_boxes(boxes: np.ndarray, source_wh: tuple[int, int], target_wh: tuple[
     return scaled.astype(np.int32)
 
 
+#: Why the simulated annotator refuses an example, by the start of its reason: it labels only
+#: frames it finds in the videos it knows, where a person would label any.
+REFUSAL_KINDS = (
+    ("cannot read", "image unreadable"),
+    ("no video frame within", "frame not found in the camera's videos"),
+    ("no ground truth", "no ground truth for its frame"),
+)
+
+
+def refusal_kind(reason: str) -> str:
+    """A short, countable name for a refusal reason."""
+    for prefix, kind in REFUSAL_KINDS:
+        if reason.startswith(prefix):
+            return kind
+    return "unreadable sidecar"
+
+
 @dataclass(frozen=True)
 class Labelled:
     """One hard example labelled (or refused) by the simulated annotator."""
@@ -259,4 +276,13 @@ class SimulatedAnnotator:
         for r in self.labelled:
             key = r.domain if r.refused is None else "refused"
             out[key or "refused"] = out.get(key or "refused", 0) + 1
+        return out
+
+    def refusals(self) -> dict[str, int]:
+        """Refused examples per kind of reason (:func:`refusal_kind`)."""
+        out: dict[str, int] = {}
+        for r in self.labelled:
+            if r.refused is not None:
+                kind = refusal_kind(r.refused)
+                out[kind] = out.get(kind, 0) + 1
         return out

@@ -175,25 +175,45 @@ def worker_env(extra: dict[str, str]) -> dict[str, str]:
     return env
 
 
+def _follow_progress(log: Path, offset: int, on_progress: Callable[[float, str], None]) -> int:
+    """Pass the progress lines written to ``log`` since ``offset``; returns the new offset."""
+    from workers.sdk import parse_progress_line
+
+    try:
+        with open(log, "rb") as handle:
+            handle.seek(offset)
+            chunk = handle.read()
+    except OSError:
+        return offset
+    complete = chunk[: chunk.rfind(b"\n") + 1]  # a line still being written waits
+    for line in complete.decode(errors="replace").splitlines():
+        found = parse_progress_line(line)
+        if found is not None:
+            on_progress(*found)
+    return offset + len(complete)
+
+
 def run_boot_file(
     processes: ProcessSet,
     name: str,
     script: str,
     env: dict[str, str],
     result: Path,
-    on_wait: Callable[[], None] | None = None,
+    on_progress: Callable[[float, str], None] | None = None,
 ) -> dict[str, Any]:
-    """Run ``workers/<script>`` as its own process (killed with the demo); its JSON result."""
+    """Run ``workers/<script>`` as its own process (killed with the demo); its JSON result.
+    ``on_progress`` gets each progress line the worker logs (fraction, message)."""
     result.unlink(missing_ok=True)
     child = processes.start(
         name, [sys.executable, "-u", str(WORKERS / script)],
         env=worker_env(env | {contract.RESULT: str(result), contract.TASK_ID: name}),
         cwd=WORKERS,
     )
+    read = 0
     while child.process.poll() is None:
-        if on_wait is not None:
-            on_wait()
         time.sleep(0.5)
+        if on_progress is not None:
+            read = _follow_progress(child.log, read, on_progress)
     child.expected_exit = True
     outcome = json.loads(result.read_text()) if result.exists() else {}
     if child.process.returncode != 0:
@@ -205,7 +225,8 @@ def run_boot_file(
 
 
 def base_model(
-    cache: Path, sizes: DemoSizes, processes: ProcessSet, on_wait: Callable[[], None] | None = None
+    cache: Path, sizes: DemoSizes, processes: ProcessSet,
+    on_progress: Callable[[float, str], None] | None = None,
 ) -> tuple[Path, dict[str, Any], bool]:
     """Train the base model on the day set unless cached: (model.tflite, train result, cached).
 
@@ -225,7 +246,7 @@ def base_model(
                 "seed": str(sizes.seed),
             },
             out / "result.json",
-            on_wait,
+            on_progress,
         )
         (out / "train.json").write_text(json.dumps(outcome, indent=1))
 

@@ -1,8 +1,11 @@
 """What the demo knows of the running loop, as events arrive, and how the terminal shows it.
 
 The job's stage comes from its retained status topic (``edgeloop/v1/job/{ns}/{name}/status``),
-the version edge0 serves from edge0's retained node status, and the inference worker's frame
-rate from edge0's live-view websocket (the same ``task`` messages the page gets). Nothing is
+every condition it adds becoming a :class:`Transition` (a round that is not deployed says so, with
+its precision_delta, even when the next round begins in the same update); the progress of train
+and eval from the dataset node's task progress reports; the version edge0 serves from edge0's
+retained node status, and the inference worker's frame rate from edge0's live-view websocket
+(the same ``task`` messages the page gets). Nothing is
 polled on a timer: each message updates :class:`LoopView` and wakes whoever waits for a
 condition.
 """
@@ -24,7 +27,8 @@ from rich.text import Text
 
 from edgeloop.mqtt import Delivery, MqttClient, MqttSettings
 from protocol import topics
-from protocol.messages import JobStatus, NodeStatus
+from protocol.messages import JobCondition, JobStatus, NodeStatus, TaskProgress
+from protocol.topics import Kind
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +42,39 @@ class Transition:
     samples: int
     deployed_version: int | None
     reason: str = ""
+
+
+@dataclass
+class StepProgress:
+    """How far a long step is (training the base model, a round's train or eval task)."""
+
+    what: str
+    fraction: float
+    message: str
+    #: when the step started (first report), on the demo's clock
+    since: float
+
+    def left_s(self, now: float) -> float | None:
+        """Seconds left at the pace so far; None until the pace means something."""
+        return remaining_seconds(self.fraction, now - self.since)
+
+    def describe(self, now: float) -> str:
+        left = self.left_s(now)
+        estimate = f", about {_duration(left)} left" if left is not None else ""
+        detail = f": {self.message}" if self.message else ""
+        return f"{self.what} {self.fraction:.0%}{estimate}{detail}"
+
+
+def remaining_seconds(fraction: float, elapsed_s: float) -> float | None:
+    """Time left if the rest goes at the pace of what is done: None before 2 % or 5 s (the
+    first moments, loading and compiling, say nothing of the pace)."""
+    if fraction < 0.02 or elapsed_s < 5.0 or fraction >= 1.0:
+        return None
+    return elapsed_s * (1.0 - fraction) / fraction
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.0f} s" if seconds < 90 else f"{seconds / 60:.0f} min"
 
 
 @dataclass
@@ -59,6 +96,9 @@ class LoopView:
     hard_examples: int = 0
     outbox_backlog: int = 0
     labelled: dict[str, int] = field(default_factory=dict)
+    #: refusals of the simulated annotator by reason
+    refused: dict[str, int] = field(default_factory=dict)
+    progress: StepProgress | None = None
     transitions: list[Transition] = field(default_factory=list)
     #: (time, total samples in the dataset index) at each change
     sample_history: list[tuple[float, int]] = field(default_factory=list)
@@ -68,6 +108,20 @@ class LoopView:
 
     def notify(self) -> None:
         self.changed.set()
+
+    def report_progress(self, what: str, fraction: float, message: str) -> None:
+        """A long step moved on; a new ``what`` starts a new estimate."""
+        now = time.time()
+        if self.progress is None or self.progress.what != what:
+            self.progress = StepProgress(what, fraction, message, now)
+        else:
+            self.progress.fraction, self.progress.message = fraction, message
+        self.notify()
+
+    def progress_done(self, what: str | None = None) -> None:
+        if self.progress is not None and (what is None or self.progress.what == what):
+            self.progress = None
+            self.notify()
 
     async def wait_for(self, predicate: Callable[[LoopView], bool], what: str, timeout: float,
                        check: Callable[[], None] | None = None) -> None:
@@ -84,18 +138,41 @@ class LoopView:
                 await asyncio.wait_for(self.changed.wait(), min(1.0, left))
 
 
+class ConditionLog:
+    """The job conditions already shown: each one becomes a transition once, although the
+    retained status repeats the recent ones in every update."""
+
+    def __init__(self) -> None:
+        self._seen: set[tuple[str, str, int, str, float]] = set()
+
+    def new(self, conditions: list[JobCondition]) -> list[JobCondition]:
+        """Conditions not seen before, in order."""
+        fresh = []
+        for c in conditions:
+            key = (c.stage, c.state, c.round, c.reason, c.time)
+            if key not in self._seen:
+                self._seen.add(key)
+                fresh.append(c)
+        return fresh
+
+
 class JobWatch:
     """Subscribes to the job's status and the edge node's status; feeds a :class:`LoopView`."""
 
     def __init__(self, settings: MqttSettings, namespace: str, job: str, edge_node: str,
                  inference_task: str, view: LoopView,
-                 on_transition: Callable[[Transition], None] | None = None) -> None:
+                 on_transition: Callable[[Transition], None] | None = None,
+                 dataset_node: str | None = None) -> None:
         self.view = view
         self.inference_task = inference_task
         self.on_transition = on_transition
+        self.conditions = ConditionLog()
         self.client = MqttClient(settings)
         self.client.subscribe(topics.job_status(namespace, job), self._on_job)
         self.client.subscribe(topics.status(edge_node), self._on_node)
+        if dataset_node is not None:  # where train and eval run
+            self.client.subscribe(topics.node_filter(Kind.PROGRESS, dataset_node),
+                                  self._on_progress)
 
     async def __aenter__(self) -> Self:
         await self.client.__aenter__()
@@ -112,17 +189,26 @@ class JobWatch:
         v = self.view
         if status.samples != v.samples:
             v.sample_history.append((time.time(), status.samples))
-        moved = (status.stage, status.state, status.round) != (v.stage, v.state, v.round)
         v.stage, v.state, v.round = status.stage, status.state, status.round
         v.samples, v.deployed_version = status.samples, status.deployed_version
-        if moved:
-            reason = status.conditions[-1].reason if status.conditions else ""
-            t = Transition(time.time(), status.stage, status.state, status.round, status.samples,
-                           status.deployed_version, reason)
+        for condition in self.conditions.new(status.conditions):
+            t = Transition(condition.time, condition.stage, condition.state, condition.round,
+                           status.samples, status.deployed_version, condition.reason)
             v.transitions.append(t)
             if self.on_transition is not None:
                 self.on_transition(t)
         v.notify()
+
+    async def _on_progress(self, delivery: Delivery) -> None:
+        report = delivery.message
+        if not isinstance(report, TaskProgress):
+            return
+        _, round_part, role = report.task_id.rsplit("-", 2)  # name-digest-r<round>-<role>
+        what = f"{role} round {round_part.removeprefix('r')}"
+        if report.state == "Running" and report.progress is not None:
+            self.view.report_progress(what, report.progress, report.message)
+        elif report.state in ("Completed", "Failed"):
+            self.view.progress_done()
 
     async def _on_node(self, delivery: Delivery) -> None:
         status = delivery.message
@@ -169,8 +255,14 @@ def render(view: LoopView) -> Group:
     table = Table(box=None, show_header=False, pad_edge=False)
     table.add_column(style="bold")
     table.add_column()
-    labelled = ", ".join(f"{k} {n}" for k, n in sorted(view.labelled.items())) or "-"
+    labelled = ", ".join(f"{k} {n}" for k, n in sorted(view.labelled.items())
+                         if k != "refused") or "-"
+    if view.refused:
+        why = "; ".join(f"{n} {reason}" for reason, n in sorted(view.refused.items()))
+        labelled += f"; refused {sum(view.refused.values())} [dim]({why})[/]"
     table.add_row("step", f"{view.step}  [dim]({elapsed:.0f} s)[/]")
+    if view.progress is not None:
+        table.add_row("", view.progress.describe(time.time()))
     table.add_row("camera", view.domain)
     table.add_row("job", f"{view.stage}/{view.state}, round {view.round}")
     table.add_row("samples", f"{view.samples} in data.txt; labelled hard examples: {labelled}")

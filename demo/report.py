@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from demo import data
+from demo.annotator import refusal_kind
 from demo.manifests import CLOUD_NODE, EDGE_NODE, JOB, NAMESPACE
 from demo.processes import ProcessSet
 from demo.progress import LoopView
@@ -133,10 +134,11 @@ def _last_attempt_result(tasks_dir: Path, task: str) -> dict[str, Any] | None:
 
 
 def _served_models(run: ReportInputs) -> dict[str, Path]:
-    """The base model and every version file edge0 received, in version order."""
+    """The initial model (the base model trained on day scenes) and every version file edge0
+    received, in version order."""
     models: dict[str, Path] = {}
     if run.base_model is not None and run.base_model.exists():
-        models["base"] = run.base_model
+        models["initial"] = run.base_model
     folder = run.paths.agent_state(EDGE_NODE) / "models" / NAMESPACE / JOB
     found = []
     for path in folder.glob("v*/model.tflite"):
@@ -155,6 +157,11 @@ def _read_journal(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def _refusals(journal: list[dict[str, Any]]) -> dict[str, int]:
+    kinds = [refusal_kind(r["refused"]) for r in journal if r.get("refused")]
+    return {kind: kinds.count(kind) for kind in sorted(set(kinds))}
+
+
 # --- plots ------------------------------------------------------------------------------------
 
 
@@ -171,7 +178,7 @@ def _plots(out: Path, precision: dict[str, dict[str, float]], run: ReportInputs,
     start = run.view.started
 
     if precision:
-        fig, ax = plt.subplots(figsize=(7, 4))
+        fig, ax = plt.subplots(figsize=(8.5, 4))
         names = list(precision)
         width = 0.8 / max(1, len(data.DOMAINS))
         for i, domain in enumerate(data.DOMAINS):
@@ -181,8 +188,8 @@ def _plots(out: Path, precision: dict[str, dict[str, float]], run: ReportInputs,
         ax.set_ylim(0, 1)
         ax.set_ylabel("precision (held-out)")
         ax.set_title("Precision per domain for each model version")
-        ax.legend()
-        fig.tight_layout()
+        ax.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), title="held-out domain")
+        fig.tight_layout()  # the legend sits right of the axes, never over a bar
         fig.savefig(out / "precision.png", dpi=100)
         plt.close(fig)
         written.append("precision.png")
@@ -310,7 +317,7 @@ def write_report(run: ReportInputs, console: Console) -> dict[str, Any]:
     for row in version_rows:
         previous, current = f"v{row['version'] - 1}", f"v{row['version']}"
         if row["version"] == 1:
-            previous = "base"
+            previous = "initial"
         domain = row["domain"]
         if previous in precision and current in precision and domain in precision[current]:
             gains[current] = {
@@ -336,6 +343,7 @@ def write_report(run: ReportInputs, console: Console) -> dict[str, Any]:
         "precision": precision,
         "metrics": metrics,
         "gains": gains,
+        "refused": _refusals(journal),
         "labelled": {k: sum(1 for r in journal if (r.get("domain") if not r.get("refused")
                                                      else "refused") == k)
                      for k in {*(r.get("domain") or "refused" for r in journal)}},
@@ -390,11 +398,12 @@ def _markdown(s: dict[str, Any], conditions: list[dict[str, Any]], run: ReportIn
     for name, by_domain in s["precision"].items():
         lines.append(f"| {name} | " + " | ".join(_fmt(by_domain.get(d)) for d in data.DOMAINS)
                      + " |")
-    base_day = (s["metrics"].get("base") or {}).get("day") or {}
+    base_day = (s["metrics"].get("initial") or {}).get("day") or {}
     if base_day:
-        lines += ["", (f"Base model on held-out day images: precision {_fmt(base_day.get('precision'))}, "
-                      f"recall {_fmt(base_day.get('recall'))}, mAP@0.5 {_fmt(base_day.get('map50'))}.")]
-    lines += ["", ("Each version against the one before it (v1 against the base model), on the "
+        lines += ["", (f"The initial model (the base model, trained on day scenes) on held-out day "
+                       f"images: precision {_fmt(base_day.get('precision'))}, recall "
+                       f"{_fmt(base_day.get('recall'))}, mAP@0.5 {_fmt(base_day.get('map50'))}.")]
+    lines += ["", ("Each version against the one before it (v1 against the initial model), on the "
               "domain its round learned and on day:"), ""]
     for version, g in s["gains"].items():
         lines.append(f"- {version} ({g['domain']}): {g['domain']} precision "
@@ -416,7 +425,7 @@ def _markdown(s: dict[str, Any], conditions: list[dict[str, Any]], run: ReportIn
                      f"{_fmt(v.get('train_s'), 0)} |")
     lines += [
         "",
-        ("precision_delta is the candidate minus the model serving at the time (the base model "
+        ("precision_delta is the candidate minus the model serving at the time (the initial model "
         "until a version is deployed), measured by the round's eval task on its eval set; the "
         "cloud manager deploys the candidate when it exceeds the seed's 0.1."),
         "",
@@ -442,6 +451,11 @@ def _markdown(s: dict[str, Any], conditions: list[dict[str, Any]], run: ReportIn
                      f"{c.get('state')} | {reason} |")
     lines += ["", "## Durations (s)", ""]
     lines += [f"- {k}: {v}" for k, v in s["durations"].items()]
-    lines += ["", f"Labelled hard examples: {json.dumps(s['labelled'])}", "", "## Plots", ""]
+    lines += ["", f"Labelled hard examples: {json.dumps(s['labelled'])}."]
+    if s.get("refused"):
+        lines += [("Refused by the simulated annotator, which labels only frames it finds in the "
+                   "camera's videos (a person would label any): "
+                   + "; ".join(f"{n} {why}" for why, n in s["refused"].items()) + ".")]
+    lines += ["", "## Plots", ""]
     lines += [f"![{p}](plots/{p})" for p in s["plots"]]
     return "\n".join(lines) + "\n"

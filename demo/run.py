@@ -237,7 +237,9 @@ class Demo:
         started = time.monotonic()
         self.step(f"base model: {sizes.base_images} day images, {sizes.base_epochs} epochs")
         self.base_model, self.outcome.base_train, cached = data.base_model(
-            cache, sizes, self.processes)
+            cache, sizes, self.processes,
+            on_progress=lambda f, msg: self.view.report_progress("base model training", f, msg))
+        self.view.progress_done()
         self.outcome.cached["base_model"] = cached
         self.timed("base_model", started)
         self.say(f"  base model {'cached' if cached else 'trained'}: {self.base_model} "
@@ -348,7 +350,12 @@ class Demo:
                                    f"{'; '.join(response.errors)}")
             self.say(f"  {manifest['kind']}/{meta['namespace']}/{meta['name']} {response.message}")
 
-    async def print_job_table(self, transition: Transition | None = None) -> None:
+    def say_decision(self, t: Transition) -> None:
+        """Every condition the cloud adds, as it comes: each decision is seen where it is made."""
+        style = "red" if t.state == "Failed" else "bold"
+        self.say(f"  [{style}]{t.stage}/{t.state}[/] round {t.round}: {t.reason}")
+
+    async def print_job_table(self) -> None:
         """What ``edgeloop get il -n neptune-test`` prints now."""
         from cloud_manager.render import table
 
@@ -358,9 +365,6 @@ class Demo:
         except Exception as exc:  # the table is a courtesy; the loop goes on
             self.say(f"  [dim](edgeloop get il: {exc})[/]")
             return
-        if transition is not None:
-            self.say(f"[bold]{transition.stage}/{transition.state}[/] round {transition.round}: "
-                     f"{transition.reason}")
         self.say(f"[dim]$ edgeloop get il -n {NAMESPACE}[/]")
         self.console.print(table(response.data["kind"], response.data["items"]))
 
@@ -386,6 +390,7 @@ class Demo:
                 self.plan.add_labels([(now, r.domain) for r in records
                                       if r.refused is None and r.domain])
                 self.view.labelled = self.annotator.counts()
+                self.view.refused = self.annotator.refusals()
                 self.view.notify()
             await asyncio.sleep(1.0)
 
@@ -446,7 +451,10 @@ class Demo:
 
         def on_transition(t: Transition) -> None:
             self.follow_rounds(t)
-            task = asyncio.get_running_loop().create_task(self.print_job_table(t))
+            self.say_decision(t)
+            if t.state not in ("Completed", "Failed"):
+                return  # the table once per finished stage, not at every condition
+            task = asyncio.get_running_loop().create_task(self.print_job_table())
             pending.add(task)
             task.add_done_callback(pending.discard)
 
@@ -457,7 +465,7 @@ class Demo:
                                 ca_file=identity.ca, cert_file=identity.cert,
                                 key_file=identity.key, session_expiry=0)
         async with JobWatch(settings, NAMESPACE, JOB, EDGE_NODE, inference_task, self.view,
-                            on_transition):
+                            on_transition, dataset_node=CLOUD_NODE):
             await self.apply_manifests()
             port = self.outcome.live_view_url.rsplit(":", 1)[1].strip("/")
             background = [

@@ -23,6 +23,7 @@ import json
 import logging
 import math
 import os
+import re
 import sys
 import threading
 import time
@@ -39,6 +40,15 @@ from protocol import worker_contract as contract
 from protocol.errors import ProtocolError
 
 log = logging.getLogger(__name__)
+#: How progress appears in a worker's log, for whoever runs a boot file without an agent.
+PROGRESS_LOG = "progress %3.0f%% %s"
+_PROGRESS_LINE = re.compile(r"\bprogress +(\d{1,3})% (.*)$")
+
+
+def parse_progress_line(line: str) -> tuple[float, str] | None:
+    """(fraction, message) of a progress line of a worker's log, None for any other line."""
+    found = _PROGRESS_LINE.search(line.rstrip("\n"))
+    return (int(found.group(1)) / 100, found.group(2).strip()) if found else None
 
 #: Messages kept while the channel is down; beyond it the oldest droppable one goes.
 MAX_PENDING = 1000
@@ -349,7 +359,7 @@ class WorkerSession:
 
     def report_progress(self, fraction: float, message: str = "") -> None:
         fraction = min(max(float(fraction), 0.0), 1.0)
-        log.info("progress %3.0f%% %s", fraction * 100, message)
+        log.info(PROGRESS_LOG, fraction * 100, message)
         self.send(wc.Progress(fraction=fraction, message=message))
 
     def write_result(self, result: Mapping[str, Any]) -> Path | None:
