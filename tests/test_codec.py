@@ -103,6 +103,11 @@ def test_decode_refuses_oversize_payload():
             msgpack.packb({"node": "edge0", "task_id": "t2", "state": "Running"}),
             "task_id: 't2' in the payload but 't1' in the topic",
         ),
+        (
+            topics.api_request("get"),
+            msgpack.packb({"request_id": "r1", "verb": "delete"}),
+            "verb: 'delete' in the payload but 'get' in the topic",
+        ),
     ],
 )
 def test_decode_errors_name_the_field(topic, payload, reason):

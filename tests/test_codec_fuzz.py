@@ -1,6 +1,11 @@
 """Fuzzing ``decode``: random and mutated payloads for every message kind; only ProtocolError
-may come out. 10,000 payloads per kind (set FUZZ_EXAMPLES to change it), drawn in batches so
-that hypothesis' per-example overhead does not dominate the run."""
+may come out. 2,000 payloads per kind (set FUZZ_EXAMPLES to change it), drawn in batches so
+that hypothesis' per-example overhead does not dominate the run.
+
+Measured with coverage.py (branch coverage of protocol/): 10,000 payloads per kind reach the same
+lines and branches as 2,000 except two error lines that only chance reached (a task id or an API
+verb that differs from its topic), which tests/test_codec.py now asserts directly; 2,000 take a
+fifth of the time. A long run: FUZZ_EXAMPLES=10000."""
 
 from __future__ import annotations
 
@@ -17,7 +22,7 @@ from protocol.errors import ProtocolError
 from protocol.messages import MESSAGE_FOR_KIND, Message
 from protocol.topics import Kind
 
-EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "10000"))
+EXAMPLES = int(os.environ.get("FUZZ_EXAMPLES", "2000"))
 BATCH = 50
 SAMPLES = samples()
 
