@@ -11,6 +11,10 @@ of the models its train tasks produced, when the cloud pulls them.
 
 Incoming control messages are queued and applied one at a time by a task of their own, so a slow
 stop of a worker never holds up the connection (acknowledgements of hard examples arrive on it).
+
+This module is a shell: it turns what happens (a message, a worker's word, a connection, the
+time passing) into events for :mod:`edge_agent.decisions`, which decides, and carries out the
+actions that come back (publish, stop, start or retarget a worker, send a swap, report an error).
 """
 
 from __future__ import annotations
@@ -23,10 +27,11 @@ import time
 from pathlib import Path
 from typing import Self
 
+from edge_agent import decisions as d
 from edge_agent.artifact_upload import ArtifactUploader
 from edge_agent.channel import ChannelHandlers, WorkerChannel
 from edge_agent.config import AgentConfig
-from edge_agent.deployment import ModelDeployer, PreparedModel
+from edge_agent.deployment import ModelDeployer
 from edge_agent.downloads import ArtifactDownloader, DownloadError
 from edge_agent.hardex_intake import HardExampleIntake
 from edge_agent.identity import NodeIdentity
@@ -42,12 +47,10 @@ from edgeloop.mqtt import Delivery, MqttClient, MqttSettings, NotConnected
 from edgeloop.reliable import ReliableSender
 from protocol import topics
 from protocol import worker_channel as wc
-from protocol import worker_contract as contract
 from protocol.messages import (
     DatasetSamples,
     DesiredState,
     ErrorReport,
-    Message,
     SampleReport,
     Task,
     TaskProgress,
@@ -59,7 +62,8 @@ log = logging.getLogger(__name__)
 HARDEX_FOLDERS_NAME = "hardex_dirs.json"
 #: The variable naming where an inference worker saves hard examples (Sedna's name).
 HE_SAVED_URL = "HE_SAVED_URL"
-STATUS_MIN_INTERVAL_S = 2.0
+#: How often the agent looks whether its status must be published again.
+STATUS_CHECK_S = 0.5
 CLOSE_TIMEOUT_S = 5.0
 
 
@@ -90,6 +94,16 @@ def hardex_folder_of(task: Task) -> Path | None:
     return folder.absolute()
 
 
+def worker_views(runner: WorkerRunner) -> dict[str, d.WorkerView]:
+    """The live attempts as the decisions need to see them."""
+    return {
+        task_id: d.WorkerView(
+            run.task, run.alive, run.restarts.restarts if run.restarts is not None else None
+        )
+        for task_id, run in runner.running.items()
+    }
+
+
 class Agent:
     """Use as ``async with Agent(config) as agent: ...``; leaving stops it cleanly."""
 
@@ -115,17 +129,40 @@ class Agent:
             num_classes=config.num_classes,
         )
         self.labels = LabelIntake(self.client, self.node, config.datasets, config.num_classes)
-        self.runner = WorkerRunner(
+        self.runner = self._make_runner()
+        self.channel = self._make_channel()
+        self.live_view = self._make_live_view()
+        self.downloader = ArtifactDownloader(
+            self.client,
+            self.node,
+            self.state_dir / "artifacts",
+            chunk_timeout=config.download_chunk_timeout_s,
+        )
+        self.deployer = ModelDeployer(self.downloader, self.state_dir / "models")
+        self.uploader = ArtifactUploader(self.client, self.node, self.state_dir)
+        self.state = d.NodeState(self.node, watches_datasets=bool(self.watcher.datasets))
+        self._control: asyncio.Queue[DesiredState | Task] = asyncio.Queue()
+        self._samples_seq = 0
+        self._background: list[asyncio.Task[None]] = []
+
+        self.client.subscribe(topics.desired(self.node), self._on_control)
+        self.client.subscribe(topics.node_filter(Kind.TASK, self.node), self._on_control)
+        self.client.on_connect(self._on_connect)
+
+    def _make_runner(self) -> WorkerRunner:
+        return WorkerRunner(
             self.node,
             self.state_dir,
-            self._publish_progress,
+            self._on_progress,
             channel_url_for=self._channel_url_for,
-            stop_grace_s=config.stop_grace_s,
+            stop_grace_s=self.config.stop_grace_s,
             prepare=self._prepare_task,
-            restart_policy=config.restart_policy,
+            restart_policy=self.config.restart_policy,
             on_worker_exit=self._on_worker_exit,
         )
-        self.channel = WorkerChannel(
+
+    def _make_channel(self) -> WorkerChannel:
+        return WorkerChannel(
             ChannelHandlers(
                 hello=self._on_worker_hello,
                 progress=self._on_worker_progress,
@@ -136,46 +173,38 @@ class Agent:
                 frame=self._on_worker_frame,
             )
         )
-        self.live_view: LiveView | None = None
-        if config.live_view_port is not None:
-            self.live_view = LiveView(
-                self.channel,
-                node=self.node,
-                backlog=lambda: len(self.outbox),
-                host=config.live_view_host,
-                port=config.live_view_port,
-                max_fps=config.live_view_max_fps,
-            )
-        self.downloader = ArtifactDownloader(
-            self.client,
-            self.node,
-            self.state_dir / "artifacts",
-            chunk_timeout=config.download_chunk_timeout_s,
-        )
-        self.deployer = ModelDeployer(self.downloader, self.state_dir / "models")
-        self.uploader = ArtifactUploader(self.client, self.node, self.state_dir)
-        self.serving: dict[str, int] = {}  # task id -> model version its worker serves
-        self.worker_stats: dict[str, wc.Stats] = {}
-        self._published_serving: dict[str, int] | None = None
-        self._published_restarts: dict[str, int] | None = None
-        self.applied_generation = -1
-        self._desired_tasks: set[str] = set()
-        self._control: asyncio.Queue[Message] = asyncio.Queue()
-        self._unsent_final: dict[str, TaskProgress] = {}
-        self._samples_seq = 0
-        self._published_backlog: int | None = None
-        self._last_status = 0.0
-        self._background: list[asyncio.Task[None]] = []
 
-        self.client.subscribe(topics.desired(self.node), self._on_control)
-        self.client.subscribe(topics.node_filter(Kind.TASK, self.node), self._on_control)
-        self.client.on_connect(self._on_connect)
+    def _make_live_view(self) -> LiveView | None:
+        """The live-view page, when a port is configured (it listens once the agent starts)."""
+        if self.config.live_view_port is None:
+            return None
+        return LiveView(
+            self.channel,
+            node=self.node,
+            backlog=lambda: len(self.outbox),
+            host=self.config.live_view_host,
+            port=self.config.live_view_port,
+            max_fps=self.config.live_view_max_fps,
+        )
+
+    @property
+    def serving(self) -> dict[str, int]:
+        """Inference task id -> the model version its worker serves."""
+        return self.state.serving
+
+    @property
+    def worker_stats(self) -> dict[str, wc.Stats]:
+        """Inference task id -> the last statistics its worker sent."""
+        return self.state.worker_stats
+
+    @property
+    def applied_generation(self) -> int:
+        return self.state.applied_generation
 
     # -- lifecycle --------------------------------------------------------------------------
 
     async def __aenter__(self) -> Self:
-        for report in self.runner.recover():
-            self._unsent_final[report.task_id] = report  # published once connected
+        self._decide(d.Recovered(tuple(self.runner.recover())))  # published once connected
         await self.channel.__aenter__()
         await self._start_live_view()
         await self.intake.scan()  # what was saved while the agent was down, before anything new
@@ -212,6 +241,9 @@ class Agent:
                     retain=True,
                     timeout=3,
                 )
+        await self._close_connection()
+
+    async def _close_connection(self) -> None:
         # A cancellation can be lost inside the MQTT layer on Python 3.11 (see cancel_and_wait):
         # bound each step; the event loop's own shutdown cancels what is left once more.
         for what, closing in (
@@ -239,26 +271,81 @@ class Agent:
             )
             self.live_view = None
 
+    # -- decisions --------------------------------------------------------------------------
+
+    def _decide(self, event: d.Event) -> list[d.Action]:
+        """Feed ``event`` to the decisions with the world as it is now; keep the state."""
+        ctx = d.Context(
+            now=time.monotonic(),
+            workers=worker_views(self.runner),
+            backlog=len(self.outbox),
+            connected=self.client.connected,
+        )
+        transition = d.handle(self.state, event, ctx)
+        self.state = transition.state
+        return transition.actions
+
+    async def _act(self, event: d.Event) -> None:
+        """Decide about ``event`` and carry out the actions, in order."""
+        for action in self._decide(event):
+            await self._carry_out(action)
+
+    async def _carry_out(self, action: d.Action) -> None:
+        match action:
+            case d.QueueControl(message):
+                self._control.put_nowait(message)
+            case d.ReportError(code, reason, about):
+                await self._report_error(code, reason, about)
+            case d.StopWorker(task_id, reason):
+                await self.runner.stop(task_id, reason)
+            case d.HandleTask(task):
+                await self.runner.handle(task)
+            case d.EnsureRunning(task):
+                await self.runner.ensure_running(task)
+            case d.StartWorker(task, why):
+                log.info("task %s: %s", task.task_id, why)
+                await self.runner.start(task)
+            case d.PrepareModels(task, from_desired):
+                await self._prepare_models(task, from_desired)
+            case d.SendSwap(task, swap):
+                delivered = await self.channel.send(task.task_id, swap)
+                await self._act(d.SwapSent(task, swap, delivered))
+            case d.Retarget(task, why):
+                log.info("task %s: %s", task.task_id, why)
+                self.runner.retarget(task)
+            case d.CloseTask(report):
+                self._close_task(report)
+            case d.PublishProgress(report):
+                await self._send_progress(report)
+            case d.PublishStatus():
+                await self._publish_status(action)
+            case d.PublishSamples():
+                await self._publish_samples(self.watcher.current or await self.watcher.refresh())
+            case d.RecordGeneration(generation, tasks):
+                self._decide(d.GenerationApplied(generation, tasks))
+                log.info("applied desired generation %d (%d task(s))", generation, len(tasks))
+
     # -- outgoing ---------------------------------------------------------------------------
 
     async def _on_connect(self) -> None:
-        await self._publish_status()
-        if self.watcher.datasets:
-            await self._publish_samples(self.watcher.current or await self.watcher.refresh())
-        for report in list(self._unsent_final.values()):
-            await self._publish_progress(report)
+        await self._act(d.Connected())
 
-    async def _publish_status(self) -> None:
-        backlog = len(self.outbox)
-        restarts = self.runner.restart_counts()
+    async def _publish_status(self, action: d.PublishStatus) -> None:
         status = self.identity.status(
-            "online", outbox_backlog=backlog, serving=self.serving, worker_restarts=restarts
+            "online",
+            outbox_backlog=action.backlog,
+            serving=action.serving,
+            worker_restarts=action.restarts,
         )
         if await self.client.publish(topics.status(self.node), status, retain=True):
-            self._published_backlog = backlog
-            self._published_serving = dict(self.serving)
-            self._published_restarts = restarts
-            self._last_status = time.monotonic()
+            self._decide(d.StatusPublished(action.backlog, action.serving, action.restarts))
+
+    async def _refresh_status(self) -> None:
+        """Republish the status when what it says changed (the decisions say when)."""
+        while True:
+            await asyncio.sleep(STATUS_CHECK_S)
+            with contextlib.suppress(NotConnected):
+                await self._act(d.StatusDue())
 
     async def _publish_samples(self, datasets: list[DatasetSamples]) -> None:
         self._samples_seq += 1
@@ -270,26 +357,24 @@ class Agent:
         except NotConnected:
             pass  # the connect hook reports current counts
 
-    async def _publish_progress(self, report: TaskProgress) -> None:
-        """Final reports missed by an outage are sent again at the next connection."""
-        final = report.state in ("Completed", "Failed")
-        if final:
-            self.uploader.note(report)
-            self.serving.pop(report.task_id, None)
-            self.worker_stats.pop(report.task_id, None)
-            if self.live_view is not None:
-                self.live_view.forget(report.task_id)
+    async def _on_progress(self, report: TaskProgress) -> None:
+        """A report of the worker runner; a final one missed by an outage is sent again at the
+        next connection."""
+        await self._act(d.ProgressReported(report))
+
+    async def _send_progress(self, report: TaskProgress) -> None:
         try:
             delivered = await self.client.publish(
                 topics.progress(self.node, report.task_id), report
             )
         except NotConnected:
             delivered = False
-        if delivered:
-            if self._unsent_final.get(report.task_id) is report:
-                del self._unsent_final[report.task_id]
-        elif final:
-            self._unsent_final[report.task_id] = report
+        self._decide(d.ProgressSent(report, delivered))
+
+    def _close_task(self, report: TaskProgress) -> None:
+        self.uploader.note(report)
+        if self.live_view is not None:
+            self.live_view.forget(report.task_id)
 
     async def _report_error(self, code: str, reason: str, about: str = "") -> None:
         log.error("%s: %s", code, reason)
@@ -302,112 +387,37 @@ class Agent:
     # -- incoming ---------------------------------------------------------------------------
 
     async def _on_control(self, delivery: Delivery) -> None:
-        message = delivery.message
-        if isinstance(message, Task):
-            route = topics.parse(delivery.topic)
-            if route.task != message.task_id:
-                await self._report_error(
-                    "protocol",
-                    f"task id {message.task_id!r} does not match its topic",
-                    delivery.topic,
-                )
-                return
-        elif isinstance(message, DesiredState):
-            if message.node != self.node:
-                await self._report_error(
-                    "protocol",
-                    f"desired state for node {message.node!r} sent to {self.node!r}",
-                    delivery.topic,
-                )
-                return
-        else:
-            return
-        self._control.put_nowait(message)
+        await self._act(d.ControlReceived(delivery.topic, delivery.message))
 
     async def _apply_control(self) -> None:
         while True:
             message = await self._control.get()
+            event: d.Event = (
+                d.DesiredReceived(message)
+                if isinstance(message, DesiredState)
+                else d.TaskReceived(message)
+            )
             try:
-                if isinstance(message, DesiredState):
-                    await self._apply_desired(message)
-                elif isinstance(message, Task):
-                    await self._run_task(message, from_desired=False)
+                actions = self._decide(event)
+                if not actions:
+                    log.debug("%s changes nothing (generation already applied)", message.key)
+                for action in actions:
+                    await self._carry_out(action)
             except Exception as exc:  # one bad message must not end the loop
                 log.exception("cannot apply %s", message.key)
                 await self._report_error(
                     "apply_failed", f"{type(exc).__name__}: {exc}", message.key
                 )
 
-    async def _apply_desired(self, desired: DesiredState) -> None:
-        if desired.generation <= self.applied_generation:
-            log.debug("desired generation %d already applied", desired.generation)
-            return
-        wanted = {t.task_id for t in desired.tasks if t.action == "start"}
-        for task_id in sorted(self._desired_tasks - wanted):
-            await self.runner.stop(task_id, "no longer in the desired state")
-        for task in desired.tasks:
-            if task.action == "stop":
-                await self.runner.stop(task.task_id, "stopped by the desired state")
-                continue
-            await self._run_task(task, from_desired=True)
-        self._desired_tasks = wanted
-        self.applied_generation = desired.generation
-        log.info("applied desired generation %d (%d task(s))", desired.generation, len(wanted))
-
-    async def _run_task(self, task: Task, *, from_desired: bool) -> None:
-        """Get the task's models, then start it, or hot-swap the model of its running worker."""
-        if task.action == "stop":
-            await self.runner.handle(task)
-            return
+    async def _prepare_models(self, task: Task, from_desired: bool) -> None:
+        """Get the task's models, then let the decisions start it or hot-swap its worker."""
         self._note_hardex_folder(task)
         try:
             prepared = await self.deployer.prepare(task)
         except (DownloadError, ValueError, OSError) as exc:
             await self.runner.fail_before_start(task, f"model not available: {exc}")
             return
-        run = self.runner.running.get(task.task_id)
-        if run is not None and run.task.attempt == task.attempt and prepared is not None:
-            if self._served_version(task.task_id) != prepared.version:
-                await self._swap(task, prepared)
-            return
-        if from_desired:
-            await self.runner.ensure_running(task)
-        else:
-            await self.runner.handle(task)
-
-    def _served_version(self, task_id: str) -> int | None:
-        if task_id in self.serving:
-            return self.serving[task_id]
-        run = self.runner.running.get(task_id)
-        version = run.task.env.get(contract.MODEL_VERSION, "") if run else ""
-        return int(version) if version.isdigit() else None
-
-    async def _swap(self, task: Task, prepared: PreparedModel) -> None:
-        """Hand the new version to the running worker; restart it when it has no channel."""
-        run = self.runner.running.get(task.task_id)
-        if run is not None and not run.alive:
-            log.info(
-                "task %s: its worker is waiting to be restarted; it will start with model "
-                "version %d",
-                task.task_id,
-                prepared.version,
-            )
-            self.runner.retarget(task)
-            return
-        swap = wc.Swap(
-            path=str(prepared.path), version=str(prepared.version), sha256=prepared.sha256
-        )
-        if await self.channel.send(task.task_id, swap):
-            log.info("task %s: hot-swapping to model version %d", task.task_id, prepared.version)
-            self.runner.retarget(task)
-            return
-        log.info(
-            "task %s: no channel to its worker; restarting it with model version %d",
-            task.task_id,
-            prepared.version,
-        )
-        await self.runner.stop(task.task_id, f"restarting with model version {prepared.version}")
-        await self.runner.start(task)
+        await self._act(d.ModelReady(task, prepared, from_desired))
 
     def _prepare_task(self, task: Task) -> None:
         """Before a train or eval worker starts: write the round's sample indexes
@@ -455,35 +465,13 @@ class Agent:
                 log.exception("hard-example scan failed")
             await asyncio.sleep(self.config.hardex_scan_s)
 
-    async def _refresh_status(self) -> None:
-        """Republish the status when the outbox backlog, the served models or the restarts of
-        inference workers changed (at most every 2 s)."""
-        while True:
-            await asyncio.sleep(0.5)
-            changed = (
-                len(self.outbox) != self._published_backlog
-                or self.serving != self._published_serving
-                or self.runner.restart_counts() != self._published_restarts
-            )
-            if (
-                changed
-                and self.client.connected
-                and time.monotonic() - self._last_status >= STATUS_MIN_INTERVAL_S
-            ):
-                with contextlib.suppress(NotConnected):
-                    await self._publish_status()
-
     # -- local channel ----------------------------------------------------------------------
 
     def _channel_url_for(self, task_id: str) -> str | None:
         return self.channel.url_for(task_id) if self.channel.port else None
 
     async def _on_worker_hello(self, task_id: str, message: wc.Hello) -> None:
-        run = self.runner.running.get(task_id)
-        if run is not None and run.task.role == "inference" and task_id not in self.serving:
-            # the version it started with, before any swap or stats
-            version = message.model_version or run.task.env.get(contract.MODEL_VERSION)
-            self._note_serving(task_id, version)
+        await self._act(d.WorkerHello(task_id, message.model_version))
         if self.live_view is not None:
             await self.live_view.on_worker_hello(task_id, message)
 
@@ -498,8 +486,7 @@ class Agent:
         self.runner.note_result(task_id, message.result)
 
     async def _on_worker_stats(self, task_id: str, message: wc.Stats) -> None:
-        self.worker_stats[task_id] = message
-        self._note_serving(task_id, message.model_version)
+        await self._act(d.WorkerStats(task_id, message))
         if self.live_view is not None:
             await self.live_view.on_stats(task_id, message)
 
@@ -515,21 +502,12 @@ class Agent:
             await self.live_view.on_swapped(task_id, message)
         if message.ok:
             log.info("task %s now serves model %s", task_id, message.version)
-            self._note_serving(task_id, message.version)
-        else:
-            await self._report_error(
-                "swap_failed", message.error or "the worker refused the model", task_id
-            )
+        await self._act(d.WorkerSwapped(task_id, message))
 
     def _on_worker_exit(self, task_id: str) -> None:
         """An inference worker died and will be started again: until its successor says hello
         (with the version it loaded), the node serves nothing for that task."""
-        self.serving.pop(task_id, None)
-        self.worker_stats.pop(task_id, None)
-
-    def _note_serving(self, task_id: str, version: str | None) -> None:
-        if version is not None and version.isdigit() and task_id in self.runner.running:
-            self.serving[task_id] = int(version)
+        self._decide(d.WorkerExited(task_id))
 
 
 async def run_agent(config: AgentConfig, stop: asyncio.Event) -> None:

@@ -1,0 +1,531 @@
+"""The node's decisions, pure: what the agent does about each thing that happens to it.
+
+``handle(state, event, ctx)`` returns the node's next state and the actions the daemon
+(:mod:`edge_agent.daemon`) must carry out, in order. Nothing here does I/O or reads the clock:
+the time, the outbox backlog and what the worker processes are doing come in ``ctx``, so every
+path is testable without a broker, and the same events replayed give the same result.
+
+What it decides:
+
+- which control messages are refused (a Task whose id is not its topic's, a desired state for
+  another node) and which are queued to be applied one at a time;
+- which desired-state generation applies: one at most once, so the copy the broker hands back
+  at every reconnection, or an older one, changes nothing; which tasks it stops (no longer
+  listed, or listed with action ``stop``) and which it starts or keeps running;
+- once a task's model is at hand: start the worker, or leave it, or hot-swap the new version over
+  the local channel, or restart the worker when it has no channel, or let a worker waiting for
+  its restart start with the new version;
+- which model version each inference task serves (its worker's ``hello``, ``stats``,
+  ``swapped``; nothing after the worker dies or the task ends): the node status's ``serving``;
+- when the status is published again: the backlog, the served versions or the restarts changed,
+  at most every :data:`STATUS_MIN_INTERVAL_S`;
+- which final progress reports the cloud has not received yet: sent again at every connection.
+
+Some actions ask the daemon for a fact only it can learn, and it answers with an event:
+:class:`PrepareModels` with :class:`ModelReady`, :class:`SendSwap` with :class:`SwapSent`,
+:class:`PublishProgress` with :class:`ProgressSent`, :class:`PublishStatus` with
+:class:`StatusPublished`, :class:`RecordGeneration` with :class:`GenerationApplied`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field, replace
+
+from edge_agent.deployment import PreparedModel
+from protocol import topics
+from protocol import worker_channel as wc
+from protocol import worker_contract as contract
+from protocol.errors import ProtocolError
+from protocol.messages import DesiredState, Message, Task, TaskProgress
+
+STATUS_MIN_INTERVAL_S = 2.0
+FINAL_STATES = ("Completed", "Failed")
+
+# --- state -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class PublishedStatus:
+    """What the last status the broker accepted said."""
+
+    backlog: int
+    serving: dict[str, int]
+    restarts: dict[str, int]
+    at: float
+
+
+@dataclass
+class NodeState:
+    node: str
+    #: the node watches dataset indexes: their sample counts are published at each connection
+    watches_datasets: bool = False
+    applied_generation: int = -1
+    #: start tasks of the applied generation: a later one stops those it no longer lists
+    desired_tasks: frozenset[str] = frozenset()
+    #: inference task id -> model version its worker serves
+    serving: dict[str, int] = field(default_factory=dict)
+    worker_stats: dict[str, wc.Stats] = field(default_factory=dict)
+    #: task id -> its final report, not received by the broker yet
+    unsent_final: dict[str, TaskProgress] = field(default_factory=dict)
+    published: PublishedStatus | None = None
+
+
+# --- context -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class WorkerView:
+    """A task's live attempt as the worker runner sees it now."""
+
+    task: Task  # the version of the task the attempt stands for (retargeted after a swap)
+    alive: bool  # False while a service worker waits to be started again
+    restarts: int | None = None  # None: a worker that runs once
+
+    @property
+    def started_version(self) -> int | None:
+        """The model version the worker was started with (``EDGELOOP_MODEL_VERSION``)."""
+        version = self.task.env.get(contract.MODEL_VERSION, "")
+        return int(version) if version.isdigit() else None
+
+
+@dataclass(frozen=True)
+class Context:
+    now: float  # a monotonic clock, in seconds
+    workers: Mapping[str, WorkerView] = field(default_factory=dict)
+    backlog: int = 0  # hard examples waiting in the outbox
+    connected: bool = True
+
+    def restarts(self) -> dict[str, int]:
+        return {t: w.restarts for t, w in self.workers.items() if w.restarts is not None}
+
+
+# --- events ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ControlReceived:
+    """A message arrived on the node's ``desired`` or ``task/{id}`` topic."""
+
+    topic: str
+    message: Message
+
+
+@dataclass(frozen=True)
+class DesiredReceived:
+    """A queued desired state, now being applied."""
+
+    desired: DesiredState
+
+
+@dataclass(frozen=True)
+class GenerationApplied:
+    generation: int
+    tasks: frozenset[str]
+
+
+@dataclass(frozen=True)
+class TaskReceived:
+    """A queued Task message, now being applied."""
+
+    task: Task
+
+
+@dataclass(frozen=True)
+class ModelReady:
+    """The models of a start task are on disk; ``model`` is what its worker should serve (None:
+    the task serves none)."""
+
+    task: Task
+    model: PreparedModel | None
+    from_desired: bool
+
+
+@dataclass(frozen=True)
+class SwapSent:
+    task: Task
+    swap: wc.Swap
+    delivered: bool  # False: the worker has no channel
+
+
+@dataclass(frozen=True)
+class WorkerHello:
+    task_id: str
+    model_version: str | None
+
+
+@dataclass(frozen=True)
+class WorkerStats:
+    task_id: str
+    stats: wc.Stats
+
+
+@dataclass(frozen=True)
+class WorkerSwapped:
+    task_id: str
+    swapped: wc.Swapped
+
+
+@dataclass(frozen=True)
+class WorkerExited:
+    """A service worker died and is about to be started again."""
+
+    task_id: str
+
+
+@dataclass(frozen=True)
+class Recovered:
+    """Final reports of the attempts an earlier run of the agent left unfinished."""
+
+    reports: tuple[TaskProgress, ...]
+
+
+@dataclass(frozen=True)
+class ProgressReported:
+    """The worker runner reports a task's progress."""
+
+    report: TaskProgress
+
+
+@dataclass(frozen=True)
+class ProgressSent:
+    report: TaskProgress
+    delivered: bool
+
+
+@dataclass(frozen=True)
+class Connected:
+    """The MQTT connection is (re)established."""
+
+
+@dataclass(frozen=True)
+class StatusDue:
+    """Time to check whether the status must be published again."""
+
+
+@dataclass(frozen=True)
+class StatusPublished:
+    backlog: int
+    serving: dict[str, int]
+    restarts: dict[str, int]
+
+
+Event = (
+    ControlReceived | DesiredReceived | GenerationApplied | TaskReceived | ModelReady | SwapSent
+    | WorkerHello | WorkerStats | WorkerSwapped | WorkerExited | Recovered | ProgressReported
+    | ProgressSent | Connected | StatusDue | StatusPublished
+)
+
+# --- actions -----------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class QueueControl:
+    """Apply ``message`` later, after those queued before it."""
+
+    message: DesiredState | Task
+
+
+@dataclass(frozen=True)
+class ReportError:
+    code: str
+    reason: str
+    about: str = ""
+
+
+@dataclass(frozen=True)
+class StopWorker:
+    task_id: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class HandleTask:
+    """Let the worker runner obey a Task message: an attempt handled before is not run again."""
+
+    task: Task
+
+
+@dataclass(frozen=True)
+class PrepareModels:
+    """Get the task's models on disk; answered by :class:`ModelReady`."""
+
+    task: Task
+    from_desired: bool
+
+
+@dataclass(frozen=True)
+class EnsureRunning:
+    """The desired state lists ``task``: run it unless this attempt runs now."""
+
+    task: Task
+
+
+@dataclass(frozen=True)
+class StartWorker:
+    task: Task
+    why: str = ""
+
+
+@dataclass(frozen=True)
+class SendSwap:
+    """Hand the new model to the task's running worker; answered by :class:`SwapSent`."""
+
+    task: Task
+    swap: wc.Swap
+
+
+@dataclass(frozen=True)
+class Retarget:
+    """The task's live attempt now stands for this version of the task (no restart)."""
+
+    task: Task
+    why: str
+
+
+@dataclass(frozen=True)
+class CloseTask:
+    """The task ended: learn the artifacts its result lists, drop its live-view panel."""
+
+    report: TaskProgress
+
+
+@dataclass(frozen=True)
+class PublishProgress:
+    """Publish ``report``; answered by :class:`ProgressSent`."""
+
+    report: TaskProgress
+
+
+@dataclass(frozen=True)
+class PublishStatus:
+    """Publish the retained ``online`` status; answered by :class:`StatusPublished`."""
+
+    backlog: int
+    serving: dict[str, int]
+    restarts: dict[str, int]
+
+
+@dataclass(frozen=True)
+class PublishSamples:
+    """Publish the current sample counts of the watched indexes."""
+
+
+@dataclass(frozen=True)
+class RecordGeneration:
+    """Every other action of the generation is done; answered by :class:`GenerationApplied`.
+
+    Last of its generation, so that one whose application failed half-way is applied again when
+    its copy comes back.
+    """
+
+    generation: int
+    tasks: frozenset[str]
+
+
+Action = (
+    QueueControl | ReportError | StopWorker | HandleTask | PrepareModels | EnsureRunning
+    | StartWorker | SendSwap | Retarget | CloseTask | PublishProgress | PublishStatus
+    | PublishSamples | RecordGeneration
+)
+
+
+@dataclass
+class Transition:
+    state: NodeState
+    actions: list[Action]
+
+
+# --- the decisions -----------------------------------------------------------------------------
+
+
+def handle(state: NodeState, event: Event, ctx: Context) -> Transition:
+    """The node's state after ``event`` and what to do about it. ``state`` is not modified."""
+    s = replace(
+        state,
+        serving=dict(state.serving),
+        worker_stats=dict(state.worker_stats),
+        unsent_final=dict(state.unsent_final),
+    )
+    return Transition(s, _decide(s, event, ctx))
+
+
+def _decide(s: NodeState, event: Event, ctx: Context) -> list[Action]:
+    match event:
+        case ControlReceived(topic, message):
+            return _control(s, topic, message)
+        case DesiredReceived(desired):
+            return _desired(s, desired)
+        case GenerationApplied(generation, tasks):
+            s.applied_generation, s.desired_tasks = generation, tasks
+        case TaskReceived(task):
+            return [HandleTask(task) if task.action == "stop" else PrepareModels(task, False)]
+        case ModelReady(task, model, from_desired):
+            return _model_ready(s, task, model, from_desired, ctx)
+        case SwapSent(task, swap, delivered):
+            return _swap_sent(task, swap.version, delivered)
+        case WorkerHello() | WorkerStats() | WorkerSwapped() | WorkerExited():
+            return _worker(s, event, ctx)
+        case Recovered(reports):
+            s.unsent_final.update((r.task_id, r) for r in reports)
+        case ProgressReported(report):
+            return _progress(s, report)
+        case ProgressSent(report, delivered):
+            _sent(s, report, delivered)
+        case Connected():
+            return _connected(s, ctx)
+        case StatusDue():
+            return _status_due(s, ctx)
+        case StatusPublished(backlog, serving, restarts):
+            s.published = PublishedStatus(backlog, dict(serving), dict(restarts), ctx.now)
+    return []
+
+
+# -- control messages ---------------------------------------------------------------------------
+
+
+def _control(s: NodeState, topic: str, message: Message) -> list[Action]:
+    """Refuse what is not for this node or contradicts its topic; queue the rest."""
+    if isinstance(message, Task):
+        try:
+            route_task = topics.parse(topic).task
+        except ProtocolError as exc:
+            return [ReportError("protocol", str(exc), topic)]
+        if route_task != message.task_id:
+            return [ReportError("protocol", f"task id {message.task_id!r} does not match its "
+                                            "topic", topic)]
+    elif isinstance(message, DesiredState):
+        if message.node != s.node:
+            return [ReportError("protocol", f"desired state for node {message.node!r} sent to "
+                                            f"{s.node!r}", topic)]
+    else:
+        return []
+    return [QueueControl(message)]
+
+
+def _desired(s: NodeState, desired: DesiredState) -> list[Action]:
+    """Stop what the generation drops or stops, run what it starts; nothing for one applied."""
+    if desired.generation <= s.applied_generation:
+        return []
+    wanted = frozenset(t.task_id for t in desired.tasks if t.action == "start")
+    actions: list[Action] = [
+        StopWorker(task_id, "no longer in the desired state")
+        for task_id in sorted(s.desired_tasks - wanted)
+    ]
+    for task in desired.tasks:
+        if task.action == "stop":
+            actions.append(StopWorker(task.task_id, "stopped by the desired state"))
+        else:
+            actions.append(PrepareModels(task, True))
+    actions.append(RecordGeneration(desired.generation, wanted))
+    return actions
+
+
+# -- starting and hot-swapping ------------------------------------------------------------------
+
+
+def _model_ready(
+    s: NodeState, task: Task, model: PreparedModel | None, from_desired: bool, ctx: Context
+) -> list[Action]:
+    """Start the task, or give its running attempt the new model version without a restart."""
+    run = ctx.workers.get(task.task_id)
+    if run is None or run.task.attempt != task.attempt or model is None:
+        return [EnsureRunning(task) if from_desired else HandleTask(task)]
+    served = s.serving.get(task.task_id, run.started_version)
+    if served == model.version:
+        return []
+    if not run.alive:
+        return [Retarget(task, f"its worker is waiting to be restarted; it will start with "
+                               f"model version {model.version}")]
+    swap = wc.Swap(path=str(model.path), version=str(model.version), sha256=model.sha256)
+    return [SendSwap(task, swap)]
+
+
+def _swap_sent(task: Task, version: str, delivered: bool) -> list[Action]:
+    if delivered:
+        return [Retarget(task, f"hot-swapping to model version {version}")]
+    return [
+        StopWorker(task.task_id, f"restarting with model version {version}"),
+        StartWorker(task, f"no channel to its worker; restarting it with model version {version}"),
+    ]
+
+
+# -- what each inference task serves ------------------------------------------------------------
+
+
+def _worker(
+    s: NodeState, event: WorkerHello | WorkerStats | WorkerSwapped | WorkerExited, ctx: Context
+) -> list[Action]:
+    match event:
+        case WorkerHello(task_id, version):
+            run = ctx.workers.get(task_id)
+            if run is not None and run.task.role == "inference" and task_id not in s.serving:
+                # the version it started with, before any swap or stats
+                _note_serving(s, task_id, version or run.task.env.get(contract.MODEL_VERSION), ctx)
+        case WorkerStats(task_id, stats):
+            s.worker_stats[task_id] = stats
+            _note_serving(s, task_id, stats.model_version, ctx)
+        case WorkerSwapped(task_id, swapped) if swapped.ok:
+            _note_serving(s, task_id, swapped.version, ctx)
+        case WorkerSwapped(task_id, swapped):
+            return [ReportError("swap_failed", swapped.error or "the worker refused the model",
+                                task_id)]
+        case WorkerExited(task_id):
+            # until its successor says hello (with the version it loaded), it serves nothing
+            _forget_worker(s, task_id)
+    return []
+
+
+def _note_serving(s: NodeState, task_id: str, version: str | None, ctx: Context) -> None:
+    if version is not None and version.isdigit() and task_id in ctx.workers:
+        s.serving[task_id] = int(version)
+
+
+def _forget_worker(s: NodeState, task_id: str) -> None:
+    s.serving.pop(task_id, None)
+    s.worker_stats.pop(task_id, None)
+
+
+# -- progress reports ---------------------------------------------------------------------------
+
+
+def _progress(s: NodeState, report: TaskProgress) -> list[Action]:
+    if report.state not in FINAL_STATES:
+        return [PublishProgress(report)]
+    _forget_worker(s, report.task_id)
+    return [CloseTask(report), PublishProgress(report)]
+
+
+def _sent(s: NodeState, report: TaskProgress, delivered: bool) -> None:
+    """A final report the broker did not take is kept until a connection takes it."""
+    if delivered:
+        if s.unsent_final.get(report.task_id) == report:
+            del s.unsent_final[report.task_id]
+    elif report.state in FINAL_STATES:
+        s.unsent_final[report.task_id] = report
+
+
+def _connected(s: NodeState, ctx: Context) -> list[Action]:
+    actions: list[Action] = [_publish_status(s, ctx)]
+    if s.watches_datasets:
+        actions.append(PublishSamples())
+    actions.extend(PublishProgress(report) for report in s.unsent_final.values())
+    return actions
+
+
+# -- node status --------------------------------------------------------------------------------
+
+
+def _publish_status(s: NodeState, ctx: Context) -> PublishStatus:
+    return PublishStatus(ctx.backlog, dict(s.serving), ctx.restarts())
+
+
+def _status_due(s: NodeState, ctx: Context) -> list[Action]:
+    """Publish again when what the status says changed, at most every 2 s, when connected."""
+    last = s.published
+    if last is not None and (
+        (ctx.backlog, s.serving, ctx.restarts()) == (last.backlog, last.serving, last.restarts)
+        or ctx.now - last.at < STATUS_MIN_INTERVAL_S
+    ):
+        return []
+    return [_publish_status(s, ctx)] if ctx.connected else []
