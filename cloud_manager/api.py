@@ -50,7 +50,7 @@ EXPORT_PART = 1024 * 1024
 
 
 #: What a verb returns: status code, message, answer data (see :func:`to_json`), messages.
-Answer = tuple[int, str, Any, list[Outgoing]]
+VerbResult = tuple[int, str, Any, list[Outgoing]]
 
 
 @dataclass(frozen=True)
@@ -80,8 +80,7 @@ def to_json(value: object) -> JsonValue:
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, BaseModel):
-        dumped: JsonValue = value.model_dump(mode="json")
-        return dumped
+        return value.model_dump(mode="json")
     if isinstance(value, dict):
         return {str(k): to_json(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
@@ -175,7 +174,7 @@ class ApiHandler:
 
     # -- apply --
 
-    def verb_apply(self, request: ApiRequest, now: float) -> Answer:
+    def verb_apply(self, request: ApiRequest, now: float) -> VerbResult:
         try:
             manifests = load_documents(request.body, None)
         except ManifestError as exc:
@@ -235,7 +234,7 @@ class ApiHandler:
 
     # -- reading --
 
-    def verb_get(self, request: ApiRequest, now: float) -> Answer:
+    def verb_get(self, request: ApiRequest, now: float) -> VerbResult:
         kind = resolve_kind(request.resource or "jobs")
         namespace = None if request.args.get("all_namespaces") else request.namespace
         rows = self._rows(kind, namespace)
@@ -286,7 +285,7 @@ class ApiHandler:
             rows.append(row)
         return rows
 
-    def verb_describe(self, request: ApiRequest, now: float) -> Answer:
+    def verb_describe(self, request: ApiRequest, now: float) -> VerbResult:
         kind = resolve_kind(request.resource or "jobs")
         if kind in ("Dataset", "Model", JOB):
             resource = self.store.get_resource(kind, request.namespace, request.name)
@@ -331,7 +330,7 @@ class ApiHandler:
             raise ApiError(404, f"{JOB} {job} not found")
         return inbox, job
 
-    def verb_hardex_list(self, request: ApiRequest, now: float) -> Answer:
+    def verb_hardex_list(self, request: ApiRequest, now: float) -> VerbResult:
         """A page (``offset``, ``limit``) of a job's hard examples: each sidecar with a summary
         (``id``, ``boxes``, ``model_version``, ``time``, ``labelled``) and the job's class names."""
         inbox, job = self._inbox(request)
@@ -345,7 +344,7 @@ class ApiHandler:
             "items": items, "class_names": list(inputs.class_names()) if inputs else None,
         }, []
 
-    def verb_hardex_export(self, request: ApiRequest, now: float) -> Answer:
+    def verb_hardex_export(self, request: ApiRequest, now: float) -> VerbResult:
         """Image bytes of hard examples: ``parts`` asks for ``{"id": sha256, "offset": n}``; the
         answer carries as many as fit in :data:`EXPORT_BUDGET`, each at most
         :data:`EXPORT_PART` bytes (attachment ``<id>:<offset>``), so an image of any size
@@ -396,7 +395,7 @@ class ApiHandler:
             class_names=inputs.class_names(),
         )
 
-    def verb_label_import(self, request: ApiRequest, now: float) -> Answer:
+    def verb_label_import(self, request: ApiRequest, now: float) -> VerbResult:
         """Without samples: where the job's labels would go (the CLI asks this first). Samples
         themselves are forwarded by the daemon (:mod:`cloud_manager.labels`), which waits for
         the node's answers."""
@@ -407,7 +406,7 @@ class ApiHandler:
 
     # -- changing --
 
-    def verb_delete(self, request: ApiRequest, now: float) -> Answer:
+    def verb_delete(self, request: ApiRequest, now: float) -> VerbResult:
         kind = resolve_kind(request.resource or "jobs")
         ns, name = request.namespace, request.name
         if kind not in ("Dataset", "Model", JOB):
@@ -433,7 +432,7 @@ class ApiHandler:
             self.store.delete_resource(kind, ns, name)
         return 200, "deleted", {"kind": kind, "namespace": ns, "name": name}, out
 
-    def verb_create_namespace(self, request: ApiRequest, now: float) -> Answer:
+    def verb_create_namespace(self, request: ApiRequest, now: float) -> VerbResult:
         name = request.name or request.namespace
         try:
             ObjectMeta(name="x", namespace=name)
@@ -444,7 +443,7 @@ class ApiHandler:
         return (201 if created else 200), "created" if created else "unchanged", {"name": name}, []
 
     def _pause_resume(self, request: ApiRequest, now: float, event: sm.Event,
-                      word: str) -> Answer:
+                      word: str) -> VerbResult:
         ns, name = request.namespace, request.name
         if self.store.load_job(ns, name) is None:
             raise ApiError(404, f"{JOB} {ns}/{name} not found")
@@ -452,7 +451,7 @@ class ApiHandler:
         state = self.store.load_job(ns, name)
         return 200, word, {"paused": state.paused if state else None}, out
 
-    def verb_rollback(self, request: ApiRequest, now: float) -> Answer:
+    def verb_rollback(self, request: ApiRequest, now: float) -> VerbResult:
         version = request.args.get("version")
         if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
             raise ApiError(400, f"version must be a whole number, got {version!r}")
@@ -464,9 +463,9 @@ class ApiHandler:
         serving = state.deployed_version if state else None
         return code, f"serving version {serving}", {"deployed_version": serving}, out
 
-    def verb_pause(self, request: ApiRequest, now: float) -> Answer:
+    def verb_pause(self, request: ApiRequest, now: float) -> VerbResult:
         return self._pause_resume(request, now, sm.Paused(), "paused")
 
-    def verb_resume(self, request: ApiRequest, now: float) -> Answer:
+    def verb_resume(self, request: ApiRequest, now: float) -> VerbResult:
         return self._pause_resume(request, now, sm.Resumed(), "resumed")
 

@@ -45,7 +45,6 @@ from protocol.messages import (
 
 log = logging.getLogger("edgeloop.cloud")
 
-JOB_KIND = "IncrementalLearningJob"
 #: Keys of handled messages are kept this long (far beyond a broker session's redelivery).
 PROCESSED_KEYS_KEPT_S = 86400.0
 CLEANUP_EVERY_S = 3600.0

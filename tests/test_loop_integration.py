@@ -159,9 +159,9 @@ async def test_two_rounds_train_eval_deploy_and_hot_swap(broker, tmp_path):
             await wait_for(lambda r=round_no: [s for s in swaps(tmp_path)
                                                if s["version"] == str(r)],
                            f"the inference worker swapped to version {round_no}")
-            tflite = next(a for a in version["artifacts"] if a["name"] == "model.tflite")
+            tflite = next(a for a in version.artifacts if a.name == "model.tflite")
             served = tmp_path / "agent" / "models" / NS / JOB / f"v{round_no}" / "model.tflite"
-            assert hashlib.sha256(served.read_bytes()).hexdigest() == tflite["sha256"]
+            assert hashlib.sha256(served.read_bytes()).hexdigest() == tflite.sha256
             assert (tmp_path / "deploy" / "model.tflite").read_bytes() == served.read_bytes()
             assert swaps(tmp_path)[-1] == {"version": str(round_no), "bytes": MODEL_BYTES}
 
