@@ -3,19 +3,24 @@ pause, resume, rollback, hardex_list, hardex_export, label_import. Each request 
 
 ``resource`` names follow kubectl's habits: ``jobs``/``il``/``incrementallearningjob``,
 ``datasets``/``ds``, ``models``, ``nodes``, ``namespaces``/``ns``, ``versions`` (registered model
-versions). Answers carry JSON-ready ``data``; the CLI renders it.
+versions). Verbs answer with store rows and job state as they are; :func:`to_json` turns them
+into the answer's JSON ``data`` in one place, and the CLI renders it.
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from typing import Any, Protocol
+
+from pydantic import BaseModel, JsonValue
 
 from cloud_manager import state_machine as sm
 from cloud_manager.hardex_inbox import HardExampleInbox
 from cloud_manager.outgoing import Outgoing
 from cloud_manager.store import Store
 from cloud_manager.task_builder import JobInputs
+from cloud_manager.versions import ModelVersion
 from protocol import topics
 from protocol.errors import ProtocolError
 from protocol.manifest_yaml import load_documents
@@ -44,12 +49,50 @@ EXPORT_BUDGET = 3 * 1024 * 1024
 EXPORT_PART = 1024 * 1024
 
 
+#: What a verb returns: status code, message, answer data (see :func:`to_json`), messages.
+VerbResult = tuple[int, str, Any, list[Outgoing]]
+
+
 @dataclass(frozen=True)
 class Attached:
     """A verb's answer data with binary attachments (sent as msgpack ``bin``)."""
 
     data: Any
     attachments: dict[str, bytes]
+
+
+@dataclass(frozen=True)
+class LabelTarget:
+    """Where a job's labelled samples go: its Dataset (``namespace/name``), the index ``url``
+    on the dataset's ``node``, and the job's class names."""
+
+    job: str
+    dataset: str
+    url: str
+    node: str
+    online: bool
+    class_names: tuple[str, ...]
+
+
+def to_json(value: object) -> JsonValue:
+    """The JSON form of a verb's answer: dataclasses (store rows, job state) become objects of
+    their fields, pydantic models their JSON dump, tuples lists."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_json(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, BaseModel):
+        return value.model_dump(mode="json")
+    if isinstance(value, dict):
+        return {str(k): to_json(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [to_json(v) for v in value]
+    if value is None or isinstance(value, str | int | float):
+        return value
+    raise TypeError(f"an API answer cannot carry a {type(value).__name__}")
+
+
+def version_row(job: str, version: ModelVersion) -> dict[str, Any]:
+    """A registered version as ``get versions`` and ``describe`` list it."""
+    return {"job": job, "name": f"{job}:{version.version}", **dataclasses.asdict(version)}
 
 
 def _whole_number(value: Any, what: str) -> int:
@@ -99,6 +142,8 @@ class JobControl(Protocol):
     def job_event(self, namespace: str, name: str, event: sm.Event, now: float,
                   ctx: sm.Context | None = None) -> list[Outgoing]: ...
 
+    def dataset_node(self, namespace: str, name: str) -> str | None: ...
+
     def status_message(self, state: sm.JobState) -> Outgoing: ...
 
     def desired_for(self, node: str) -> list[Outgoing]: ...
@@ -125,11 +170,11 @@ class ApiHandler:
         if isinstance(data, Attached):
             data, attachments = data.data, data.attachments
         return ApiResponse(request_id=request.request_id, ok=True, code=code, message=message,
-                           data=data, attachments=attachments), out
+                           data=to_json(data), attachments=attachments), out
 
     # -- apply --
 
-    def verb_apply(self, request: ApiRequest, now: float) -> tuple[int, str, Any, list[Outgoing]]:
+    def verb_apply(self, request: ApiRequest, now: float) -> VerbResult:
         try:
             manifests = load_documents(request.body, None)
         except ManifestError as exc:
@@ -179,10 +224,9 @@ class ApiHandler:
             self.store.save_job(state, now)
             out.append(self.manager.status_message(state))
             known = self.store.dataset_samples(ns, job.spec.dataset.name)
-            dataset = self.store.get_resource("Dataset", ns, job.spec.dataset.name)
-            owner = dataset["manifest"]["spec"]["nodeName"] if dataset else None
-            if known is not None and known["node"] == owner:
-                out += self.manager.job_event(ns, name, sm.SamplesReported(known["samples"]), now)
+            owner = self.manager.dataset_node(ns, job.spec.dataset.name)
+            if known is not None and known.node == owner:
+                out += self.manager.job_event(ns, name, sm.SamplesReported(known.samples), now)
         else:
             out += self.manager.job_event(ns, name, sm.SpecChanged(), now)
         out += self.manager.desired_for(job.spec.deploy_spec.node_name)
@@ -190,7 +234,7 @@ class ApiHandler:
 
     # -- reading --
 
-    def verb_get(self, request: ApiRequest, now: float) -> tuple[int, str, Any, list[Outgoing]]:
+    def verb_get(self, request: ApiRequest, now: float) -> VerbResult:
         kind = resolve_kind(request.resource or "jobs")
         namespace = None if request.args.get("all_namespaces") else request.namespace
         rows = self._rows(kind, namespace)
@@ -206,31 +250,28 @@ class ApiHandler:
             return [{"name": n} for n in store.namespaces()]
         if kind == "Node":
             return [{
-                "name": n["name"], "state": n["state"], "boot_id": n["boot_id"],
-                "agent_version": n["status"].get("agent_version", ""),
-                "outbox_backlog": n["status"].get("outbox_backlog", 0), "updated": n["updated"],
+                "name": n.name, "state": n.state, "boot_id": n.boot_id,
+                "agent_version": n.status.agent_version,
+                "outbox_backlog": n.status.outbox_backlog, "updated": n.updated,
             } for n in store.nodes()]
         if kind == "ModelVersion":
-            return [{
-                "job": v["job"], "name": f"{v['job']}:{v['version']}", "version": v["version"],
-                "round": v["round"], "metrics": v.get("metrics", {}), "time": v["time"],
-                "collected": v.get("collected"),
-                "artifacts": v.get("artifacts", []),
-            } for v in store.model_versions() if namespace is None or v["job"].startswith(f"{namespace}/")]
+            return [version_row(v.job, v.model) for v in store.every_model_version()
+                    if namespace is None or v.job.startswith(f"{namespace}/")]
         rows = []
         for r in store.resources(kind, namespace):
-            spec = r["manifest"].get("spec", {})
-            row: dict[str, Any] = {"namespace": r["namespace"], "name": r["name"],
-                                   "generation": r["generation"], "created": r["created"]}
+            # the manifest as applied: a listing shows it even when it no longer parses
+            spec = r.manifest.get("spec", {})
+            row: dict[str, Any] = {"namespace": r.namespace, "name": r.name,
+                                   "generation": r.generation, "created": r.created}
             if kind == "Dataset":
-                samples = store.dataset_samples(r["namespace"], r["name"])
+                samples = store.dataset_samples(r.namespace, r.name)
                 row |= {"url": spec.get("url"), "format": spec.get("format"),
                         "node": spec.get("nodeName"),
-                        "samples": samples["samples"] if samples else None}
+                        "samples": samples.samples if samples else None}
             elif kind == "Model":
                 row |= {"url": spec.get("url"), "format": spec.get("format")}
             else:
-                state = store.load_job(r["namespace"], r["name"])
+                state = store.load_job(r.namespace, r.name)
                 if state is not None:
                     last = state.conditions[-1] if state.conditions else None
                     row |= {
@@ -244,7 +285,7 @@ class ApiHandler:
             rows.append(row)
         return rows
 
-    def verb_describe(self, request: ApiRequest, now: float) -> tuple[int, str, Any, list[Outgoing]]:
+    def verb_describe(self, request: ApiRequest, now: float) -> VerbResult:
         kind = resolve_kind(request.resource or "jobs")
         if kind in ("Dataset", "Model", JOB):
             resource = self.store.get_resource(kind, request.namespace, request.name)
@@ -254,12 +295,11 @@ class ApiHandler:
             if kind == JOB:
                 ref = f"{request.namespace}/{request.name}"
                 state = self.store.load_job(request.namespace, request.name)
-                data["status"] = sm.status_fields(state) if state else None
-                if state is not None:
-                    data["status"]["conditions"] = [c.__dict__ for c in state.conditions]
-                data["versions"] = self.store.model_versions(ref)
-                data["tasks"] = [{k: t[k] for k in ("task_id", "attempt", "role", "round", "node",
-                                                    "state", "updated")} for t in self.store.tasks(ref)]
+                # the whole history, not the last conditions a status message carries
+                data["status"] = sm.status_fields(state) | {"conditions": state.conditions} \
+                    if state else None
+                data["versions"] = [version_row(ref, v) for v in self.store.model_versions(ref)]
+                data["tasks"] = self.store.tasks(ref)
             elif kind == "Dataset":
                 data["samples"] = self.store.dataset_samples(request.namespace, request.name)
             return 200, "", data, []
@@ -290,7 +330,7 @@ class ApiHandler:
             raise ApiError(404, f"{JOB} {job} not found")
         return inbox, job
 
-    def verb_hardex_list(self, request: ApiRequest, now: float) -> tuple[int, str, Any, list[Outgoing]]:
+    def verb_hardex_list(self, request: ApiRequest, now: float) -> VerbResult:
         """A page (``offset``, ``limit``) of a job's hard examples: each sidecar with a summary
         (``id``, ``boxes``, ``model_version``, ``time``, ``labelled``) and the job's class names."""
         inbox, job = self._inbox(request)
@@ -304,7 +344,7 @@ class ApiHandler:
             "items": items, "class_names": list(inputs.class_names()) if inputs else None,
         }, []
 
-    def verb_hardex_export(self, request: ApiRequest, now: float) -> tuple[int, str, Any, list[Outgoing]]:
+    def verb_hardex_export(self, request: ApiRequest, now: float) -> VerbResult:
         """Image bytes of hard examples: ``parts`` asks for ``{"id": sha256, "offset": n}``; the
         answer carries as many as fit in :data:`EXPORT_BUDGET`, each at most
         :data:`EXPORT_PART` bytes (attachment ``<id>:<offset>``), so an image of any size
@@ -318,24 +358,25 @@ class ApiHandler:
         attachments: dict[str, bytes] = {}
         budget = EXPORT_BUDGET
         for i, want in enumerate(wanted):
-            if not isinstance(want, dict) or not isinstance(want.get("id"), str):
+            sha256 = want.get("id") if isinstance(want, dict) else None
+            if not isinstance(want, dict) or not isinstance(sha256, str):
                 raise ApiError(400, f"parts.{i}: expected {{\"id\": sha256, \"offset\": bytes}}")
             offset = _whole_number(want.get("offset", 0), f"parts.{i}.offset")
             length = min(EXPORT_PART, budget)
             if length <= 0:
                 break
             try:
-                data, size = inbox.read_image(job, want["id"], offset, length)
+                data, size = inbox.read_image(job, sha256, offset, length)
             except KeyError:
-                missing.append(want["id"])
+                missing.append(sha256)
                 continue
-            attachments[f"{want['id']}:{offset}"] = data
-            parts.append({"id": want["id"], "offset": offset, "length": len(data), "size": size})
+            attachments[f"{sha256}:{offset}"] = data
+            parts.append({"id": sha256, "offset": offset, "length": len(data), "size": size})
             budget -= len(data)
         return 200, f"{len(parts)} parts", Attached(
             {"job": job, "parts": parts, "missing": missing}, attachments), []
 
-    def label_target(self, request: ApiRequest) -> dict[str, Any]:
+    def label_target(self, request: ApiRequest) -> LabelTarget:
         """Where labelled samples of the request's job go: the job's Dataset and the node
         holding its index (``nodeName``), with the job's class names."""
         job = self._job_ref(request)
@@ -345,27 +386,27 @@ class ApiHandler:
                 raise ApiError(404, f"{JOB} {job} not found")
             raise ApiError(409, f"{JOB} {job} references a resource that does not exist")
         node = inputs.dataset_node
-        return {
-            "job": job,
-            "dataset": f"{inputs.dataset.metadata.namespace}/{inputs.dataset.metadata.name}",
-            "url": inputs.dataset.spec.url,
-            "node": node,
-            "online": node in self.manager.online_nodes(),
-            "class_names": list(inputs.class_names()),
-        }
+        return LabelTarget(
+            job=job,
+            dataset=f"{inputs.dataset.metadata.namespace}/{inputs.dataset.metadata.name}",
+            url=inputs.dataset.spec.url,
+            node=node,
+            online=node in self.manager.online_nodes(),
+            class_names=inputs.class_names(),
+        )
 
-    def verb_label_import(self, request: ApiRequest, now: float) -> tuple[int, str, Any, list[Outgoing]]:
+    def verb_label_import(self, request: ApiRequest, now: float) -> VerbResult:
         """Without samples: where the job's labels would go (the CLI asks this first). Samples
         themselves are forwarded by the daemon (:mod:`cloud_manager.labels`), which waits for
         the node's answers."""
         if request.args.get("samples"):
             raise ApiError(400, "label_import with samples needs the cloud manager daemon")
         target = self.label_target(request)
-        return 200, f"labels go to {target['dataset']} on node {target['node']}", target, []
+        return 200, f"labels go to {target.dataset} on node {target.node}", target, []
 
     # -- changing --
 
-    def verb_delete(self, request: ApiRequest, now: float) -> tuple[int, str, Any, list[Outgoing]]:
+    def verb_delete(self, request: ApiRequest, now: float) -> VerbResult:
         kind = resolve_kind(request.resource or "jobs")
         ns, name = request.namespace, request.name
         if kind not in ("Dataset", "Model", JOB):
@@ -391,7 +432,7 @@ class ApiHandler:
             self.store.delete_resource(kind, ns, name)
         return 200, "deleted", {"kind": kind, "namespace": ns, "name": name}, out
 
-    def verb_create_namespace(self, request: ApiRequest, now: float) -> tuple[int, str, Any, list[Outgoing]]:
+    def verb_create_namespace(self, request: ApiRequest, now: float) -> VerbResult:
         name = request.name or request.namespace
         try:
             ObjectMeta(name="x", namespace=name)
@@ -402,7 +443,7 @@ class ApiHandler:
         return (201 if created else 200), "created" if created else "unchanged", {"name": name}, []
 
     def _pause_resume(self, request: ApiRequest, now: float, event: sm.Event,
-                      word: str) -> tuple[int, str, Any, list[Outgoing]]:
+                      word: str) -> VerbResult:
         ns, name = request.namespace, request.name
         if self.store.load_job(ns, name) is None:
             raise ApiError(404, f"{JOB} {ns}/{name} not found")
@@ -410,7 +451,7 @@ class ApiHandler:
         state = self.store.load_job(ns, name)
         return 200, word, {"paused": state.paused if state else None}, out
 
-    def verb_rollback(self, request: ApiRequest, now: float) -> tuple[int, str, Any, list[Outgoing]]:
+    def verb_rollback(self, request: ApiRequest, now: float) -> VerbResult:
         version = request.args.get("version")
         if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
             raise ApiError(400, f"version must be a whole number, got {version!r}")
@@ -422,9 +463,9 @@ class ApiHandler:
         serving = state.deployed_version if state else None
         return code, f"serving version {serving}", {"deployed_version": serving}, out
 
-    def verb_pause(self, request: ApiRequest, now: float) -> tuple[int, str, Any, list[Outgoing]]:
+    def verb_pause(self, request: ApiRequest, now: float) -> VerbResult:
         return self._pause_resume(request, now, sm.Paused(), "paused")
 
-    def verb_resume(self, request: ApiRequest, now: float) -> tuple[int, str, Any, list[Outgoing]]:
+    def verb_resume(self, request: ApiRequest, now: float) -> VerbResult:
         return self._pause_resume(request, now, sm.Resumed(), "resumed")
 

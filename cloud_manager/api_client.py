@@ -6,12 +6,17 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Callable
-from typing import Any, Self
+from typing import Any, Self, TypeVar
+
+from pydantic import BaseModel, ConfigDict, ValidationError
 
 from edgeloop.connection import ConnectionOptions
 from edgeloop.mqtt import MqttClient, new_client_id
 from protocol import topics
+from protocol.codec import describe_validation_error
 from protocol.messages import ApiRequest, ApiResponse
+
+A = TypeVar("A", bound="Answer")
 
 
 async def call(
@@ -75,23 +80,74 @@ class ApiSession:
         return response
 
 
+class Answer(BaseModel):
+    """The ``data`` of an answer this client reads: checked when it arrives (fields it does not
+    know are ignored, as for messages)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    @classmethod
+    def of(cls: type[A], response: ApiResponse) -> A:
+        """``response.data`` as this answer; ``ValueError`` names what does not fit."""
+        try:
+            return cls.model_validate(response.data)
+        except ValidationError as exc:
+            raise ValueError(f"unexpected answer from the cloud manager: "
+                             f"{describe_validation_error(exc)}") from None
+
+
+class HardexList(Answer):
+    """A ``hardex_list`` answer: a page of a job's hard examples (each a summarised sidecar)."""
+
+    job: str
+    total: int
+    items: list[dict[str, Any]]
+    class_names: list[str] | None = None
+
+
+class ExportPart(Answer):
+    id: str
+    offset: int
+    length: int
+    size: int
+
+
+class HardexExport(Answer):
+    """A ``hardex_export`` answer: the pieces of images it carries, and the ids it no longer has."""
+
+    parts: list[ExportPart]
+    missing: list[str]
+
+
+class LabelTarget(Answer):
+    """A ``label_import`` answer without samples: where the job's labels go."""
+
+    dataset: str
+    node: str
+    class_names: list[str]
+
+
+class LabelImport(Answer):
+    """A ``label_import`` answer: what became of each sample (sha256, source, status, reason)."""
+
+    results: list[dict[str, str]]
+
+
 #: Hard examples asked for in one ``hardex_export`` request (the answer is capped by size).
 EXPORT_IDS_PER_REQUEST = 200
 
 
-async def list_hardex(api: ApiSession, namespace: str, name: str) -> dict[str, Any]:
+async def list_hardex(api: ApiSession, namespace: str, name: str) -> HardexList:
     """Every hard example of a job, page after page, as one ``hardex_list`` answer."""
-    first = (await api.ask("hardex_list", namespace=namespace, name=name)).data
-    assert isinstance(first, dict)
-    items = list(first["items"])
-    while len(items) < first["total"]:
-        page = (await api.ask("hardex_list", namespace=namespace, name=name,
-                              args={"offset": len(items)})).data
-        assert isinstance(page, dict)
-        if not page["items"]:
+    first = HardexList.of(await api.ask("hardex_list", namespace=namespace, name=name))
+    items = list(first.items)
+    while len(items) < first.total:
+        page = HardexList.of(await api.ask("hardex_list", namespace=namespace, name=name,
+                                           args={"offset": len(items)}))
+        if not page.items:
             break  # the inbox shrank meanwhile
-        items += page["items"]
-    return {**first, "items": items}
+        items += page.items
+    return first.model_copy(update={"items": items})
 
 
 async def fetch_hardex_images(
@@ -110,27 +166,26 @@ async def fetch_hardex_images(
         wanted = [{"id": i, "offset": len(buf)} for i, buf in list(received.items())[:EXPORT_IDS_PER_REQUEST]]
         response = await api.ask("hardex_export", namespace=namespace, name=name,
                                  args={"parts": wanted})
-        data = response.data
-        assert isinstance(data, dict)
+        data = HardexExport.of(response)
         progress = False
-        for sha256 in data["missing"]:
+        for sha256 in data.missing:
             if received.pop(sha256, None) is not None:
                 missing.append(sha256)
                 progress = True
-        for part in data["parts"]:
-            buffer = received.get(part["id"])
-            piece = response.attachments.get(f"{part['id']}:{part['offset']}")
-            if buffer is None or piece is None or part["offset"] != len(buffer):
+        for part in data.parts:
+            buffer = received.get(part.id)
+            piece = response.attachments.get(f"{part.id}:{part.offset}")
+            if buffer is None or piece is None or part.offset != len(buffer):
                 continue
             buffer += piece
             progress = progress or bool(piece)
-            if len(buffer) >= part["size"]:
-                del received[part["id"]]
+            if len(buffer) >= part.size:
+                del received[part.id]
                 image = bytes(buffer)
-                if hashlib.sha256(image).hexdigest() != part["id"]:
-                    raise ValueError(f"hard example {part['id'][:12]}: the bytes received do not "
+                if hashlib.sha256(image).hexdigest() != part.id:
+                    raise ValueError(f"hard example {part.id[:12]}: the bytes received do not "
                                      "match its sha256")
-                on_image(by_id[part["id"]], image)
+                on_image(by_id[part.id], image)
         if not progress:
             raise ValueError("the cloud manager sent no image data; export stopped")
     return missing

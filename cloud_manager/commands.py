@@ -316,17 +316,21 @@ def _register_labelling(hardex: typer.Typer, label: typer.Typer) -> None:
         """The job's hard examples: id, node, age, model version, boxes, labelled or not."""
         from rich.console import Console
 
-        from cloud_manager.api_client import ApiSession, list_hardex
+        from cloud_manager.api_client import ApiSession, HardexList, list_hardex
         from cloud_manager.render import dump, table
 
         if output not in ("table", "wide", "json"):
             raise typer.BadParameter(f"{output!r}: use one of table, wide, json")
 
-        async def work() -> dict[str, Any]:
+        async def work() -> HardexList:
             async with ApiSession(connection, timeout) as api:
                 return await list_hardex(api, namespace, job)
 
-        items = _session(work)["items"]
+        try:
+            items = _session(work).items
+        except ValueError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(1) from None
         if output == "json":
             typer.echo(dump(items, "json"))
         elif not items:
@@ -350,7 +354,7 @@ def _register_labelling(hardex: typer.Typer, label: typer.Typer) -> None:
     ) -> None:
         """Write the job's hard examples and the model's boxes, as proposals to correct, for an
         annotation tool. `edgeloop label import` takes the corrected files back."""
-        from cloud_manager.api_client import ApiSession, fetch_hardex_images, list_hardex
+        from cloud_manager.api_client import ApiSession, HardexList, fetch_hardex_images, list_hardex
         from cloud_manager.hardex_export import EXPORT_FORMATS, image_path, write_export
         from edgeloop.durable import write_atomically
         from protocol.classes import CLASS_NAMES
@@ -363,10 +367,10 @@ def _register_labelling(hardex: typer.Typer, label: typer.Typer) -> None:
         def keep(item: dict[str, Any], image: bytes) -> None:
             write_atomically(image_path(out, item), image)
 
-        async def work() -> tuple[dict[str, Any], list[dict[str, Any]], list[str]]:
+        async def work() -> tuple[HardexList, list[dict[str, Any]], list[str]]:
             async with ApiSession(connection, timeout) as api:
                 listing = await list_hardex(api, namespace, job)
-                items = [i for i in listing["items"] if include_all or not i["labelled"]]
+                items = [i for i in listing.items if include_all or not i["labelled"]]
                 missing = await fetch_hardex_images(api, namespace, job, items, keep)
                 return listing, items, missing
 
@@ -378,11 +382,11 @@ def _register_labelling(hardex: typer.Typer, label: typer.Typer) -> None:
         for sha256 in missing:
             typer.echo(f"{sha256[:12]}: gone from the cloud's inbox meanwhile; not exported",
                        err=True)
-        class_names = listing.get("class_names") or list(CLASS_NAMES)
+        class_names = listing.class_names or list(CLASS_NAMES)
         result = write_export(out, [i for i in items if i["id"] not in missing], fmt, class_names)
         for line in result.dropped:
             typer.echo(f"left out: {line}", err=True)
-        skipped = len(listing["items"]) - len(items)
+        skipped = len(listing.items) - len(items)
         typer.echo(f"{result.images} hard examples, {result.boxes} proposed boxes -> {result.path}"
                    + (f" ({skipped} already labelled not exported; --all includes them)"
                       if skipped else ""))
@@ -401,7 +405,7 @@ def _register_labelling(hardex: typer.Typer, label: typer.Typer) -> None:
     ) -> None:
         """Add labelled samples to the job's dataset: the node holding its index copies the
         images beside it and appends the lines. Importing the same file again adds nothing."""
-        from cloud_manager.api_client import ApiSession
+        from cloud_manager.api_client import ApiSession, LabelImport, LabelTarget
         from cloud_manager.label_files import LABEL_FORMATS, batches, read_labels
 
         if fmt not in LABEL_FORMATS:
@@ -409,20 +413,18 @@ def _register_labelling(hardex: typer.Typer, label: typer.Typer) -> None:
                                      param_hint="--format")
         wait_s = max(1.0, timeout - 5.0)
 
-        async def work() -> tuple[dict[str, Any], list[str], list[dict[str, Any]]]:
+        async def work() -> tuple[LabelTarget, list[str], list[dict[str, str]]]:
             async with ApiSession(connection, timeout) as api:
-                target = (await api.ask("label_import", namespace=namespace, name=job)).data
-                assert isinstance(target, dict)
-                read = await asyncio.to_thread(read_labels, file, fmt, target["class_names"])
+                target = LabelTarget.of(await api.ask("label_import", namespace=namespace, name=job))
+                read = await asyncio.to_thread(read_labels, file, fmt, target.class_names)
                 problems = list(read.problems)
-                results: list[dict[str, Any]] = []
+                results: list[dict[str, str]] = []
                 for batch in batches(read.samples, problems):
                     response = await api.ask(
                         "label_import", timeout=timeout + 5.0, namespace=namespace, name=job,
                         args={"samples": batch.samples, "wait_s": wait_s},
                         attachments=batch.images)
-                    assert isinstance(response.data, dict)
-                    results += response.data["results"]
+                    results += LabelImport.of(response).results
                 return target, problems, results
 
         try:
@@ -438,7 +440,7 @@ def _register_labelling(hardex: typer.Typer, label: typer.Typer) -> None:
                 typer.echo(f"{word} {result['source']}: {result['reason']}", err=True)
         count = {s: sum(1 for r in results if r["status"] == s)
                  for s in ("added", "present", "rejected", "pending")}
-        typer.echo(f"{target['dataset']} on node {target['node']}: {count['added']} added, "
+        typer.echo(f"{target.dataset} on node {target.node}: {count['added']} added, "
                    f"{count['present']} already there, {len(problems)} skipped (bad line or "
                    f"image), {count['rejected']} rejected by the node"
                    + (f", {count['pending']} not confirmed yet (import again to check)"

@@ -148,7 +148,7 @@ class CloudDaemon:
         ok, reason = True, ""
         try:
             for artifact in pull.artifacts:
-                await self.puller.pull(pull.node, artifact["name"], artifact["sha256"], artifact["size"])
+                await self.puller.pull(pull.node, artifact.name, artifact.sha256, artifact.size)
         except (PullError, RegistryError, OSError) as exc:
             ok, reason = False, str(exc)
             log.warning("%s/%s version %d: %s", pull.namespace, pull.name, pull.version, reason)

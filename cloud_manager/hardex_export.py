@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from protocol.dataset_index import Sample, append_samples, image_size
 from protocol.label_formats import corners_in_image, write_coco
 
@@ -51,7 +53,8 @@ def proposals(item: dict[str, Any], width: int, height: int, num_classes: int
             dropped.append(f"{item['id'][:12]} box {i}: class {cls} is not one of the job's "
                            f"{num_classes} classes")
             continue
-        corners = corners_in_image(*box, width, height)
+        x1, y1, x2, y2 = box
+        corners = corners_in_image(x1, y1, x2, y2, width, height)
         if corners is None:
             dropped.append(f"{item['id'][:12]} box {i}: no area inside the {width}x{height} frame")
             continue
@@ -74,7 +77,7 @@ def write_export(out: Path, items: Sequence[dict[str, Any]], fmt: str,
         if size is None:
             raise ValueError(f"{image}: missing or unreadable image")
         boxes, scores, dropped = proposals(item, size[0], size[1], len(class_names))
-        samples.append(Sample(image=image, boxes=boxes))
+        samples.append(Sample(image=image, boxes=np.asarray(boxes, np.int32)))
         all_scores.append(scores)
         result.dropped += dropped
         result.boxes += len(boxes)

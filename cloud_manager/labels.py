@@ -16,6 +16,7 @@ same connection while the answer waits for them. The store is read under the dae
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import time
 from collections.abc import Callable
@@ -23,7 +24,7 @@ from typing import Any, Self
 
 from pydantic import ValidationError
 
-from cloud_manager.api import ApiError
+from cloud_manager.api import ApiError, LabelTarget, to_json
 from cloud_manager.manager import Manager
 from edgeloop.mqtt import Delivery, MqttClient, NotConnected
 from edgeloop.reliable import ReliableSender
@@ -112,27 +113,28 @@ class LabelForwarder:
         except ApiError as exc:
             return ApiResponse(request_id=request.request_id, ok=False, code=exc.code,
                                message=exc.message, errors=exc.errors)
-        if not target["online"]:
+        if not target.online:
             return ApiResponse(
                 request_id=request.request_id, ok=False, code=409,
-                message=f"node {target['node']}, which holds dataset {target['dataset']}, is "
+                message=f"node {target.node}, which holds dataset {target.dataset}, is "
                         "offline; nothing was sent (import again once it is online)")
         wait_s = request.args.get("wait_s", DEFAULT_WAIT_S)
         if isinstance(wait_s, bool) or not isinstance(wait_s, int | float):
             wait_s = DEFAULT_WAIT_S
-        outcomes = await self._send_and_wait(target["node"], messages,
+        outcomes = await self._send_and_wait(target.node, messages,
                                              min(max(float(wait_s), 0.1), MAX_WAIT_S))
-        for message in messages:
-            results[message.sha256] |= outcomes.get(
-                message.key, {"status": "pending",
-                              "reason": f"node {target['node']} has not confirmed it yet"})
+        for sample in messages:
+            results[sample.sha256] |= outcomes.get(
+                sample.key, {"status": "pending",
+                             "reason": f"node {target.node} has not confirmed it yet"})
         await asyncio.to_thread(self._mark_labelled, target, results)
         counts = {s: sum(1 for r in results.values() if r["status"] == s)
                   for s in ("added", "present", "rejected", "pending")}
-        message = (f"{counts['added']} added, {counts['present']} already in the dataset, "
+        summary = (f"{counts['added']} added, {counts['present']} already in the dataset, "
                    f"{counts['rejected']} rejected, {counts['pending']} not confirmed")
-        return ApiResponse(request_id=request.request_id, ok=True, code=200, message=message,
-                           data={**target, "counts": counts, "results": list(results.values())})
+        data = dataclasses.asdict(target) | {"counts": counts, "results": list(results.values())}
+        return ApiResponse(request_id=request.request_id, ok=True, code=200, message=summary,
+                           data=to_json(data))
 
     async def _send_and_wait(self, node: str, messages: list[LabelledSample],
                              wait_s: float) -> dict[str, dict[str, str]]:
@@ -171,7 +173,7 @@ class LabelForwarder:
                 if not future.done():
                     future.set_result({"status": outcome.status, "reason": outcome.reason})
 
-    def _mark_labelled(self, target: dict[str, Any], results: dict[str, dict[str, Any]]) -> None:
+    def _mark_labelled(self, target: LabelTarget, results: dict[str, dict[str, Any]]) -> None:
         inbox = self.manager.inbox
         if inbox is None:
             return
@@ -179,12 +181,12 @@ class LabelForwarder:
         for sha256, result in results.items():
             if result["status"] in ("added", "present"):
                 try:
-                    inbox.mark_labelled(target["job"], sha256, target["dataset"], now)
+                    inbox.mark_labelled(target.job, sha256, target.dataset, now)
                 except OSError as exc:  # the label is in the dataset; only the note is missing
                     log.warning("cannot note %s as labelled: %s", sha256[:12], exc)
 
 
-def build_samples(request: ApiRequest, target: dict[str, Any]
+def build_samples(request: ApiRequest, target: LabelTarget
                   ) -> tuple[list[LabelledSample], dict[str, dict[str, Any]]]:
     """The messages for the request's samples, and a result row per sample (keyed by sha256):
     a sample that cannot become a message is rejected here with the reason."""
@@ -194,9 +196,10 @@ def build_samples(request: ApiRequest, target: dict[str, Any]
     messages: list[LabelledSample] = []
     results: dict[str, dict[str, Any]] = {}
     for i, sample in enumerate(samples):
-        if not isinstance(sample, dict) or not isinstance(sample.get("sha256"), str):
+        sha256 = sample.get("sha256") if isinstance(sample, dict) else None
+        if not isinstance(sample, dict) or not isinstance(sha256, str):
             raise ApiError(400, f"samples.{i}: expected an object with sha256, format, boxes")
-        sha256, source = sample["sha256"], str(sample.get("source", ""))[:1024]
+        source = str(sample.get("source", ""))[:1024]
         if sha256 in results:
             continue  # the same image twice: its first labels count
         row: dict[str, Any] = {"sha256": sha256, "source": source}
@@ -205,11 +208,11 @@ def build_samples(request: ApiRequest, target: dict[str, Any]
         if image is None:
             row |= {"status": "rejected", "reason": "its image is not attached to the request"}
             continue
-        try:
-            messages.append(LabelledSample(
-                node=target["node"], dataset=target["dataset"], sha256=sha256, image=image,
-                image_format=sample.get("format", "jpg"), boxes=sample.get("boxes", []),
-                source=source))
+        try:  # format and boxes come as the CLI sent them: the message model checks them
+            messages.append(LabelledSample.model_validate({
+                "node": target.node, "dataset": target.dataset, "sha256": sha256, "image": image,
+                "image_format": sample.get("format", "jpg"), "boxes": sample.get("boxes", []),
+                "source": source}))
         except ValueError as exc:
             row |= {"status": "rejected", "reason": _first_error(exc)}
     return messages, results

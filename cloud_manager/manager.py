@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from datetime import timezone, tzinfo
-from typing import Any
+from typing import TypeVar
 
 from cloud_manager import state_machine as sm
 from cloud_manager.api import ApiHandler
@@ -26,11 +26,12 @@ from cloud_manager.hardex_inbox import HardExampleInbox
 from cloud_manager.registry import ModelRegistry, RegistryError
 from cloud_manager.sample_batch import DatasetUpdate, coalesce
 from cloud_manager.outgoing import Outgoing
-from cloud_manager.store import Store
+from cloud_manager.store import ResourceRow, Store
 from cloud_manager.task_builder import JobInputs, build_inference_task, task_id
+from cloud_manager.versions import Artifact
 from protocol import topics
 from protocol.manifest_yaml import parse_manifest
-from protocol.manifests import Dataset, IncrementalLearningJob, Model
+from protocol.manifests import Dataset, IncrementalLearningJob, Manifest, Model
 from protocol.messages import (
     ApiRequest,
     ApiResponse,
@@ -44,10 +45,11 @@ from protocol.messages import (
 
 log = logging.getLogger("edgeloop.cloud")
 
-JOB_KIND = "IncrementalLearningJob"
 #: Keys of handled messages are kept this long (far beyond a broker session's redelivery).
 PROCESSED_KEYS_KEPT_S = 86400.0
 CLEANUP_EVERY_S = 3600.0
+
+M = TypeVar("M", Dataset, Model, IncrementalLearningJob)
 
 
 @dataclass
@@ -72,7 +74,7 @@ class Pull:
     name: str
     version: int
     node: str
-    artifacts: list[dict[str, Any]]
+    artifacts: tuple[Artifact, ...]
 
 
 class Manager:
@@ -97,52 +99,59 @@ class Manager:
         self.settings = settings or sm.MachineSettings()
         self.api = ApiHandler(store, self)
         self._pulls: list[Pull] = []
-        self._manifests: dict[tuple[str, str, str], tuple[tuple[int, float], Any]] = {}
+        self._manifests: dict[tuple[str, str, str], tuple[tuple[int, float], Manifest]] = {}
         self._last_cleanup = 0.0
 
     # -- helpers --
 
     def online_nodes(self) -> frozenset[str]:
-        return frozenset(n["name"] for n in self.store.nodes() if n["state"] == "online")
+        return self.store.online_nodes()
 
     def context(self, now: float) -> sm.Context:
         return sm.Context(now, self.online_nodes(), self.tz, self.settings)
 
-    def _parsed(self, resource: dict[str, Any]) -> Any:
+    def _parsed(self, resource: ResourceRow) -> Manifest:
         """The manifest model of a stored resource, validated once per stored revision (every
         tick looks at every job: validating each time would cost more than the rest)."""
-        key = (resource["kind"], resource["namespace"], resource["name"])
-        revision = (resource["generation"], resource["updated"])
+        key = (resource.kind, resource.namespace, resource.name)
+        revision = (resource.generation, resource.updated)
         cached = self._manifests.get(key)
         if cached is None or cached[0] != revision:
-            cached = (revision, parse_manifest(resource["manifest"]))
+            cached = (revision, parse_manifest(resource.manifest))
             self._manifests[key] = cached
         return cached[1]
 
+    def manifest(self, kind: type[M], namespace: str, name: str) -> M | None:
+        """The applied manifest of a kind, or None when there is none."""
+        stored = self.store.get_resource(kind.kind_name, namespace, name)
+        if stored is None:
+            return None
+        manifest = self._parsed(stored)
+        if not isinstance(manifest, kind):
+            raise TypeError(f"stored {kind.kind_name} {namespace}/{name} parses as a "
+                            f"{type(manifest).__name__}")
+        return manifest
+
+    def dataset_node(self, namespace: str, name: str) -> str | None:
+        """The node holding a Dataset's index (its ``nodeName``); None: not applied."""
+        dataset = self.manifest(Dataset, namespace, name)
+        return dataset.spec.node_name if dataset else None
+
     def inputs(self, namespace: str, name: str) -> JobInputs | None:
         """The job's manifest and the resources it references, or None if any is missing."""
-        job = self.store.get_resource(JOB_KIND, namespace, name)
+        job = self.manifest(IncrementalLearningJob, namespace, name)
         if job is None:
             return None
-        manifest = self._parsed(job)
-        assert isinstance(manifest, IncrementalLearningJob)
-        found: dict[tuple[str, str, str], Any] = {}
-        for key in manifest.references():
-            stored = self.store.get_resource(*key)
-            if stored is None:
-                return None
-            found[key] = self._parsed(stored)
-        spec = manifest.spec
-        initial_eval = spec.eval_spec.initial_eval_model
-        result = JobInputs(
-            job=manifest,
-            dataset=found[("Dataset", namespace, spec.dataset.name)],
-            initial_model=found[("Model", namespace, spec.initial_model.name)],
-            deploy_model=found[("Model", namespace, spec.deploy_spec.model.name)],
-            initial_eval_model=found[("Model", namespace, initial_eval.name)] if initial_eval else None,
-        )
-        assert isinstance(result.dataset, Dataset) and isinstance(result.initial_model, Model)
-        return result
+        spec = job.spec
+        dataset = self.manifest(Dataset, namespace, spec.dataset.name)
+        initial = self.manifest(Model, namespace, spec.initial_model.name)
+        deploy = self.manifest(Model, namespace, spec.deploy_spec.model.name)
+        eval_ref = spec.eval_spec.initial_eval_model
+        initial_eval = self.manifest(Model, namespace, eval_ref.name) if eval_ref else None
+        if dataset is None or initial is None or deploy is None or (eval_ref and initial_eval is None):
+            return None
+        return JobInputs(job=job, dataset=dataset, initial_model=initial, deploy_model=deploy,
+                         initial_eval_model=initial_eval)
 
     # -- job events --
 
@@ -181,7 +190,7 @@ class Manager:
                    now: float) -> list[Outgoing]:
         match action:
             case sm.DispatchTask(node=node, task=task):
-                self.store.record_task(task.model_dump(mode="json"), node, "Starting", now)
+                self.store.record_task(task, node, "Starting", now)
                 return [Outgoing(topics.task(node, task.task_id), task)]
             case sm.StopTask(node=node, task=task):
                 self.store.set_task_state(task.task_id, task.attempt, "Failed", now)
@@ -201,24 +210,25 @@ class Manager:
         answer when it is known now, None when a pull was queued (see :meth:`take_pulls`)."""
         if self.registry is None:
             return sm.ArtifactsCollected(action.version, True)  # nodes read the paths themselves
-        record = next(v for v in state.versions if v["version"] == action.version)
-        missing = []
-        for artifact in record.get("artifacts", []):
-            if self.registry.has(artifact["sha256"]):
+        record = state.version(action.version)
+        missing: list[Artifact] = []
+        for artifact in record.artifacts if record else ():
+            if self.registry.has(artifact.sha256):
                 continue
             if not self.read_node_paths:
                 missing.append(artifact)
                 continue
             try:
-                self.registry.import_file(Path(artifact["path"]), artifact["sha256"], artifact["size"])
+                self.registry.import_file(Path(artifact.path), artifact.sha256, artifact.size)
             except (RegistryError, OSError) as exc:
                 log.info("%s version %s: %s is not readable here (%s); pulling it from node %s",
-                         state.ref, action.version, artifact["name"], exc, action.node)
+                         state.ref, action.version, artifact.name, exc, action.node)
                 missing.append(artifact)
         if not missing:
-            self.store.update_model_version(state.ref, action.version, {"collected": True})
+            self.store.set_collected(state.ref, action.version, True)
             return sm.ArtifactsCollected(action.version, True)
-        self._pulls.append(Pull(state.namespace, state.name, action.version, action.node, missing))
+        self._pulls.append(Pull(state.namespace, state.name, action.version, action.node,
+                                tuple(missing)))
         return None
 
     def take_pulls(self) -> list[Pull]:
@@ -229,8 +239,8 @@ class Manager:
     def on_collected(self, pull: Pull, ok: bool, reason: str, now: float) -> list[Outgoing]:
         """The end of a pull: feed it to the job, record it on the version."""
         with self.store.transaction():
-            self.store.update_model_version(f"{pull.namespace}/{pull.name}", pull.version,
-                                            {"collected": ok, "collect_error": reason or None})
+            self.store.set_collected(f"{pull.namespace}/{pull.name}", pull.version, ok,
+                                     reason or None)
             return self.job_event(pull.namespace, pull.name,
                                   sm.ArtifactsCollected(pull.version, ok, reason), now)
 
@@ -254,16 +264,15 @@ class Manager:
                               "models": [m.model_dump(mode="json") for m in models]}, sort_keys=True)
         before = self.store.desired(node)
         generation = self.store.put_desired(node, content)
-        if before is not None and before[0] == generation:
+        if before is not None and before.generation == generation:
             return []
         return [self.desired_message(node)]
 
     def desired_message(self, node: str) -> Outgoing:
         stored = self.store.desired(node)
         assert stored is not None
-        generation, content = stored
-        data = json.loads(content)
-        message = DesiredState(node=node, generation=generation, tasks=data["tasks"],
+        data = json.loads(stored.content)
+        message = DesiredState(node=node, generation=stored.generation, tasks=data["tasks"],
                                models=data["models"], ts=0.0)
         return Outgoing(topics.desired(node), message, retain=True)
 
@@ -275,12 +284,11 @@ class Manager:
 
     def on_status(self, status: NodeStatus, now: float) -> list[Outgoing]:
         with self.store.transaction():
-            known = {n["name"]: n for n in self.store.nodes()}.get(status.node)
-            if known and known["boot_id"] == status.boot_id and known["status"].get("seq", 0) > status.seq:
+            known = self.store.node(status.node)
+            if known and known.boot_id == status.boot_id and known.status.seq > status.seq:
                 return []  # an older status of the same boot, redelivered late
-            changed = known is None or known["state"] != status.state
-            self.store.put_node(status.node, status.state, status.boot_id,
-                                status.model_dump(mode="json"), now)
+            changed = known is None or known.state != status.state
+            self.store.put_node(status, now)
             out: list[Outgoing] = []
             for state in self.store.jobs():
                 if changed:
@@ -368,8 +376,8 @@ class Manager:
     def _apply_samples(self, update: DatasetUpdate, jobs: dict[tuple[str, str], list[str]],
                        now: float, ctx: sm.Context) -> list[Outgoing]:
         """One dataset's newest count: stored, and fed to the jobs learning from it."""
-        dataset = self.store.get_resource("Dataset", update.namespace, update.name)
-        if dataset is None:
+        owner = self.dataset_node(update.namespace, update.name)
+        if owner is None:
             # Agents report what they hold as soon as they connect, often before the manifests
             # are applied, and again only when the index changes. Keep the count: a job created
             # later starts from it (when the Dataset names this node, see the API's apply).
@@ -379,7 +387,6 @@ class Manager:
             log.info("sample report from %s for dataset %s, not applied yet: count kept",
                      update.node, update.dataset)
             return []
-        owner = dataset["manifest"]["spec"]["nodeName"]
         if owner != update.node:
             log.warning("node %s reported dataset %s, which lives on node %s; ignored",
                         update.node, update.dataset, owner)
@@ -433,10 +440,9 @@ class Manager:
             out.append(self.status_message(state))
             task = state.task
             if task is not None and task.state in sm.ACTIVE_TASK_STATES:
-                for record in self.store.tasks(state.ref):
-                    if record["task_id"] == task.task_id and record["attempt"] == task.attempt:
-                        message = Task.model_validate(record["message"])
-                        out.append(Outgoing(topics.task(task.node, task.task_id), message))
+                message = self.store.task_message(task.task_id, task.attempt)
+                if message is not None:
+                    out.append(Outgoing(topics.task(task.node, task.task_id), message))
             if state.pending_version is not None and (state.stage, state.state) == ("Deploy", "Running"):
                 inputs = self.inputs(state.namespace, state.name)
                 if inputs is not None:

@@ -30,12 +30,13 @@ Events are idempotent: task reports are matched on task id + attempt and applied
 from __future__ import annotations
 
 import copy
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, replace
 from datetime import timezone, tzinfo
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from protocol import worker_contract as contract
-from protocol.messages import Task
+from protocol.messages import Task, TaskRole, TaskState
 
 from cloud_manager import triggers
 from cloud_manager.task_builder import (
@@ -46,10 +47,11 @@ from cloud_manager.task_builder import (
     sample_split,
     task_id,
 )
+from cloud_manager.versions import VERSION_METRICS, Artifact, Candidate, ModelVersion, metric_value
 
 Stage = Literal["Train", "Eval", "Deploy"]
 StageState = Literal["Waiting", "Ready", "Starting", "Running", "Completed", "Failed"]
-ACTIVE_TASK_STATES = ("Starting", "Running")
+ACTIVE_TASK_STATES: tuple[TaskState, ...] = ("Starting", "Running")
 #: Keep the condition history bounded: a job running for years keeps its recent past.
 MAX_CONDITIONS = 500
 
@@ -57,13 +59,33 @@ MAX_CONDITIONS = 500
 # --- state -------------------------------------------------------------------------------------
 
 
-@dataclass
+@dataclass(frozen=True)
 class ConditionEntry:
-    stage: str
-    state: str
+    stage: Stage
+    state: StageState
     round: int
     reason: str
     time: float
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> ConditionEntry:
+        return cls(stage=_checked_stage(data["stage"]), state=_checked_state(data["state"]),
+                   round=int(data["round"]), reason=data["reason"], time=float(data["time"]))
+
+
+def _checked_stage(value: object) -> Stage:
+    """A stage read from the store, checked: a name this build does not know is an error."""
+    for stage in get_args(Stage):
+        if value == stage:
+            return stage
+    raise ValueError(f"stage {value!r} is not one of {', '.join(get_args(Stage))}")
+
+
+def _checked_state(value: object) -> StageState:
+    for state in get_args(StageState):
+        if value == state:
+            return state
+    raise ValueError(f"state {value!r} is not one of {', '.join(get_args(StageState))}")
 
 
 @dataclass
@@ -71,11 +93,11 @@ class TaskRun:
     """The task of the current stage: one attempt of it at a time."""
 
     task_id: str
-    role: str
+    role: TaskRole
     round: int
     attempt: int
     node: str
-    state: str
+    state: TaskState
     sent_at: float
     deadline: float
     last_seq: int = -1
@@ -86,8 +108,8 @@ class TaskRun:
 class JobState:
     namespace: str
     name: str
-    stage: str = "Train"
-    state: str = "Waiting"
+    stage: Stage = "Train"
+    state: StageState = "Waiting"
     round: int = 1
     conditions: list[ConditionEntry] = field(default_factory=list)
     paused: bool = False
@@ -103,10 +125,10 @@ class JobState:
     #: attempts made for the current stage's task
     attempt: int = 0
     retry_at: float | None = None
-    #: train result of the current round: {"artifacts": [{name, sha256, size, path}], ...}
-    candidate: dict[str, Any] | None = None
-    #: registered model versions: {"version", "round", "artifacts", "metrics", "time"}
-    versions: list[dict[str, Any]] = field(default_factory=list)
+    #: what the current round trained, once its train task completed
+    candidate: Candidate | None = None
+    #: registered model versions, oldest first
+    versions: list[ModelVersion] = field(default_factory=list)
     deployed_version: int | None = None
     #: a registered version whose files are being collected before it is deployed
     pending_version: int | None = None
@@ -121,21 +143,27 @@ class JobState:
     def ref(self) -> str:
         return f"{self.namespace}/{self.name}"
 
-    def deployed(self) -> dict[str, Any] | None:
-        for version in self.versions:
-            if version["version"] == self.deployed_version:
-                return version
-        return None
+    def deployed(self) -> ModelVersion | None:
+        return self.version(self.deployed_version)
+
+    def version(self, number: int | None) -> ModelVersion | None:
+        return next((v for v in self.versions if v.version == number), None)
 
     def to_dict(self) -> dict[str, Any]:
+        """The JSON form the store keeps (``from_dict`` reads it back)."""
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> JobState:
+    def from_dict(cls, data: Mapping[str, Any]) -> JobState:
         data = dict(data)
-        data["conditions"] = [ConditionEntry(**c) for c in data.get("conditions", [])]
+        data["stage"] = _checked_stage(data.get("stage", "Train"))
+        data["state"] = _checked_state(data.get("state", "Waiting"))
+        data["conditions"] = [ConditionEntry.from_dict(c) for c in data.get("conditions", [])]
         if data.get("task") is not None:
             data["task"] = TaskRun(**data["task"])
+        if data.get("candidate") is not None:
+            data["candidate"] = Candidate.from_dict(data["candidate"])
+        data["versions"] = [ModelVersion.from_dict(v) for v in data.get("versions", [])]
         return cls(**data)
 
 
@@ -166,7 +194,7 @@ class TaskReported:
     task_id: str
     attempt: int
     seq: int
-    state: str
+    state: TaskState
     result: dict[str, Any] = field(default_factory=dict)
     artifacts: list[dict[str, Any]] = field(default_factory=list)
     message: str = ""
@@ -247,7 +275,7 @@ class StopTask:
 
 @dataclass(frozen=True)
 class RegisterModel:
-    version: dict[str, Any]
+    version: ModelVersion
 
 
 @dataclass(frozen=True)
@@ -326,7 +354,7 @@ def handle(state: JobState, inputs: JobInputs, event: Event, ctx: Context) -> Tr
     return Transition(s, actions)
 
 
-def _append(s: JobState, stage: str, state: str, reason: str, now: float) -> None:
+def _append(s: JobState, stage: Stage, state: StageState, reason: str, now: float) -> None:
     s.stage, s.state = stage, state
     s.conditions.append(ConditionEntry(stage, state, s.round, reason, now))
     del s.conditions[:-MAX_CONDITIONS]
@@ -339,7 +367,7 @@ class _Step:
     def __init__(self, s: JobState, inputs: JobInputs, ctx: Context, actions: list[Action]):
         self.s, self.inputs, self.ctx, self.actions = s, inputs, ctx, actions
 
-    def note(self, stage: str, state: str, reason: str) -> None:
+    def note(self, stage: Stage, state: StageState, reason: str) -> None:
         _append(self.s, stage, state, reason, self.ctx.now)
 
     # -- events --
@@ -414,9 +442,9 @@ class _Step:
         """Point the deploy node back at a registered version. The stage is left alone: a round
         in progress carries on, and its candidate is compared with the version now serving."""
         s = self.s
-        known = sorted(v["version"] for v in s.versions)
+        known = sorted(v.version for v in s.versions)
         if version is None:
-            usable = [v["version"] for v in s.versions if v.get("collected") is not False]
+            usable = [v.version for v in s.versions if v.collected is not False]
             earlier = [v for v in usable if s.deployed_version is not None and v < s.deployed_version]
             if not earlier:
                 raise RollbackError(f"job {s.ref} has no version before "
@@ -425,8 +453,8 @@ class _Step:
         if version not in known:
             raise RollbackError(f"job {s.ref} has no model version {version}; registered: "
                                 f"{', '.join(map(str, known)) or 'none'}")
-        record = next(v for v in s.versions if v["version"] == version)
-        if record.get("collected") is False:
+        record = s.version(version)
+        if record is None or record.collected is False:
             raise RollbackError(f"job {s.ref} version {version} was never deployed: its files "
                                 "did not reach the registry")
         if version == s.deployed_version:
@@ -473,7 +501,7 @@ class _Step:
         assert task is not None
         return Task(
             task_id=task.task_id, attempt=task.attempt, action="stop", job=s.ref,
-            role=task.role, round=task.round, ts=self.ctx.now,  # type: ignore[arg-type]
+            role=task.role, round=task.round, ts=self.ctx.now,
         )
 
     def stop_current(self) -> None:
@@ -498,17 +526,15 @@ class _Step:
         s.attempt += 1
         s.retry_at = None
         settings = ctx.settings
+        samples = self.round_samples()
         if s.stage == "Train":
             timeout = settings.train_timeout_s
-            task = build_train_task(
-                self.inputs, s.round, s.attempt, tuple(s.round_samples or [s.baseline, s.samples]),
-                s.deployed(), timeout,
-            )
+            task = build_train_task(self.inputs, s.round, s.attempt, samples, s.deployed(), timeout)
         else:
             timeout = settings.eval_timeout_s
             task = build_eval_task(
-                self.inputs, s.round, s.attempt, s.candidate or {}, s.deployed(), timeout,
-                sample_split(self.inputs, s.round, tuple(s.round_samples or [s.baseline, s.samples])),
+                self.inputs, s.round, s.attempt, s.candidate, s.deployed(), timeout,
+                sample_split(self.inputs, s.round, samples),
             )
         task = task.model_copy(update={"ts": ctx.now})
         s.task = TaskRun(
@@ -517,6 +543,12 @@ class _Step:
         )
         self.actions.append(DispatchTask(node, task))
         self.note(s.stage, "Starting", f"task {task.task_id} attempt {s.attempt} sent to node {node}")
+
+    def round_samples(self) -> tuple[int, int]:
+        """[start, end) of the samples the current round trains on."""
+        s = self.s
+        start, end = s.round_samples or (s.baseline, s.samples)
+        return start, end
 
     def check_deadline(self) -> None:
         task = self.s.task
@@ -582,7 +614,7 @@ class _Step:
         if problem:
             self.attempt_failed(f"train completed without a usable model: {problem}", retry=False)
             return
-        s.candidate = {"artifacts": artifacts, "result": _summary(event.result)}
+        s.candidate = Candidate(artifacts, _summary(event.result))
         # The round consumed its samples: num_of_samples counts from here on.
         s.baseline = (s.round_samples or [0, s.samples])[1]
         self.note("Train", "Completed", f"task {event.task_id} produced {len(artifacts)} artifact(s)")
@@ -610,15 +642,15 @@ class _Step:
             self.check_train_trigger()
             return
         self.note("Eval", "Completed", f"deploy trigger: {decision.reason}")
-        number = max((v["version"] for v in s.versions), default=0) + 1
-        version = {
-            "version": number,
-            "round": s.round,
-            "artifacts": (s.candidate or {}).get("artifacts", []),
-            "metrics": {k: candidate.get(k) for k in ("precision", "recall", "f1", "map50", "map")},
-            "decision": decision.reason,
-            "time": self.ctx.now,
-        }
+        number = max((v.version for v in s.versions), default=0) + 1
+        version = ModelVersion(
+            version=number,
+            round=s.round,
+            artifacts=s.candidate.artifacts if s.candidate else (),
+            metrics={k: metric_value(candidate.get(k)) for k in VERSION_METRICS},
+            decision=decision.reason,
+            time=self.ctx.now,
+        )
         s.versions.append(version)
         s.pending_version = number
         s.collect_deadline = self.ctx.now + self.ctx.settings.collect_timeout_s
@@ -634,9 +666,8 @@ class _Step:
         s.pending_version = s.collect_deadline = None
         number = event.version
         if not event.ok:
-            for version in s.versions:
-                if version["version"] == number:
-                    version["collected"] = False
+            s.versions = [replace(v, collected=False, collect_error=event.reason)
+                          if v.version == number else v for v in s.versions]
             self.note("Deploy", "Failed", f"model version {number} not deployed: {event.reason}")
             self.next_round(f"version {number} could not be deployed; version "
                             f"{s.deployed_version or '(initial model)'} keeps serving")
@@ -657,23 +688,22 @@ def _summary(result: dict[str, Any]) -> dict[str, Any]:
     return {k: result[k] for k in keep if k in result}
 
 
-def _model_artifacts(event: TaskReported, out_dir: str) -> tuple[list[dict[str, Any]], str]:
+def _model_artifacts(event: TaskReported, out_dir: str) -> tuple[tuple[Artifact, ...], str]:
     """Artifacts of a train result (``result["artifacts"]`` with paths, else the message's
-    ``artifacts``), each {name, sha256, size, path}; or the reason there are none."""
+    ``artifacts``); or the reason there are none."""
     raw = event.result.get("artifacts") or event.artifacts
     if not isinstance(raw, list) or not raw:
-        return [], "no artifacts reported"
+        return (), "no artifacts reported"
     artifacts = []
     for i, item in enumerate(raw):
         if not isinstance(item, dict):
-            return [], f"artifact {i} is not a mapping"
-        name, sha, size = item.get("name"), item.get("sha256"), item.get("size")
+            return (), f"artifact {i} is not a mapping"
+        name, sha, size, path = item.get("name"), item.get("sha256"), item.get("size"), item.get("path")
         if not isinstance(name, str) or not name or not isinstance(sha, str) or len(sha) != 64 \
                 or not isinstance(size, int) or size < 0:
-            return [], f"artifact {i} needs name, sha256 and size (got {sorted(item)})"
-        path = item.get("path") if isinstance(item.get("path"), str) else f"{out_dir}/{name}"
-        artifacts.append({"name": name, "sha256": sha, "size": size, "path": path})
-    return artifacts, ""
+            return (), f"artifact {i} needs name, sha256 and size (got {sorted(item)})"
+        artifacts.append(Artifact(name, sha, size, path if isinstance(path, str) else f"{out_dir}/{name}"))
+    return tuple(artifacts), ""
 
 
 def status_fields(s: JobState) -> dict[str, Any]:

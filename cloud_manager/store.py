@@ -22,10 +22,13 @@ import sqlite3
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from cloud_manager.state_machine import JobState
+from cloud_manager.versions import ModelVersion
+from protocol.messages import NodeStatus, Task, TaskRole, TaskState
 
 DB_NAME = "cloud.sqlite3"
 SCHEMA_VERSION = 1
@@ -64,6 +67,80 @@ CREATE TABLE IF NOT EXISTS desired (
 
 class StoreError(RuntimeError):
     """The state directory cannot be used (unwritable, or written by a newer version)."""
+
+
+#: What storing a manifest did.
+PutOutcome = Literal["created", "configured", "unchanged"]
+
+
+@dataclass(frozen=True)
+class ResourceRow:
+    """An applied manifest. ``manifest`` is the JSON document as applied (aliases, only the
+    fields that were set): the store keeps what the user wrote, the manager parses it."""
+
+    kind: str
+    namespace: str
+    name: str
+    manifest: dict[str, Any]
+    #: 1 when created, one more on every change
+    generation: int
+    created: float
+    updated: float
+
+
+@dataclass(frozen=True)
+class TaskRow:
+    """A task message sent to a node, one row per attempt (its message: :meth:`Store.task_message`)."""
+
+    task_id: str
+    attempt: int
+    #: ``namespace/name`` of the job
+    job: str
+    role: TaskRole
+    round: int
+    node: str
+    state: TaskState
+    updated: float
+
+
+@dataclass(frozen=True)
+class JobVersion:
+    """A registered model version with the job (``namespace/name``) it belongs to."""
+
+    job: str
+    model: ModelVersion
+
+
+@dataclass(frozen=True)
+class NodeRow:
+    """What a node last said about itself."""
+
+    name: str
+    state: str
+    boot_id: str
+    updated: float
+    status: NodeStatus
+
+
+@dataclass(frozen=True)
+class SampleCountRow:
+    """A dataset's labelled sample count, as its node last reported it."""
+
+    namespace: str
+    name: str
+    samples: int
+    #: why the index could not be read (the count is then the last good one, or 0)
+    error: str | None
+    node: str
+    updated: float
+
+
+@dataclass(frozen=True)
+class DesiredRow:
+    """A node's desired state as published: the JSON ``content`` and its ``generation``."""
+
+    generation: int
+    content: str
 
 
 class Store:
@@ -171,14 +248,14 @@ class Store:
 
     # -- resources --
 
-    def get_resource(self, kind: str, namespace: str, name: str) -> dict[str, Any] | None:
+    def get_resource(self, kind: str, namespace: str, name: str) -> ResourceRow | None:
         row = self.db.execute(
             "SELECT * FROM resources WHERE kind=? AND namespace=? AND name=?", (kind, namespace, name)
         ).fetchone()
         return _resource(row) if row else None
 
     def put_resource(self, kind: str, namespace: str, name: str, manifest: dict[str, Any],
-                     now: float) -> str:
+                     now: float) -> PutOutcome:
         """Store a manifest; returns ``created``, ``configured`` or ``unchanged``."""
         text = json.dumps(manifest, sort_keys=True)
         row = self.db.execute(
@@ -200,7 +277,7 @@ class Store:
         return self.db.execute("DELETE FROM resources WHERE kind=? AND namespace=? AND name=?",
                                (kind, namespace, name)).rowcount == 1
 
-    def resources(self, kind: str, namespace: str | None = None) -> list[dict[str, Any]]:
+    def resources(self, kind: str, namespace: str | None = None) -> list[ResourceRow]:
         if namespace is None:
             rows = self.db.execute("SELECT * FROM resources WHERE kind=? ORDER BY namespace, name",
                                    (kind,)).fetchall()
@@ -230,55 +307,72 @@ class Store:
 
     # -- tasks --
 
-    def record_task(self, task: dict[str, Any], node: str, state: str, now: float) -> None:
-        """Remember a task message as sent (``task`` is the Task's JSON form)."""
+    def record_task(self, task: Task, node: str, state: TaskState, now: float) -> None:
+        """Remember a task message as sent."""
         self.db.execute(
             "INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            (task["task_id"], task["attempt"], task["job"], task["role"], task["round"], node,
-             state, json.dumps(task), now))
+            (task.task_id, task.attempt, task.job, task.role, task.round, node, state,
+             json.dumps(task.model_dump(mode="json")), now))
 
-    def set_task_state(self, task_id: str, attempt: int, state: str, now: float) -> None:
+    def set_task_state(self, task_id: str, attempt: int, state: TaskState, now: float) -> None:
         self.db.execute("UPDATE tasks SET state=?, updated=? WHERE task_id=? AND attempt=?",
                         (state, now, task_id, attempt))
 
-    def tasks(self, job: str | None = None) -> list[dict[str, Any]]:
-        query = "SELECT * FROM tasks" + (" WHERE job=?" if job else "") + " ORDER BY updated"
+    def tasks(self, job: str | None = None) -> list[TaskRow]:
+        query = ("SELECT task_id, attempt, job, role, round, node, state, updated FROM tasks"
+                 + (" WHERE job=?" if job else "") + " ORDER BY updated")
         rows = self.db.execute(query, (job,) if job else ()).fetchall()
-        return [{k: r[k] for k in r.keys() if k != "message"} | {"message": json.loads(r["message"])}
-                for r in rows]
+        return [TaskRow(*r) for r in rows]
+
+    def task_message(self, task_id: str, attempt: int) -> Task | None:
+        """The message of one attempt of a task, as it was sent."""
+        row = self.db.execute("SELECT message FROM tasks WHERE task_id=? AND attempt=?",
+                              (task_id, attempt)).fetchone()
+        return Task.model_validate_json(row["message"]) if row else None
 
     # -- model versions --
 
-    def add_model_version(self, job: str, record: dict[str, Any], now: float) -> None:
+    def add_model_version(self, job: str, version: ModelVersion, now: float) -> None:
         self.db.execute("INSERT OR IGNORE INTO model_versions VALUES (?, ?, ?, ?)",
-                        (job, record["version"], json.dumps(record), now))
+                        (job, version.version, json.dumps(version.to_dict()), now))
 
-    def update_model_version(self, job: str, version: int, fields: dict[str, Any]) -> None:
+    def set_collected(self, job: str, version: int, ok: bool, error: str | None = None) -> None:
+        """Record whether the files of a version reached the registry (``error``: why not)."""
         row = self.db.execute("SELECT record FROM model_versions WHERE job=? AND version=?",
                               (job, version)).fetchone()
         if row is not None:
-            record = json.loads(row["record"]) | fields
+            record = json.loads(row["record"]) | {"collected": ok, "collect_error": error}
             self.db.execute("UPDATE model_versions SET record=? WHERE job=? AND version=?",
                             (json.dumps(record), job, version))
 
-    def model_versions(self, job: str | None = None) -> list[dict[str, Any]]:
-        if job:
-            rows = self.db.execute("SELECT * FROM model_versions WHERE job=? ORDER BY version",
-                                   (job,)).fetchall()
-        else:
-            rows = self.db.execute("SELECT * FROM model_versions ORDER BY job, version").fetchall()
-        return [{"job": r["job"]} | json.loads(r["record"]) for r in rows]
+    def model_versions(self, job: str) -> list[ModelVersion]:
+        """The registered versions of ``job`` (``namespace/name``), oldest first."""
+        rows = self.db.execute("SELECT record FROM model_versions WHERE job=? ORDER BY version",
+                               (job,)).fetchall()
+        return [ModelVersion.from_dict(json.loads(r["record"])) for r in rows]
+
+    def every_model_version(self) -> list[JobVersion]:
+        rows = self.db.execute("SELECT job, record FROM model_versions ORDER BY job, version")
+        return [JobVersion(r["job"], ModelVersion.from_dict(json.loads(r["record"]))) for r in rows]
 
     # -- nodes --
 
-    def put_node(self, name: str, state: str, boot_id: str, status: dict[str, Any], now: float) -> None:
+    def put_node(self, status: NodeStatus, now: float) -> None:
         self.db.execute("INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?, ?)",
-                        (name, state, boot_id, json.dumps(status), now))
+                        (status.node, status.state, status.boot_id,
+                         json.dumps(status.model_dump(mode="json")), now))
 
-    def nodes(self) -> list[dict[str, Any]]:
-        rows = self.db.execute("SELECT * FROM nodes ORDER BY name").fetchall()
-        return [{"name": r["name"], "state": r["state"], "boot_id": r["boot_id"],
-                 "updated": r["updated"], "status": json.loads(r["status"])} for r in rows]
+    def node(self, name: str) -> NodeRow | None:
+        row = self.db.execute("SELECT * FROM nodes WHERE name=?", (name,)).fetchone()
+        return _node(row) if row else None
+
+    def nodes(self) -> list[NodeRow]:
+        return [_node(r) for r in self.db.execute("SELECT * FROM nodes ORDER BY name")]
+
+    def online_nodes(self) -> frozenset[str]:
+        """Names of the nodes whose last status says online (every event asks: no JSON read)."""
+        rows = self.db.execute("SELECT name FROM nodes WHERE state='online'")
+        return frozenset(r["name"] for r in rows)
 
     # -- dataset sample counts, as last reported --
 
@@ -287,23 +381,24 @@ class Store:
         self.db.execute("INSERT OR REPLACE INTO dataset_samples VALUES (?, ?, ?, ?, ?, ?)",
                         (namespace, name, samples, error, node, now))
 
-    def dataset_samples(self, namespace: str, name: str) -> dict[str, Any] | None:
-        row = self.db.execute("SELECT * FROM dataset_samples WHERE namespace=? AND name=?",
-                              (namespace, name)).fetchone()
-        return dict(row) if row else None
+    def dataset_samples(self, namespace: str, name: str) -> SampleCountRow | None:
+        row = self.db.execute(
+            "SELECT namespace, name, samples, error, node, updated FROM dataset_samples "
+            "WHERE namespace=? AND name=?", (namespace, name)).fetchone()
+        return SampleCountRow(*row) if row else None
 
     # -- desired state --
 
-    def desired(self, node: str) -> tuple[int, str] | None:
+    def desired(self, node: str) -> DesiredRow | None:
         row = self.db.execute("SELECT generation, content FROM desired WHERE node=?", (node,)).fetchone()
-        return (row["generation"], row["content"]) if row else None
+        return DesiredRow(row["generation"], row["content"]) if row else None
 
     def put_desired(self, node: str, content: str) -> int:
         """Store a node's desired content; the generation grows only when it changed."""
         current = self.desired(node)
-        if current is not None and current[1] == content:
-            return current[0]
-        generation = (current[0] if current else 0) + 1
+        if current is not None and current.content == content:
+            return current.generation
+        generation = (current.generation if current else 0) + 1
         self.db.execute("INSERT OR REPLACE INTO desired VALUES (?, ?, ?)", (node, generation, content))
         return generation
 
@@ -311,13 +406,18 @@ class Store:
         return [r["node"] for r in self.db.execute("SELECT node FROM desired ORDER BY node")]
 
 
-def _resource(row: sqlite3.Row) -> dict[str, Any]:
-    return {
-        "kind": row["kind"],
-        "namespace": row["namespace"],
-        "name": row["name"],
-        "manifest": json.loads(row["manifest"]),
-        "generation": row["generation"],
-        "created": row["created"],
-        "updated": row["updated"],
-    }
+def _resource(row: sqlite3.Row) -> ResourceRow:
+    return ResourceRow(
+        kind=row["kind"],
+        namespace=row["namespace"],
+        name=row["name"],
+        manifest=json.loads(row["manifest"]),
+        generation=row["generation"],
+        created=row["created"],
+        updated=row["updated"],
+    )
+
+
+def _node(row: sqlite3.Row) -> NodeRow:
+    return NodeRow(name=row["name"], state=row["state"], boot_id=row["boot_id"],
+                   updated=row["updated"], status=NodeStatus.model_validate_json(row["status"]))

@@ -17,12 +17,12 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from typing import Any
 
+from cloud_manager.versions import Candidate, ModelVersion
 from protocol import worker_contract as contract
 from protocol.manifests import Dataset, IncrementalLearningJob, Model
 from protocol.manifests import WorkerSpec as ManifestWorkerSpec
-from protocol.messages import ArtifactRef, ModelRef, Task, WorkerSpec
+from protocol.messages import ArtifactRef, ModelRef, Task, TaskRole, WorkerSpec
 from protocol.sample_split import (
     EVAL_INDEX,
     REPLAY_INDEX,
@@ -82,23 +82,22 @@ def worker_spec(spec: ManifestWorkerSpec) -> WorkerSpec:
     )
 
 
-def artifact_path(model: dict[str, Any], name: str) -> str | None:
-    """The node-side path of the artifact ``name`` of a model version record."""
-    for artifact in model.get("artifacts", []):
-        if artifact.get("name") == name:
-            return artifact.get("path")
+def artifact_path(model: Candidate | ModelVersion, name: str) -> str | None:
+    """The node-side path of the artifact ``name`` of a trained model."""
+    for artifact in model.artifacts:
+        if artifact.name == name:
+            return artifact.path or None
     return None
 
 
-def serving_file(model: dict[str, Any] | None, fallback: str) -> str:
-    """The file eval and inference load for a model version: its LiteRT file, else any file."""
+def serving_file(model: Candidate | ModelVersion | None, fallback: str) -> str:
+    """The file eval and inference load for a trained model: its LiteRT file, else any file."""
     if model is None:
         return fallback
     path = artifact_path(model, contract.TFLITE_ARTIFACT)
     if path:
         return path
-    artifacts = model.get("artifacts") or []
-    return artifacts[0].get("path") or fallback if artifacts else fallback
+    return (model.artifacts[0].path or fallback) if model.artifacts else fallback
 
 
 def sample_split(inputs: JobInputs, round_no: int, samples: tuple[int, int]) -> SampleSplit:
@@ -119,7 +118,7 @@ def build_train_task(
     round_no: int,
     attempt: int,
     samples: tuple[int, int],
-    deployed: dict[str, Any] | None,
+    deployed: ModelVersion | None,
     timeout_s: float,
 ) -> Task:
     """Train from the deployed model (else the initial one) on the round's new samples."""
@@ -143,8 +142,8 @@ def build_train_task(
 
 def _round_task(
     inputs: JobInputs,
-    role: str,
-    worker: Any,
+    role: TaskRole,
+    worker: ManifestWorkerSpec,
     round_no: int,
     attempt: int,
     env: dict[str, str],
@@ -168,8 +167,8 @@ def build_eval_task(
     inputs: JobInputs,
     round_no: int,
     attempt: int,
-    candidate: dict[str, Any],
-    deployed: dict[str, Any] | None,
+    candidate: Candidate | None,
+    deployed: ModelVersion | None,
     timeout_s: float,
     split: SampleSplit | None = None,
 ) -> Task:
@@ -192,19 +191,16 @@ def build_eval_task(
     )
 
 
-def model_ref(job_ref: str, version: dict[str, Any]) -> ModelRef:
+def model_ref(job_ref: str, version: ModelVersion) -> ModelRef:
     """The wire form of a registered model version."""
     return ModelRef(
         job=job_ref,
-        version=version["version"],
-        artifacts=[
-            ArtifactRef(name=a["name"], sha256=a["sha256"], size=a["size"])
-            for a in version["artifacts"]
-        ],
+        version=version.version,
+        artifacts=[ArtifactRef(name=a.name, sha256=a.sha256, size=a.size) for a in version.artifacts],
     )
 
 
-def build_inference_task(inputs: JobInputs, deployed: dict[str, Any] | None) -> Task:
+def build_inference_task(inputs: JobInputs, deployed: ModelVersion | None) -> Task:
     """The deploy node's inference worker, serving the deployed version (else the initial
     model). ``MODEL_URL`` names where the node keeps the served model (the deploy Model's url);
     the node puts the downloaded version there before (re)starting or hot-swapping."""
@@ -212,7 +208,7 @@ def build_inference_task(inputs: JobInputs, deployed: dict[str, Any] | None) -> 
     env = {contract.MODEL_URL: inputs.deploy_model.spec.url if deployed else inputs.initial_model.spec.url}
     models: list[ModelRef] = []
     if deployed is not None:
-        env[contract.MODEL_VERSION] = str(deployed["version"])
+        env[contract.MODEL_VERSION] = str(deployed.version)
         models.append(model_ref(inputs.ref, deployed))
     if spec.hard_example_mining is not None:
         env[contract.HEM_NAME] = spec.hard_example_mining.name

@@ -40,7 +40,7 @@ class ServedFile:
 
 def listed_artifacts(result: dict) -> list[tuple[str, ServedFile]]:
     """(sha256, file) of each well-formed artifact a task result lists with an absolute path."""
-    found = []
+    found: list[tuple[str, ServedFile]] = []
     artifacts = result.get("artifacts")
     if not isinstance(artifacts, list):
         return found

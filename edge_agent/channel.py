@@ -121,7 +121,8 @@ class WorkerChannel:
         return None
 
     async def _serve(self, connection: ServerConnection) -> None:
-        task_id = self._task_of(connection.request.path)
+        request = connection.request
+        task_id = self._task_of(request.path) if request is not None else None
         if task_id is None:  # pragma: no cover - refused by _check already
             return
         peer = _Peer(task_id, connection)

@@ -31,11 +31,11 @@ from edgeloop.reliable import ReliableSender
 from protocol import topics
 from protocol.codec import describe_validation_error
 from protocol.errors import ProtocolError
-from protocol.messages import HardExample, HardExampleSidecar
+from protocol.messages import HardExample, HardExampleSidecar, ImageFormat
 
 log = logging.getLogger(__name__)
 
-IMAGE_FORMATS = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png"}
+IMAGE_FORMATS: dict[str, ImageFormat] = {".jpg": "jpg", ".jpeg": "jpg", ".png": "png"}
 
 
 class RejectedExample(ValueError):

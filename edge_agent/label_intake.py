@@ -22,6 +22,8 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
+import numpy as np
+
 from edgeloop.durable import fsync_dir, write_atomically
 from edgeloop.mqtt import Delivery, MqttClient, NotConnected
 from protocol import topics
@@ -95,7 +97,7 @@ class LabelIntake:
             if new_image:
                 image.unlink(missing_ok=True)
             return _rejected(problem)
-        append_samples(index, [Sample(image=image, boxes=sample.boxes)])
+        append_samples(index, [Sample(image=image, boxes=np.asarray(sample.boxes, np.int32))])
         self._paths_in(index).add(str(image))
         log.info("dataset %s: added %s (%d boxes) from %s", sample.dataset, image.name,
                  len(sample.boxes), sample.source or "an import")

@@ -35,7 +35,7 @@ import uuid
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlparse
 
 import aiomqtt
@@ -244,7 +244,7 @@ class _FlowControlledClient(aiomqtt.Client):
     def _on_socket_close(self, client: paho.Client, userdata: object, sock: object) -> None:
         self._reader = None
         self._paused = False
-        super()._on_socket_close(client, userdata, sock)  # type: ignore[arg-type]
+        super()._on_socket_close(client, userdata, sock)
 
     def _on_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
         # paho's message is queued as it is: aiomqtt's copy (a validated Topic object per
@@ -267,13 +267,14 @@ class _FlowControlledClient(aiomqtt.Client):
         waiting = self.take_waiting()
         if waiting is not None:
             return waiting
-        return await anext(self.messages)  # type: ignore[return-value]
+        # aiomqtt types its queue as holding its own messages; _on_message queues paho's
+        return cast(paho.MQTTMessage, await anext(self.messages))
 
     def take_waiting(self) -> paho.MQTTMessage | None:
         """A message that is already waiting, or None (none, or the connection is gone)."""
         if self._queue.empty() or self._disconnected.done():
             return None
-        return self._queue.get_nowait()  # type: ignore[return-value]
+        return cast(paho.MQTTMessage, self._queue.get_nowait())  # queued by _on_message
 
 
 class MqttClient:
@@ -289,7 +290,7 @@ class MqttClient:
         self._subscriptions: list[_Subscription] = []
         self._connect_hooks: list[ConnectHook] = []
         self._will = _Will(*will) if will else None
-        self._client: aiomqtt.Client | None = None
+        self._client: _FlowControlledClient | None = None
         self._connected = asyncio.Event()
         self._closing = False
         self._runner: asyncio.Task[None] | None = None
@@ -318,8 +319,10 @@ class MqttClient:
         self._closing = True
         client = self._client
         if client is not None and self._connected.is_set():
+            # aiomqtt 2 disconnects (a DISCONNECT packet, awaited) only in leaving its
+            # context; leaving it again in the connection loop is then a no-op
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(client._disconnect(), timeout=2)  # noqa: SLF001
+                await asyncio.wait_for(client.__aexit__(None, None, None), timeout=2)
         await cancel_and_wait(self._runner)
         self._runner = None
         self._connected.clear()

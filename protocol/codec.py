@@ -77,7 +77,8 @@ def _text_apply_request(route: Route, payload: bytes) -> ApiRequest:
     return ApiRequest(request_id=request_id, verb=route.verb or "", body=text)
 
 
-def decode(topic: str, payload: bytes, max_size: int = DEFAULT_MAX_PAYLOAD) -> Message:
+def decode(topic: str, payload: bytes | bytearray | memoryview,
+           max_size: int = DEFAULT_MAX_PAYLOAD) -> Message:
     """Return the message ``payload`` holds for ``topic``, or raise :class:`ProtocolError`."""
     try:
         return _decode(topic, payload, max_size)
@@ -87,7 +88,7 @@ def decode(topic: str, payload: bytes, max_size: int = DEFAULT_MAX_PAYLOAD) -> M
         raise ProtocolError(f"payload: cannot be decoded ({type(exc).__name__}: {exc})") from None
 
 
-def _decode(topic: str, payload: bytes, max_size: int) -> Message:
+def _decode(topic: str, payload: bytes | bytearray | memoryview, max_size: int) -> Message:
     route = parse(topic)
     if not isinstance(payload, (bytes, bytearray, memoryview)):
         raise ProtocolError(f"payload: expected bytes, got {type(payload).__name__}")

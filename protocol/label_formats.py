@@ -209,12 +209,12 @@ def read_yolo_class_names(src: Path) -> dict[int, str] | None:
                 data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
             except yaml.YAMLError as exc:
                 raise ValueError(f"{path}: not valid YAML: {exc}") from None
-            names = data.get("names") if isinstance(data, dict) else None
-            if isinstance(names, list):
-                return {i: str(n) for i, n in enumerate(names)}
-            if isinstance(names, dict):
+            listed = data.get("names") if isinstance(data, dict) else None
+            if isinstance(listed, list):
+                return {i: str(n) for i, n in enumerate(listed)}
+            if isinstance(listed, dict):
                 try:
-                    return {int(k): str(v) for k, v in names.items()}
+                    return {int(k): str(v) for k, v in listed.items()}
                 except ValueError:
                     raise ValueError(f"{path}: names keys must be class numbers") from None
             raise ValueError(f"{path}: has no 'names' list")
@@ -432,7 +432,8 @@ def write_coco(
     """
     path = Path(path).absolute()
     base = path.parent
-    images, annotations = [], []
+    images: list[dict[str, object]] = []
+    annotations: list[dict[str, object]] = []
     for image_id, sample in enumerate(samples, start=1):
         size = image_size(sample.image)
         if size is None:

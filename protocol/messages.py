@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import hashlib
 import time
-from typing import Annotated, ClassVar, Literal
+from typing import Annotated, ClassVar, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
 from protocol.topics import NAME_PATTERN, Kind
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION: Final = 1
 
 #: The largest chunk of an artifact in one message (ARCHITECTURE.md: chunks <= 256 KiB).
 MAX_CHUNK_BYTES = 256 * 1024
@@ -107,6 +107,9 @@ class WorkerSpec(BaseModel):
     parameters: dict[str, str] = Field(default_factory=dict)
 
 
+TaskRole = Literal["train", "eval", "inference"]
+
+
 class Task(Message):
     """Start or stop one worker on a node (``node/{node}/task/{task}``)."""
 
@@ -115,7 +118,7 @@ class Task(Message):
     attempt: Annotated[int, Field(ge=1)] = 1
     action: Literal["start", "stop"] = "start"
     job: JobRef
-    role: Literal["train", "eval", "inference"]
+    role: TaskRole
     round: Count = 0
     worker: WorkerSpec | None = None
     #: injected locations and settings, passed to the worker as environment variables
@@ -235,6 +238,9 @@ class HardExampleSidecar(BaseModel):
         return self
 
 
+ImageFormat = Literal["jpg", "png"]
+
+
 class HardExample(Message):
     """One mined frame with its sidecar (``node/{node}/hardex``), keyed by the image's sha256."""
 
@@ -243,7 +249,7 @@ class HardExample(Message):
     job: JobRef
     sha256: Sha256
     image: bytes = Field(min_length=1)
-    image_format: Literal["jpg", "png"] = "jpg"
+    image_format: ImageFormat = "jpg"
     sidecar: HardExampleSidecar
     ts: float = Field(default_factory=now)
 
@@ -294,7 +300,7 @@ class LabelledSample(Message):
     dataset: JobRef  # namespace/name of the Dataset resource
     sha256: Sha256
     image: bytes = Field(min_length=1)
-    image_format: Literal["jpg", "png"] = "jpg"
+    image_format: ImageFormat = "jpg"
     boxes: list[LabelBox] = Field(default_factory=list)
     #: where the label came from (file and line), repeated in the node's answer and logs
     source: str = Field(default="", max_length=1024)

@@ -48,24 +48,27 @@ class SampleSplit:
             raise ValueError(f"{SPLIT_VARIABLE} is not valid JSON: {exc}") from None
         if not isinstance(data, dict):
             raise ValueError(f"{SPLIT_VARIABLE} must be a JSON object")  # noqa: TRY004
-        values = {}
+        paths: dict[str, str] = {}
         for name in ("index", "train", "eval", "replay"):
             value = data.get(name)
             if not isinstance(value, str) or not value:
                 raise ValueError(f"{SPLIT_VARIABLE}.{name}: a path is required, got {value!r}")
-            values[name] = value
+            paths[name] = value
+        counts: dict[str, int] = {}
         for name in ("start", "end"):
             value = data.get(name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 0:
                 raise ValueError(f"{SPLIT_VARIABLE}.{name}: a count >= 0 is required, got {value!r}")
-            values[name] = value
-        if values["end"] < values["start"]:
-            raise ValueError(f"{SPLIT_VARIABLE}: end {values['end']} is before start {values['start']}")
+            counts[name] = value
+        if counts["end"] < counts["start"]:
+            raise ValueError(f"{SPLIT_VARIABLE}: end {counts['end']} is before start {counts['start']}")
         prob = data.get("train_prob")
         if (not isinstance(prob, int | float) or isinstance(prob, bool) or math.isnan(prob)
                 or not 0.0 <= prob <= 1.0):
             raise ValueError(f"{SPLIT_VARIABLE}.train_prob: a number in [0, 1] is required, got {prob!r}")
-        return cls(train_prob=float(prob), **values)
+        return cls(index=paths["index"], start=counts["start"], end=counts["end"],
+                   train_prob=float(prob), train=paths["train"], eval=paths["eval"],
+                   replay=paths["replay"])
 
 
 def goes_to_train(line: str, train_prob: float) -> bool:

@@ -91,8 +91,8 @@ def test_a_batch_applies_the_newest_count_and_evaluates_the_trigger_once(manager
     ingest = manager.on_sample_reports(batch, NOW)
     assert (ingest.reports, ingest.duplicates, ingest.failed) == (4, 1, 0)
     store = manager.store
-    assert store.dataset_samples(NS, "incremental-dataset")["samples"] == 150
-    assert store.dataset_samples(NS, "second-dataset")["samples"] == 5
+    assert store.dataset_samples(NS, "incremental-dataset").samples == 150
+    assert store.dataset_samples(NS, "second-dataset").samples == 5
     # one trigger evaluation, on the newest count: one train task for samples 0..150
     (task,) = train_tasks(ingest.messages)
     split = json.loads(task.env["EDGELOOP_SPLIT"])
@@ -146,7 +146,7 @@ def test_one_failing_report_does_not_spoil_its_batch(manager, caplog):
     assert (ingest.reports, ingest.failed) == (3, 1)
     assert f"{NS}/broken" in caplog.text and f"{NODE}/b1/2" in caplog.text
     store = manager.store
-    assert store.dataset_samples(NS, "second-dataset")["samples"] == 5
+    assert store.dataset_samples(NS, "second-dataset").samples == 5
     assert store.dataset_samples(NS, "broken") is None
     assert store.load_job(NS, JOB).samples == 150
     # the attempt that failed left no message behind: one train task, not two
@@ -208,7 +208,7 @@ async def test_reports_are_acknowledged_only_after_their_batch_committed(broker,
     async with cloud(broker.url, state) as daemon:
         store = daemon.manager.store
         await wait_for(lambda: all(store.dataset_samples(NS, n) for n in names))
-        assert [store.dataset_samples(NS, n)["samples"] for n in names] == list(range(10, 22))
+        assert [store.dataset_samples(NS, n).samples for n in names] == list(range(10, 22))
         assert daemon.sample_stats.reports == len(reports) and daemon.sample_stats.failed == 0
         assert daemon.client.stats.protocol_errors == 1  # the garbage came again, was dropped
 
@@ -233,7 +233,7 @@ async def test_a_batch_the_store_cannot_commit_is_sent_again(broker, tmp_path, m
         await publish_reports(broker.url, reports)
         store = daemon.manager.store
         await wait_for(lambda: all(store.dataset_samples(NS, n) for n in names), timeout=30)
-        assert [store.dataset_samples(NS, n)["samples"] for n in names] == list(range(20, 28))
+        assert [store.dataset_samples(NS, n).samples for n in names] == list(range(20, 28))
         assert daemon.client.stats.redeliveries == 1
         assert daemon.sample_stats.deferred == calls[0] >= 1
         assert daemon.sample_stats.reports == len(reports)

@@ -50,7 +50,7 @@ async def test_deployed_version_is_downloadable_by_the_deploy_node(broker, tmp_p
         await wait_for(lambda: node.desired and node.desired[-1].models)
         (model,) = node.desired[-1].models
         versions = daemon.manager.store.model_versions(f"{NS}/{JOB}")
-        assert versions[0]["collected"] is True
+        assert versions[0].collected is True
         assert (node.pulls > 0) is remote  # 300 kB: two chunks per file when pulled
         settings = MqttSettings(url=broker.url, client_id="deploy-node", session_expiry=0)
         async with MqttClient(settings) as client:
@@ -87,4 +87,4 @@ async def test_files_the_node_cannot_send_fail_the_deploy_not_the_loop(broker, t
         failed = [c.reason for c in state.conditions if (c.stage, c.state) == ("Deploy", "Failed")]
         assert failed and "no such file on this node" in failed[0]
         (version,) = daemon.manager.store.model_versions(f"{NS}/{JOB}")
-        assert version["collected"] is False and "no such file" in version["collect_error"]
+        assert version.collected is False and "no such file" in (version.collect_error or "")

@@ -336,6 +336,85 @@ def test_state_round_trips_through_json():
     assert restored == d.state
 
 
+def test_versions_and_candidate_round_trip_through_json():
+    d = Driver(seed_inputs(threshold=0))
+    d.send(sm.SamplesReported(1))
+    run_round(d, candidate=0.7)
+    d.send(sm.SamplesReported(2))
+    d.seq = 0
+    d.report("Completed", train_result(2))
+    assert d.state.candidate is not None and d.state.versions
+    restored = sm.JobState.from_dict(json.loads(json.dumps(d.state.to_dict())))
+    assert restored == d.state
+    assert restored.deployed() == restored.versions[0]
+
+
+def _artifacts(round_no: int) -> list[dict]:
+    return [{"name": "model.tflite", "sha256": SHA, "size": 10,
+             "path": f"/output/{round_no}/model.tflite"},
+            {"name": "model.keras", "sha256": "cd" * 32, "size": 20,
+             "path": f"/output/{round_no}/model.keras"}]
+
+
+#: A job's state as the store held it before candidate and versions were typed (written by
+#: that build): round 2 in Eval with its candidate, version 1 deployed.
+OLD_STATE = {
+    "namespace": "neptune-test", "name": "helmet-detection-demo", "stage": "Eval",
+    "state": "Starting", "round": 2,
+    "conditions": [
+        {"stage": "Train", "state": "Waiting", "round": 1, "time": 1000000.0,
+         "reason": "job created; waiting for the train trigger"},
+        {"stage": "Train", "state": "Ready", "round": 1, "time": 1000001.0,
+         "reason": "train trigger: num_of_samples = 1 > 0: holds"},
+    ],
+    "paused": False, "deleted": False, "samples": 2, "baseline": 2, "round_samples": [1, 2],
+    "last_check": 1000007.0,
+    "task": {"task_id": "helmet-detection-demo-0ffb9b-r2-eval", "role": "eval", "round": 2,
+             "attempt": 1, "node": NODE, "state": "Starting", "sent_at": 1000009.0,
+             "deadline": 1003609.0, "last_seq": -1, "progress": None},
+    "attempt": 1, "retry_at": None,
+    "candidate": {"artifacts": _artifacts(2), "result": {"loss": 0.5}},
+    "versions": [
+        {"version": 1, "round": 1, "artifacts": _artifacts(1),
+         "metrics": {"precision": 0.7, "recall": None, "f1": None, "map50": None, "map": None},
+         "decision": "precision_delta = 0.7 > 0.1: holds", "time": 1000005.0},
+    ],
+    "deployed_version": 1, "pending_version": None, "collect_deadline": None,
+    "serving_version": None, "failed_at_samples": None, "revision": 20,
+}
+
+
+def test_state_stored_before_typed_versions_loads_and_goes_on():
+    state = sm.JobState.from_dict(json.loads(json.dumps(OLD_STATE)))
+    assert (state.stage, state.state, state.round) == ("Eval", "Starting", 2)
+    assert state.candidate is not None
+    assert [a.path for a in state.candidate.artifacts] == ["/output/2/model.tflite",
+                                                           "/output/2/model.keras"]
+    deployed = state.deployed()
+    assert deployed is not None and deployed.version == 1 and deployed.collected is None
+    assert deployed.metrics["precision"] == 0.7 and deployed.artifacts[0].sha256 == SHA
+    # written back, every key the old form had keeps its value
+    again = json.loads(json.dumps(state.to_dict()))
+    assert {k: again[k] for k in OLD_STATE if k != "versions"} == {
+        k: v for k, v in OLD_STATE.items() if k != "versions"}
+    assert {k: again["versions"][0][k] for k in OLD_STATE["versions"][0]} == OLD_STATE["versions"][0]
+    # and the machine carries on from it: the candidate becomes version 2
+    d = Driver(seed_inputs(threshold=0))
+    d.state = state
+    d.report("Completed", eval_result(0.9, 0.7))
+    (register,) = [a for a in d.actions if isinstance(a, sm.RegisterModel)]
+    assert register.version.version == 2 and register.version.artifacts == state.candidate.artifacts
+    assert d.where == ("Deploy", "Running", 2)
+
+
+def test_a_stage_this_build_does_not_know_is_an_error_naming_it():
+    with pytest.raises(ValueError, match="stage 'Training' is not one of Train, Eval, Deploy"):
+        sm.JobState.from_dict(OLD_STATE | {"stage": "Training"})
+    bad_condition = dict(OLD_STATE["conditions"][0], state="Sleeping")
+    with pytest.raises(ValueError, match="state 'Sleeping'"):
+        sm.JobState.from_dict(OLD_STATE | {"conditions": [bad_condition]})
+
+
 def test_shrunk_index_counts_from_its_new_size():
     d = Driver(seed_inputs(threshold=100))
     d.send(sm.SamplesReported(150))

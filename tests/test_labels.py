@@ -150,8 +150,8 @@ async def test_label_import_through_the_cloud_adds_once_and_names_bad_lines(brok
             assert "1 added" in from_yolo.stdout
 
             # the node's watcher counts them and the cloud hears of it, as for any new sample
-            await wait_for(lambda: (daemon.manager.store.dataset_samples(NS, "incremental-dataset")
-                                    or {}).get("samples") == 4, timeout=20)
+            await wait_for(lambda: getattr(daemon.manager.store.dataset_samples(
+                NS, "incremental-dataset"), "samples", None) == 4, timeout=20)
     lines = data.read_text().splitlines()
     assert len(lines) == len(set(lines)) == 4
     index = read_index(data)

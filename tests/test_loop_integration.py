@@ -112,8 +112,8 @@ def append_samples(data_dir: Path, first: int, count: int) -> None:
 
 
 def node_serving(daemon: CloudDaemon) -> dict[str, int]:
-    node = {n["name"]: n for n in daemon.manager.store.nodes()}.get(NODE)
-    return node["status"].get("serving", {}) if node else {}
+    node = daemon.manager.store.node(NODE)
+    return node.status.serving if node else {}
 
 
 def swaps(tmp: Path) -> list[dict]:
@@ -146,22 +146,22 @@ async def test_two_rounds_train_eval_deploy_and_hot_swap(broker, tmp_path):
             await wait_for(lambda r=round_no: job_state(daemon).deployed_version == r,
                            f"round {round_no} deployed")
             version = next(v for v in daemon.manager.store.model_versions(f"{NS}/{JOB}")
-                           if v["version"] == round_no)
+                           if v.version == round_no)
 
             # pulled from the node into the registry, byte for byte
-            assert version.get("collected") is True
-            for artifact in version["artifacts"]:
-                node_file = Path(artifact["path"])
-                assert registry.has(artifact["sha256"])
-                assert registry.path(artifact["sha256"]).read_bytes() == node_file.read_bytes()
+            assert version.collected is True
+            for artifact in version.artifacts:
+                node_file = Path(artifact.path)
+                assert registry.has(artifact.sha256)
+                assert registry.path(artifact.sha256).read_bytes() == node_file.read_bytes()
 
             # downloaded back by the deploy node, hot-swapped into the running worker
             await wait_for(lambda r=round_no: [s for s in swaps(tmp_path)
                                                if s["version"] == str(r)],
                            f"the inference worker swapped to version {round_no}")
-            tflite = next(a for a in version["artifacts"] if a["name"] == "model.tflite")
+            tflite = next(a for a in version.artifacts if a.name == "model.tflite")
             served = tmp_path / "agent" / "models" / NS / JOB / f"v{round_no}" / "model.tflite"
-            assert hashlib.sha256(served.read_bytes()).hexdigest() == tflite["sha256"]
+            assert hashlib.sha256(served.read_bytes()).hexdigest() == tflite.sha256
             assert (tmp_path / "deploy" / "model.tflite").read_bytes() == served.read_bytes()
             assert swaps(tmp_path)[-1] == {"version": str(round_no), "bytes": MODEL_BYTES}
 

@@ -143,13 +143,13 @@ async def test_real_workers_train_eval_deploy_and_hot_swap_without_losing_a_fram
 
         # the registry holds the trained files, pulled from the node
         version = next(
-            v for v in daemon.manager.store.model_versions(f"{NS}/{JOB}") if v["version"] == 1
+            v for v in daemon.manager.store.model_versions(f"{NS}/{JOB}") if v.version == 1
         )
-        assert version.get("collected") is True
+        assert version.collected is True
         registry = daemon.manager.registry
         assert registry is not None
-        assert {a["name"] for a in version["artifacts"]} == {"model.keras", "model.tflite"}
-        assert all(registry.has(a["sha256"]) for a in version["artifacts"])
+        assert {a.name for a in version.artifacts} == {"model.keras", "model.tflite"}
+        assert all(registry.has(a.sha256) for a in version.artifacts)
 
         # eval really ran both models; the untrained one detected nothing
         eval_dir = tmp_path / "agent" / "tasks" / task_id(NS, JOB, 1, "eval") / "attempt-1"
