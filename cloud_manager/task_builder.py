@@ -210,6 +210,8 @@ def build_inference_task(inputs: JobInputs, deployed: ModelVersion | None) -> Ta
     if deployed is not None:
         env[contract.MODEL_VERSION] = str(deployed.version)
         models.append(model_ref(inputs.ref, deployed))
+    else:
+        env[contract.MODEL_VERSION] = contract.INITIAL_MODEL_VERSION
     if spec.hard_example_mining is not None:
         env[contract.HEM_NAME] = spec.hard_example_mining.name
         hem = spec.hard_example_mining.parameters_dict()

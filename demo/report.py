@@ -224,7 +224,7 @@ def _plots(out: Path, precision: dict[str, dict[str, float]], run: ReportInputs,
                                                    key=lambda v: (v.isdigit(), v.zfill(6))))}
         ax.scatter([r["t"] - start for r in frames], [order[str(r.get("version"))] for r in frames],
                    s=1)
-        ax.set_yticks(list(order.values()), [("v" + v if v.isdigit() else f"{v} (initial)")
+        ax.set_yticks(list(order.values()), [("v" + v if v.isdigit() else f"{v} model")
                                              for v in order])
         ax.set_xlabel("seconds since start")
         ax.set_title(f"Model version serving each frame on {EDGE_NODE} ({summary.frames} frames)")

@@ -43,6 +43,9 @@ RESULT = "EDGELOOP_RESULT"  # file the worker writes its JSON result to
 CHANNEL = "EDGELOOP_CHANNEL"  # ws://127.0.0.1:PORT/... ; absent when run by hand
 MODEL_VERSION = "EDGELOOP_MODEL_VERSION"  # version of the model in MODEL_URL (inference)
 REPLAY_INDEX = "EDGELOOP_REPLAY_INDEX"  # train: index of earlier training data for replay
+#: The MODEL_VERSION of a job's initial model, served until a first version is deployed: frame
+#: logs, live views and reports name it so instead of by its file name.
+INITIAL_MODEL_VERSION = "initial"
 
 LOCATION_VARIABLES = (
     BASE_MODEL_URL,
