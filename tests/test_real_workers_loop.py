@@ -159,7 +159,7 @@ async def test_real_workers_train_eval_deploy_and_hot_swap_without_losing_a_fram
     # leaving the agent stopped the worker, which wrote its result
 
     [swap] = swaps
-    assert swap.ok and swap.version == "1" and swap.previous == "base_model"
+    assert swap.ok and swap.version == "1" and swap.previous == "initial"
     inference_dir = tmp_path / "agent" / "tasks" / INFERENCE_TASK / "attempt-1"
     result = json.loads((inference_dir / "result.json").read_text())
     served = result["frames_per_version"]
