@@ -25,17 +25,16 @@ from typing import Annotated, Any, ClassVar, Literal
 
 from pydantic import (
     AfterValidator,
-    BaseModel,
     BeforeValidator,
-    ConfigDict,
     Field,
+    ValidationError,
     field_validator,
     model_validator,
 )
-from pydantic.alias_generators import to_camel
-from pydantic_core import PydanticCustomError
 
+from protocol.manifest_base import ManifestPart, NonEmpty, invalid, show
 from protocol.metrics_names import NUM_OF_SAMPLES, check_selector, parse_metric
+from protocol.pod_template import PodTemplate, StageRuntime
 
 API_VERSIONS: tuple[str, ...] = ("neptune.io/v1alpha1", "sedna.io/v1alpha1")
 DEFAULT_NAMESPACE = "default"
@@ -47,6 +46,7 @@ OPERATORS: dict[str, Callable[[float, float], bool]] = {
     "<": operator.lt,
     "<=": operator.le,
     "==": operator.eq,
+    "=": operator.eq,
     "!=": operator.ne,
     "gt": operator.gt,
     "ge": operator.ge,
@@ -90,23 +90,6 @@ class ManifestError(ValueError):
         super().__init__("\n".join(self.errors))
 
 
-def invalid(message: str, path: str = "") -> PydanticCustomError:
-    """The error our validators raise: ``message`` is final text, ``path`` extends the location."""
-    return PydanticCustomError("manifest", "{message}", {"message": message, "path": path})
-
-
-def show(value: object) -> str:
-    """A short rendering of a bad value for an error message."""
-    if isinstance(value, dict):
-        return "a mapping"
-    if isinstance(value, list):
-        return "a list"
-    if value is None:
-        return "null"
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
-
 def unsupported_api_version(value: object) -> str:
     return f"{show(value)} is not supported; use {' or '.join(API_VERSIONS)}"
 
@@ -121,12 +104,6 @@ def _one_of(*allowed: str) -> AfterValidator:
         return value
 
     return AfterValidator(check)
-
-
-def _non_empty(value: str) -> str:
-    if not value.strip():
-        raise invalid("must not be empty")
-    return value
 
 
 def _dns_name(value: str) -> str:
@@ -178,7 +155,6 @@ def _time_of_day(allow_24: bool) -> list[Any]:
     return [BeforeValidator(from_minutes), AfterValidator(check)]
 
 
-NonEmpty = Annotated[str, AfterValidator(_non_empty)]
 Name = Annotated[str, AfterValidator(_dns_name)]
 Namespace = Annotated[str, AfterValidator(_dns_label)]
 ParameterValue = Annotated[str, BeforeValidator(_number_as_text)]
@@ -186,12 +162,6 @@ StartTime = Annotated[str, *_time_of_day(allow_24=False)]
 EndTime = Annotated[str, *_time_of_day(allow_24=True)]
 Seconds = Annotated[int, Field(gt=0)]
 Threshold = Annotated[float, Field(allow_inf_nan=False)]
-
-
-class ManifestPart(BaseModel):
-    """Base of every manifest part: camelCase on the wire, strict types, unknown fields refused."""
-
-    model_config = ConfigDict(alias_generator=to_camel, extra="forbid", strict=True, frozen=True)
 
 
 # --- metadata and worker parameters ----------------------------------------------------------
@@ -281,24 +251,16 @@ class WorkerSpec(ManifestPart):
 
 
 class Timer(ManifestPart):
-    """A daily window ``[start, end)`` in the cloud manager's local time.
+    """A daily window ``[start, end]`` in the cloud manager's local time, both minutes included.
 
-    A window whose end is earlier than its start crosses midnight (22:00-04:00). ``24:00`` is
-    accepted as an end meaning midnight. An empty window (start == end) is an error rather than
-    a guess at "always" or "never": leave the timer out to allow any time.
+    As in Sedna, whose local controller compares ``HH:MM`` strings with ``start <= now <= end``:
+    ``02:00``-``20:00`` still holds at 20:00:59, and ``start == end`` is that one minute. A
+    window whose end is earlier than its start crosses midnight (22:00-04:00). ``24:00`` is
+    accepted as an end meaning the end of the day.
     """
 
     start: StartTime
     end: EndTime
-
-    @model_validator(mode="after")
-    def _not_empty(self) -> Timer:
-        if self.start_minute == self.end_minute:
-            raise invalid(
-                f"start and end are both {self.start!r}, an empty window; "
-                "remove the timer to allow any time of day"
-            )
-        return self
 
     @property
     def start_minute(self) -> int:
@@ -311,9 +273,9 @@ class Timer(ManifestPart):
     def contains(self, minute_of_day: int) -> bool:
         """Whether the minute of the day (0..1439) falls inside the window."""
         start, end = self.start_minute, self.end_minute
-        if start < end:
-            return start <= minute_of_day < end
-        return minute_of_day >= start or minute_of_day < end
+        if start <= end:
+            return start <= minute_of_day <= end
+        return minute_of_day >= start or minute_of_day <= end
 
 
 def _minute_of_day(hhmm: str) -> int:
@@ -419,6 +381,8 @@ class ModelSpec(ManifestPart):
     url: NonEmpty
     format: NonEmpty
     credential_name: str | None = None
+    #: Sedna's CRD has it, snake_case; recorded only: edgeloop's workers pick their device.
+    device_soc_versions: list[str] | None = Field(default=None, alias="device_soc_versions")
 
 
 class Model(Resource):
@@ -451,22 +415,72 @@ class HardExampleMining(ManifestPart):
         return parameters_dict(self.parameters)
 
 
-class TrainSpec(ManifestPart):
-    worker_spec: WorkerSpec
+class StageSpec(ManifestPart):
+    """A stage's worker, in either of Sedna's forms: the guide's ``workerSpec`` or the
+    ``template`` (a Kubernetes pod template, :mod:`protocol.pod_template`) Sedna uses today."""
+
+    worker_spec: WorkerSpec | None = None
+    template: PodTemplate | None = None
+
+    @model_validator(mode="after")
+    def _one_form(self) -> StageSpec:
+        if self.worker_spec is None and self.template is None:
+            raise invalid("required field is missing", path="workerSpec")
+        if self.worker_spec is not None and self.template is not None:
+            raise invalid("give either workerSpec or template, not both", path="template")
+        if self.template is not None:
+            _template_worker(self.template)
+        return self
+
+    @property
+    def form(self) -> str:
+        return "workerSpec" if self.worker_spec is not None else "template"
+
+    def worker(self) -> WorkerSpec:
+        """The worker spec, given or read from the template."""
+        if self.worker_spec is not None:
+            return self.worker_spec
+        assert self.template is not None
+        return _template_worker(self.template)
+
+    def runtime(self) -> StageRuntime:
+        """Node, image and resources the template names (none in the workerSpec form)."""
+        return StageRuntime(node=None) if self.template is None else StageRuntime.of(self.template)
+
+
+def _template_worker(template: PodTemplate) -> WorkerSpec:
+    container = template.container
+    script_dir, boot_file = container.boot_location()
+    try:
+        return WorkerSpec.model_validate({
+            "scriptDir": script_dir,
+            "scriptBootFile": boot_file,
+            "parameters": [{"key": e.name, "value": e.value} for e in container.env],
+        })
+    except ValidationError as exc:
+        # the parameter checks (class_names): report them at the env entry they came from
+        error = exc.errors()[0]
+        where = error["loc"][1] if len(error["loc"]) > 1 else 0
+        message = (error.get("ctx") or {}).get("message") or error["msg"]
+        raise invalid(message, path=f"template.spec.containers[0].env[{where}].value") from None
+
+
+class TrainSpec(StageSpec):
     trigger: TrainTrigger
 
 
-class EvalSpec(ManifestPart):
-    worker_spec: WorkerSpec
+class EvalSpec(StageSpec):
     initial_eval_model: ModelRef | None = None
 
 
-class DeploySpec(ManifestPart):
+class DeploySpec(StageSpec):
     model: DeployModelRef
     trigger: DeployTrigger
-    node_name: NonEmpty
+    node_name: NonEmpty | None = None
     hard_example_mining: HardExampleMining | None = None
-    worker_spec: WorkerSpec
+
+
+STAGES = ("train", "eval", "deploy")
 
 
 class IncrementalLearningJobSpec(ManifestPart):
@@ -475,16 +489,57 @@ class IncrementalLearningJobSpec(ManifestPart):
     train_spec: TrainSpec
     eval_spec: EvalSpec
     deploy_spec: DeploySpec
-    node_name: NonEmpty
+    node_name: NonEmpty | None = None
+    #: Sedna's secret for an S3 outputDir; accepted for compatibility, as on Dataset and Model.
+    credential_name: str | None = None
     output_dir: NonEmpty
+
+    def stage(self, name: str) -> StageSpec:
+        return {"train": self.train_spec, "eval": self.eval_spec, "deploy": self.deploy_spec}[name]
+
+    @property
+    def form(self) -> str:
+        """``workerSpec`` (the guide's form) or ``template`` (Sedna's pod-template form)."""
+        return self.train_spec.form
+
+    def stage_node(self, name: str) -> str | None:
+        """The node the manifest names for a stage; None: train and eval where the dataset is."""
+        if self.form == "workerSpec":
+            return self.deploy_spec.node_name if name == "deploy" else None
+        return self.stage(name).runtime().node
 
     def class_names(self) -> tuple[str, ...] | None:
         """The classes metrics refer to: the eval worker's, else the train worker's."""
-        for worker in (self.eval_spec.worker_spec, self.train_spec.worker_spec):
+        for worker in (self.eval_spec.worker(), self.train_spec.worker()):
             names = worker.class_names()
             if names is not None:
                 return names
         return None
+
+    @model_validator(mode="after")
+    def _nodes_of_the_form(self) -> IncrementalLearningJobSpec:
+        """Each form names nodes its own way; mixing the forms would leave that ambiguous."""
+        paths = {"train": "trainSpec", "eval": "evalSpec", "deploy": "deploySpec"}
+        for name in ("eval", "deploy"):
+            if self.stage(name).form != self.form:
+                raise invalid(
+                    f"uses {self.stage(name).form} while trainSpec uses {self.form}: write all "
+                    "three stages in one form", path=f"{paths[name]}.{self.stage(name).form}")
+        if self.form == "workerSpec":
+            if self.node_name is None:
+                raise invalid("required field is missing", path="nodeName")
+            if self.deploy_spec.node_name is None:
+                raise invalid("required field is missing", path="deploySpec.nodeName")
+            return self
+        for path, value in (("nodeName", self.node_name),
+                            ("deploySpec.nodeName", self.deploy_spec.node_name)):
+            if value is not None:
+                raise invalid("belongs to the workerSpec form; with templates, set "
+                              "template.spec.nodeName of each stage", path=path)
+        if self.deploy_spec.runtime().node is None:
+            raise invalid("required field is missing: the node that runs inference",
+                          path="deploySpec.template.spec.nodeName")
+        return self
 
     @model_validator(mode="after")
     def _selector_names_a_class(self) -> IncrementalLearningJobSpec:

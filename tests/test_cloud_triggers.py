@@ -39,6 +39,7 @@ TRAIN_CASES = [
     ("<=", 10, 10, None, "12:00", True),
     ("==", 3, 3, None, "12:00", True),
     ("==", 3, 4, None, "12:00", False),
+    ("=", 3, 3, None, "12:00", True),  # Sedna's single = too
     ("!=", 3, 4, None, "12:00", True),
     ("!=", 3, 3, None, "12:00", False),
     ("gt", 500, 501, None, "12:00", True),
@@ -50,20 +51,25 @@ TRAIN_CASES = [
     # the seed's window 02:00-04:00
     (">", 500, 600, ("02:00", "04:00"), "02:00", True),
     (">", 500, 600, ("02:00", "04:00"), "03:59", True),
-    (">", 500, 600, ("02:00", "04:00"), "04:00", False),
+    (">", 500, 600, ("02:00", "04:00"), "04:00", True),  # the end minute is inside, as in Sedna
+    (">", 500, 600, ("02:00", "04:00"), "04:01", False),
     (">", 500, 600, ("02:00", "04:00"), "01:59", False),
     (">", 500, 400, ("02:00", "04:00"), "03:00", False),
     # windows crossing midnight
     (">", 0, 1, ("22:00", "04:00"), "23:30", True),
     (">", 0, 1, ("22:00", "04:00"), "00:00", True),
     (">", 0, 1, ("22:00", "04:00"), "03:59", True),
-    (">", 0, 1, ("22:00", "04:00"), "04:00", False),
+    (">", 0, 1, ("22:00", "04:00"), "04:00", True),
+    (">", 0, 1, ("22:00", "04:00"), "04:01", False),
     (">", 0, 1, ("22:00", "04:00"), "12:00", False),
     (">", 0, 1, ("22:00", "04:00"), "21:59", False),
     # 24:00 as an end means midnight
     (">", 0, 1, ("20:00", "24:00"), "23:59", True),
     (">", 0, 1, ("20:00", "24:00"), "00:00", False),
     (">", 0, 1, ("00:00", "00:01"), "00:00", True),
+    # start == end: that one minute
+    (">", 0, 1, ("02:00", "02:00"), "02:00", True),
+    (">", 0, 1, ("02:00", "02:00"), "02:01", False),
 ]
 
 
@@ -216,7 +222,7 @@ def test_window_boundaries_from_real_clock_times():
     base = datetime(2026, 1, 1, 21, 59, tzinfo=timezone.utc)
     timer = window("22:00", "04:00")
     inside = [timer.contains(triggers.minute_of_day((base + timedelta(minutes=m)).timestamp()))
-              for m in (0, 1, 360, 361)]
+              for m in (0, 1, 361, 362)]
     assert inside == [False, True, True, False]
 
 

@@ -70,7 +70,7 @@ def renamed(name: str, path: str, new_key: str) -> dict[str, Any]:
     return data
 
 
-OPERATORS = ">, >=, <, <=, ==, !=, gt, ge, lt, le, eq, ne"
+OPERATORS = ">, >=, <, <=, ==, =, !=, gt, ge, lt, le, eq, ne"
 NOT_A_TIME = "is not a time of day; expected HH:MM from 00:00 to 23:59"
 TRIGGER = "spec.trainSpec.trigger"
 DEPLOY_METRIC = "spec.deploySpec.trigger.condition.metric"
@@ -241,14 +241,6 @@ BAD = [
         "timer-seconds",
         mutated("job.yaml", {f"{TRIGGER}.timer.start": "02:00:00"}),
         [f"{TRIGGER}.timer.start: '02:00:00' {NOT_A_TIME}"],
-    ),
-    (
-        "timer-empty-window",
-        mutated("job.yaml", {f"{TRIGGER}.timer.end": "02:00"}),
-        [
-            f"{TRIGGER}.timer: start and end are both '02:00', an empty window; "
-            "remove the timer to allow any time of day"
-        ],
     ),
     (
         "parameter-bool",
@@ -477,10 +469,31 @@ def test_times_already_read_as_base_60_integers_are_turned_back():
 def test_timer_window_crossing_midnight():
     timer = Timer.model_validate({"start": "22:00", "end": "04:00"})
     assert [timer.contains(h * 60) for h in (21, 22, 23, 0, 3, 4, 12)] == [
-        False, True, True, True, True, False, False,
+        False, True, True, True, True, True, False,
     ]
+    assert not timer.contains(4 * 60 + 1)
     day = Timer.model_validate({"start": "09:00", "end": "17:00"})
-    assert day.contains(9 * 60) and day.contains(17 * 60 - 1) and not day.contains(17 * 60)
+    assert day.contains(9 * 60) and day.contains(17 * 60 - 1) and not day.contains(9 * 60 - 1)
+
+
+def test_timer_includes_its_end_minute_as_sedna_does():
+    """Sedna's local controller holds the window while ``start <= "HH:MM" <= end``."""
+    day = Timer.model_validate({"start": "02:00", "end": "20:00"})
+    assert day.contains(20 * 60) and not day.contains(20 * 60 + 1)
+    whole_day = Timer.model_validate({"start": "00:00", "end": "24:00"})
+    assert all(whole_day.contains(m) for m in (0, 720, 1439))
+
+
+def test_timer_with_start_equal_to_end_is_that_one_minute():
+    job = parse_manifest(mutated("job.yaml", {f"{TRIGGER}.timer.end": "02:00"}))
+    timer = job.spec.train_spec.trigger.timer
+    assert [timer.contains(m) for m in (119, 120, 121)] == [False, True, False]
+
+
+def test_single_equals_operator_means_equal_as_in_sedna():
+    data = mutated("job.yaml", {"spec.deploySpec.trigger.condition.operator": "="})
+    condition = parse_manifest(data).spec.deploy_spec.trigger.condition
+    assert condition.holds(0.1) and not condition.holds(0.2)
 
 
 @pytest.mark.parametrize(
