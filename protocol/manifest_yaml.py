@@ -206,10 +206,38 @@ def parse_manifest(data: Any) -> Manifest:
         if api_version is not None and api_version not in API_VERSIONS:
             errors.insert(0, f"apiVersion: {unsupported_api_version(api_version)}")
         raise ManifestError(errors)
+    remote = _s3_locations(data)
+    if remote:
+        raise ManifestError([_s3_refusal(remote)])
     try:
         return cls.model_validate(data)
     except ValidationError as exc:
         raise ManifestError(format_errors(exc, cls)) from None
+
+
+def _s3_locations(data: Any, path: str = "") -> list[tuple[str, str]]:
+    """``(path, url)`` of every ``s3://`` string in a document, in document order."""
+    if isinstance(data, dict):
+        return [hit for key, value in data.items()
+                for hit in _s3_locations(value, f"{path}.{key}" if path else str(key))]
+    if isinstance(data, list):
+        return [hit for i, value in enumerate(data) for hit in _s3_locations(value, f"{path}[{i}]")]
+    if isinstance(data, str) and data.strip().lower().startswith("s3://"):
+        return [(path, data)]
+    return []
+
+
+def _s3_refusal(remote: list[tuple[str, str]]) -> str:
+    """One message for a document that uses S3: the one thing to change, not its other fields.
+
+    Sedna's S3 examples are otherwise well-formed or not (one nests ``spec`` under
+    ``metadata``); field errors would hide that storage is the real obstacle.
+    """
+    path, url = remote[0]
+    more = f" (and {len(remote) - 1} more)" if len(remote) > 1 else ""
+    return (f"{path}: S3 storage ({url!r}{more}) is not supported: edgeloop reads datasets and "
+            "models, and writes outputs, at paths on the nodes; copy the files there and give "
+            "their paths")
 
 
 @dataclass

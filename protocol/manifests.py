@@ -459,10 +459,9 @@ def _template_worker(template: PodTemplate) -> WorkerSpec:
         })
     except ValidationError as exc:
         # the parameter checks (class_names): report them at the env entry they came from
-        error = exc.errors()[0]
-        where = error["loc"][1] if len(error["loc"]) > 1 else 0
-        message = (error.get("ctx") or {}).get("message") or error["msg"]
-        raise invalid(message, path=f"template.spec.containers[0].env[{where}].value") from None
+        ctx = exc.errors()[0].get("ctx") or {}
+        message = ctx.get("message") or str(exc.errors()[0]["msg"])
+        raise invalid(message, path=f"template.spec.containers[0].env{ctx.get('path', '')}") from None
 
 
 class TrainSpec(StageSpec):
