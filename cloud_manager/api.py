@@ -95,6 +95,15 @@ def version_row(job: str, version: ModelVersion) -> dict[str, Any]:
     return {"job": job, "name": f"{job}:{version.version}", **dataclasses.asdict(version)}
 
 
+def _listed_node(spec: dict[str, Any], stage: str) -> Any:
+    """A job's node for a listing, from the manifest as applied, in either form: ``nodeName``
+    (the guide's form) or the stage template's ``nodeName`` (Sedna's pod-template form)."""
+    section = spec.get(stage) or {}
+    own = section.get("nodeName") if stage == "deploySpec" else spec.get("nodeName")
+    template = (section.get("template") or {}).get("spec") or {}
+    return own or template.get("nodeName")
+
+
 def _whole_number(value: Any, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 0:
         raise ApiError(400, f"{what} must be a whole number >= 0, got {value!r}")
@@ -229,7 +238,7 @@ class ApiHandler:
                 out += self.manager.job_event(ns, name, sm.SamplesReported(known.samples), now)
         else:
             out += self.manager.job_event(ns, name, sm.SpecChanged(), now)
-        out += self.manager.desired_for(job.spec.deploy_spec.node_name)
+        out += self.manager.desired_for(job.spec.deploy_node)
         return out
 
     # -- reading --
@@ -280,7 +289,8 @@ class ApiHandler:
                         "deployed_version": state.deployed_version,
                         "serving_version": state.serving_version, "paused": state.paused,
                         "reason": last.reason if last else "",
-                        "node": spec.get("nodeName"), "deploy_node": spec.get("deploySpec", {}).get("nodeName"),
+                        "node": _listed_node(spec, "trainSpec"),
+                        "deploy_node": _listed_node(spec, "deploySpec"),
                     }
             rows.append(row)
         return rows

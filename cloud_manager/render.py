@@ -8,9 +8,12 @@ import time
 from typing import Any
 
 import yaml
+from pydantic import ValidationError
 from rich.console import Group
 from rich.table import Table
 from rich.text import Text
+
+from protocol.manifests import STAGES, IncrementalLearningJob
 
 OUTPUT_FORMATS = ("table", "wide", "yaml", "json")
 
@@ -104,6 +107,27 @@ def _clock(timestamp: float) -> str:
     return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(timestamp))
 
 
+def _stage_rows(manifest: dict[str, Any]) -> list[tuple[str, str]]:
+    """Node of each stage, and the image and resources a pod template names (recorded, not
+    enforced: workers run in the agent's Python)."""
+    try:
+        spec = IncrementalLearningJob.model_validate(manifest).spec
+    except ValidationError:
+        return [("Deploy node", str(manifest["spec"]["deploySpec"].get("nodeName")))]
+    rows = []
+    for stage in STAGES:
+        node = spec.stage_node(stage) or "the dataset's node"
+        rows.append((f"{stage.capitalize()} node", node))
+    for stage in STAGES:
+        runtime = spec.stage(stage).runtime()
+        if runtime.image:
+            rows.append((f"{stage.capitalize()} image", runtime.image))
+        for kind, values in (runtime.resources or {}).items():
+            text = ", ".join(f"{k}={v}" for k, v in values.items())
+            rows.append((f"{stage.capitalize()} {kind}", text))
+    return rows
+
+
 def describe_job(data: dict[str, Any], now: float | None = None) -> Group:
     """The job's manifest summary, status, condition history, versions and tasks."""
     resource, status = data["resource"], data.get("status") or {}
@@ -122,7 +146,7 @@ def describe_job(data: dict[str, Any], now: float | None = None) -> Group:
         ("Train trigger", f"{condition['metric']} {condition['operator']} {_number(condition['threshold'])}"
          + (f" within {timer['start']}-{timer['end']}" if timer else "")),
         ("Deploy trigger", f"{deploy['metric']} {deploy['operator']} {_number(deploy['threshold'])}"),
-        ("Deploy node", spec["deploySpec"]["nodeName"]),
+        *_stage_rows(resource["manifest"]),
         ("Output dir", spec["outputDir"]),
         ("Stage", f"{status.get('stage')} {status.get('state')} (round {status.get('round')})"),
         ("Samples", status.get("samples")),

@@ -517,7 +517,8 @@ class _Step:
             return
         if s.retry_at is not None and ctx.now < s.retry_at:
             return
-        node = self.inputs.dataset_node  # train and eval run where the data is
+        # train and eval run where the stage names, else where the data is
+        node = self.inputs.train_node if s.stage == "Train" else self.inputs.eval_node
         if node not in ctx.online_nodes:
             reason = f"waiting for node {node} to be online"
             if s.conditions[-1].reason != reason:
@@ -655,7 +656,7 @@ class _Step:
         s.pending_version = number
         s.collect_deadline = self.ctx.now + self.ctx.settings.collect_timeout_s
         self.actions.append(RegisterModel(version))
-        self.actions.append(CollectArtifacts(number, self.inputs.dataset_node))
+        self.actions.append(CollectArtifacts(number, self.inputs.train_node))  # train wrote them
         self.note("Deploy", "Running",
                   f"model version {number} registered; collecting its files for the registry")
 

@@ -51,8 +51,20 @@ class JobInputs:
         return self.dataset.spec.node_name
 
     @property
+    def train_node(self) -> str:
+        """Where train runs: the node the train stage names (pod-template form), else the
+        dataset's node. Another node must see the dataset index and ``outputDir`` at the same
+        paths (shared storage), as Sedna's pods on other nodes must."""
+        return self.job.spec.stage_node("train") or self.dataset_node
+
+    @property
+    def eval_node(self) -> str:
+        """Where eval runs; as :attr:`train_node`, and it reads the candidate train wrote."""
+        return self.job.spec.stage_node("eval") or self.dataset_node
+
+    @property
     def deploy_node(self) -> str:
-        return self.job.spec.deploy_spec.node_name
+        return self.job.spec.deploy_node
 
     def class_names(self) -> tuple[str, ...]:
         names = self.job.spec.class_names()
@@ -136,7 +148,7 @@ def build_train_task(
         SPLIT_VARIABLE: split.to_json(),
     }
     return _round_task(
-        inputs, "train", spec.train_spec.worker_spec, round_no, attempt, env, timeout_s
+        inputs, "train", spec.train_spec.worker(), round_no, attempt, env, timeout_s
     )
 
 
@@ -187,7 +199,7 @@ def build_eval_task(
     if split is not None:
         env[SPLIT_VARIABLE] = split.to_json()
     return _round_task(
-        inputs, "eval", spec.eval_spec.worker_spec, round_no, attempt, env, timeout_s
+        inputs, "eval", spec.eval_spec.worker(), round_no, attempt, env, timeout_s
     )
 
 
@@ -221,7 +233,7 @@ def build_inference_task(inputs: JobInputs, deployed: ModelVersion | None) -> Ta
         task_id=task_id(inputs.job.metadata.namespace, inputs.job.metadata.name, 0, "inference"),
         job=inputs.ref,
         role="inference",
-        worker=worker_spec(spec.worker_spec),
+        worker=worker_spec(spec.worker()),
         env=env,
         models=models,
         ts=0.0,

@@ -507,6 +507,13 @@ class IncrementalLearningJobSpec(ManifestPart):
             return self.deploy_spec.node_name if name == "deploy" else None
         return self.stage(name).runtime().node
 
+    @property
+    def deploy_node(self) -> str:
+        """The node that runs inference; both forms require one (checked below)."""
+        node = self.stage_node("deploy")
+        assert node is not None
+        return node
+
     def class_names(self) -> tuple[str, ...] | None:
         """The classes metrics refer to: the eval worker's, else the train worker's."""
         for worker in (self.eval_spec.worker(), self.train_spec.worker()):

@@ -514,3 +514,52 @@ def test_deploy_waits_for_the_files_and_fails_cleanly_without_them():
     d.send(sm.Tick(), after=101)
     assert "did not reach the registry within 100 s" in [
         c.reason for c in d.state.conditions if c.state == "Failed"][-1]
+
+
+def template_inputs(train: str, eval_: str, deploy: str) -> JobInputs:
+    """Sedna's helmet job in its pod-template form, with a node per stage; the seed's Dataset
+    (on cloud0) and Models."""
+    seed = seed_inputs(threshold=100)
+    sedna = Path(__file__).resolve().parent.parent / "examples" / "sedna"
+    text = (sedna / "examples__incremental_learning__helmet_detection__helmet_detection.yaml").read_text()
+    for stage, node in (("train-worker", train), ("eval-worker", eval_), ("infer-worker", deploy)):
+        # each template's nodeName precedes its container's name in the file
+        head, _, tail = text.partition(f"name: {stage}")
+        head = head[: head.rindex("nodeName: $WORKER_NODE")] + f"nodeName: {node}" + \
+            head[head.rindex("nodeName: $WORKER_NODE") + len("nodeName: $WORKER_NODE"):]
+        text = head + f"name: {stage}" + tail
+    job = load_documents(text.replace("metadata:\n  name:", "metadata:\n  namespace: neptune-test\n  name:"))[0]
+    assert isinstance(job, type(seed.job))
+    return JobInputs(job=job, dataset=seed.dataset, initial_model=seed.initial_model,
+                     deploy_model=seed.deploy_model)
+
+
+def test_pod_template_nodes_place_train_eval_and_deploy():
+    inputs = template_inputs("trainer", "judge", "edge0")
+    assert (inputs.dataset_node, inputs.train_node, inputs.eval_node, inputs.deploy_node) == (
+        "cloud0", "trainer", "judge", "edge0")
+    d = Driver(inputs)
+    d.online = {"cloud0", "trainer", "judge", "edge0"}
+    d.send(sm.SamplesReported(600))
+    train = d.dispatched()
+    assert train.node == "trainer" and train.task.role == "train"
+    assert train.task.worker is not None and train.task.worker.boot_file == "train.py"
+    assert train.task.worker.parameters["batch_size"] == "32"
+    d.report("Running")
+    d.report("Completed", train_result(1))
+    evaluate = d.dispatched()
+    assert evaluate.node == "judge" and evaluate.task.role == "eval"
+    d.report("Running")
+    d.report("Completed", eval_result(0.9, 0.5))
+    collect = [a for a in d.actions if isinstance(a, sm.CollectArtifacts)]
+    assert [c.node for c in collect] == ["trainer"]  # the files are where train wrote them
+    d.send(sm.ArtifactsCollected(collect[0].version, True))
+    assert [a.node for a in d.actions if isinstance(a, sm.DeployModel)] == ["edge0"]
+
+
+def test_train_waits_for_its_own_node_not_the_dataset_node():
+    d = Driver(template_inputs("trainer", "judge", "edge0"))
+    d.online = {"cloud0"}
+    d.send(sm.SamplesReported(600))
+    assert not any(isinstance(a, sm.DispatchTask) for a in d.actions)
+    assert d.state.conditions[-1].reason == "waiting for node trainer to be online"
