@@ -15,7 +15,6 @@ train and eval tasks say how in ``EDGELOOP_SPLIT`` (JSON, see :class:`SampleSpli
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 
 from cloud_manager.versions import Candidate, ModelVersion
@@ -78,6 +77,18 @@ def task_id(namespace: str, name: str, round_no: int, role: str) -> str:
     """A task id unique per job, round and role, short enough for a topic level."""
     digest = hashlib.sha256(f"{namespace}/{name}".encode()).hexdigest()[:6]
     return f"{name[:36]}-{digest}-r{round_no}-{role}"
+
+
+def sedna_identity(inputs: JobInputs, role: TaskRole, task: str, attempt: int) -> dict[str, str]:
+    """``NAMESPACE``, ``JOB_NAME``, ``WORKER_NAME`` as Sedna's controller sets them for a worker
+    (its lib reads them through ``BaseConfig``). Sedna's name ends in 5 random characters; here
+    they come from the task and attempt, so that a re-sent task gets the same name."""
+    suffix = hashlib.sha256(f"{task}/{attempt}".encode()).hexdigest()[:5]
+    return {
+        contract.NAMESPACE: inputs.job.metadata.namespace,
+        contract.JOB_NAME: inputs.job.metadata.name,
+        contract.WORKER_NAME: contract.WORKER_NAME_PREFIXES[role] + suffix,
+    }
 
 
 def round_dir(inputs: JobInputs, round_no: int) -> str:
@@ -145,6 +156,7 @@ def build_train_task(
         contract.TRAIN_DATASET_URL: split.train,
         contract.MODEL_URL: out,
         contract.REPLAY_INDEX: split.replay,
+        contract.ORIGINAL_DATASET_URL: inputs.dataset.spec.url,
         SPLIT_VARIABLE: split.to_json(),
     }
     return _round_task(
@@ -163,14 +175,15 @@ def _round_task(
 ) -> Task:
     """A train or eval task of one round: the id says job, round and role."""
     ns, name = inputs.job.metadata.namespace, inputs.job.metadata.name
+    task = task_id(ns, name, round_no, role)
     return Task(
-        task_id=task_id(ns, name, round_no, role),
+        task_id=task,
         attempt=attempt,
         job=inputs.ref,
         role=role,
         round=round_no,
         worker=worker_spec(worker),
-        env=env,
+        env={**sedna_identity(inputs, role, task, attempt), **env},
         timeout_s=timeout_s,
     )
 
@@ -195,6 +208,7 @@ def build_eval_task(
     env = {
         contract.MODEL_URLS: contract.MODEL_URLS_SEPARATOR.join(models),
         contract.TEST_DATASET_URL: f"{out}/{EVAL_INDEX}",
+        contract.ORIGINAL_DATASET_URL: inputs.dataset.spec.url,
     }
     if split is not None:
         env[SPLIT_VARIABLE] = split.to_json()
@@ -228,9 +242,11 @@ def build_inference_task(inputs: JobInputs, deployed: ModelVersion | None) -> Ta
         env[contract.HEM_NAME] = spec.hard_example_mining.name
         hem = spec.hard_example_mining.parameters_dict()
         if hem:
-            env[contract.HEM_PARAMETERS] = json.dumps(hem, sort_keys=True)
+            env[contract.HEM_PARAMETERS] = contract.hem_parameters_json(hem)
+    task = task_id(inputs.job.metadata.namespace, inputs.job.metadata.name, 0, "inference")
+    env.update(sedna_identity(inputs, "inference", task, 1))
     return Task(
-        task_id=task_id(inputs.job.metadata.namespace, inputs.job.metadata.name, 0, "inference"),
+        task_id=task,
         job=inputs.ref,
         role="inference",
         worker=worker_spec(spec.worker()),

@@ -34,7 +34,7 @@ TEST_DATASET_URL = "TEST_DATASET_URL"  # eval: index of the held-out samples
 MODEL_URL = "MODEL_URL"  # train: output dir of this round; inference: model file to serve
 MODEL_URLS = "MODEL_URLS"  # eval: ';'-separated model files, the first is the candidate
 HEM_NAME = "HEM_NAME"  # inference: hard-example mining rule (IBT, CrossEntropy, ...)
-HEM_PARAMETERS = "HEM_PARAMETERS"  # inference: JSON object of string parameters for the rule
+HEM_PARAMETERS = "HEM_PARAMETERS"  # inference: the rule's parameters, JSON (see hem_parameters_json)
 
 # --- edgeloop's own ----------------------------------------------------------------------------
 
@@ -43,6 +43,18 @@ RESULT = "EDGELOOP_RESULT"  # file the worker writes its JSON result to
 CHANNEL = "EDGELOOP_CHANNEL"  # ws://127.0.0.1:PORT/... ; absent when run by hand
 MODEL_VERSION = "EDGELOOP_MODEL_VERSION"  # version of the model in MODEL_URL (inference)
 REPLAY_INDEX = "EDGELOOP_REPLAY_INDEX"  # train: index of earlier training data for replay
+# --- Sedna's job identity and dataset, set as its controller sets them ----------------------------
+
+ORIGINAL_DATASET_URL = "ORIGINAL_DATASET_URL"  # train / eval: the Dataset's own index (data.txt)
+NAMESPACE = "NAMESPACE"  # every role: the job's namespace
+JOB_NAME = "JOB_NAME"  # every role: the job's name
+WORKER_NAME = "WORKER_NAME"  # every role: train-worker-xxxxx, eval-worker-xxxxx, inferworker-xxxxx
+#: Prefix of WORKER_NAME per role, as Sedna's controller names its pods' workers.
+WORKER_NAME_PREFIXES: dict[str, str] = {
+    "train": "train-worker-", "eval": "eval-worker-", "inference": "inferworker-",
+}
+SEDNA_VARIABLES = (ORIGINAL_DATASET_URL, NAMESPACE, JOB_NAME, WORKER_NAME)
+
 #: The MODEL_VERSION of a job's initial model, served until a first version is deployed: frame
 #: logs, live views and reports name it so instead of by its file name.
 INITIAL_MODEL_VERSION = "initial"
@@ -60,6 +72,7 @@ LOCATION_VARIABLES = (
     CHANNEL,
     MODEL_VERSION,
     REPLAY_INDEX,
+    *SEDNA_VARIABLES,
 )
 
 #: Separator of MODEL_URLS.
@@ -76,6 +89,36 @@ TFLITE_ARTIFACT = "model.tflite"
 EXIT_OK = 0
 EXIT_FAILED = 1
 EXIT_BAD_INPUT = 2
+
+
+# --- HEM_PARAMETERS ------------------------------------------------------------------------------
+
+
+def hem_parameters_json(parameters: Mapping[str, str]) -> str:
+    """``HEM_PARAMETERS`` as Sedna's controller writes it: the manifest's list of
+    ``{"key", "value"}``. Sedna's own parser (``Context.get_algorithm_from_api``) reads only this
+    form and silently falls back to ``{}`` on anything else."""
+    pairs = [{"key": key, "value": value} for key, value in parameters.items()]
+    return json.dumps(pairs, separators=(",", ":"))
+
+
+def parse_hem_parameters(text: str) -> dict[str, str]:
+    """``HEM_PARAMETERS`` in either form: Sedna's list of ``{key, value}`` or a JSON object
+    (``{"threshold_img": "0.9"}``, handy by hand). ``null`` (Sedna's empty list) is ``{}``."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{HEM_PARAMETERS} is not valid JSON: {exc}") from exc
+    if value is None:
+        return {}
+    if isinstance(value, dict):
+        return {str(k): str(v) for k, v in value.items()}
+    if isinstance(value, list) and all(isinstance(p, dict) and "key" in p for p in value):
+        return {str(p["key"]): str(p.get("value", "")) for p in value}
+    # ValueError like every other problem of the environment: callers catch one type.
+    raise ValueError(  # noqa: TRY004
+        f"{HEM_PARAMETERS} must be a JSON list of {{key, value}} or an object of strings"
+    )
 
 
 # --- parameters --------------------------------------------------------------------------------
@@ -256,7 +299,7 @@ class WorkerEnvironment(BaseModel):
             MODEL_URL: self.model_url,
             MODEL_URLS: MODEL_URLS_SEPARATOR.join(self.model_urls) or None,
             HEM_NAME: self.hem_name,
-            HEM_PARAMETERS: json.dumps(self.hem_parameters) if self.hem_parameters else None,
+            HEM_PARAMETERS: hem_parameters_json(self.hem_parameters) if self.hem_parameters else None,
             REPLAY_INDEX: self.replay_index,
         }
         env.update({k: v for k, v in pairs.items() if v})
@@ -270,13 +313,7 @@ class WorkerEnvironment(BaseModel):
         cannot be told apart from the process's ordinary environment, so a script reads its own
         extra keys directly (``os.environ`` or :func:`workers.sdk.parameters`).
         """
-        try:
-            hem = json.loads(env[HEM_PARAMETERS]) if env.get(HEM_PARAMETERS) else {}
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"{HEM_PARAMETERS} is not valid JSON: {exc}") from exc
-        if not isinstance(hem, dict):
-            # ValueError like every other problem of the environment: callers catch one type.
-            raise ValueError(f"{HEM_PARAMETERS} must be a JSON object of strings")  # noqa: TRY004
+        hem = parse_hem_parameters(env[HEM_PARAMETERS]) if env.get(HEM_PARAMETERS) else {}
         urls = env.get(MODEL_URLS, "")
         try:
             return cls(
@@ -290,7 +327,7 @@ class WorkerEnvironment(BaseModel):
                 model_url=env.get(MODEL_URL) or None,
                 model_urls=tuple(u.strip() for u in urls.split(MODEL_URLS_SEPARATOR) if u.strip()),
                 hem_name=env.get(HEM_NAME) or None,
-                hem_parameters={str(k): str(v) for k, v in hem.items()},
+                hem_parameters=hem,
                 replay_index=env.get(REPLAY_INDEX) or None,
                 parameters={p.name: env[p.name] for p in PARAMETERS if p.name in env},
             )

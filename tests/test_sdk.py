@@ -293,7 +293,8 @@ def test_worker_environment_round_trips_through_env_vars() -> None:
     )
     env = original.to_env()
     assert env[contract.MODEL_URLS] == "/m/cand.tflite;/m/dep.tflite"
-    assert json.loads(env[contract.HEM_PARAMETERS]) == {"threshold_img": "0.9"}
+    # Sedna's form, the one its own parser reads
+    assert json.loads(env[contract.HEM_PARAMETERS]) == [{"key": "threshold_img", "value": "0.9"}]
     assert env["input_shape"] == "352,640"
     assert contract.WorkerEnvironment.from_env(env) == original
 
@@ -303,6 +304,15 @@ def test_worker_environment_rejects_what_would_be_ambiguous() -> None:
         contract.WorkerEnvironment(parameters={"MODEL_URL": "/x"})
     with pytest.raises(ValueError, match="HEM_PARAMETERS is not valid JSON"):
         contract.WorkerEnvironment.from_env({contract.HEM_PARAMETERS: "{threshold"})
+    with pytest.raises(ValueError, match="HEM_PARAMETERS must be a JSON list"):
+        contract.WorkerEnvironment.from_env({contract.HEM_PARAMETERS: "[1, 2]"})
+
+
+def test_hem_parameters_are_read_in_both_forms() -> None:
+    for text in ('[{"key":"threshold_img","value":"0.9"}]', '{"threshold_img": "0.9"}'):
+        env = contract.WorkerEnvironment.from_env({contract.HEM_PARAMETERS: text})
+        assert env.hem_parameters == {"threshold_img": "0.9"}
+    assert contract.parse_hem_parameters("null") == {}  # Sedna's marshalled empty list
     with pytest.raises(ValueError, match="EDGELOOP_CHANNEL must be a ws:// URL"):
         contract.WorkerEnvironment.from_env({contract.CHANNEL: "http://x"})
 

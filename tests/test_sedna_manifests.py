@@ -236,3 +236,48 @@ def test_forms_are_not_mixed_within_a_job():
         "spec.evalSpec.workerSpec: uses workerSpec while trainSpec uses template: write all "
         "three stages in one form"
     ]
+
+
+# --- the environment a Sedna worker script reads ------------------------------------------------
+
+
+def _run_sedna_reader(task, tmp_path: Path) -> dict[str, Any]:
+    """Run a Sedna-style script with the environment the agent gives this task's worker."""
+    import json
+    import subprocess
+    import sys
+
+    from edge_agent.runner import worker_environment
+
+    script = Path(__file__).resolve().parent / "sedna_scripts" / "sedna_reader.py"
+    env = {"PATH": "/usr/bin:/bin", **worker_environment(task, tmp_path / "result.json", None)}
+    out = tmp_path / f"{task.role}.json"
+    subprocess.run([sys.executable, str(script), str(out)], env=env, check=True, timeout=60)
+    return json.loads(out.read_text())
+
+
+def test_a_sedna_script_reads_its_environment_as_under_sedna(tmp_path):
+    from cloud_manager.task_builder import build_eval_task, build_inference_task, build_train_task
+
+    from test_cloud_state_machine import template_inputs
+
+    inputs = template_inputs("trainer", "judge", "edge0")
+
+    train = _run_sedna_reader(build_train_task(inputs, 1, 1, (0, 600), None, 60.0), tmp_path)
+    assert train["original_dataset_url"] == inputs.dataset.spec.url
+    assert train["train_dataset_url"] == "/output/1/train.txt"
+    assert train["model_url"] == "/output/1"
+    assert (train["namespace"], train["job_name"]) == ("neptune-test", "helmet-detection-demo")
+    assert train["worker_name"].startswith("train-worker-") and len(train["worker_name"]) == 18
+    assert train["class_names"] == "person,helmet,helmet-on,helmet-off"
+
+    evaluate = _run_sedna_reader(build_eval_task(inputs, 1, 1, None, None, 60.0), tmp_path)
+    assert evaluate["test_dataset_url"] == "/output/1/eval.txt"
+    assert evaluate["original_dataset_url"] == inputs.dataset.spec.url
+    assert evaluate["worker_name"].startswith("eval-worker-")
+
+    infer = _run_sedna_reader(build_inference_task(inputs, None), tmp_path)
+    assert infer["worker_name"].startswith("inferworker-")
+    # Sedna's parser gets the manifest's parameters, not the {} it read from a JSON object
+    assert infer["hem"] == {"method": "IBT",
+                            "param": {"threshold_img": "0.9", "threshold_box": "0.9"}}
