@@ -113,6 +113,18 @@ def test_threshold(params, scores, expected):
     assert make_miner("Threshold", params).is_hard(dets(scores)) is expected
 
 
+def test_threshold_mean_exactly_at_the_threshold_is_not_hard():
+    """float32 scores whose exact mean is the threshold; averaged in float32 it rounds below."""
+    scores = np.array([0.3422967195510864, 0.6553511619567871, 0.9352690577507019,
+                       0.6848100423812866, 0.36730140447616577, 0.9107583165168762,
+                       0.8276242017745972, 0.8551837801933289], dtype=np.float32)
+    threshold = 0.6973243355751038
+    assert float(np.mean(scores)) < threshold  # the float32 mean slips below
+    assert math.fsum(float(s) for s in scores) == threshold * len(scores)  # exactly at it
+    miner = make_miner("Threshold", {"threshold": repr(threshold)})
+    assert miner.is_hard(dets(scores.tolist())) is False
+
+
 def test_random_is_seedable_and_matches_its_ratio():
     a = make_miner("Random", {"random_ratio": "0.3"}, seed=5)
     b = make_miner("Random", {"random_ratio": "0.3"}, seed=5)

@@ -128,10 +128,14 @@ def cross_entropy_is_hard(class_probs: np.ndarray, threshold_cross_entropy: floa
 
 
 def threshold_is_hard(scores: np.ndarray, threshold: float) -> bool:
-    """Threshold: hard when the mean box score is below the threshold."""
+    """Threshold: hard when the mean box score is below the threshold.
+
+    The mean is taken in float64 from a correctly rounded sum: averaged in the detector's
+    float32, a mean exactly at the threshold could round below it and count as hard.
+    """
     if len(scores) == 0:
         return False
-    return float(np.mean(scores)) < threshold
+    return math.fsum(float(s) for s in np.asarray(scores).ravel()) / len(scores) < threshold
 
 
 # ---------------------------------------------------------------------------------------------
