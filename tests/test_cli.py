@@ -38,7 +38,7 @@ def test_validate_reports_every_error_and_exits_1(tmp_path):
     assert result.returncode == 1
     assert (
         "spec.trainSpec.trigger.condition.operator: '>>' is not one of "
-        ">, >=, <, <=, ==, !=, gt, ge, lt, le, eq, ne" in result.stderr
+        ">, >=, <, <=, ==, =, !=, gt, ge, lt, le, eq, ne" in result.stderr
     )
     assert "spec.dataset.trainProb" in result.stderr
 
