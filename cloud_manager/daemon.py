@@ -83,7 +83,7 @@ class CloudDaemon:
         self.tick_s = tick_s
         self.clock = clock
         self._lock = asyncio.Lock()  # one event at a time: the store has one writer
-        self.client.subscribe(topics.api_request_filter(), self._on_api)
+        self.client.subscribe(topics.api_request_filter(), self._on_api, control=True)
         self.client.subscribe(topics.node_filter(topics.Kind.STATUS), self._on_status)
         self.sample_stats = SampleStats()
         self.client.subscribe_batch(topics.node_filter(topics.Kind.SAMPLES), self._on_samples,
