@@ -10,7 +10,9 @@ acknowledgements). Messages are acknowledged manually (``manual_ack``), after th
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import socket
 import ssl
 import threading
 from collections.abc import Callable
@@ -280,6 +282,8 @@ class Link:
             sock.close()
             return
         self._sock = sock
+        with contextlib.suppress(OSError):  # small packets (acks, replies) go out at once
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if not self._paused:
             self._loop.add_reader(sock, self._read)
 
