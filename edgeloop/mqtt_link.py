@@ -286,6 +286,8 @@ class Link:
             sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         if not self._paused:
             self._loop.add_reader(sock, self._read)
+        if self._client.want_write():  # the CONNECT, queued before the socket was ours
+            self._loop.add_writer(sock, self._write)
 
     def _on_socket_close(self, client: paho.Client, userdata: object, sock: Any) -> None:
         self._in_loop(self._forget_socket)
