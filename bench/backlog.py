@@ -263,7 +263,7 @@ async def main(args: argparse.Namespace) -> dict[str, object]:
 
 def print_table(result: dict[str, Any]) -> None:
     d, f = result["drain"], result["flood"]
-    print(f"(a) drain of {d["messages"]} queued messages")
+    print(f"(a) drain of {d['messages']} queued messages")
     print(f"{'receiver':<26}{'seconds':>9}{'msg/s':>9}{'ratio':>7}{'API p50 ms':>12}{'API p99 ms':>12}")
     print(f"{'raw paho (baseline)':<26}{d['raw_s']:>9.2f}{d['raw_rate']:>9.0f}")
     print(f"{'cloud manager':<26}{d['manager_s']:>9.2f}{d['manager_rate']:>9.0f}{d['ratio']:>7.2f}"
