@@ -13,6 +13,7 @@ from typing import Any
 import typer
 
 from edgeloop.connection import ConnectionOptions, with_connection
+from edgeloop.fairness import Budget
 from protocol.commands import FILES_HELP, PATHS_HELP, manifest_sources
 
 #: Exit code when the broker or the cloud manager cannot be reached.
@@ -90,6 +91,12 @@ def register(app: typer.Typer) -> None:
         always_pull: bool = typer.Option(False, "--always-pull", envvar="EDGELOOP_ALWAYS_PULL",
                                          help="Pull trained models from their node even when "
                                               "their paths are readable here."),
+        node_budget_messages: int = typer.Option(
+            Budget.messages, "--node-budget-messages", envvar="EDGELOOP_NODE_BUDGET_MESSAGES",
+            min=1, help="Messages per second one node may send; more are turned away."),
+        node_budget_mb: float = typer.Option(
+            Budget.bytes / 2**20, "--node-budget-mb", envvar="EDGELOOP_NODE_BUDGET_MB",
+            min=0.001, help="MiB per second one node may send; more are turned away."),
         connection: ConnectionOptions = None,  # type: ignore[assignment]
     ) -> None:
         """Run the cloud manager: job state machine, triggers, API, node registry."""
@@ -115,7 +122,8 @@ def register(app: typer.Typer) -> None:
         manager = Manager(store, tz=zone, inbox=HardExampleInbox(state / INBOX_DIR),
                           registry=ModelRegistry(state / REGISTRY_DIR),
                           read_node_paths=not always_pull)
-        daemon = CloudDaemon(connection.settings(client_id), manager)
+        budget = Budget(messages=node_budget_messages, bytes=int(node_budget_mb * 2**20))
+        daemon = CloudDaemon(connection.settings(client_id), manager, budget=budget)
 
         async def main() -> None:
             stop = asyncio.Event()

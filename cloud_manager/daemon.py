@@ -31,6 +31,7 @@ from cloud_manager.labels import LabelForwarder
 from cloud_manager.manager import Manager, Pull
 from cloud_manager.outgoing import Outgoing
 from cloud_manager.registry import RegistryError
+from edgeloop.fairness import Budget, NodeBudgets
 from edgeloop.mqtt import Delivery, MqttClient, MqttSettings, NotConnected, Redeliver
 from edgeloop.reliable import Acknowledger
 from protocol import topics
@@ -77,13 +78,16 @@ class CloudDaemon:
         *,
         tick_s: float = TICK_SECONDS,
         clock: Callable[[], float] = time.time,
+        budget: Budget | None = None,
     ) -> None:
         self.manager = manager
-        self.client = MqttClient(settings)
+        #: what each node may send (see edgeloop.fairness); excess is turned away and counted
+        self.budgets = NodeBudgets(budget or Budget())
+        self.client = MqttClient(settings, admission=self.budgets)
         self.tick_s = tick_s
         self.clock = clock
         self._lock = asyncio.Lock()  # one event at a time: the store has one writer
-        self.client.subscribe(topics.api_request_filter(), self._on_api)
+        self.client.subscribe(topics.api_request_filter(), self._on_api, control=True)
         self.client.subscribe(topics.node_filter(topics.Kind.STATUS), self._on_status)
         self.sample_stats = SampleStats()
         self.client.subscribe_batch(topics.node_filter(topics.Kind.SAMPLES), self._on_samples,

@@ -31,6 +31,7 @@ from edge_agent.restart_policy import (
     DEFAULT_MAXIMUM_S,
     RestartPolicy,
 )
+from edgeloop.fairness import Budget
 from protocol.codec import describe_validation_error
 from protocol.messages import JobRef, Name
 
@@ -80,6 +81,11 @@ class AgentConfig(BaseModel):
     live_view_host: str = "127.0.0.1"
     #: Frames per second sent to the live view, per inference worker
     live_view_max_fps: float = Field(default=5.0, gt=0, le=30)
+    #: Messages per second the node's topics may bring in; more are turned away and counted
+    #: (edgeloop.fairness)
+    node_budget_messages: int = Field(default=Budget.messages, ge=1)
+    #: MiB per second the node's topics may bring in
+    node_budget_mb: float = Field(default=Budget.bytes / 2**20, gt=0)
 
     @model_validator(mode="after")
     def _restart_pauses_ordered(self) -> Self:

@@ -43,6 +43,7 @@ from edge_agent.runner import TaskSetupError, WorkerRunner
 from edge_agent.watcher import DatasetWatcher
 from edgeloop.cancellation import cancel_and_wait
 from edgeloop.durable import write_atomically
+from edgeloop.fairness import Budget, NodeBudgets
 from edgeloop.mqtt import Delivery, MqttClient, MqttSettings, NotConnected
 from edgeloop.reliable import ReliableSender
 from protocol import topics
@@ -114,8 +115,11 @@ class Agent:
         self.state_dir = Path(config.state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
 
+        self.budgets = NodeBudgets(Budget(messages=config.node_budget_messages,
+                                          bytes=int(config.node_budget_mb * 2**20)))
         self.client = MqttClient(
-            mqtt_settings(config), will=(topics.status(self.node), self.identity.last_will())
+            mqtt_settings(config), will=(topics.status(self.node), self.identity.last_will()),
+            admission=self.budgets,
         )
         self.outbox = DiskOutbox(self.state_dir / "outbox", config.outbox_quota_bytes)
         self.sender = ReliableSender(self.client, topics.ack(self.node), self.outbox)

@@ -1,6 +1,6 @@
 """Stopping a background task for sure.
 
-On Python 3.11, ``asyncio.wait_for`` (which aiomqtt uses for every publish) can swallow a
+On Python 3.11, ``asyncio.wait_for`` (and ``asyncio.timeout`` around a wait) can swallow a
 cancellation that races with the awaited operation completing; a single ``task.cancel()`` then
 leaves the task running and ``await task`` hangs. Cancelling until the task is done avoids it.
 """

@@ -1,17 +1,26 @@
 """The MQTT client layer shared by the cloud manager, the edge agents and the CLI.
 
-One :class:`MqttClient` keeps one connection up for the life of a daemon: it reconnects with
-exponential backoff and jitter, re-subscribes, publishes and delivers typed protocol messages,
-and offers MQTT v5 request/response. It steers around three pitfalls of a naive aiomqtt loop:
+One :class:`MqttClient` keeps one identity on the broker for the life of a daemon: it reconnects
+with exponential backoff and jitter, re-subscribes, publishes and delivers typed protocol
+messages, and offers MQTT v5 request/response. It is paho's client driven by the event loop
+(:mod:`edgeloop.mqtt_link`) and avoids these traps:
 
-* **Unbounded or lossy incoming queue.** aiomqtt's queue either grows without bound or drops
-  messages when full, after paho has already acknowledged them. Here the client stops reading
-  its socket while ``incoming_high_water`` messages wait and resumes once the handlers have
-  worked the queue down: TCP flow control then holds the broker back, which keeps the backlog
-  in its per-client queue (``max_queued_messages``) instead of our memory. Messages are
-  acknowledged *manually, after their handler ran*, so one whose handler did not finish before a
-  disconnect is redelivered. (The v5 ``receive_maximum`` we announce would do the same job, but
-  mosquitto 2.0.11 stops enforcing it once acknowledgements flow.) A batch subscription
+* **A reader that stalls the connection.** Incoming messages wait for their handlers in a
+  bounded queue (:mod:`edgeloop.flow_control`). When it is full the client stops reading the
+  socket: TCP then holds the broker back and the backlog stays in its per-client queue
+  (``max_queued_messages``) instead of our memory. (The v5 ``receive_maximum`` we announce
+  would do that job, but mosquitto 2.0.11 lets each acknowledgement release a whole window more,
+  so it does not bound anything.) A paused reader also holds back every packet behind those
+  messages: SUBACKs and the PUBACKs of our own publishes. So an identity uses **two
+  connections**: the *data* connection (client id ``<id>``, persistent session, the will,
+  node traffic) whose reader may pause, and the *control* connection (``<id>/ctl``, clean
+  session) that carries every publish and the request/response traffic and never stops reading.
+  A handler therefore never waits on a packet that its own paused reader holds back; the
+  subscriptions of a reconnection are confirmed while the backlog ahead of their SUBACKs is
+  handled, not before. The control connection bounds its queue by refusing requests over
+  ``control_high_water`` (counted, logged): their senders time out.
+* **Acknowledged but lost.** Messages are acknowledged *manually, after their handler ran*, so
+  one whose handler did not finish before a disconnect is redelivered. A batch subscription
   (:meth:`MqttClient.subscribe_batch`) hands its handler the messages that were already waiting
   together, and acknowledges them after it: one store transaction for the lot, none acknowledged
   before it committed. A handler whose commit failed raises :class:`Redeliver` to get its
@@ -20,31 +29,31 @@ and offers MQTT v5 request/response. It steers around three pitfalls of a naive 
   may go out later; retrying it would send it twice. :meth:`MqttClient.publish` never retries.
   Data that must arrive goes through :class:`edgeloop.reliable.ReliableSender`, which resends
   under the same idempotency key until the receiver acknowledges it and lets receivers dedupe.
-* **Log spam about pending publishes.** aiomqtt warns on every publish above ten pending calls,
-  which a busy node always has; the number is exposed in :class:`ClientStats` instead.
+* **One node drowning the others.** An optional admission check (:mod:`edgeloop.fairness`) sees
+  each node message before its handler and may turn it away; it is then acknowledged to the
+  broker but not handled, and counted.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-import math
 import ssl
 import uuid
 from collections.abc import Awaitable, Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, cast
+from typing import Any, Protocol
 from urllib.parse import urlparse
 
-import aiomqtt
 import paho.mqtt.client as paho
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from edgeloop.backoff import Backoff
 from edgeloop.cancellation import cancel_and_wait
+from edgeloop.flow_control import InflowQueue, Overflow
+from edgeloop.mqtt_link import Link, LinkLost
 from protocol import topics
 from protocol.codec import DEFAULT_MAX_PAYLOAD, decode, encode
 from protocol.errors import ProtocolError
@@ -87,10 +96,13 @@ class MqttSettings:
     #: A persistent session: messages for us that arrive while we are away are kept by the
     #: broker for this long (seconds). 0 for throwaway clients such as the CLI.
     session_expiry: int = 3600
-    #: How many QoS 1 messages the broker may have in flight to us.
+    #: How many QoS 1 messages the broker may have in flight to us (announced; see the module
+    #: docstring for why the bound is ``incoming_high_water``).
     receive_maximum: int = 100
-    #: Stop reading the socket when this many messages wait for their handlers.
+    #: Stop reading the data connection when this many messages wait for their handlers.
     incoming_high_water: int = 100
+    #: Refuse requests on the control connection while this many wait for their handler.
+    control_high_water: int = 1000
     max_payload: int = DEFAULT_MAX_PAYLOAD
     connect_timeout: float = 10.0
     backoff_initial: float = 0.1
@@ -157,8 +169,13 @@ class ClientStats:
     publish_failures: int = 0
     refused_oversize: int = 0
     pending_publishes: int = 0
+    #: requests refused because the control connection's queue was full
+    refused_overload: int = 0
+    #: node messages turned away by the admission check (see :mod:`edgeloop.fairness`)
+    refused_budget: int = 0
     #: the most messages ever held at once: waiting in the incoming queue plus those taken for
-    #: handling (one, or a batch); bounded by ``incoming_high_water`` plus the largest batch
+    #: handling (one, or a batch); bounded by ``incoming_high_water`` (``control_high_water`` on
+    #: the control connection) plus the largest batch
     queue_high_water: int = 0
     last_error: str = ""
 
@@ -170,6 +187,8 @@ class _Subscription:
     qos: int = 1
     batch_handler: BatchHandler | None = None
     max_batch: int = 1
+    #: delivered on the control connection (see the module docstring)
+    control: bool = False
 
     def __post_init__(self) -> None:
         self._levels = self.topic_filter.split("/")
@@ -200,103 +219,46 @@ class _Will:
     retain: bool = True
 
 
-class _FlowControlledClient(aiomqtt.Client):
-    """aiomqtt's client with a pausable socket reader: see the module docstring."""
+class Admission(Protocol):
+    """Decides, before its handler, whether a node's message is handled now (see
+    :mod:`edgeloop.fairness`). A message turned away is acknowledged and not handled."""
 
-    def __init__(self, *args: object, high_water: int, **kwargs: object) -> None:
-        super().__init__(*args, **kwargs)  # type: ignore[arg-type]
-        self._high_water = high_water
-        self._low_water = max(1, high_water // 2)
-        self._reader: tuple[int, Callable[[], None]] | None = None
-        self._paused = False
+    def admit(self, topic: str, size: int) -> bool: ...
 
-    def _on_socket_open(self, client: paho.Client, userdata: object, sock: Any) -> None:
-        # aiomqtt's own version of this callback, keeping the reader so it can be paused.
-        def read() -> None:
-            # paho reads about one packet per call. Go on while each call brought a message
-            # (more are probably buffered) and the queue is below the mark, so that messages
-            # that arrived together are queued together and a batch subscription sees them as
-            # one batch instead of one per event-loop turn.
-            try:
-                while True:
-                    before = self._queue.qsize()
-                    client.loop_read()
-                    if self._queue.qsize() > before and not self._paused:
-                        continue
-                    # loop_read does not always drain what an SSL socket has decoded
-                    pending = getattr(client._sock, "pending", None)  # noqa: SLF001
-                    if pending is not None and pending() > 0:
-                        continue
-                    break
-            except Exception as exc:  # a broken pipe: the connection is gone
-                if not self._disconnected.done():
-                    self._disconnected.set_exception(exc)
 
-        def register() -> None:
-            self._reader = (sock.fileno(), read)
-            self._paused = False
-            self._loop.add_reader(sock.fileno(), read)
-            self._misc_task = self._loop.create_task(self._misc_loop())
+@dataclass
+class _Lane:
+    """One connection's incoming side: its link, the queue its reader fills and who waits on it."""
 
-        # paho calls this from the executor thread that runs connect()
-        self._loop.call_soon_threadsafe(register)
-
-    def _on_socket_close(self, client: paho.Client, userdata: object, sock: object) -> None:
-        self._reader = None
-        self._paused = False
-        super()._on_socket_close(client, userdata, sock)
-
-    def _on_message(self, client: paho.Client, userdata: object, message: paho.MQTTMessage) -> None:
-        # paho's message is queued as it is: aiomqtt's copy (a validated Topic object per
-        # message) costs more than the rest of its handling here.
-        self._queue.put_nowait(message)  # type: ignore[arg-type]
-        if not self._paused and self._reader and self._queue.qsize() >= self._high_water:
-            self._loop.remove_reader(self._reader[0])
-            self._paused = True
-
-    def worked_down(self) -> None:
-        """Called by the consumer after each message: resume reading below the low mark."""
-        if self._paused and self._reader and self._queue.qsize() <= self._low_water:
-            self._loop.add_reader(*self._reader)
-            self._paused = False
-
-    async def next_message(self) -> paho.MQTTMessage:
-        """The next incoming message; raises :class:`aiomqtt.MqttError` once disconnected. A
-        message already waiting is taken at once, without the task aiomqtt's iterator starts
-        for every message."""
-        waiting = self.take_waiting()
-        if waiting is not None:
-            return waiting
-        # aiomqtt types its queue as holding its own messages; _on_message queues paho's
-        return cast(paho.MQTTMessage, await anext(self.messages))
-
-    def take_waiting(self) -> paho.MQTTMessage | None:
-        """A message that is already waiting, or None (none, or the connection is gone)."""
-        if self._queue.empty() or self._disconnected.done():
-            return None
-        return cast(paho.MQTTMessage, self._queue.get_nowait())  # queued by _on_message
+    link: Link
+    queue: InflowQueue[paho.MQTTMessage]
+    control: bool
+    arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
 
 class MqttClient:
-    """A long-lived, self-healing MQTT v5 connection speaking edgeloop's protocol.
+    """A long-lived, self-healing MQTT v5 identity speaking edgeloop's protocol.
 
     Use it as an async context manager; ``subscribe`` and ``on_connect`` may be called before or
     after entering, and take effect on every (re)connection.
     """
 
-    def __init__(self, settings: MqttSettings, *, will: tuple[str, Message] | None = None):
+    def __init__(self, settings: MqttSettings, *, will: tuple[str, Message] | None = None,
+                 admission: Admission | None = None):
         self.settings = settings
         self.stats = ClientStats()
         self._subscriptions: list[_Subscription] = []
         self._connect_hooks: list[ConnectHook] = []
         self._will = _Will(*will) if will else None
-        self._client: _FlowControlledClient | None = None
+        self._admission = admission
+        self._data: _Lane | None = None
+        self._control: _Lane | None = None
         self._connected = asyncio.Event()
         self._closing = False
         self._runner: asyncio.Task[None] | None = None
         self._pending_requests: dict[bytes, asyncio.Future[ApiResponse]] = {}
         self._reply_topic = topics.api_response(settings.client_id)
-        self._reply_subscription = _Subscription(self._reply_topic, self._on_reply)
+        self._reply_subscription = _Subscription(self._reply_topic, self._on_reply, control=True)
         # Only clients that make requests subscribe to their reply topic: a node's ACL has none.
         self._wants_replies = False
         self._backoff = Backoff(settings.backoff_initial, settings.backoff_max)
@@ -317,12 +279,9 @@ class MqttClient:
     async def close(self) -> None:
         """Disconnect cleanly (the broker then does not publish our will)."""
         self._closing = True
-        client = self._client
-        if client is not None and self._connected.is_set():
-            # aiomqtt 2 disconnects (a DISCONNECT packet, awaited) only in leaving its
-            # context; leaving it again in the connection loop is then a no-op
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(client.__aexit__(None, None, None), timeout=2)
+        for lane in (self._data, self._control):
+            if lane is not None:
+                await lane.link.close()
         await cancel_and_wait(self._runner)
         self._runner = None
         self._connected.clear()
@@ -344,10 +303,14 @@ class MqttClient:
                 + (f" ({self.stats.last_error})" if self.stats.last_error else "")
             ) from None
 
-    def subscribe(self, topic_filter: str, handler: Handler) -> None:
+    def subscribe(self, topic_filter: str, handler: Handler, *, control: bool = False) -> None:
         """Deliver every valid message on ``topic_filter`` to ``handler``, now and after every
-        reconnect. Messages that fail to decode are counted and logged, never delivered."""
-        self._add_subscription(_Subscription(topic_filter, handler))
+        reconnect. Messages that fail to decode are counted and logged, never delivered.
+
+        ``control``: deliver on the control connection (clean session, never behind a node
+        backlog, refused over ``control_high_water``), for requests whose sender waits for
+        the answer and asks again when none comes."""
+        self._add_subscription(_Subscription(topic_filter, handler, control=control))
 
     def subscribe_batch(self, topic_filter: str, handler: BatchHandler, *,
                         max_batch: int = 256) -> None:
@@ -364,8 +327,9 @@ class MqttClient:
 
     def _add_subscription(self, subscription: _Subscription) -> None:
         self._subscriptions.append(subscription)
-        if self._client is not None and self.connected:
-            asyncio.ensure_future(self._subscribe_one(self._client, subscription))
+        lane = self._control if subscription.control else self._data
+        if lane is not None and self.connected:
+            asyncio.ensure_future(self._subscribe_one(lane, subscription))
 
     def on_connect(self, hook: ConnectHook) -> None:
         """Run ``hook`` after every (re)connection and re-subscription: birth messages, state
@@ -407,26 +371,29 @@ class MqttClient:
         properties: Properties | None = None,
         timeout: float = 10.0,
     ) -> bool:
-        """Publish an already-encoded payload (or plain text for non-protocol readers)."""
+        """Publish an already-encoded payload (or plain text for non-protocol readers). Works
+        from the moment the connections are up, before the subscriptions are confirmed, so
+        that handlers working off a backlog can answer."""
         if len(payload) > self.settings.max_payload:
             self.stats.refused_oversize += 1
             raise ProtocolError(
                 f"payload of {len(payload)} bytes is over the {self.settings.max_payload} byte "
                 "limit; not published"
             )
-        client = self._client
-        if client is None or not self.connected:
+        lane = self._control
+        if lane is None or not lane.link.connected:
             raise NotConnected(f"not connected to {self.settings.url}")
         try:
-            await client.publish(
-                topic, payload, qos=1, retain=retain, properties=properties, timeout=timeout
-            )
-        except aiomqtt.MqttError as exc:
-            self.stats.publish_failures += 1
-            log.debug("publish to %s not confirmed: %s", topic, exc)
-            return False
+            ok = await lane.link.publish(topic, payload, retain=retain, properties=properties,
+                                         timeout=timeout)
+        except LinkLost as exc:
+            raise NotConnected(f"not connected to {self.settings.url}: {exc}") from None
         finally:
-            self.stats.pending_publishes = len(client._pending_publishes)  # noqa: SLF001
+            self.stats.pending_publishes = lane.link.pending_publishes
+        if not ok:
+            self.stats.publish_failures += 1
+            log.debug("publish to %s not confirmed within %.1f s", topic, timeout)
+            return False
         self.stats.published += 1
         return True
 
@@ -443,15 +410,15 @@ class MqttClient:
         try:
             await self.wait_connected(timeout)
             if not self._wants_replies:
-                client = self._client
-                if client is None:
+                lane = self._control
+                if lane is None:
                     raise NotConnected(f"not connected to {self.settings.url}")
                 self._wants_replies = True
-                await self._subscribe_one(client, self._reply_subscription)
+                await self._subscribe_one(lane, self._reply_subscription)
             await self.publish(topic, request, properties=properties, timeout=timeout)
             async with asyncio.timeout(timeout):
                 return await future
-        except (TimeoutError, NotConnected):
+        except (TimeoutError, NotConnected, LinkLost):
             raise RequestTimeout(
                 f"no response to {request.verb or topic} within {timeout} s: is the cloud "
                 f"manager running and connected to {self.settings.url}?"
@@ -479,57 +446,57 @@ class MqttClient:
 
     # -- the connection loop -------------------------------------------------------------------
 
-    def _new_client(self) -> _FlowControlledClient:
+    def _new_lane(self, *, control: bool) -> _Lane:
         s = self.settings
-        properties = Properties(PacketTypes.CONNECT)
-        properties.SessionExpiryInterval = s.session_expiry
-        properties.ReceiveMaximum = s.receive_maximum
         will = None
-        if self._will is not None:
-            will = aiomqtt.Will(
-                self._will.topic,
-                encode(self._will.message, s.max_payload),
-                qos=1,
-                retain=self._will.retain,
-            )
-        client = _FlowControlledClient(
-            s.host,
-            s.port,
+        if self._will is not None and not control:
+            will = (self._will.topic, encode(self._will.message, s.max_payload), self._will.retain)
+        queue: InflowQueue[paho.MQTTMessage] = InflowQueue(
+            s.control_high_water if control else s.incoming_high_water,
+            Overflow.DROP if control else Overflow.PAUSE)
+        lane: _Lane
+        link = Link(
+            client_id=f"{s.client_id}/ctl" if control else s.client_id,
+            host=s.host,
+            port=s.port,
+            on_message=lambda raw: self._arrive(lane, raw),
             username=s.username,
             password=s.password,
-            identifier=s.client_id,
-            protocol=aiomqtt.ProtocolVersion.V5,
-            clean_start=paho.MQTT_CLEAN_START_FIRST_ONLY if s.session_expiry == 0 else False,
-            keepalive=s.keepalive,
-            timeout=s.connect_timeout,
-            properties=properties,
-            will=will,
             tls_context=s.tls_context(),
+            keepalive=s.keepalive,
+            session_expiry=0 if control else s.session_expiry,
+            receive_maximum=None if control else s.receive_maximum,
+            will=will,
             logger=logging.getLogger("edgeloop.mqtt.paho"),
-            high_water=s.incoming_high_water,
         )
-        client.pending_calls_threshold = math.inf  # type: ignore[assignment]
-        client._client.manual_ack_set(True)  # noqa: SLF001 - see the module docstring
-        return client
+        lane = _Lane(link, queue, control)
+        return lane
+
+    def _arrive(self, lane: _Lane, raw: paho.MQTTMessage) -> None:
+        """A message came off the socket: queue it, stop reading when that filled the queue."""
+        if not lane.queue.push(raw):
+            self.stats.refused_overload += 1
+            lane.link.ack(raw.mid, raw.qos)  # refused for good: the broker may forget it
+            if lane.queue.dropped in (1, 10, 100) or lane.queue.dropped % 1000 == 0:
+                log.warning("control queue full (%d waiting): refused a request on %s (%d so far)",
+                            len(lane.queue), _topic_text(raw), lane.queue.dropped)
+            return
+        if lane.queue.paused:
+            lane.link.pause_reading()
+        lane.arrived.set()
 
     async def _run(self) -> None:
         while not self._closing:
-            client = self._new_client()
             delay: float | None = None
             try:
-                async with client:
-                    self._client = client
-                    self.stats.connects += 1
-                    self._backoff.reset()
-                    await self._after_connect(client)
-                    await self._consume(client)
+                await self._session()
             except Redeliver as exc:
                 self.stats.redeliveries += 1
                 self.stats.last_error = str(exc)
                 delay = self._redelivery_backoff.next_delay()
                 log.warning("%s; reconnecting in %.1f s so that the broker sends the messages "
                             "again", exc, delay)
-            except aiomqtt.MqttError as exc:
+            except LinkLost as exc:
                 # Say it once per kind of failure, not on every retry of an outage.
                 level = logging.DEBUG if str(exc) == self.stats.last_error else logging.INFO
                 self.stats.last_error = str(exc)
@@ -540,20 +507,55 @@ class MqttClient:
             except Exception as exc:  # a bug must not end the connection loop
                 self.stats.last_error = repr(exc)
                 log.exception("connection loop error")
-            finally:
-                if self._connected.is_set():
-                    self.stats.disconnects += 1
-                self._connected.clear()
-                self._client = None
             if self._closing:
                 return
             await asyncio.sleep(delay if delay is not None else self._backoff.next_delay())
 
-    async def _after_connect(self, client: _FlowControlledClient) -> None:
+    async def _session(self) -> None:
+        """One connection of both links, until either is lost or a handler asks to reconnect."""
+        control, data = self._new_lane(control=True), self._new_lane(control=False)
+        self._control, self._data = control, data
+        tasks: list[asyncio.Task[None]] = []
+        try:
+            timeout = self.settings.connect_timeout
+            await control.link.connect(timeout)
+            await data.link.connect(timeout)
+            self.stats.connects += 1
+            self._backoff.reset()
+            tasks = [asyncio.create_task(self._consume(lane), name=f"mqtt-consume:{lane.link.client_id}")
+                     for lane in (data, control)]
+            tasks.append(asyncio.create_task(self._after_connect(control, data),
+                                             name=f"mqtt-setup:{self.settings.client_id}"))
+            await self._watch(tasks, control, data)
+        finally:
+            if self._connected.is_set():
+                self.stats.disconnects += 1
+            self._connected.clear()
+            await cancel_and_wait(*tasks)
+            for lane in (data, control):
+                await lane.link.close()
+                lane.queue.clear()
+            self._control = self._data = None
+
+    async def _watch(self, tasks: list[asyncio.Task[None]], control: _Lane, data: _Lane) -> None:
+        """Return (raise) when the session ends: a link lost, a handler's :class:`Redeliver`."""
+        waiting: set[asyncio.Future[Any]] = {*tasks, control.link.lost, data.link.lost}
+        while True:
+            done, waiting = await asyncio.wait(waiting, return_when=asyncio.FIRST_COMPLETED)
+            for future in done:
+                if future in (control.link.lost, data.link.lost):
+                    raise LinkLost(f"connection lost: {future.result()}")
+                if future.exception() is not None:
+                    raise future.exception()  # type: ignore[misc]
+                if future is not tasks[-1]:  # only the setup task ends by itself
+                    raise LinkLost("message consumer stopped")
+
+    async def _after_connect(self, control: _Lane, data: _Lane) -> None:
         if self._wants_replies:
-            await self._subscribe_one(client, self._reply_subscription)
-        for subscription in self._subscriptions:
-            await self._subscribe_one(client, subscription)
+            await self._subscribe_one(control, self._reply_subscription)
+        # Sent together, confirmed as the backlog ahead of the confirmations is handled.
+        await asyncio.gather(*(self._subscribe_one(control if sub.control else data, sub)
+                               for sub in list(self._subscriptions)))
         self._connected.set()
         for hook in self._connect_hooks:
             try:
@@ -562,41 +564,44 @@ class MqttClient:
                 self.stats.handler_errors += 1
                 log.exception("connect hook failed")
 
-    async def _subscribe_one(self, client: _FlowControlledClient, subscription: _Subscription) -> None:
-        granted = await client.subscribe(subscription.topic_filter, qos=subscription.qos)
-        codes = [getattr(code, "value", code) for code in (granted or [])]
+    async def _subscribe_one(self, lane: _Lane, subscription: _Subscription) -> None:
+        codes = await lane.link.subscribe(subscription.topic_filter, subscription.qos)
         if any(code >= 0x80 for code in codes):
             log.error("subscription to %s refused by the broker (%s)", subscription.topic_filter, codes)
 
-    async def _consume(self, client: _FlowControlledClient) -> None:
+    async def _consume(self, lane: _Lane) -> None:
         """Take what is waiting (at least one message, at most the largest batch), deliver it
         in arrival order, acknowledge each message after its handlers ran."""
         while True:
-            window = [await client.next_message()]
+            if not lane.queue:
+                lane.arrived.clear()
+                await lane.arrived.wait()
+                continue
             limit = max((sub.max_batch for sub in self._subscriptions), default=1)
-            while len(window) < limit and (raw := client.take_waiting()) is not None:
-                window.append(raw)
+            window = lane.queue.take(limit)
             self.stats.received += len(window)
             self.stats.queue_high_water = max(self.stats.queue_high_water,
-                                              len(window) + len(client.messages))
-            client.worked_down()
+                                              len(window) + len(lane.queue))
+            if lane.queue.resume_due():
+                lane.link.resume_reading()
             # If cancelled mid-window (closing), the broker redelivers what is not acknowledged.
             for run in self._runs(window):
                 await self._deliver(run)  # Redeliver: this run and the rest stay unacknowledged
                 for raw, _, _ in run:
                     if raw.qos > 0:
-                        client._client.ack(raw.mid, raw.qos)  # noqa: SLF001
+                        lane.link.ack(raw.mid, raw.qos)
             self._redelivery_backoff.reset()
 
     def _runs(self, window: list[paho.MQTTMessage]) -> Iterator[list[_Item]]:
         """Split a window into consecutive runs delivered together: messages for the same batch
         subscriptions stay together (up to the smallest ``max_batch``); every other message is
-        a run of its own. A message that fails to decode joins the run it sits in."""
+        a run of its own. A message that fails to decode, or that admission turned away, joins
+        the run it sits in."""
         run: list[_Item] = []
         run_subs: list[_Subscription] | None = None
         for raw in window:
             delivery, subs = self._decode(raw)
-            if delivery is None:
+            if delivery is None or not self._admitted(delivery, subs, raw):
                 run.append((raw, None, []))
                 continue
             batched = any(sub.batch_handler for sub in subs)
@@ -609,13 +614,21 @@ class MqttClient:
         if run:
             yield run
 
+    def _admitted(self, delivery: Delivery, subs: list[_Subscription],
+                  raw: paho.MQTTMessage) -> bool:
+        if self._admission is None or any(sub.control for sub in subs):
+            return True
+        if self._admission.admit(delivery.topic, len(raw.payload)):
+            return True
+        self.stats.refused_budget += 1
+        return False
+
     def _decode(self, raw: paho.MQTTMessage) -> tuple[Delivery | None, list[_Subscription]]:
         try:
             topic = raw.topic
-        except UnicodeDecodeError:
+        except UnicodeDecodeError as exc:
             self.stats.protocol_errors += 1
-            log.warning("dropped a message on a topic that is not UTF-8: %r",
-                        raw._topic)  # noqa: SLF001
+            log.warning("dropped a message on a topic that is not UTF-8: %r", exc.object)
             return None, []
         payload = raw.payload
         try:
@@ -657,6 +670,13 @@ class MqttClient:
                     self.stats.handler_errors += 1
                     log.exception("handler for %s failed on %s", subscription.topic_filter,
                                   delivery.topic)
+
+
+def _topic_text(raw: paho.MQTTMessage) -> str:
+    try:
+        return str(raw.topic)
+    except UnicodeDecodeError as exc:
+        return repr(exc.object)
 
 
 def new_client_id(prefix: str) -> str:

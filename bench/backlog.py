@@ -1,0 +1,292 @@
+"""Backlog and flood: the cloud manager working off a queued backlog, and one node flooding.
+
+(a) drain: the manager is away while 100 simulated nodes queue sample reports and status
+    messages (10,000 in all) in its persistent session; then it starts. Reported: the time to
+    drain and its rate against a raw paho subscriber draining the same backlog from its own
+    session in the same run (goal >= 0.8x), and how long the API takes to answer ``get nodes``
+    asked every 50 ms during the drain (goal: p99 <= 1 s).
+(b) flood: 1,000 well-behaved nodes send one sample report per second each while one node sends
+    20 times its budget (``--budget`` messages per second). Reported: the well-behaved nodes'
+    report-to-commit latency p50/p99 against a run without the flooder (goal: p99 within 2x),
+    and how much of the flood got through.
+
+    .venv/bin/python bench/backlog.py [--nodes 100] [--per-node 100] [--flood-nodes 1000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import multiprocessing
+import statistics
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import paho.mqtt.client as mqtt
+from ingest import RESULTS, TimedManager, make_manager, node_name
+
+from cloud_manager.api_client import new_request
+from cloud_manager.daemon import CloudDaemon
+from edgeloop.fairness import Budget
+from edgeloop.mqtt import MqttClient, MqttSettings
+from mosquitto.launcher import Broker
+from protocol import topics
+from protocol.codec import encode
+from protocol.messages import DatasetSamples, NodeStatus, SampleReport
+from protocol.topics import Kind
+
+NAMESPACE = "bench"
+
+
+def report(i: int, seq: int) -> tuple[str, bytes]:
+    node = node_name(i)
+    message = SampleReport(node=node, boot_id="bench", seq=seq, ts=time.time(), datasets=[
+        DatasetSamples(dataset=f"{NAMESPACE}/ds-{i:05d}", url="/d", samples=seq)])
+    return topics.samples(node), encode(message)
+
+
+def status(i: int, seq: int) -> tuple[str, bytes]:
+    node = node_name(i)
+    return topics.status(node), encode(NodeStatus(node=node, state="online", boot_id="bench",
+                                                  seq=seq))
+
+
+def queue_backlog(port: int, nodes: int, per_node: int) -> int:
+    """Half sample reports, half statuses, interleaved by node; returns how many."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.max_inflight_messages_set(1000)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    infos = []
+    for seq in range(per_node):
+        for i in range(nodes):
+            topic, payload = (report if seq % 2 == 0 else status)(i, 1000 + seq)
+            infos.append(client.publish(topic, payload, qos=1))
+    for info in infos:
+        info.wait_for_publish(120)
+    client.loop_stop()
+    client.disconnect()
+    return len(infos)
+
+
+def raw_session(port: int, connect: bool, expected: int = 0) -> float:
+    """A bare paho subscriber with a persistent session: subscribe once (``connect`` False), or
+    come back and time draining ``expected`` queued messages."""
+    done = threading.Event()
+    count = 0
+
+    def on_message(client: mqtt.Client, userdata: object, message: mqtt.MQTTMessage) -> None:
+        nonlocal count
+        count += 1
+        if count == expected:
+            done.set()
+
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="bench-raw",
+                         protocol=mqtt.MQTTv5)
+    client.on_message = on_message
+    from paho.mqtt.packettypes import PacketTypes
+    from paho.mqtt.properties import Properties
+    properties = Properties(PacketTypes.CONNECT)
+    properties.SessionExpiryInterval = 3600
+    start = time.perf_counter()
+    client.connect("127.0.0.1", port, clean_start=False, properties=properties)
+    client.loop_start()
+    if not connect:
+        client.subscribe([(topics.node_filter(Kind.SAMPLES), 1), (topics.node_filter(Kind.STATUS), 1)])
+        time.sleep(0.5)  # the SUBACK; nothing is measured here
+    elif not done.wait(600):
+        raise SystemExit(f"raw subscriber drained only {count} of {expected}")
+    elapsed = time.perf_counter() - start
+    client.disconnect()
+    client.loop_stop()
+    return elapsed
+
+
+async def start_daemon(broker: Broker, manager: TimedManager,
+                       budget: Budget | None = None) -> tuple[CloudDaemon, asyncio.Event, Any]:
+    settings = MqttSettings(url=broker.url, client_id="bench-cloud", session_expiry=3600)
+    daemon = CloudDaemon(settings, manager, budget=budget)
+    stop = asyncio.Event()
+    runner = asyncio.create_task(daemon.run(stop))
+    return daemon, stop, runner
+
+
+async def ask_api(url: str, until: asyncio.Event, answers: list[float]) -> None:
+    settings = MqttSettings(url=url, client_id="bench-api", session_expiry=0)
+    async with MqttClient(settings) as client:
+        await client.wait_connected(10)
+        while not until.is_set():
+            start = time.perf_counter()
+            await client.request(topics.api_request("get"), new_request(verb="get",
+                                                                         resource="nodes"), 30)
+            answers.append(time.perf_counter() - start)
+            await asyncio.sleep(0.05)
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[int(q * (len(ordered) - 1))]
+
+
+async def drain(nodes: int, per_node: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp, Broker(Path(tmp) / "broker") as broker:
+        manager = await asyncio.to_thread(make_manager, Path(tmp) / "state", nodes)
+        manager.latencies, manager.done_at, manager.batches = [], [], 0
+        await asyncio.to_thread(raw_session, broker.port, False)
+        daemon, stop, runner = await start_daemon(broker, manager)
+        await daemon.client.wait_connected(10)
+        stop.set()
+        await runner  # away from here on: the backlog queues in both sessions
+        total = await asyncio.to_thread(queue_backlog, broker.port, nodes, per_node)
+        raw_s = await asyncio.to_thread(raw_session, broker.port, True, total)
+
+        answers: list[float] = []
+        drained = asyncio.Event()
+        asker = asyncio.create_task(ask_api(broker.url, drained, answers))
+        start = time.perf_counter()
+        daemon, stop, runner = await start_daemon(broker, manager)
+        async with asyncio.timeout(600):
+            while daemon.client.stats.received < total:
+                await asyncio.sleep(0.01)
+        manager_s = time.perf_counter() - start
+        drained.set()
+        await asker
+        stop.set()
+        await runner
+    return {
+        "messages": total,
+        "raw_s": raw_s,
+        "raw_rate": total / raw_s,
+        "manager_s": manager_s,
+        "manager_rate": total / manager_s,
+        "ratio": raw_s / manager_s,
+        "api_answers": len(answers),
+        "api_p50_ms": 1000 * statistics.median(answers),
+        "api_p99_ms": 1000 * pct(answers, 0.99),
+        "api_max_ms": 1000 * max(answers),
+    }
+
+
+def publish_stream(port: int, nodes: int, seconds: float, flood_per_s: int, go: Any) -> None:
+    """Runs in its own process: each node one report per second, spread evenly; plus node
+    ``nodes`` (the flooder) sending ``flood_per_s`` reports per second."""
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+    client.max_inflight_messages_set(2000)
+    client.connect("127.0.0.1", port)
+    client.loop_start()
+    go.wait()
+    tick, start, seq, flood_seq = 0.01, time.monotonic(), 0, 0
+    ticks = int(seconds / tick)
+    per_tick = nodes * tick
+    flood_per_tick = flood_per_s * tick
+    sent = flood_sent = 0.0
+    for t in range(ticks):
+        sent += per_tick
+        while seq < int(sent):
+            client.publish(*report(seq % nodes, 1 + seq // nodes), qos=1)
+            seq += 1
+        flood_sent += flood_per_tick
+        while flood_seq < int(flood_sent):
+            client.publish(*report(nodes, 1 + flood_seq), qos=1)
+            flood_seq += 1
+        time.sleep(max(0.0, start + (t + 1) * tick - time.monotonic()))
+    time.sleep(2)
+    client.loop_stop()
+    client.disconnect()
+
+
+async def flood_run(nodes: int, seconds: float, budget: Budget, flooder: bool) -> dict[str, float]:
+    with tempfile.TemporaryDirectory() as tmp, Broker(Path(tmp) / "broker") as broker:
+        manager = await asyncio.to_thread(make_manager, Path(tmp) / "state", nodes + 1)
+        manager.latencies, manager.done_at, manager.batches = [], [], 0
+        daemon, stop, runner = await start_daemon(broker, manager, budget)
+        await daemon.client.wait_connected(10)
+        flood_per_s = 20 * budget.messages if flooder else 0
+        go = multiprocessing.Event()
+        process = multiprocessing.Process(target=publish_stream,
+                                          args=(broker.port, nodes, seconds, flood_per_s, go))
+        process.start()
+        go.set()
+        await asyncio.to_thread(process.join)
+        expected_calm = int(nodes * seconds)
+        async with asyncio.timeout(120):
+            while sum(1 for n, _ in manager.by_node if n != node_name(nodes)) < expected_calm:
+                await asyncio.sleep(0.05)
+        stop.set()
+        await runner
+    calm = [lat for n, lat in manager.by_node if n != node_name(nodes)]
+    flood_in = sum(1 for n, _ in manager.by_node if n == node_name(nodes))
+    flood_sent = int(flood_per_s * seconds)
+    return {
+        "calm_reports": len(calm),
+        "calm_p50_ms": 1000 * statistics.median(calm),
+        "calm_p99_ms": 1000 * pct(calm, 0.99),
+        "flood_sent": flood_sent,
+        "flood_handled": flood_in,
+        "flood_refused": daemon.budgets.refused[node_name(nodes)],
+    }
+
+
+class NodeTimedManager(TimedManager):
+    """Notes each committed report's node as well, to tell the flooder's from the others'."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.by_node: list[tuple[str, float]] = []
+
+    def on_sample_reports(self, reports, now):  # noqa: ANN001, ANN201
+        out = super().on_sample_reports(reports, now)
+        wall = time.time()
+        for r in reports:
+            self.by_node.append((r.node, wall - r.ts))
+        return out
+
+
+async def main(args: argparse.Namespace) -> dict[str, object]:
+    import ingest
+    ingest.TimedManager = NodeTimedManager  # type: ignore[misc]  # what make_manager builds
+    drained = await drain(args.nodes, args.per_node)
+    budget = Budget(messages=args.budget, bytes=1 << 20)
+    quiet = await flood_run(args.flood_nodes, args.seconds, budget, flooder=False)
+    flooded = await flood_run(args.flood_nodes, args.seconds, budget, flooder=True)
+    return {
+        "drain": drained | {"goal_ratio": 0.8, "goal_api_p99_ms": 1000},
+        "flood": {"budget_messages_per_s": args.budget, "nodes": args.flood_nodes,
+                  "seconds": args.seconds, "without_flooder": quiet, "with_flooder": flooded,
+                  "p99_ratio": flooded["calm_p99_ms"] / quiet["calm_p99_ms"], "goal_p99_ratio": 2},
+    }
+
+
+def print_table(result: dict[str, Any]) -> None:
+    d, f = result["drain"], result["flood"]
+    print(f"(a) drain of {d['messages']} queued messages")
+    print(f"{'receiver':<26}{'seconds':>9}{'msg/s':>9}{'ratio':>7}{'API p50 ms':>12}{'API p99 ms':>12}")
+    print(f"{'raw paho (baseline)':<26}{d['raw_s']:>9.2f}{d['raw_rate']:>9.0f}")
+    print(f"{'cloud manager':<26}{d['manager_s']:>9.2f}{d['manager_rate']:>9.0f}{d['ratio']:>7.2f}"
+          f"{d['api_p50_ms']:>12.0f}{d['api_p99_ms']:>12.0f}")
+    print(f"(b) {f['nodes']} nodes at 1 report/s for {f['seconds']} s, budget "
+          f"{f['budget_messages_per_s']} msg/s per node")
+    print(f"{'run':<26}{'calm p50 ms':>12}{'calm p99 ms':>12}{'flood sent':>11}{'handled':>9}"
+          f"{'refused':>9}")
+    for name, row in (("without the flooder", f["without_flooder"]),
+                      ("with a 20x flooder", f["with_flooder"])):
+        print(f"{name:<26}{row['calm_p50_ms']:>12.0f}{row['calm_p99_ms']:>12.0f}"
+              f"{row['flood_sent']:>11}{row['flood_handled']:>9}{row['flood_refused']:>9}")
+    print(f"p99 with/without the flooder {f['p99_ratio']:.2f}x (goal <= 2)")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--nodes", type=int, default=100)
+    parser.add_argument("--per-node", type=int, default=100)
+    parser.add_argument("--flood-nodes", type=int, default=1000)
+    parser.add_argument("--seconds", type=float, default=10.0)
+    parser.add_argument("--budget", type=int, default=10, help="messages/s per node")
+    outcome = asyncio.run(main(parser.parse_args()))
+    print_table(outcome)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "backlog.json").write_text(json.dumps(outcome, indent=2))
