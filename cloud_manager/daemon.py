@@ -1,7 +1,8 @@
 """``edgeloop cloud``: the cloud manager process, wiring :class:`Manager` to the broker.
 
 Subscriptions: the API (``api/+``), every node's status, sample reports, task progress and
-hard examples (acknowledged to the node once durably in the inbox), model chunk requests
+hard examples (acknowledged to the node once durably in the inbox, or refused with the reason
+when :mod:`cloud_manager.hardex_admission` says no), model chunk requests
 (served from the registry) and pushed chunks of trained models it pulls into the registry.
 Each message is handled in one store transaction, except sample reports: those that arrived
 together (up to :data:`SAMPLE_BATCH`) share one transaction (group commit, see
@@ -27,6 +28,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cloud_manager.artifact_pull import ArtifactPuller, PullError
+from cloud_manager.hardex_admission import HardexAdmission, HardexQuotas
 from cloud_manager.labels import LabelForwarder
 from cloud_manager.manager import Manager, Pull
 from cloud_manager.outgoing import Outgoing
@@ -77,6 +79,7 @@ class CloudDaemon:
         *,
         tick_s: float = TICK_SECONDS,
         clock: Callable[[], float] = time.time,
+        hardex_quotas: HardexQuotas | None = None,
     ) -> None:
         self.manager = manager
         self.client = MqttClient(settings)
@@ -91,7 +94,10 @@ class CloudDaemon:
         self.client.subscribe(topics.node_filter(topics.Kind.PROGRESS), self._on_progress)
         self.acknowledger = Acknowledger(self.client)
         self.labels = LabelForwarder(self.client, manager, self._lock, TEXT_REPLY_TOPIC, clock=clock)
+        self.admission: HardexAdmission | None = None
         if manager.inbox is not None:
+            self.admission = HardexAdmission(manager.inbox, hardex_quotas or HardexQuotas(),
+                                             manager.deploy_node)
             self.client.subscribe(topics.node_filter(topics.Kind.HARDEX), self._on_hardex)
         self.puller: ArtifactPuller | None = None
         self._pull_tasks: set[asyncio.Task[None]] = set()
@@ -228,7 +234,11 @@ class CloudDaemon:
     async def _on_hardex(self, delivery: Delivery) -> None:
         example = delivery.message
         inbox = self.manager.inbox
-        if not isinstance(example, HardExample) or inbox is None:
+        if not isinstance(example, HardExample) or inbox is None or self.admission is None:
+            return
+        refusal = self.admission.check(example)
+        if refusal is not None:
+            self.acknowledger.refuse(example.node, example.key, refusal)
             return
         try:
             stored = await asyncio.to_thread(inbox.store, example)
@@ -236,6 +246,7 @@ class CloudDaemon:
             # Not acknowledged: the node keeps it and sends it again later.
             log.error("hard example %s from %s not stored: %s", example.sha256[:12], example.node, exc)
             return
+        self.admission.stored(example, stored)
         if stored.new:
             log.debug("hard example %s from %s stored", example.sha256[:12], example.node)
         self.acknowledger.ack(example.node, example.key)

@@ -117,8 +117,10 @@ class Agent:
         self.client = MqttClient(
             mqtt_settings(config), will=(topics.status(self.node), self.identity.last_will())
         )
-        self.outbox = DiskOutbox(self.state_dir / "outbox", config.outbox_quota_bytes)
-        self.sender = ReliableSender(self.client, topics.ack(self.node), self.outbox)
+        self.outbox = DiskOutbox(self.state_dir / "outbox", config.outbox_quota_bytes,
+                                 rejected_dir=self.state_dir / "rejected")
+        self.sender = ReliableSender(self.client, topics.ack(self.node), self.outbox,
+                                     on_refused=lambda key, why: self.outbox.set_aside(key, why.reason))
         self.intake = HardExampleIntake(self.node, self.sender, self.state_dir / "rejected")
         for job, folder in {**self._load_hardex_folders(), **config.hardex_dirs}.items():
             self.intake.add_folder(folder, job)
