@@ -11,7 +11,8 @@ the broker's messages are acknowledged only after their handler ran, i.e. after 
 :mod:`edgeloop.mqtt`), so a crash mid-handler means the broker redelivers them and the store's
 processed keys stop them from counting twice. A batch of sample reports the store cannot commit
 is not acknowledged either: the client reconnects and the broker sends it again. A clock tick
-drives periodic trigger checks, task deadlines and retries.
+drives periodic trigger checks, task deadlines and retries. A :class:`RetainedSweeper` clears
+retained messages on topics the design does not retain.
 
 Manifests published as plain text (``mosquitto_pub -t edgeloop/v1/api/apply -f job.yaml``) have
 no MQTT v5 response topic: their answer goes to ``edgeloop/v1/reply/mqtt-text``
@@ -33,6 +34,7 @@ from cloud_manager.labels import LabelForwarder
 from cloud_manager.manager import Manager, Pull
 from cloud_manager.outgoing import Outgoing
 from cloud_manager.registry import RegistryError
+from cloud_manager.retained_sweeper import SWEEP_PERIOD_S, RetainedSweeper
 from edgeloop.mqtt import Delivery, MqttClient, MqttSettings, NotConnected, Redeliver
 from edgeloop.reliable import Acknowledger
 from protocol import topics
@@ -80,6 +82,7 @@ class CloudDaemon:
         tick_s: float = TICK_SECONDS,
         clock: Callable[[], float] = time.time,
         hardex_quotas: HardexQuotas | None = None,
+        sweep_period_s: float = SWEEP_PERIOD_S,
     ) -> None:
         self.manager = manager
         self.client = MqttClient(settings)
@@ -105,19 +108,22 @@ class CloudDaemon:
             self.puller = ArtifactPuller(self.client, manager.registry)
             self.client.subscribe(topics.node_filter(topics.Kind.ARTIFACT_REQUEST), self._on_chunk_request)
         self.client.on_connect(self._on_connect)
+        self.sweeper = RetainedSweeper(settings, period_s=sweep_period_s)
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Serve until ``stop`` is set (or forever)."""
         stop = stop or asyncio.Event()
         async with self.client, self.labels:
             ticker = asyncio.create_task(self._tick_loop(stop), name="cloud-tick")
+            sweeper = asyncio.create_task(self.sweeper.run(stop), name="cloud-sweeper")
             try:
                 await stop.wait()
             finally:
                 ticker.cancel()
+                sweeper.cancel()
                 for task in self._pull_tasks:
                     task.cancel()
-                await asyncio.gather(ticker, *self._pull_tasks, return_exceptions=True)
+                await asyncio.gather(ticker, sweeper, *self._pull_tasks, return_exceptions=True)
 
     async def publish(self, messages: list[Outgoing]) -> None:
         for out in messages:
