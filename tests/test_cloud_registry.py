@@ -37,8 +37,6 @@ def test_import_verifies_size_and_hash_and_chunks_reassemble(tmp_path):
     assert unknown.error and "not in the cloud's model registry" in unknown.error
 
 
-@pytest.mark.broker
-@pytest.mark.parametrize("remote", [False, True], ids=["same-host", "pulled-from-node"])
 def test_import_syncs_the_folder_once_the_file_is_in_place(tmp_path, monkeypatch):
     """The store marks a version collected right after the import: the rename that put the
     file there (and the new folder) must be durable by then, not only the bytes."""
@@ -57,6 +55,8 @@ def test_import_syncs_the_folder_once_the_file_is_in_place(tmp_path, monkeypatch
                       (str(registry.path(sha).parent), True)]
 
 
+@pytest.mark.broker
+@pytest.mark.parametrize("remote", [False, True], ids=["same-host", "pulled-from-node"])
 async def test_deployed_version_is_downloadable_by_the_deploy_node(broker, tmp_path, remote):
     """Same host: the cloud copies the train output; another host: it pulls it in chunks."""
     async with cloud(broker.url, tmp_path / "state") as daemon, \
