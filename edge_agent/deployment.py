@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_agent.downloads import ArtifactDownloader
+from edge_agent.task_paths import resolve_task_path
 from protocol import worker_contract as contract
 from protocol.messages import ArtifactRef, ModelRef, Task
 
@@ -83,9 +84,8 @@ class ModelDeployer:
         path = self.version_dir(serving) / chosen.name
         model_url = task.env.get(contract.MODEL_URL)
         if model_url and task.role == "inference":
-            destination = Path(model_url).expanduser()
-            if not destination.is_absolute() and task.worker is not None:
-                destination = Path(task.worker.script_dir).expanduser() / destination
+            script_dir = task.worker.script_dir if task.worker is not None else None
+            destination = resolve_task_path(model_url, script_dir, contract.MODEL_URL)
             if destination.is_dir():
                 destination = destination / chosen.name
             _link_or_copy(path, destination)
