@@ -140,7 +140,8 @@ class Agent:
             self.state_dir / "artifacts",
             chunk_timeout=config.download_chunk_timeout_s,
         )
-        self.deployer = ModelDeployer(self.downloader, self.state_dir / "models")
+        self.deployer = ModelDeployer(self.downloader, self.state_dir / "models",
+                                      check_models=config.check_models)
         self.uploader = ArtifactUploader(self.client, self.node, self.state_dir)
         self.state = d.NodeState(self.node, watches_datasets=bool(self.watcher.datasets))
         self._control: asyncio.Queue[DesiredState | Task] = asyncio.Queue()
