@@ -97,13 +97,25 @@ def register(app: typer.Typer) -> None:
         node_budget_mb: float = typer.Option(
             Budget.bytes / 2**20, "--node-budget-mb", envvar="EDGELOOP_NODE_BUDGET_MB",
             min=0.001, help="MiB per second one node may send; more are turned away."),
+        hardex_job_mb: int = typer.Option(4096, "--hardex-job-mb", min=1,
+                                          help="Most MB of hard-example images kept per job."),
+        hardex_job_count: int = typer.Option(20000, "--hardex-job-count", min=1,
+                                             help="Most hard examples kept per job."),
+        hardex_node_mb: int = typer.Option(8192, "--hardex-node-mb", min=1,
+                                           help="Most MB of hard-example images kept per node."),
+        hardex_node_count: int = typer.Option(40000, "--hardex-node-count", min=1,
+                                              help="Most hard examples kept per node."),
         connection: ConnectionOptions = None,  # type: ignore[assignment]
     ) -> None:
-        """Run the cloud manager: job state machine, triggers, API, node registry."""
+        """Run the cloud manager: job state machine, triggers, API, node registry.
+
+        Hard examples beyond a quota are refused for now: the node keeps them and sends them
+        again later."""
         import signal
         from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
         from cloud_manager.daemon import CloudDaemon
+        from cloud_manager.hardex_admission import MB, HardexQuotas
         from cloud_manager.hardex_inbox import INBOX_DIR, HardExampleInbox
         from cloud_manager.manager import Manager
         from cloud_manager.registry import REGISTRY_DIR, ModelRegistry
@@ -123,7 +135,10 @@ def register(app: typer.Typer) -> None:
                           registry=ModelRegistry(state / REGISTRY_DIR),
                           read_node_paths=not always_pull)
         budget = Budget(messages=node_budget_messages, bytes=int(node_budget_mb * 2**20))
-        daemon = CloudDaemon(connection.settings(client_id), manager, budget=budget)
+        quotas = HardexQuotas(job_bytes=hardex_job_mb * MB, job_count=hardex_job_count,
+                              node_bytes=hardex_node_mb * MB, node_count=hardex_node_count)
+        daemon = CloudDaemon(connection.settings(client_id), manager, budget=budget,
+                             hardex_quotas=quotas)
 
         async def main() -> None:
             stop = asyncio.Event()

@@ -1,7 +1,8 @@
 """``edgeloop cloud``: the cloud manager process, wiring :class:`Manager` to the broker.
 
 Subscriptions: the API (``api/+``), every node's status, sample reports, task progress and
-hard examples (acknowledged to the node once durably in the inbox), model chunk requests
+hard examples (acknowledged to the node once durably in the inbox, or refused with the reason
+when :mod:`cloud_manager.hardex_admission` says no), model chunk requests
 (served from the registry) and pushed chunks of trained models it pulls into the registry.
 Each message is handled in one store transaction, except sample reports: those that arrived
 together (up to :data:`SAMPLE_BATCH`) share one transaction (group commit, see
@@ -10,7 +11,8 @@ the broker's messages are acknowledged only after their handler ran, i.e. after 
 :mod:`edgeloop.mqtt`), so a crash mid-handler means the broker redelivers them and the store's
 processed keys stop them from counting twice. A batch of sample reports the store cannot commit
 is not acknowledged either: the client reconnects and the broker sends it again. A clock tick
-drives periodic trigger checks, task deadlines and retries.
+drives periodic trigger checks, task deadlines and retries. A :class:`RetainedSweeper` clears
+retained messages on topics the design does not retain.
 
 Manifests published as plain text (``mosquitto_pub -t edgeloop/v1/api/apply -f job.yaml``) have
 no MQTT v5 response topic: their answer goes to ``edgeloop/v1/reply/mqtt-text``
@@ -27,10 +29,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cloud_manager.artifact_pull import ArtifactPuller, PullError
+from cloud_manager.hardex_admission import HardexAdmission, HardexQuotas
 from cloud_manager.labels import LabelForwarder
 from cloud_manager.manager import Manager, Pull
 from cloud_manager.outgoing import Outgoing
 from cloud_manager.registry import RegistryError
+from cloud_manager.retained_sweeper import SWEEP_PERIOD_S, RetainedSweeper
 from edgeloop.fairness import Budget, NodeBudgets
 from edgeloop.mqtt import Delivery, MqttClient, MqttSettings, NotConnected, Redeliver
 from edgeloop.reliable import Acknowledger
@@ -79,6 +83,8 @@ class CloudDaemon:
         tick_s: float = TICK_SECONDS,
         clock: Callable[[], float] = time.time,
         budget: Budget | None = None,
+        hardex_quotas: HardexQuotas | None = None,
+        sweep_period_s: float = SWEEP_PERIOD_S,
     ) -> None:
         self.manager = manager
         #: what each node may send (see edgeloop.fairness); excess is turned away and counted
@@ -95,7 +101,10 @@ class CloudDaemon:
         self.client.subscribe(topics.node_filter(topics.Kind.PROGRESS), self._on_progress)
         self.acknowledger = Acknowledger(self.client)
         self.labels = LabelForwarder(self.client, manager, self._lock, TEXT_REPLY_TOPIC, clock=clock)
+        self.admission: HardexAdmission | None = None
         if manager.inbox is not None:
+            self.admission = HardexAdmission(manager.inbox, hardex_quotas or HardexQuotas(),
+                                             manager.deploy_node)
             self.client.subscribe(topics.node_filter(topics.Kind.HARDEX), self._on_hardex)
         self.puller: ArtifactPuller | None = None
         self._pull_tasks: set[asyncio.Task[None]] = set()
@@ -103,19 +112,22 @@ class CloudDaemon:
             self.puller = ArtifactPuller(self.client, manager.registry)
             self.client.subscribe(topics.node_filter(topics.Kind.ARTIFACT_REQUEST), self._on_chunk_request)
         self.client.on_connect(self._on_connect)
+        self.sweeper = RetainedSweeper(settings, period_s=sweep_period_s)
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Serve until ``stop`` is set (or forever)."""
         stop = stop or asyncio.Event()
         async with self.client, self.labels:
             ticker = asyncio.create_task(self._tick_loop(stop), name="cloud-tick")
+            sweeper = asyncio.create_task(self.sweeper.run(stop), name="cloud-sweeper")
             try:
                 await stop.wait()
             finally:
                 ticker.cancel()
+                sweeper.cancel()
                 for task in self._pull_tasks:
                     task.cancel()
-                await asyncio.gather(ticker, *self._pull_tasks, return_exceptions=True)
+                await asyncio.gather(ticker, sweeper, *self._pull_tasks, return_exceptions=True)
 
     async def publish(self, messages: list[Outgoing]) -> None:
         for out in messages:
@@ -232,7 +244,11 @@ class CloudDaemon:
     async def _on_hardex(self, delivery: Delivery) -> None:
         example = delivery.message
         inbox = self.manager.inbox
-        if not isinstance(example, HardExample) or inbox is None:
+        if not isinstance(example, HardExample) or inbox is None or self.admission is None:
+            return
+        refusal = self.admission.check(example)
+        if refusal is not None:
+            self.acknowledger.refuse(example.node, example.key, refusal)
             return
         try:
             stored = await asyncio.to_thread(inbox.store, example)
@@ -240,6 +256,7 @@ class CloudDaemon:
             # Not acknowledged: the node keeps it and sends it again later.
             log.error("hard example %s from %s not stored: %s", example.sha256[:12], example.node, exc)
             return
+        self.admission.stored(example, stored)
         if stored.new:
             log.debug("hard example %s from %s stored", example.sha256[:12], example.node)
         self.acknowledger.ack(example.node, example.key)

@@ -119,6 +119,20 @@ class HardExampleInbox:
         fsync_dir(folder)
         return True
 
+    def has(self, job: str, sha256: str) -> bool:
+        """Whether the job's inbox already holds this example (a redelivery)."""
+        return _is_sha256(sha256) and (self.job_dir(job) / f"{sha256}.json").exists()
+
+    def usage(self) -> Iterator[tuple[str, str, int]]:
+        """``(job, node, image bytes)`` of every stored example: what the quotas start from."""
+        for sidecar in self.root.glob("*/*/*.json"):
+            try:
+                meta = json.loads(sidecar.read_text())
+                size = (sidecar.parent / meta["image"]).stat().st_size
+                yield str(meta["job"]), str(meta["node"]), size
+            except (OSError, ValueError, KeyError, TypeError):
+                continue  # a lone or unreadable sidecar is not an example (see examples())
+
     def count(self, job: str) -> int:
         folder = self.job_dir(job)
         return sum(1 for _ in folder.glob("*.json")) if folder.is_dir() else 0

@@ -137,6 +137,12 @@ class Manager:
         dataset = self.manifest(Dataset, namespace, name)
         return dataset.spec.node_name if dataset else None
 
+    def deploy_node(self, job: str) -> str | None:
+        """The node a job (``namespace/name``) deploys to; None: no such job."""
+        namespace, _, name = job.partition("/")
+        manifest = self.manifest(IncrementalLearningJob, namespace, name)
+        return manifest.spec.deploy_spec.node_name if manifest else None
+
     def inputs(self, namespace: str, name: str) -> JobInputs | None:
         """The job's manifest and the resources it references, or None if any is missing."""
         job = self.manifest(IncrementalLearningJob, namespace, name)

@@ -17,6 +17,7 @@ import shutil
 from pathlib import Path
 
 from edgeloop.checksum import file_sha256
+from edgeloop.durable import fsync_dir
 from protocol.messages import MAX_CHUNK_BYTES, Chunk, ChunkRequest
 
 REGISTRY_DIR = "models"
@@ -38,7 +39,10 @@ class ModelRegistry:
         return self.path(sha256).is_file()
 
     def import_file(self, source: Path, sha256: str, size: int) -> Path:
-        """Copy ``source`` in, verified against ``sha256`` and ``size``; a no-op when present."""
+        """Copy ``source`` in, verified against ``sha256`` and ``size``; a no-op when present.
+
+        Once it returns the file survives a power cut: the store records the version as
+        collected right after, so the rename (and a new folder) is synced, not only the data."""
         target = self.path(sha256)
         if target.is_file():
             return target
@@ -47,7 +51,9 @@ class ModelRegistry:
         actual_size = source.stat().st_size
         if actual_size != size:
             raise RegistryError(f"{source} has {actual_size} bytes, the train result said {size}")
-        target.parent.mkdir(parents=True, exist_ok=True)
+        if not target.parent.is_dir():
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fsync_dir(self.root)
         tmp = target.with_name(f".{target.name}.tmp")
         shutil.copyfile(source, tmp)
         actual = file_sha256(tmp)
@@ -57,6 +63,7 @@ class ModelRegistry:
         with open(tmp, "rb") as handle:
             os.fsync(handle.fileno())
         os.replace(tmp, target)
+        fsync_dir(target.parent)
         return target
 
     def chunk(self, node: str, request: ChunkRequest) -> Chunk:

@@ -60,6 +60,9 @@ class AgentConfig(BaseModel):
     #: Classes a valid index line may use (the watcher skips lines with a larger class index)
     num_classes: int = Field(default=4, ge=1)
     outbox_quota_mb: float = Field(default=1024, gt=0)
+    #: Load every downloaded .tflite with LiteRT before a worker may use it (off only where the
+    #: workers are stand-ins that never load a model)
+    check_models: bool = True
     #: Seconds between scans of the hard-example folders (a worker's announcement is immediate)
     hardex_scan_s: float = Field(default=2.0, gt=0)
     #: Seconds a stopped worker gets between SIGTERM and SIGKILL

@@ -121,8 +121,10 @@ class Agent:
             mqtt_settings(config), will=(topics.status(self.node), self.identity.last_will()),
             admission=self.budgets,
         )
-        self.outbox = DiskOutbox(self.state_dir / "outbox", config.outbox_quota_bytes)
-        self.sender = ReliableSender(self.client, topics.ack(self.node), self.outbox)
+        self.outbox = DiskOutbox(self.state_dir / "outbox", config.outbox_quota_bytes,
+                                 rejected_dir=self.state_dir / "rejected")
+        self.sender = ReliableSender(self.client, topics.ack(self.node), self.outbox,
+                                     on_refused=lambda key, why: self.outbox.set_aside(key, why.reason))
         self.intake = HardExampleIntake(self.node, self.sender, self.state_dir / "rejected")
         for job, folder in {**self._load_hardex_folders(), **config.hardex_dirs}.items():
             self.intake.add_folder(folder, job)
@@ -142,7 +144,8 @@ class Agent:
             self.state_dir / "artifacts",
             chunk_timeout=config.download_chunk_timeout_s,
         )
-        self.deployer = ModelDeployer(self.downloader, self.state_dir / "models")
+        self.deployer = ModelDeployer(self.downloader, self.state_dir / "models",
+                                      check_models=config.check_models)
         self.uploader = ArtifactUploader(self.client, self.node, self.state_dir)
         self.state = d.NodeState(self.node, watches_datasets=bool(self.watcher.datasets))
         self._control: asyncio.Queue[DesiredState | Task] = asyncio.Queue()

@@ -6,6 +6,9 @@ For each :class:`~protocol.messages.ModelRef` of a task, every artifact is downl
 file if the version has one, else its first artifact, as the cloud chooses it — is also copied
 to the task's ``MODEL_URL`` when it sets one, atomically, so that a worker (re)started later
 loads the same version it would be hot-swapped to.
+
+A ``.tflite`` is load-checked (:mod:`edge_agent.model_check`) before it is placed: one that is
+not a model LiteRT can load is discarded, counted, and the task fails with the reason.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from edge_agent.downloads import ArtifactDownloader
+from edge_agent.model_check import TFLITE_SUFFIX, tflite_problem
+from edge_agent.task_paths import resolve_task_path
 from protocol import worker_contract as contract
 from protocol.messages import ArtifactRef, ModelRef, Task
 
@@ -56,9 +61,13 @@ def _link_or_copy(source: Path, target: Path) -> None:
 
 
 class ModelDeployer:
-    def __init__(self, downloader: ArtifactDownloader, versions_dir: Path) -> None:
+    def __init__(self, downloader: ArtifactDownloader, versions_dir: Path, *,
+                 check_models: bool = True) -> None:
         self.downloader = downloader
         self.versions_dir = Path(versions_dir)
+        self.check_models = check_models
+        #: downloaded models that failed their load check and were discarded
+        self.rejected = 0
 
     def version_dir(self, model: ModelRef) -> Path:
         return self.versions_dir.joinpath(*model.job.split("/"), f"v{model.version}")
@@ -77,16 +86,28 @@ class ModelDeployer:
                 local = await self.downloader.fetch(artifact)
                 target = directory / _safe_name(artifact.name)
                 if not target.exists():
+                    await self._check(model, artifact, local)
                     _link_or_copy(local, target)
         serving = next((m for m in task.models if m.job == task.job), task.models[0])
         chosen = serving_artifact(serving)
         path = self.version_dir(serving) / chosen.name
         model_url = task.env.get(contract.MODEL_URL)
         if model_url and task.role == "inference":
-            destination = Path(model_url).expanduser()
-            if not destination.is_absolute() and task.worker is not None:
-                destination = Path(task.worker.script_dir).expanduser() / destination
+            script_dir = task.worker.script_dir if task.worker is not None else None
+            destination = resolve_task_path(model_url, script_dir, contract.MODEL_URL)
             if destination.is_dir():
                 destination = destination / chosen.name
             _link_or_copy(path, destination)
         return PreparedModel(serving.job, serving.version, path, chosen.sha256)
+
+    async def _check(self, model: ModelRef, artifact: ArtifactRef, local: Path) -> None:
+        """Raise ``ValueError`` (the download discarded) when a model file cannot be loaded."""
+        if not self.check_models or not artifact.name.endswith(TFLITE_SUFFIX):
+            return
+        problem = await tflite_problem(local)
+        if problem is None:
+            return
+        self.rejected += 1
+        local.unlink(missing_ok=True)
+        raise ValueError(f"{model.job} version {model.version}: {artifact.name} ({artifact.sha256[:12]}) "
+                         f"was discarded: {problem}")

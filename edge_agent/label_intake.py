@@ -8,8 +8,10 @@ Each :class:`LabelledSample` names a Dataset (``namespace/name``) this node hold
 train trigger fires as for any labelled sample.
 
 Deduplication is by content: a sample whose image is already referenced by the index as
-``labelled/<sha256>.<ext>`` is answered ``present`` and changes nothing, so a redelivered message,
-a resend after a lost receipt or importing the same file twice adds one line in all. A sample
+``labelled/<sha256>.<ext>`` (either suffix) is answered ``present`` and changes nothing, so a
+redelivered message, a resend after a lost receipt or importing the same file twice adds one
+line in all, even when one copy claims ``png`` and the other ``jpg``. The suffix is the one the
+bytes say (:mod:`protocol.image_format`), not the one the message claims. A sample
 that can never be added (unknown dataset, class out of range, unreadable image, box outside it)
 is answered ``rejected`` with the reason, so the cloud stops resending it.
 """
@@ -29,6 +31,7 @@ from edgeloop.mqtt import Delivery, MqttClient, NotConnected
 from protocol import topics
 from protocol.messages import LabelledSample, LabelOutcome, LabelReceipt
 from protocol.dataset_index import Sample, append_samples, image_size
+from protocol.image_format import sniff
 
 log = logging.getLogger(__name__)
 
@@ -84,9 +87,14 @@ class LabelIntake:
                 return _rejected(f"box {i}: class {box[4]} is out of range "
                                  f"0..{self.num_classes - 1}")
         folder = index.resolve().parent / LABELLED_FOLDER
-        image = folder / f"{sample.sha256}.{sample.image_format}"
-        if str(image) in self._paths_in(index):
+        suffix = sniff(sample.image) or sample.image_format  # other bytes: rejected below
+        image = folder / f"{sample.sha256}.{suffix}"
+        indexed = self._paths_in(index)
+        if any(str(folder / f"{sample.sha256}.{ext}") in indexed for ext in ("jpg", "png")):
             return LabelOutcome(status="present")
+        if suffix != sample.image_format:
+            log.info("labelled sample %s: the bytes are %s, not %s as sent; saved as %s",
+                     sample.sha256[:12], suffix, sample.image_format, image.name)
         new_image = not image.is_file() or image.stat().st_size != len(sample.image)
         if new_image:
             folder.mkdir(parents=True, exist_ok=True)

@@ -10,6 +10,10 @@ that loading a long backlog reads headers only.
 A byte quota bounds the disk the outbox may take: beyond it :meth:`DiskOutbox.put` raises
 :class:`OutboxFull` and the caller keeps the data where it was (hard examples stay in their
 folder) until acknowledgements free space.
+
+A message the cloud refuses for good (no such job, not an image) leaves the outbox by
+:meth:`DiskOutbox.set_aside`: its file moves to the ``rejected`` folder with the reason beside it,
+counted and logged, never deleted.
 """
 
 from __future__ import annotations
@@ -45,11 +49,15 @@ class _Entry:
 class DiskOutbox:
     """A directory of messages waiting for acknowledgement, in the order they were put."""
 
-    def __init__(self, root: Path | str, quota_bytes: int = 1024 * 2**20) -> None:
+    def __init__(self, root: Path | str, quota_bytes: int = 1024 * 2**20,
+                 rejected_dir: Path | str | None = None) -> None:
         if quota_bytes <= 0:
             raise ValueError(f"outbox quota must be > 0 bytes, got {quota_bytes}")
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self.rejected_dir = Path(rejected_dir) if rejected_dir is not None else self.root / "rejected"
+        #: messages refused by the receiver and set aside since start
+        self.rejected = 0
         self.quota_bytes = quota_bytes
         self._index: OrderedDict[str, _Entry] = OrderedDict()
         self._used = 0
@@ -96,6 +104,22 @@ class DiskOutbox:
 
     def __contains__(self, key: object) -> bool:
         return key in self._index
+
+    def set_aside(self, key: str, reason: str) -> bool:
+        """Move the message under ``key`` to the rejected folder with ``reason`` beside it;
+        False when the outbox does not hold it (set aside already, or acknowledged)."""
+        entry = self._index.pop(key, None)
+        if entry is None:
+            return False
+        self.rejected_dir.mkdir(parents=True, exist_ok=True)
+        target = self.rejected_dir / entry.path.name
+        write_atomically(target.with_suffix(".reason.txt"), f"{key}: {reason}\n".encode())
+        os.replace(entry.path, target)
+        fsync_dir(self.rejected_dir)
+        self._used -= entry.size
+        self.rejected += 1
+        log.error("outbox message %s set aside in %s: %s", key, self.rejected_dir, reason)
+        return True
 
     # -- quota ------------------------------------------------------------------------------
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
+from edge_agent.task_paths import TaskPathError, resolve_task_path
 from edgeloop.durable import write_atomically
 from protocol.messages import Task
 from protocol.sample_split import SPLIT_VARIABLE, SampleSplit, plan_round_indexes
@@ -64,11 +65,12 @@ def _write_index(path: Path, lines: list[str]) -> None:
     write_atomically(path, "".join(f"{line}\n" for line in lines).encode("utf-8"))
 
 
-def _resolve(location: str, script_dir: Path | None) -> Path:
-    path = Path(location).expanduser()
-    if not path.is_absolute() and script_dir is not None:
-        path = script_dir / path  # the worker's working directory
-    return path.absolute()
+def _resolve(location: str, script_dir: Path | None, what: str) -> Path:
+    """Relative to the worker's working directory, and never out of it."""
+    try:
+        return resolve_task_path(location, script_dir, f"{SPLIT_VARIABLE}.{what}")
+    except TaskPathError as exc:
+        raise RoundIndexError(str(exc)) from None
 
 
 def write_round_indexes(task: Task, num_classes: int) -> WrittenIndexes | None:
@@ -85,7 +87,9 @@ def write_round_indexes(task: Task, num_classes: int) -> WrittenIndexes | None:
     except ValueError as exc:
         raise RoundIndexError(str(exc)) from None
     script_dir = Path(task.worker.script_dir).expanduser() if task.worker else None
-    samples = valid_samples(_resolve(split.index, script_dir), num_classes)
+    targets = {name: _resolve(getattr(split, name), script_dir, name)
+               for name in ("index", "train", "eval", "replay")}
+    samples = valid_samples(targets["index"], num_classes)
     if len(samples) < split.end:
         raise RoundIndexError(
             f"dataset index {split.index} has {len(samples)} valid samples, the round needs "
@@ -94,10 +98,11 @@ def write_round_indexes(task: Task, num_classes: int) -> WrittenIndexes | None:
     absolute = dict(samples)
     plan = plan_round_indexes([line for line, _ in samples], split.start, split.end,
                               split.train_prob)
-    files = ((split.train, plan.train), (split.eval, plan.eval), (split.replay, plan.replay))
+    files = ((targets["train"], plan.train), (targets["eval"], plan.eval),
+             (targets["replay"], plan.replay))
     try:
-        for location, lines in files:
-            _write_index(_resolve(location, script_dir), [absolute[line] for line in lines])
+        for target, lines in files:
+            _write_index(target, [absolute[line] for line in lines])
     except OSError as exc:
         raise RoundIndexError(f"cannot write the round's sample indexes: {exc}") from None
     return WrittenIndexes(len(plan.train), len(plan.eval), len(plan.replay))

@@ -5,6 +5,12 @@ before its next autosave. So the *sender* keeps each message until the *receiver
 at the application level, after making it durable, and resends it after a reconnect or when no
 acknowledgement came in time. Receivers see duplicates and drop them by the message's idempotency
 key (:class:`Deduper`, or a unique key in their store).
+
+A receiver may also *refuse* a message (:class:`protocol.messages.Refusal`): temporarily (no room
+now) and the sender holds it for ``retry_refused_after`` seconds before sending it again, or for
+good, and the sender hands it to its ``on_refused`` hook (the agent's outbox sets it aside with
+the reason) instead of sending it again. Either way it is counted and logged, never dropped
+silently.
 """
 
 from __future__ import annotations
@@ -14,7 +20,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -22,7 +28,7 @@ from edgeloop.cancellation import cancel_and_wait
 from edgeloop.mqtt import Delivery, MqttClient, NotConnected
 from protocol import topics
 from protocol.codec import encode
-from protocol.messages import Ack, Message
+from protocol.messages import Ack, Message, Refusal
 
 log = logging.getLogger("edgeloop.reliable")
 
@@ -65,6 +71,14 @@ class SenderStats:
     sent: int = 0
     resent: int = 0
     acked: int = 0
+    #: refusals for now (held, sent again later) and for good (handed to ``on_refused``)
+    refused_temporary: int = 0
+    refused_permanent: int = 0
+
+
+#: What a sender does with a message refused for good: take it out of the store and set it
+#: aside; True when it did, False when the store no longer held it.
+RefusedHook = Callable[[str, Refusal], bool]
 
 
 class ReliableSender:
@@ -85,14 +99,19 @@ class ReliableSender:
         *,
         window: int = 32,
         resend_after: float = 5.0,
+        retry_refused_after: float = 60.0,
+        on_refused: RefusedHook | None = None,
     ) -> None:
         self.client = client
         self.ack_topic = ack_topic
         self.store: OutboxStore = store if store is not None else MemoryOutbox()
         self.window = window
         self.resend_after = resend_after
+        self.retry_refused_after = retry_refused_after
+        self.on_refused = on_refused
         self.stats = SenderStats()
         self._in_flight: dict[str, float] = {}  # key -> time last sent
+        self._held: dict[str, float] = {}  # key -> when a temporary refusal lets it go again
         self._wake = asyncio.Event()
         self._drained = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
@@ -135,11 +154,33 @@ class ReliableSender:
             return
         for key in delivery.message.keys:
             self._in_flight.pop(key, None)
+            self._held.pop(key, None)
             if self.store.remove(key):
                 self.stats.acked += 1
+        for key, refusal in delivery.message.refused.items():
+            self._refused(key, refusal)
         if not len(self.store):
             self._drained.set()
         self._wake.set()
+
+    def _refused(self, key: str, refusal: Refusal) -> None:
+        self._in_flight.pop(key, None)
+        if refusal.temporary:
+            if key in self._held:
+                return  # a repeat of a refusal already holding it
+            self.stats.refused_temporary += 1
+            self._held[key] = time.monotonic() + self.retry_refused_after
+            log.warning("%s refused for now, sent again in %.0f s: %s", key,
+                        self.retry_refused_after, refusal.reason)
+            return
+        self._held.pop(key, None)
+        if self.on_refused is not None:
+            set_aside = self.on_refused(key, refusal)
+        else:
+            set_aside = self.store.remove(key)
+        if set_aside:  # False: a repeat, the message was set aside already
+            self.stats.refused_permanent += 1
+            log.error("%s refused: %s", key, refusal.reason)
 
     async def _on_reconnect(self) -> None:
         # What was in flight may have died with the connection: send it again.
@@ -166,6 +207,9 @@ class ReliableSender:
             return
         now = time.monotonic()
         for key, topic, payload in self.store.items():
+            if self._held.get(key, now) > now:
+                continue  # refused for now: its time has not come
+            self._held.pop(key, None)
             sent_at = self._in_flight.get(key)
             if sent_at is not None and now - sent_at < self.resend_after:
                 continue
@@ -212,11 +256,20 @@ class Acknowledger:
         self.linger = linger
         self.max_batch = max_batch
         self._pending: dict[str, list[str]] = {}
+        self._refusals: dict[str, dict[str, Refusal]] = {}
         self._flush_task: asyncio.Task[None] | None = None
 
     def ack(self, node: str, key: str) -> None:
         """Acknowledge ``key`` to ``node``. Call only once the message is durable."""
         self._pending.setdefault(node, []).append(key)
+        self._flush_soon()
+
+    def refuse(self, node: str, key: str, refusal: Refusal) -> None:
+        """Tell ``node`` that the message under ``key`` is not kept, and why."""
+        self._refusals.setdefault(node, {})[key] = refusal
+        self._flush_soon()
+
+    def _flush_soon(self) -> None:
         if self._flush_task is None or self._flush_task.done():
             self._flush_task = asyncio.create_task(self._flush_later())
 
@@ -226,11 +279,19 @@ class Acknowledger:
 
     async def flush(self) -> None:
         pending, self._pending = self._pending, {}
+        refusals, self._refusals = self._refusals, {}
         for node, keys in pending.items():
             for start in range(0, len(keys), self.max_batch):
-                batch = keys[start : start + self.max_batch]
-                try:
-                    await self.client.publish(topics.ack(node), Ack(node=node, keys=batch))
-                except NotConnected:
-                    # The sender will resend; the repeat is acknowledged then.
-                    log.debug("ack for %d keys to %s not sent: not connected", len(batch), node)
+                await self._send(Ack(node=node, keys=keys[start : start + self.max_batch]))
+        for node, refused in refusals.items():
+            items = list(refused.items())
+            for start in range(0, len(items), self.max_batch):
+                await self._send(Ack(node=node, refused=dict(items[start : start + self.max_batch])))
+
+    async def _send(self, ack: Ack) -> None:
+        try:
+            await self.client.publish(topics.ack(ack.node), ack)
+        except NotConnected:
+            # The sender will resend; the repeat is acknowledged (or refused) then.
+            log.debug("ack for %d keys to %s not sent: not connected",
+                      len(ack.keys) + len(ack.refused), ack.node)

@@ -3,11 +3,17 @@
 A :class:`Broker` owns one mosquitto process, its rendered config, its data directory
 (persistence) and its log. It keeps its port across :meth:`Broker.restart` so that clients can
 reconnect to the same address and persisted sessions are exercised for real.
+
+On Linux mosquitto dies with the process that started it (``PR_SET_PDEATHSIG``): a ``kill -9``
+of ``edgeloop broker`` (or of a test run) takes the broker along instead of leaving it holding
+the port, and the next start works.
 """
 
 from __future__ import annotations
 
 import atexit
+import ctypes
+import ctypes.util
 import logging
 import os
 import pwd
@@ -15,10 +21,12 @@ import re
 import shutil
 import signal
 import subprocess
+import sys
 import tempfile
+import threading
 import time
 import weakref
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from types import TracebackType
 
@@ -42,6 +50,26 @@ LOG_NAME = "mosquitto.log"
 _RUNNING_MARK = re.compile(rb"mosquitto version \S+ running")
 
 _running: weakref.WeakSet[Broker] = weakref.WeakSet()
+
+
+_PR_SET_PDEATHSIG = 1
+
+
+def _die_with_parent_hook() -> Callable[[], None] | None:
+    """A ``preexec_fn`` that makes the child get SIGTERM when this process dies, or None where
+    that cannot be had: not Linux, or not the main thread (the signal follows the thread that
+    forked, and a worker thread may end long before the process)."""
+    if not sys.platform.startswith("linux") or threading.current_thread() is not threading.main_thread():
+        return None
+    libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+    parent = os.getpid()
+
+    def hook() -> None:
+        libc.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM, 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before the line above: go too
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    return hook
 
 
 class BrokerError(RuntimeError):
@@ -208,7 +236,8 @@ class Broker:
         command = [str(executable), "-c", str(self.config_path)]
         if foreground:
             # Same terminal and process group: Ctrl-C reaches mosquitto, which saves and exits.
-            self._process = subprocess.Popen(command, stdin=subprocess.DEVNULL)
+            self._process = subprocess.Popen(command, stdin=subprocess.DEVNULL,
+                                             preexec_fn=_die_with_parent_hook())
         else:
             # Errors mosquitto prints before it opens its log file go to the same file.
             with open(self.log_path, "ab") as log_file:
@@ -218,6 +247,7 @@ class Broker:
                     stdout=log_file,
                     stderr=log_file,
                     start_new_session=True,
+                    preexec_fn=_die_with_parent_hook(),
                 )
         _running.add(self)
         self._wait_ready(log_start)

@@ -44,8 +44,27 @@ _STR_TAG = "tag:yaml.org,2002:str"
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
 
+#: Deepest nesting of mappings and lists a manifest may have. Real ones stay under ten levels;
+#: the composer recurses per level, so a deeper document would exhaust Python's stack.
+MAX_NESTING = 64
+
+
 class ManifestLoader(yaml.SafeLoader):
-    """``yaml.SafeLoader`` that keeps clock times as strings and refuses duplicate keys."""
+    """``yaml.SafeLoader`` that keeps clock times as strings, refuses duplicate keys and
+    refuses nesting deeper than :data:`MAX_NESTING`."""
+
+    _depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
+        self._depth += 1
+        try:
+            if self._depth > MAX_NESTING:
+                raise yaml.composer.ComposerError(
+                    None, None, f"nested more than {MAX_NESTING} levels deep",
+                    self.peek_event().start_mark)
+            return super().compose_node(parent, index)
+        finally:
+            self._depth -= 1
 
     def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
         first_line: dict[str, int] = {}

@@ -265,23 +265,44 @@ class HardExample(Message):
         return self
 
 
+AckKey = Annotated[str, Field(min_length=1, max_length=256)]
+
+
+class Refusal(BaseModel):
+    """Why a receiver will not keep a reliable message. ``temporary``: the same message may be
+    accepted later (a quota has no room now), so the sender holds it and tries again; otherwise
+    it never will be (no such job, not an image), so the sender sets it aside."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    reason: str = Field(min_length=1, max_length=1024)
+    temporary: bool = False
+
+
 class Ack(Message):
     """Application-level acknowledgement of reliable messages, by their keys (``node/{node}/ack``).
 
     Sent only once the receiver has made the message durable; the sender keeps a message until
-    its key is acknowledged.
+    its key is acknowledged. ``refused`` names the keys the receiver will not keep, with the
+    reason; an acknowledgement of an earlier build (keys only) still decodes.
     """
 
     kind: ClassVar[Kind] = Kind.ACK
     node: Name
-    keys: list[Annotated[str, Field(min_length=1, max_length=256)]] = Field(
-        min_length=1, max_length=1000
-    )
+    keys: list[AckKey] = Field(default_factory=list, max_length=1000)
+    refused: dict[AckKey, Refusal] = Field(default_factory=dict, max_length=1000)
     ts: float = Field(default_factory=now)
 
     @property
     def key(self) -> str:
-        return "ack:" + hashlib.sha256("\n".join(self.keys).encode()).hexdigest()[:16]
+        names = [*self.keys, *(f"refused:{k}" for k in sorted(self.refused))]
+        return "ack:" + hashlib.sha256("\n".join(names).encode()).hexdigest()[:16]
+
+    @model_validator(mode="after")
+    def _not_empty(self) -> Ack:
+        if not self.keys and not self.refused:
+            raise ValueError("keys: an acknowledgement names at least one key, kept or refused")
+        return self
 
 
 # --- labels (cloud -> node) -------------------------------------------------------------------

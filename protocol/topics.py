@@ -193,6 +193,31 @@ def job_status_filter() -> str:
     return f"{ROOT}/job/+/+/status"
 
 
+def node_tree_filter() -> str:
+    """Every node-scoped topic of every node."""
+    return f"{ROOT}/node/+/#"
+
+
+def sweep_marker(client: str) -> str:
+    """Where a client that looks for retained messages publishes to itself: the marker arrives
+    after every retained message its subscription was handed."""
+    return f"{ROOT}/sweep/{check_name(client, 'client')}"
+
+
+def retain_allowed(topic: str) -> bool:
+    """Whether a retained message may stay on ``topic``: the node topics the design retains
+    (``status`` and ``desired``, see :data:`NODE_TOPICS`) and the job status. Anything else
+    retained is junk a client left on the broker."""
+    try:
+        route = parse(topic)
+    except ProtocolError:
+        return False
+    if route.kind is Kind.JOB_STATUS:
+        return True
+    spec = _BY_KIND.get(route.kind)
+    return spec is not None and route.node is not None and spec.retained
+
+
 @dataclass(frozen=True)
 class Route:
     """What a concrete topic is: its kind and the names its levels hold."""

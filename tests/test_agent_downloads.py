@@ -188,7 +188,7 @@ async def test_new_model_version_is_downloaded_and_hot_swapped(broker, tmp_path)
     async with (
         FakeCloud(broker.url) as cloud,
         ChunkServer(broker.url, blobs),
-        Agent(agent_config(broker.url, tmp_path / "state")) as agent,
+        Agent(agent_config(broker.url, tmp_path / "state", check_models=False)) as agent,
     ):
         await cloud.wait_for(cloud.statuses)
         desired = topics.desired("edge-1")
@@ -261,7 +261,8 @@ async def test_broker_killed_mid_download_the_download_resumes_and_the_model_is_
     state = tmp_path / "state"
     have_file = state / "artifacts" / f"{refs[2].sha256}.have"
     config = agent_config(
-        broker.url, state, download_chunk_timeout_s=2.0, restart_initial_s=0.2, restart_max_s=0.4
+        broker.url, state, download_chunk_timeout_s=2.0, restart_initial_s=0.2, restart_max_s=0.4,
+        check_models=False,  # stand-in workers never load these bytes
     )
     blobs = {refs[1].sha256: v1, refs[2].sha256: v2}
     async with (

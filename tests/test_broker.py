@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import select
 import signal
 import socket
 import subprocess
@@ -235,12 +236,12 @@ def _wait_for_port(port: int, process: subprocess.Popen, timeout: float = 20.0) 
 
 
 @contextlib.contextmanager
-def cli_broker(tmp_path: Path) -> Iterator[tuple[subprocess.Popen, int]]:
+def cli_broker(tmp_path: Path, port: int | None = None) -> Iterator[tuple[subprocess.Popen, int]]:
     """``edgeloop broker`` in its own process group (as a terminal runs it); killed if a test
     leaves it running."""
     from edgeloop.ports import free_port
 
-    port = free_port()
+    port = port or free_port()
     process = subprocess.Popen(
         [sys.executable, "-m", "edgeloop", "broker", "--port", str(port),
          "--data", str(tmp_path / "d")],
@@ -282,6 +283,28 @@ def test_cli_broker_runs_in_foreground_until_interrupted(tmp_path: Path, mqtt_pr
     assert process.returncode == 0, err.decode()
     assert b"running" in out
     assert (tmp_path / "d" / "mosquitto.db").is_file()
+
+
+def test_kill_9_of_the_cli_broker_takes_mosquitto_along(tmp_path: Path) -> None:
+    """No orphan keeps the port: the next ``edgeloop broker`` on it starts."""
+    with cli_broker(tmp_path / "first") as (process, port):
+        _wait_for_port(port, process)
+        (mosquitto_pid,) = map(int, Path(f"/proc/{process.pid}/task/{process.pid}/children")
+                               .read_text().split())
+        gone = os.pidfd_open(mosquitto_pid)
+        try:
+            os.kill(process.pid, signal.SIGKILL)  # the parent only, as `kill -9 PID` does
+            process.wait()
+            readable, _, _ = select.select([gone], [], [], 20)
+            assert readable, f"mosquitto (pid {mosquitto_pid}) outlived its parent"
+        finally:
+            os.close(gone)
+    with cli_broker(tmp_path / "second", port) as (process, _):
+        _wait_for_port(port, process)
+        os.killpg(process.pid, signal.SIGINT)
+        _, err = process.communicate(timeout=20)
+    assert process.returncode == 0, err.decode()
+    assert b"Address already in use" not in err
 
 
 def test_cli_production_without_creds_is_a_clear_error(tmp_path: Path) -> None:

@@ -238,3 +238,11 @@ async def test_restarted_manager_resumes_and_nothing_runs_twice(broker, tmp_path
     assert len(started) == len(set(started))
     trains = {(t.task_id, t.attempt) for t in node.tasks if t.role == "train"}
     assert len(trains) == 1  # the resync re-sent the same task key; no second attempt
+
+
+async def test_a_deeply_nested_manifest_is_a_400_naming_the_nesting(broker, tmp_path):
+    deep = "{a: " * 5000 + "}" * 5000
+    async with cloud(broker.url, tmp_path / "state"):
+        response = await api(broker.url, "apply", body=deep)
+    assert response.code == 400, response
+    assert any("nested more than 64 levels deep" in e for e in response.errors), response

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from agent_cloud import agent_config
+from image_files import image_bytes
 from running_cloud import cloud
 from test_cloud_cli import edgeloop
 from test_cloud_daemon import JOB, NODE, NS, setup_job, wait_for
@@ -31,8 +32,9 @@ pytestmark = [pytest.mark.broker, pytest.mark.timeout(120)]
 JOB_REF = f"{NS}/{JOB}"
 
 
-def example(i: int, node: str = "edge-1", job: str = "default/helmet") -> HardExample:
-    image = f"not really a jpeg {i}".encode()
+def example(i: int, node: str = "edge-1", job: str = "default/helmet",
+            image: bytes | None = None) -> HardExample:
+    image = image or f"not really a jpeg {i}".encode()
     return HardExample(node=node, job=job, sha256=hashlib.sha256(image).hexdigest(), image=image,
                        sidecar=HardExampleSidecar(boxes=[[1, 2, 3, 4]], scores=[0.4], classes=[3],
                                                   frame_index=i, mining="IBT"))
@@ -50,19 +52,21 @@ def test_store_is_idempotent_and_keeps_the_sidecar(tmp_path):
 
 
 async def test_reliable_upload_is_stored_once_and_acknowledged(broker, tmp_path):
+    images = [image_bytes(i, ".jpg") for i in range(60)]
     async with cloud(broker.url, tmp_path / "state") as daemon:
-        settings = MqttSettings(url=broker.url, client_id="edge-1", backoff_max=0.5)
+        await setup_job(broker.url, tmp_path)  # examples are kept for a job, from its deploy node
+        settings = MqttSettings(url=broker.url, client_id=NODE, backoff_max=0.5)
         async with MqttClient(settings) as client:
-            sender = ReliableSender(client, topics.ack("edge-1"), resend_after=1.0)
+            sender = ReliableSender(client, topics.ack(NODE), resend_after=1.0)
             async with sender:
                 await client.wait_connected(10)
                 for i in range(60):
-                    await sender.send(topics.hardex("edge-1"), example(i))
+                    await sender.send(topics.hardex(NODE), example(i, NODE, JOB_REF, images[i]))
                 for i in range(10):  # the same frames again
-                    await sender.send(topics.hardex("edge-1"), example(i))
+                    await sender.send(topics.hardex(NODE), example(i, NODE, JOB_REF, images[i]))
                 await sender.wait_drained(30)
         inbox = daemon.manager.inbox
-        assert inbox is not None and inbox.count("default/helmet") == 60
+        assert inbox is not None and inbox.count(JOB_REF) == 60
 
 
 # --- edgeloop hardex list / export, from an inbox filled by a real agent ---------------------

@@ -37,6 +37,24 @@ def test_import_verifies_size_and_hash_and_chunks_reassemble(tmp_path):
     assert unknown.error and "not in the cloud's model registry" in unknown.error
 
 
+def test_import_syncs_the_folder_once_the_file_is_in_place(tmp_path, monkeypatch):
+    """The store marks a version collected right after the import: the rename that put the
+    file there (and the new folder) must be durable by then, not only the bytes."""
+    import cloud_manager.registry as registry_module
+
+    data = b"model bytes"
+    sha = hashlib.sha256(data).hexdigest()
+    source = tmp_path / "m.tflite"
+    source.write_bytes(data)
+    registry = ModelRegistry(tmp_path / "models")
+    synced: list[tuple[str, bool]] = []
+    monkeypatch.setattr(registry_module, "fsync_dir",
+                        lambda folder: synced.append((str(folder), registry.has(sha))))
+    registry.import_file(source, sha, len(data))
+    assert synced == [(str(tmp_path / "models"), False),
+                      (str(registry.path(sha).parent), True)]
+
+
 @pytest.mark.broker
 @pytest.mark.parametrize("remote", [False, True], ids=["same-host", "pulled-from-node"])
 async def test_deployed_version_is_downloadable_by_the_deploy_node(broker, tmp_path, remote):

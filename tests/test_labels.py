@@ -192,3 +192,20 @@ async def test_exported_hard_examples_come_back_labelled(broker, tmp_path):
     # the labelled images are the exported frames, found by the same sha256
     names = sorted(p.stem for p in (data.parent / LABELLED_FOLDER).iterdir())
     assert names == sorted(ids)
+
+
+def test_the_same_image_sent_as_png_and_as_jpg_is_one_line_saved_as_what_it_is(tmp_path):
+    index = tmp_path / "data" / "data.txt"
+    index.parent.mkdir()
+    index.write_text("")
+    node = intake(index)
+    png = tmp_path / "in" / "a.png"
+    png.parent.mkdir()
+    cv2.imwrite(str(png), np.random.default_rng(5).integers(0, 255, (48, 64, 3), dtype=np.uint8))
+    as_png = sample(png, [[1, 2, 30, 40, 2]]).model_copy(update={"image_format": "png"})
+    as_jpg = as_png.model_copy(update={"image_format": "jpg"})
+    assert as_png.key == as_jpg.key
+    assert node.add(as_jpg).status == "added"  # PNG bytes that claim to be a JPEG
+    assert node.add(as_png).status == "present"
+    assert index.read_text().splitlines() == [f"{LABELLED_FOLDER}/{as_png.sha256}.png 1,2,30,40,2"]
+    assert [p.name for p in (index.parent / LABELLED_FOLDER).iterdir()] == [f"{as_png.sha256}.png"]

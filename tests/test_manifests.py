@@ -13,10 +13,12 @@ from typer.testing import CliRunner
 
 from edgeloop.cli import app
 from protocol.manifest_yaml import (
+    MAX_NESTING,
     ManifestLoader,
     load_documents,
     load_files,
     parse_manifest,
+    read_documents,
     read_files,
 )
 from protocol.manifests import (
@@ -691,3 +693,26 @@ def test_any_replaced_field_gives_manifest_error_never_a_crash(replacement):
             parse_manifest(data)
         except ManifestError as exc:
             assert exc.errors and all(isinstance(line, str) and line for line in exc.errors)
+
+
+# --- nesting -------------------------------------------------------------------------------------
+
+DEEP_BLOCK = "".join("  " * i + "a:\n" for i in range(5000))
+DEEP_MAPS = "{a: " * 5000 + "}" * 5000
+DEEP_FLOW = "[" * 5000 + "]" * 5000
+
+
+@pytest.mark.parametrize("text", [DEEP_BLOCK, DEEP_FLOW, DEEP_MAPS], ids=["block", "flow", "maps"])
+def test_deep_nesting_is_an_error_not_a_recursion_error(text):
+    (document,) = read_documents(text)
+    assert document.manifest is None
+    assert len(document.errors) == 1 and f"nested more than {MAX_NESTING} levels deep" in document.errors[0]
+
+
+def test_apply_of_a_deeply_nested_file_prints_the_error_without_a_traceback(tmp_path):
+    deep = tmp_path / "deep.yaml"
+    deep.write_text(DEEP_BLOCK)
+    result = CliRunner().invoke(app, ["apply", "--dry-run", "-f", str(deep)])
+    assert result.exit_code == 1
+    assert f"nested more than {MAX_NESTING} levels deep" in result.output
+    assert "Traceback" not in result.output and "RecursionError" not in result.output
