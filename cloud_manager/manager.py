@@ -315,10 +315,11 @@ class Manager:
         result = StatusIngest()
         with self.store.transaction():
             settled: list[Settled] = []
-            for node, group in by_node(statuses).items():
-                row = self.store.node(node)
-                known = Known(row.boot_id, row.status.seq, row.state) if row else None
-                outcome = settle(known, group)
+            groups = by_node(statuses)
+            positions = self.store.node_positions(groups)
+            for node, group in groups.items():
+                position = positions.get(node)
+                outcome = settle(Known(*position) if position else None, group)
                 if outcome is None:
                     result.superseded += len(group)
                     continue

@@ -4,6 +4,7 @@ commit is sent again by the broker."""
 
 from __future__ import annotations
 
+import json
 import sqlite3
 
 import pytest
@@ -13,6 +14,7 @@ from test_cloud_ingest import manager, report, train_tasks  # noqa: F401  (fixtu
 
 from cloud_manager.manager import Manager, StatusIngest
 from cloud_manager.status_batch import Known, by_node, settle
+from cloud_manager.store import Store
 from edgeloop.mqtt import MqttClient, MqttSettings
 from protocol import topics
 from protocol.messages import NodeStatus
@@ -139,3 +141,17 @@ async def test_a_status_batch_the_store_cannot_commit_is_sent_again(broker, tmp_
         assert daemon.status_stats.deferred == calls[0] >= 1
         assert daemon.status_stats.statuses == sum(calls[1:]) >= len(sent)
         assert daemon.status_stats.failed == 0
+
+
+def test_node_positions_read_boot_seq_and_state_in_one_query(tmp_path):
+    store = Store(tmp_path / "state")
+    try:
+        with store.transaction():
+            store.put_node(status("n1", 7, "offline"), NOW)
+            # a row whose status has no seq (written before statuses carried one): seq 0
+            store.db.execute("INSERT INTO nodes VALUES (?, ?, ?, ?, ?)",
+                             ("n2", "online", "b9", json.dumps({"node": "n2"}), NOW))
+        assert store.node_positions(["n1", "n2", "unknown"]) == {
+            "n1": ("b1", 7, "offline"), "n2": ("b9", 0, "online")}
+    finally:
+        store.close()
