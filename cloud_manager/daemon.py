@@ -4,15 +4,17 @@ Subscriptions: the API (``api/+``), every node's status, sample reports, task pr
 hard examples (acknowledged to the node once durably in the inbox, or refused with the reason
 when :mod:`cloud_manager.hardex_admission` says no), model chunk requests
 (served from the registry) and pushed chunks of trained models it pulls into the registry.
-Each message is handled in one store transaction, except sample reports: those that arrived
-together (up to :data:`SAMPLE_BATCH`) share one transaction (group commit, see
-:meth:`Manager.on_sample_reports`). What a transaction produced is published after its commit;
-the broker's messages are acknowledged only after their handler ran, i.e. after the commit (see
-:mod:`edgeloop.mqtt`), so a crash mid-handler means the broker redelivers them and the store's
-processed keys stop them from counting twice. A batch of sample reports the store cannot commit
-is not acknowledged either: the client reconnects and the broker sends it again. A clock tick
-drives periodic trigger checks, task deadlines and retries. A :class:`RetainedSweeper` clears
-retained messages on topics the design does not retain.
+Each message is handled in one store transaction, except sample reports and node statuses: those
+that arrived together (up to :data:`SAMPLE_BATCH`, :data:`STATUS_BATCH`) share one transaction
+(group commit, see :meth:`Manager.on_sample_reports` and :meth:`Manager.on_statuses`), which is
+what lets a restarted manager work off a queued backlog at the broker's pace. What a transaction
+produced is published after its commit; the broker's messages are acknowledged only after their
+handler ran, i.e. after the commit (see :mod:`edgeloop.mqtt`), so a crash mid-handler means the
+broker redelivers them and the store's processed keys (statuses: their seq) stop them from
+counting twice. A batch the store cannot commit is not acknowledged either: the client
+reconnects and the broker sends it again. A clock tick drives periodic trigger checks, task
+deadlines and retries. A :class:`RetainedSweeper` clears retained messages on topics
+the design does not retain.
 
 Manifests published as plain text (``mosquitto_pub -t edgeloop/v1/api/apply -f job.yaml``) have
 no MQTT v5 response topic: their answer goes to ``edgeloop/v1/reply/mqtt-text``
@@ -57,6 +59,8 @@ TICK_SECONDS = 1.0
 #: Most sample reports committed in one transaction. A batch is what was already waiting, never
 #: a wait for more: a lone report is handled at once.
 SAMPLE_BATCH = 256
+#: Most node statuses committed in one transaction, on the same terms.
+STATUS_BATCH = 256
 
 
 @dataclass
@@ -72,6 +76,21 @@ class SampleStats:
     #: reports of batches the store could not commit: left unacknowledged for redelivery
     deferred: int = 0
     largest_batch: int = 0
+
+
+@dataclass
+class StatusStats:
+    """Node statuses handled since start."""
+
+    batches: int = 0
+    statuses: int = 0
+    #: statuses a newer one of the same node replaced within their batch, or older than the
+    #: stored one (a late redelivery)
+    superseded: int = 0
+    #: statuses of nodes whose update failed and was rolled back (logged, acknowledged)
+    failed: int = 0
+    #: statuses of batches the store could not commit: left unacknowledged for redelivery
+    deferred: int = 0
 
 
 class CloudDaemon:
@@ -94,7 +113,9 @@ class CloudDaemon:
         self.clock = clock
         self._lock = asyncio.Lock()  # one event at a time: the store has one writer
         self.client.subscribe(topics.api_request_filter(), self._on_api, control=True)
-        self.client.subscribe(topics.node_filter(topics.Kind.STATUS), self._on_status)
+        self.status_stats = StatusStats()
+        self.client.subscribe_batch(topics.node_filter(topics.Kind.STATUS), self._on_statuses,
+                                    max_batch=STATUS_BATCH)
         self.sample_stats = SampleStats()
         self.client.subscribe_batch(topics.node_filter(topics.Kind.SAMPLES), self._on_samples,
                                     max_batch=SAMPLE_BATCH)
@@ -204,11 +225,29 @@ class CloudDaemon:
         await self.publish(messages)
         self._start_pulls()
 
-    async def _on_status(self, delivery: Delivery) -> None:
-        if isinstance(delivery.message, NodeStatus):
-            status = delivery.message
-            await self._run(f"status of {status.node}",
-                            lambda: self.manager.on_status(status, self.clock()))
+    async def _on_statuses(self, deliveries: list[Delivery]) -> None:
+        statuses = [d.message for d in deliveries if isinstance(d.message, NodeStatus)]
+        if not statuses:
+            return
+        stats = self.status_stats
+        stats.batches += 1
+        async with self._lock:
+            try:
+                ingest = self.manager.on_statuses(statuses, self.clock())
+            except (sqlite3.Error, OSError) as exc:
+                # Nothing committed, so nothing is acknowledged: the broker sends them again.
+                stats.deferred += len(statuses)
+                raise Redeliver(f"a batch of {len(statuses)} node statuses was not committed "
+                                f"({type(exc).__name__}: {exc})") from exc
+            except Exception:
+                stats.failed += len(statuses)
+                log.exception("a batch of %d node statuses failed; state unchanged", len(statuses))
+                return
+        stats.statuses += len(statuses)
+        stats.superseded += ingest.superseded
+        stats.failed += ingest.failed
+        await self.publish(ingest.messages)
+        self._start_pulls()
 
     async def _on_samples(self, deliveries: list[Delivery]) -> None:
         reports = [d.message for d in deliveries if isinstance(d.message, SampleReport)]

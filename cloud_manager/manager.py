@@ -2,7 +2,8 @@
 
 It knows nothing of MQTT connections (``daemon.py`` wires it to the broker) and reads no clock
 of its own (every entry point takes ``now``): each method runs one event, or one batch of sample
-reports (:meth:`Manager.on_sample_reports`), inside one store transaction and returns the
+reports (:meth:`Manager.on_sample_reports`) or node statuses (:meth:`Manager.on_statuses`),
+inside one store transaction and returns the
 messages to publish once that transaction has committed. A crash between the commit and the
 publish is repaired by :meth:`Manager.resync`, which the daemon runs on every (re)connection: it
 re-sends every active task (receivers dedupe by task id + attempt), every node's desired state
@@ -14,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from datetime import timezone, tzinfo
@@ -25,6 +26,7 @@ from cloud_manager.api import ApiHandler
 from cloud_manager.hardex_inbox import HardExampleInbox
 from cloud_manager.registry import ModelRegistry, RegistryError
 from cloud_manager.sample_batch import DatasetUpdate, coalesce
+from cloud_manager.status_batch import Known, Settled, by_node, settle
 from cloud_manager.outgoing import Outgoing
 from cloud_manager.store import ResourceRow, Store
 from cloud_manager.task_builder import JobInputs, build_inference_task, task_id
@@ -50,6 +52,7 @@ PROCESSED_KEYS_KEPT_S = 86400.0
 CLEANUP_EVERY_S = 3600.0
 
 M = TypeVar("M", Dataset, Model, IncrementalLearningJob)
+P = TypeVar("P")
 
 
 @dataclass
@@ -63,6 +66,21 @@ class SampleIngest:
     #: reports handled before (a redelivery) or twice in the batch: skipped
     duplicates: int = 0
     #: reports of which some dataset update failed and was rolled back (logged)
+    failed: int = 0
+
+
+@dataclass
+class StatusIngest:
+    """What one batch of node statuses did."""
+
+    #: to publish once the batch has committed
+    messages: list[Outgoing] = field(default_factory=list)
+    #: nodes whose newest status was stored
+    nodes: int = 0
+    #: statuses that said nothing new: a newer one of the same node followed in the batch, or
+    #: the stored one is newer (a late redelivery)
+    superseded: int = 0
+    #: statuses of nodes whose update failed and was rolled back (logged)
     failed: int = 0
 
 
@@ -289,24 +307,52 @@ class Manager:
             return self.api.handle(request, now)
 
     def on_status(self, status: NodeStatus, now: float) -> list[Outgoing]:
+        return self.on_statuses([status], now).messages
+
+    def on_statuses(self, statuses: Sequence[NodeStatus], now: float) -> StatusIngest:
+        """Node statuses that arrived together, in arrival order, in one transaction.
+
+        Each node's newest status is stored once, and its jobs hear of every change of state the
+        statuses went through (see :mod:`cloud_manager.status_batch`). A status older than the
+        stored one of the same boot (redelivered late) changes nothing, so a redelivered batch
+        needs no keys. A node whose update fails is logged, counted and rolled back alone while
+        the rest commits; a failure of the store itself rolls the whole batch back and is raised.
+        """
+        result = StatusIngest()
         with self.store.transaction():
-            known = self.store.node(status.node)
-            if known and known.boot_id == status.boot_id and known.status.seq > status.seq:
-                return []  # an older status of the same boot, redelivered late
-            changed = known is None or known.state != status.state
-            self.store.put_node(status, now)
-            out: list[Outgoing] = []
-            for state in self.store.jobs():
-                if changed:
-                    out += self.job_event(state.namespace, state.name,
-                                          sm.NodeChanged(status.node, status.state), now)
-                inputs = self.inputs(state.namespace, state.name)
-                if inputs is not None and inputs.deploy_node == status.node and status.state == "online":
-                    serving = status.serving.get(
-                        task_id(state.namespace, state.name, 0, "inference"))
-                    out += self.job_event(state.namespace, state.name,
-                                          sm.ServingReported(serving), now)
-            return out
+            settled: list[Settled] = []
+            groups = by_node(statuses)
+            positions = self.store.node_positions(groups)
+            for node, group in groups.items():
+                position = positions.get(node)
+                outcome = settle(Known(*position) if position else None, group)
+                if outcome is None:
+                    result.superseded += len(group)
+                    continue
+                result.superseded += outcome.superseded
+                settled.append(outcome)
+            jobs = [(state.namespace, state.name, self.inputs(state.namespace, state.name))
+                    for state in self.store.jobs()]
+            result.messages, failed = self._apply_each(
+                settled, lambda one: self._apply_status(one, jobs, now),
+                lambda one: f"status of node {one.latest.node} (seq {one.latest.seq})")
+            result.nodes = len(settled) - len(failed)
+            result.failed = sum(1 + one.superseded for one in failed)
+        return result
+
+    def _apply_status(self, settled: Settled, jobs: list[tuple[str, str, JobInputs | None]],
+                      now: float) -> list[Outgoing]:
+        """One node's newest status: stored, its changes and what it serves fed to the jobs."""
+        status = settled.latest
+        self.store.put_node(status, now)
+        out: list[Outgoing] = []
+        for namespace, name, inputs in jobs:
+            for state in settled.changes:
+                out += self.job_event(namespace, name, sm.NodeChanged(status.node, state), now)
+            if inputs is not None and inputs.deploy_node == status.node and status.state == "online":
+                serving = status.serving.get(task_id(namespace, name, 0, "inference"))
+                out += self.job_event(namespace, name, sm.ServingReported(serving), now)
+        return out
 
     def on_sample_reports(self, reports: Sequence[SampleReport], now: float) -> SampleIngest:
         """Sample reports that arrived together, in arrival order, in one transaction.
@@ -336,37 +382,43 @@ class Manager:
 
     def _apply_updates(self, updates: list[DatasetUpdate],
                        now: float) -> tuple[list[Outgoing], set[str]]:
-        """Apply a batch's dataset updates (inside its transaction): all at once, and only when
-        one of them fails, again one by one, each in its own savepoint, so that the failing one
-        is rolled back alone. Returns the messages and the keys of the reports that failed."""
+        """Apply a batch's dataset updates (inside its transaction). Returns the messages and
+        the keys of the reports that failed."""
         ctx = self.context(now)
         jobs = self._jobs_by_dataset()
+        messages, failed = self._apply_each(
+            updates, lambda update: self._apply_samples(update, jobs, now, ctx),
+            lambda update: f"samples of dataset {update.dataset} from {update.node} "
+                           f"(reports {', '.join(update.reports)})")
+        return messages, {key for update in failed for key in update.reports}
+
+    def _apply_each(self, parts: Sequence[P], apply: Callable[[P], list[Outgoing]],
+                    describe: Callable[[P], str]) -> tuple[list[Outgoing], list[P]]:
+        """Apply the parts of a batch (inside its transaction): all at once, and only when one
+        of them fails, again one by one, each in its own savepoint, so that the failing one is
+        rolled back alone. Returns the messages and the parts that failed."""
         pulls = len(self._pulls)
         try:
             with self.store.savepoint():
-                return [out for update in updates
-                        for out in self._apply_samples(update, jobs, now, ctx)], set()
+                return [out for part in parts for out in apply(part)], []
         except sqlite3.OperationalError:
-            raise  # the store itself (disk, lock), not one report: the whole batch waits
+            raise  # the store itself (disk, lock), not one part: the whole batch waits
         except Exception:
             del self._pulls[pulls:]
-            log.debug("a dataset update failed; applying the batch one dataset at a time",
-                      exc_info=True)
+            log.debug("a part of a batch failed; applying it one part at a time", exc_info=True)
         messages: list[Outgoing] = []
-        failed: set[str] = set()
-        for update in updates:
+        failed: list[P] = []
+        for part in parts:
             pulls = len(self._pulls)
             try:
                 with self.store.savepoint():
-                    messages += self._apply_samples(update, jobs, now, ctx)
+                    messages += apply(part)
             except sqlite3.OperationalError:
                 raise
             except Exception:
                 del self._pulls[pulls:]
-                failed.update(update.reports)
-                log.exception("samples of dataset %s from %s not applied (reports %s); the rest "
-                              "of the batch goes on", update.dataset, update.node,
-                              ", ".join(update.reports))
+                failed.append(part)
+                log.exception("%s not applied; the rest of the batch goes on", describe(part))
         return messages, failed
 
     def _jobs_by_dataset(self) -> dict[tuple[str, str], list[str]]:
