@@ -332,7 +332,7 @@ async def test_a_person_corrects_three_examples_in_the_browser(broker, tmp_path)
                 assert boxes[0] == [2, 4, 20, 30, 2], boxes
                 assert len(boxes) == 2 and boxes[1][:2] == [10, 10] and boxes[1][4] == 3
                 width, height = boxes[1][2], boxes[1][3]
-                if n == 2 and SCREENSHOTS:
+                if n == 0 and SCREENSHOTS:
                     await page.screenshot(path=str(DOCS / "queue.png"))
                 await drag(page, scale, (20, 30), (30, 39))  # the bottom-right corner
                 await page.keyboard.press("2")  # the selected box becomes class 1 (helmet)

@@ -58,8 +58,8 @@ async function renderDetail() {
       ["Deployed version", status.deployed_version || "-"],
     ]),
     text("h4", "Versions"),
-    table(["Version", "Round", "Metrics", "Deployed"], (data.versions || []).map(
-      (v) => [v.version, v.round, v.metrics, v.deployed])),
+    table(["Version", "Round", "Metrics", "Deploy decision"], (data.versions || []).map(
+      (v) => [v.version, v.round, v.metrics, v.decision])),
     text("h4", "Conditions"),
     table(["Time (UTC)", "Round", "Stage", "State", "Reason"], (status.conditions || []).slice().reverse().map(
       (c) => [when(c.time), c.round, c.stage, c.state, c.reason])),
