@@ -368,7 +368,9 @@ def _register_labelling(hardex: typer.Typer, label: typer.Typer) -> None:
         out: Path = typer.Option(..., "--out", help="Folder to write images/ and the "
                                                     "pre-annotations into."),
         namespace: str = Namespace,
-        fmt: str = typer.Option("index", "--format", help="index (the seed's data.txt) or coco."),
+        fmt: str = typer.Option("index", "--format",
+                               help="index (the seed's data.txt), coco, or label-studio (tasks "
+                                    "with the model's boxes as predictions)."),
         include_all: bool = typer.Option(False, "--all/--unlabelled",
                                          help="Every hard example, or only those not labelled "
                                               "yet (the default)."),
@@ -418,9 +420,10 @@ def _register_labelling(hardex: typer.Typer, label: typer.Typer) -> None:
     @with_connection
     def label_import(
         job: str = typer.Argument(..., help="Job name: its Dataset receives the samples."),
-        file: Path = typer.Argument(..., help="data.txt (index), a YOLO folder or a COCO JSON."),
+        file: Path = typer.Argument(..., help="data.txt (index), a YOLO folder, a COCO JSON or a "
+                                              "Label Studio JSON export."),
         namespace: str = Namespace,
-        fmt: str = typer.Option("index", "--format", help="index, yolo or coco."),
+        fmt: str = typer.Option("index", "--format", help="index, yolo, coco or label-studio."),
         timeout: float = typer.Option(60.0, "--timeout",
                                       help="Seconds to wait for the dataset's node to confirm "
                                            "each batch."),

@@ -3,9 +3,11 @@
 ``OUT/images/<sha256>.<jpg|png>`` holds the frames (exactly the bytes the node sent, so a label
 imported back for that file finds its hard example by sha256), and beside them the model's boxes
 as proposals to correct: ``OUT/data.txt`` in the seed's index format (``index``), or
-``OUT/annotations.json`` in COCO (``coco``, with each box's score). Both are written by the one
-writer of each format (``protocol.dataset_index.append_samples``, ``protocol.label_formats.write_coco``) and
-are what ``edgeloop label import`` reads back.
+``OUT/annotations.json`` in COCO (``coco``, with each box's score), or ``OUT/tasks.json`` as
+Label Studio tasks with the boxes as predictions (``label-studio``). Each is written by the one
+writer of its format (``protocol.dataset_index.append_samples``,
+``protocol.label_formats.write_coco``, ``write_label_studio``) and ``edgeloop label import``
+reads it back (for Label Studio: the JSON export of the corrected tasks).
 """
 
 from __future__ import annotations
@@ -19,17 +21,19 @@ from typing import Any
 import numpy as np
 
 from protocol.dataset_index import Sample, append_samples, image_size
-from protocol.label_formats import corners_in_image, write_coco
+from protocol.label_formats import corners_in_image, write_coco, write_label_studio
 
-EXPORT_FORMATS = ("index", "coco")
+EXPORT_FORMATS = ("index", "coco", "label-studio")
 INDEX_NAME = "data.txt"
 COCO_NAME = "annotations.json"
+LABEL_STUDIO_NAME = "tasks.json"
+_FILE_NAMES = {"index": INDEX_NAME, "coco": COCO_NAME, "label-studio": LABEL_STUDIO_NAME}
 IMAGES_DIR = "images"
 
 
 @dataclass
 class ExportResult:
-    path: Path  # data.txt or annotations.json
+    path: Path  # data.txt, annotations.json or tasks.json
     images: int = 0
     boxes: int = 0
     #: boxes left out, and why (a class the job does not know, no area inside the frame)
@@ -69,7 +73,7 @@ def write_export(out: Path, items: Sequence[dict[str, Any]], fmt: str,
     if fmt not in EXPORT_FORMATS:
         raise ValueError(f"format {fmt!r}: use one of {', '.join(EXPORT_FORMATS)}")
     out = Path(out).absolute()
-    result = ExportResult(path=out / (INDEX_NAME if fmt == "index" else COCO_NAME))
+    result = ExportResult(path=out / _FILE_NAMES[fmt])
     samples, all_scores = [], []
     for item in items:
         image = image_path(out, item)
@@ -84,6 +88,8 @@ def write_export(out: Path, items: Sequence[dict[str, Any]], fmt: str,
     result.images = len(samples)
     if fmt == "coco":
         write_coco(result.path, samples, class_names, all_scores)
+    elif fmt == "label-studio":
+        write_label_studio(result.path, samples, class_names, all_scores)
     else:
         # A fresh index every export: written aside, then renamed over the old one.
         tmp = result.path.with_name(f".{INDEX_NAME}.tmp")

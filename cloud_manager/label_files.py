@@ -1,7 +1,8 @@
 """``edgeloop label import``: reading labelled samples from what an annotation tool returns.
 
-Three layouts, each read by the project's one reader of it: the seed's index (``data.txt``,
-``protocol.dataset_index.read_index``), a YOLO folder and a COCO JSON (``protocol.label_formats``, converted
+Four layouts, each read by the project's one reader of it: the seed's index (``data.txt``,
+``protocol.dataset_index.read_index``), a YOLO folder, a COCO JSON and a Label Studio JSON export
+(``protocol.label_formats``, converted
 into a scratch index with the images left in place). A bad line or image is skipped and reported
 (``data.txt:7: box 1: class 9 is out of range 0..3``), never fatal for the rest.
 
@@ -19,9 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from protocol.dataset_index import read_index
-from protocol.label_formats import import_coco, import_yolo
+from protocol.label_formats import import_coco, import_label_studio, import_yolo
 
-LABEL_FORMATS = ("index", "yolo", "coco")
+LABEL_FORMATS = ("index", "yolo", "coco", "label-studio")
 #: Image bytes per ``label_import`` request, under the 4 MiB message limit with room to spare.
 BATCH_BYTES = 3 * 1024 * 1024
 #: The largest image one labelled-sample message can carry to a node.
@@ -44,7 +45,8 @@ class LabelFileRead:
 
 
 def read_labels(path: Path, fmt: str, class_names: Sequence[str]) -> LabelFileRead:
-    """The labelled samples of ``path`` (an index file, a YOLO folder or a COCO JSON).
+    """The labelled samples of ``path`` (an index file, a YOLO folder, a COCO JSON or a Label
+    Studio JSON export).
 
     Raises ``ValueError``/``FileNotFoundError`` only when nothing at all can be read."""
     path = Path(path)
@@ -59,6 +61,9 @@ def read_labels(path: Path, fmt: str, class_names: Sequence[str]) -> LabelFileRe
                 if path.is_file():  # data.yaml or classes.txt: the folder is what is meant
                     path = path.parent
                 report = import_yolo(path, index, class_names, copy_images=False)
+            elif fmt == "label-studio":
+                report = import_label_studio(path, index, class_names=class_names,
+                                             copy_images=False)
             else:
                 report = import_coco(path, index, class_names=class_names, copy_images=False)
         except ValueError as exc:  # e.g. a path with whitespace the index cannot hold

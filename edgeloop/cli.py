@@ -21,8 +21,8 @@ import typer
 from edgeloop import __version__
 
 COMMAND_GROUP = "edgeloop.commands"
-#: The order of ``edgeloop --help``: manifests, broker, cloud, agent, demo; others after these.
-HELP_ORDER = ("protocol", "mosquitto", "cloud_manager", "edge_agent", "demo")
+#: The order of ``edgeloop --help``: manifests, broker, cloud, agent, console, demo; others after.
+HELP_ORDER = ("protocol", "mosquitto", "cloud_manager", "edge_agent", "console", "demo")
 #: Third-party modules that come with an extra, not with ``pip install edgeloop``.
 EXTRA_OF_MODULE = {
     "tensorflow": "train",
@@ -31,6 +31,9 @@ EXTRA_OF_MODULE = {
     "matplotlib": "demo",
     "cv2": "edge",
     "ai_edge_litert": "edge",
+    "starlette": "console",
+    "uvicorn": "console",
+    "itsdangerous": "console",
 }
 
 app = typer.Typer(

@@ -1,4 +1,4 @@
-"""Importing labelled data from YOLO and COCO layouts into the seed's index format.
+"""Importing labelled data from YOLO, COCO and Label Studio layouts into the seed's index format.
 
 Teams rarely start from nothing: they have a YOLO export from a labelling tool or a COCO JSON.
 Both are converted into a ``data.txt`` plus images beside it. Source classes are matched to
@@ -19,6 +19,7 @@ from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import parse_qs, urlsplit
 
 import numpy as np
 import yaml
@@ -462,3 +463,176 @@ def write_coco(
     tmp.write_text(json.dumps(document, indent=1), encoding="utf-8")
     os.replace(tmp, path)
     return len(annotations)
+
+
+# ---------------------------------------------------------------------------------------------
+# Label Studio
+#
+# Tasks are ``{"data": {"image": ...}, "predictions": [...], "annotations": [...]}``; a box is a
+# ``rectanglelabels`` result whose ``value`` holds ``x``, ``y``, ``width``, ``height`` in percent
+# of the image and the class name in ``rectanglelabels``. Export writes the model's boxes as
+# ``predictions`` (pre-annotations a person corrects); import reads the newest ``annotations``
+# entry that was not cancelled.
+
+LABEL_STUDIO_FROM, LABEL_STUDIO_TO = "label", "image"
+#: Label Studio prefixes uploaded files with 8 hex digits and a dash.
+_UPLOAD_PREFIX_LEN = 9
+
+
+def write_label_studio(
+    path: Path,
+    samples: Sequence[Sample],
+    class_names: Sequence[str],
+    scores: Sequence[Sequence[float]] | None = None,
+) -> int:
+    """Write samples as Label Studio tasks with their boxes as predictions; return the number of
+    boxes. ``data.image`` is the image's path relative to the JSON's folder (as Label Studio's
+    local-files storage serves it when pointed at that folder)."""
+    path = Path(path).absolute()
+    base = path.parent
+    tasks: list[dict[str, object]] = []
+    count = 0
+    for i, sample in enumerate(samples):
+        size = image_size(sample.image)
+        if size is None:
+            raise ValueError(f"{sample.image}: missing or unreadable image")
+        width, height = size
+        image = Path(os.path.abspath(sample.image))
+        name = image.relative_to(base).as_posix() if image.is_relative_to(base) else str(image)
+        box_scores = scores[i] if scores is not None else None
+        results = []
+        for j, (x1, y1, x2, y2, cls) in enumerate(sample.boxes.tolist()):
+            if not 0 <= cls < len(class_names):
+                raise ValueError(f"{sample.image}: box {j + 1}: class {cls} has no name")
+            result: dict[str, object] = {
+                "id": f"p{i + 1}-{j + 1}", "type": "rectanglelabels",
+                "from_name": LABEL_STUDIO_FROM, "to_name": LABEL_STUDIO_TO,
+                "original_width": width, "original_height": height, "image_rotation": 0,
+                "value": {"x": 100 * x1 / width, "y": 100 * y1 / height,
+                          "width": 100 * (x2 - x1) / width, "height": 100 * (y2 - y1) / height,
+                          "rotation": 0, "rectanglelabels": [class_names[cls]]},
+            }
+            if box_scores is not None:
+                result["score"] = float(box_scores[j])
+            results.append(result)
+        count += len(results)
+        prediction: dict[str, object] = {"model_version": "edgeloop", "result": results}
+        if box_scores:
+            prediction["score"] = float(min(box_scores))
+        tasks.append({"data": {"image": name}, "predictions": [prediction]})
+    base.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(tasks, indent=1), encoding="utf-8")
+    os.replace(tmp, path)
+    return count
+
+
+def _label_studio_image(reference: str, root: Path) -> Path | None:
+    """The file a task's ``data.image`` names: a path relative to the JSON's folder, a
+    local-files URL (``/data/local-files/?d=...``) or an upload (``/data/upload/1/ab12cd34-x.jpg``),
+    looked for beside the JSON and in its ``images/`` folder."""
+    parts = urlsplit(reference)
+    local = parse_qs(parts.query).get("d")
+    written = Path(local[0] if local else parts.path)
+    name = written.name
+    candidates = [root / written] if not written.is_absolute() else [written]
+    for folder in (root / "images", root):
+        candidates.append(folder / name)
+        if len(name) > _UPLOAD_PREFIX_LEN and name[_UPLOAD_PREFIX_LEN - 1] == "-":
+            candidates.append(folder / name[_UPLOAD_PREFIX_LEN:])
+    return next((c for c in candidates if c.is_file()), None)
+
+
+def import_label_studio(
+    path: Path,
+    out_index: Path,
+    class_names: Sequence[str] = CLASS_NAMES,
+    name_map: Mapping[str, str] | None = None,
+    copy_images: bool = True,
+    append: bool = False,
+    overwrite: bool = False,
+) -> ImportReport:
+    """Convert a Label Studio JSON export (a list of tasks) of ``rectanglelabels`` boxes.
+
+    A task without a (not cancelled) annotation is not labelled yet: it is left out and
+    reported, never read as an image without objects. An annotation with no boxes is one."""
+    try:
+        tasks = json.loads(Path(path).read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise FileNotFoundError(f"Label Studio export not found: {path}") from None
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: not valid JSON: {exc}") from None
+    if not isinstance(tasks, list):
+        raise ValueError(f"{path}: not a Label Studio JSON export (expected a list of tasks)")
+    root = Path(path).parent
+    writer = _Writer(out_index, copy_images, append, overwrite)
+    report = ImportReport(index=writer.index)
+    for i, task in enumerate(tasks, start=1):
+        read = _label_studio_task(task, i, root, class_names, name_map, report)
+        if read is not None:
+            image, boxes, relative = read
+            writer.samples.append(_sample(writer.place(image, relative), boxes))
+    return writer.finish(report)
+
+
+def _label_studio_task(
+    task: object, number: int, root: Path, class_names: Sequence[str],
+    name_map: Mapping[str, str] | None, report: ImportReport,
+) -> tuple[Path, list[list[int]], Path] | None:
+    where = f"task {number}"
+    data = task.get("data") if isinstance(task, dict) else None
+    reference = data.get("image") if isinstance(data, dict) else None
+    if not isinstance(task, dict) or not isinstance(reference, str):
+        report.problems.append(f"{where}: no data.image; skipped")
+        return None
+    where = f"task {task.get('id', number)} ({Path(urlsplit(reference).path).name or reference})"
+    done = [a for a in task.get("annotations") or []
+            if isinstance(a, dict) and not a.get("was_cancelled")]
+    if not done:
+        report.problems.append(f"{where}: not annotated yet; skipped")
+        return None
+    image = _label_studio_image(reference, root)
+    size = image_size(image) if image is not None else None
+    if image is None or size is None:
+        report.problems.append(f"{where}: image {reference} not found beside the export; skipped")
+        return None
+    width, height = size
+    boxes: list[list[int]] = []
+    for j, result in enumerate(done[-1].get("result") or [], start=1):
+        value = result.get("value") if isinstance(result, dict) else None
+        if not isinstance(result, dict) or result.get("type") != "rectanglelabels" \
+                or not isinstance(value, dict):
+            continue  # other controls (choices, text) say nothing about boxes
+        box = _label_studio_box(value, width, height, class_names, name_map, report)
+        if isinstance(box, str):
+            report.problems.append(f"{where}: box {j}: {box}")
+        elif box is not None:
+            boxes.append(box)
+    return image, boxes, Path(image.name)
+
+
+def _label_studio_box(
+    value: dict[str, object], width: int, height: int, class_names: Sequence[str],
+    name_map: Mapping[str, str] | None, report: ImportReport,
+) -> list[int] | str | None:
+    """The box as ``x1,y1,x2,y2,cls``; a reason when it cannot be one; None for a class the job
+    does not have (counted by name)."""
+    labels = value.get("rectanglelabels")
+    if not isinstance(labels, list) or len(labels) != 1:
+        return f"expected one label, got {labels!r}"
+    try:
+        x, y, w, h = (float(value[k]) for k in ("x", "y", "width", "height"))  # type: ignore[arg-type]
+        rotation = float(value.get("rotation") or 0)  # type: ignore[arg-type]
+    except (KeyError, TypeError, ValueError):
+        return "x, y, width and height must be numbers"
+    if rotation % 360:
+        return f"rotated by {rotation:g} degrees; the index holds upright boxes only"
+    mapping, unmatched = build_class_mapping({0: str(labels[0])}, class_names, name_map)
+    if unmatched:
+        report.unknown_classes[str(labels[0])] += 1
+        return None
+    corners = corners_in_image(x * width / 100, y * height / 100, (x + w) * width / 100,
+                               (y + h) * height / 100, width, height) if w > 0 and h > 0 else None
+    if corners is None:
+        return f"no area inside the {width}x{height} image"
+    return [*corners, mapping[0]]

@@ -1,6 +1,8 @@
 """The layout keeps the architecture README.md draws: every import arrow points down.
 
-    demo, bench                        clients of the product, on top
+    bench                              measures everything below
+    demo                               the whole loop on one machine
+    console                            the labelling web console: a client of the cloud's API
     cloud_manager  edge_agent  mosquitto  workers    side by side, none imports another
     edgeloop                           runtime: MQTT layer, reliable send, durable writes, CLI shell
     protocol                           wire contract, manifests, data formats; no network, no I/O loop
@@ -26,15 +28,16 @@ LAYER = {
     "edge_agent": 2,
     "mosquitto": 2,
     "workers": 2,
-    "demo": 3,
-    "bench": 4,
+    "console": 3,
+    "demo": 4,
+    "bench": 5,
 }
 PRODUCT = ("protocol", "edgeloop", "cloud_manager", "edge_agent", "mosquitto", "workers")
 #: What a worker process must never load: it does not speak MQTT.
 MQTT_LIBRARIES = {"aiomqtt", "paho"}
 #: The ML stack comes with the ``edge`` / ``train`` / ``demo`` extras, never with the base install.
 ML_LIBRARIES = {"tensorflow", "keras", "cv2", "ai_edge_litert", "pycocotools", "matplotlib"}
-CONTROL_PLANE = ("protocol", "edgeloop", "cloud_manager", "edge_agent", "mosquitto")
+CONTROL_PLANE = ("protocol", "edgeloop", "cloud_manager", "edge_agent", "mosquitto", "console")
 #: protocol does no I/O beyond reading the files it parses.
 NO_IO_IN_PROTOCOL = {"socket", "asyncio", "sqlite3", "subprocess", "aiomqtt", "paho", "websockets"}
 

@@ -1,0 +1,366 @@
+"""The labelling console: its decisions (login, binding, box checks, who saves an example), its
+HTTP API's refusals, and a person correcting boxes in a real Chromium, with a real broker, cloud
+manager and dataset node beneath, so that what they accept lands in the Dataset's index."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import http.cookiejar
+import json
+import os
+import urllib.error
+import urllib.request
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from agent_cloud import agent_config
+from running_cloud import cloud
+from test_cloud_daemon import DATASET, JOB, NODE, NS, setup_job, wait_for
+from test_cloud_hardex import fill_inbox_through_an_agent
+from test_live_view import CHROMIUM, CHROMIUM_ARGS
+
+from console import review
+from console.app import ConsoleSettings
+from console.auth import (
+    PasswordFileError,
+    Users,
+    bind_problem,
+    hash_password,
+    read_password_file,
+    set_password,
+    verify_password,
+)
+from console.server import Listen, running
+from edge_agent.daemon import Agent
+from edge_agent.label_intake import LABELLED_FOLDER
+from edgeloop.connection import ConnectionOptions
+from edgeloop.ports import free_port
+from protocol.dataset_index import read_index
+
+DOCS = Path(__file__).resolve().parent.parent / "docs" / "console"
+#: Set to regenerate the screenshots in docs/console/ from the browser test.
+SCREENSHOTS = os.environ.get("EDGELOOP_CONSOLE_SCREENSHOTS") == "1"
+USER, PASSWORD = "ana", "correct horse battery"
+CLASSES = ["person", "helmet", "helmet-on", "helmet-off"]
+
+
+# --- decisions, without a server ---------------------------------------------------------------
+
+
+def test_passwords_are_stored_hashed_and_checked(tmp_path):
+    stored = hash_password("s3cret-enough")
+    assert "s3cret" not in stored and stored.startswith("scrypt$")
+    assert verify_password(stored, "s3cret-enough")
+    assert not verify_password(stored, "s3cret-enougH")
+    assert not verify_password("scrypt$garbage", "s3cret-enough")
+
+    path = tmp_path / "console.passwd"
+    assert set_password(path, USER, PASSWORD) is True
+    assert set_password(path, USER, PASSWORD + "!") is False  # changed, not added twice
+    assert oct(path.stat().st_mode & 0o777) == "0o600"
+    users = Users(read_password_file(path))
+    assert users.check(USER, PASSWORD + "!") and not users.check(USER, PASSWORD)
+    assert not users.check("nobody", PASSWORD)
+    with pytest.raises(ValueError, match="at least 8"):
+        set_password(path, "bob", "short")
+    with pytest.raises(ValueError, match="letters, digits"):
+        set_password(path, "bob:x", PASSWORD)
+    path.write_text(path.read_text() + "bob plain-text-password\n")
+    with pytest.raises(PasswordFileError, match=r"console.passwd:2: expected user:scrypt"):
+        read_password_file(path)
+    with pytest.raises(PasswordFileError, match="no such password file"):
+        read_password_file(tmp_path / "missing")
+
+
+def test_the_console_listens_beyond_loopback_only_with_tls_or_when_told():
+    assert bind_problem("127.0.0.1", tls=False, insecure_bind=False) is None
+    assert bind_problem("::1", tls=False, insecure_bind=False) is None
+    assert bind_problem("localhost", tls=False, insecure_bind=False) is None
+    problem = bind_problem("0.0.0.0", tls=False, insecure_bind=False)
+    assert problem and "--tls-cert and --tls-key, or --insecure-bind" in problem
+    assert bind_problem("0.0.0.0", tls=True, insecure_bind=False) is None
+    assert bind_problem("192.0.2.4", tls=False, insecure_bind=True) is None
+    with pytest.raises(ValueError, match="go together"):
+        Listen("0.0.0.0", tls_cert=Path("cert.pem")).check()
+
+
+def accept(boxes: list[dict], no_objects: bool = False) -> review.AcceptRequest:
+    return review.AcceptRequest(job="ns/job", id="a" * 64, boxes=boxes, no_objects=no_objects)
+
+
+def test_boxes_are_checked_against_the_image_and_the_job_classes():
+    good = accept([{"x1": 1.4, "y1": 2, "x2": 30, "y2": 40.6, "cls": 2}])
+    assert review.checked_boxes(good, 64, 48, CLASSES) == [[1, 2, 30, 41, 2]]
+    bad = accept([{"x1": 1, "y1": 2, "x2": 65, "y2": 40, "cls": 0},
+                  {"x1": 5, "y1": 5, "x2": 5, "y2": 9, "cls": 0},
+                  {"x1": 1, "y1": 1, "x2": 9, "y2": 9, "cls": 7},
+                  {"x1": 1, "y1": 1, "x2": 9, "y2": 9, "cls": 1}])
+    with pytest.raises(review.BoxProblems) as caught:
+        review.checked_boxes(bad, 64, 48, CLASSES)
+    assert caught.value.problems == [
+        "box 1: x2 (65) is outside the image width 64",
+        "box 2: no area (5,5 to 5,9): drag it larger or delete it",
+        "box 3: class 7 is not one of the job's classes (0 person, 1 helmet, 2 helmet-on, "
+        "3 helmet-off)",
+    ]
+    with pytest.raises(review.BoxProblems, match="mark the image as having no objects"):
+        review.checked_boxes(accept([]), 64, 48, CLASSES)
+    assert review.checked_boxes(accept([], no_objects=True), 64, 48, CLASSES) == []
+
+
+def test_the_first_accept_wins_and_skips_go_to_the_end_of_ones_own_queue():
+    ledger = review.Ledger()
+    assert ledger.begin_save("x", "ana") is None
+    assert ledger.begin_save("x", "ben") == "ana is saving it right now"
+    ledger.end_save("x", saved=True)
+    assert ledger.begin_save("x", "ben") == "already saved by ana"
+    assert ledger.begin_save("y", "ben") is None
+    ledger.end_save("y", saved=False)  # the cloud refused: free again
+    assert ledger.begin_save("y", "ana") is None
+
+    day = dt.datetime(2026, 12, 1, 12, tzinfo=dt.UTC).timestamp()
+    items = [{"id": f"e{i}", "node": "edge0" if i < 3 else "edge1", "mining": "IBT",
+              "time": day + i * 86400, "sidecar": {"source": f"rtsp://cam{i % 2}"}}
+             for i in range(5)]
+    ledger = review.Ledger()
+    ledger.skip("e0", "ana")
+    ledger.mark_difficult("e1", "ana", True)
+    everything = review.QueueFilter()
+    assert [i["id"] for i in review.queue(items, ledger, everything, "ana")] == \
+        ["e2", "e3", "e4", "e0"]
+    assert [i["id"] for i in review.queue(items, ledger, everything, "ben")] == \
+        ["e0", "e2", "e3", "e4"]
+    only = review.QueueFilter(node="edge0", camera="rtsp://cam0")
+    assert [i["id"] for i in review.queue(items, ledger, only, "ben")] == ["e0", "e2"]
+    dates = review.QueueFilter(since=dt.date(2026, 12, 3), until=dt.date(2026, 12, 4))
+    assert [i["id"] for i in review.queue(items, ledger, dates, "ben")] == ["e2", "e3"]
+    flagged = review.QueueFilter(show="difficult")
+    assert [i["id"] for i in review.queue(items, ledger, flagged, "ben")] == ["e1"]
+    assert review.choices(items)["cameras"] == ["rtsp://cam0", "rtsp://cam1"]
+
+
+# --- a running console over a real broker, cloud manager and dataset node ---------------------
+
+
+@dataclass
+class Loop:
+    url: str  # the console's
+    data: Path  # the Dataset's index
+    daemon: object
+    ids: list[str]
+    clock: list[float]
+
+
+@asynccontextmanager
+async def console_over_a_loop(broker_url: str, tmp: Path) -> AsyncIterator[Loop]:
+    """The cloud manager with a job and three hard examples from a real agent, the dataset's
+    node online, and the console logged into the cloud's API."""
+    data = tmp / "data" / "data.txt"
+    data.parent.mkdir()
+    data.touch()
+    clock = [1_000_000.0]
+    users = Users({USER: hash_password(PASSWORD), "ben": hash_password(PASSWORD)})
+    settings = ConsoleSettings(session_s=3600, poll_s=0.2, default_job=f"{NS}/{JOB}",
+                               clock=lambda: clock[0])
+    async with cloud(broker_url, tmp / "state") as daemon:
+        await setup_job(broker_url, tmp)
+        ids = await fill_inbox_through_an_agent(broker_url, tmp, daemon)
+        config = agent_config(broker_url, tmp / "node", node=NODE, datasets={DATASET: data})
+        async with Agent(config):
+            await wait_for(lambda: NODE in daemon.manager.online_nodes())
+            listen = Listen(port=free_port())
+            async with running(ConnectionOptions(broker=broker_url), users, listen,
+                               tmp / "console-cache", settings):
+                yield Loop(listen.url, data, daemon, ids, clock)
+
+
+def sample_count(daemon) -> int | None:
+    return getattr(daemon.manager.store.dataset_samples(NS, "incremental-dataset"), "samples",
+                   None)
+
+
+class Visitor:
+    """A browser-less client with its own cookies (its own session)."""
+
+    def __init__(self, base: str) -> None:
+        self.base = base
+        self.opener = urllib.request.build_opener(
+            urllib.request.HTTPCookieProcessor(http.cookiejar.CookieJar()))
+        self.csrf = ""
+
+    def call(self, path: str, body: dict | None = None, *, csrf: str | None = None,
+             origin: str | None = None) -> tuple[int, dict]:
+        headers = {"Content-Type": "application/json"}
+        if body is not None:
+            headers["X-CSRF-Token"] = self.csrf if csrf is None else csrf
+        if origin:
+            headers["Origin"] = origin
+        request = urllib.request.Request(
+            self.base + path, data=None if body is None else json.dumps(body).encode(),
+            headers=headers, method="GET" if body is None else "POST")
+        try:
+            with self.opener.open(request, timeout=60) as response:
+                return response.status, json.loads(response.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    def login(self, user: str = USER, password: str = PASSWORD) -> tuple[int, dict]:
+        status, data = self.call("/api/login", {"user": user, "password": password})
+        self.csrf = data.get("csrf", "")
+        return status, data
+
+
+@pytest.mark.broker
+@pytest.mark.timeout(180)
+async def test_the_api_refuses_what_must_not_change_the_data(broker, tmp_path):
+    async with console_over_a_loop(broker.url, tmp_path) as loop:
+        job = f"{NS}/{JOB}"
+        ana, ben = Visitor(loop.url), Visitor(loop.url)
+
+        def ask(visitor: Visitor, *args, **kwargs):
+            return asyncio.to_thread(visitor.call, *args, **kwargs)
+
+        assert (await ask(ana, f"/api/queue?job={job}")) == \
+            (401, {"error": "not logged in: log in first", "problems": []})
+        assert (await asyncio.to_thread(ana.login, USER, "wrong")) == \
+            (401, {"error": "wrong user name or password", "problems": []})
+        assert (await asyncio.to_thread(ana.login))[0] == 200
+        assert (await asyncio.to_thread(ben.login, "ben"))[0] == 200
+
+        status, listing = await ask(ana, f"/api/queue?job={job}")
+        assert status == 200, listing
+        assert sorted(i["id"] for i in listing["items"]) == sorted(loop.ids)
+        assert listing["class_names"] == CLASSES
+        first = loop.ids[0]
+        box = {"x1": 2, "y1": 4, "x2": 30, "y2": 39, "cls": 1}
+
+        # cross-site: no token, a wrong token, another site's page
+        status, answer = await ask(ana, "/api/accept", {"job": job, "id": first, "boxes": [box]},
+                                   csrf="")
+        assert (status, answer["error"]) == (
+            403, "missing or wrong request token (X-CSRF-Token): reload the page")
+        status, answer = await ask(ana, "/api/accept", {"job": job, "id": first, "boxes": [box]},
+                                   origin="http://evil.example")
+        assert (status, answer["error"]) == (403, "request from another site "
+                                                  "(http://evil.example) refused")
+        # a malformed box: named, nothing written
+        status, answer = await ask(ana, "/api/accept", {"job": job, "id": first,
+                                                        "boxes": [box | {"x2": 500}]})
+        assert status == 400 and answer["error"] == \
+            "nothing saved: box 1: x2 (500) is outside the image width 64", answer
+        status, answer = await ask(ana, "/api/accept", {"job": job, "id": first,
+                                                        "boxes": [{"x1": 1}]})
+        assert status == 400 and answer["error"].startswith("bad request: boxes.0"), answer
+        assert loop.data.read_text() == ""
+
+        # two people accept the same example at once: one saves it, the other is told
+        both = await asyncio.gather(
+            ask(ana, "/api/accept", {"job": job, "id": first, "boxes": [box]}),
+            ask(ben, "/api/accept", {"job": job, "id": first, "boxes": [box]}))
+        assert sorted(status for status, _ in both) == [200, 409], both
+        refused = next(answer for status, answer in both if status == 409)
+        assert first[:12] in refused["error"] and "nothing" in refused["error"], refused
+        await wait_for(lambda: sample_count(loop.daemon) == 1, what="the sample counted")
+        assert len(loop.data.read_text().splitlines()) == 1
+
+        # an expired session can change nothing
+        loop.clock[0] += 3601
+        status, answer = await ask(ana, "/api/accept", {"job": job, "id": loop.ids[1],
+                                                        "boxes": [box]})
+        assert (status, answer["error"]) == (401, "your session expired: log in again")
+        status, stats = await asyncio.to_thread(ben.login, "ben")
+        status, stats = await ask(ben, "/api/stats")
+        assert stats["refused"]["401"] >= 3 and stats["refused"]["403"] == 2, stats
+    assert len(loop.data.read_text().splitlines()) == 1
+
+
+async def drag(page, scale: float, start: tuple[float, float], end: tuple[float, float]) -> None:
+    """Press at image pixel ``start``, move to ``end``, release (as a hand would, in steps)."""
+    box = await page.locator("#canvas").bounding_box()
+    x0, y0 = box["x"], box["y"]
+    await page.mouse.move(x0 + start[0] * scale, y0 + start[1] * scale)
+    await page.mouse.down()
+    await page.mouse.move(x0 + end[0] * scale, y0 + end[1] * scale, steps=5)
+    await page.mouse.up()
+
+
+async def shown_boxes(page) -> list[list[int]]:
+    rows = await page.eval_on_selector_all("#boxes tbody tr", "rs => rs.map(r => r.dataset.box)")
+    return [[int(v) for v in row.split(",")] for row in rows]
+
+
+@pytest.mark.broker
+@pytest.mark.timeout(240)
+@pytest.mark.skipif(not CHROMIUM.exists(),
+                    reason="Debian's chromium is not installed (/usr/bin/chromium)")
+async def test_a_person_corrects_three_examples_in_the_browser(broker, tmp_path):
+    playwright_api = pytest.importorskip("playwright.async_api")
+    async with console_over_a_loop(broker.url, tmp_path) as loop, \
+            playwright_api.async_playwright() as pw:
+        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1400, "height": 1000})
+            await page.goto(loop.url + "/queue")
+            await page.wait_for_url("**/login**")  # not logged in: sent to the login page
+            await page.fill("#user", USER)
+            await page.fill("#password", "not the password")
+            await page.click("button[type=submit]")
+            await page.wait_for_function(
+                "document.querySelector('#message').textContent.includes('wrong')")
+            if SCREENSHOTS:
+                await page.screenshot(path=str(DOCS / "login.png"))
+            await page.fill("#password", PASSWORD)
+            await page.click("button[type=submit]")
+            await page.wait_for_selector("body[data-ready='1']")
+
+            saved: dict[str, list[list[int]]] = {}
+            for n in range(3):
+                example = await page.wait_for_function(
+                    "previous => { const c = document.querySelector('#canvas');"
+                    " return c.dataset.id && c.dataset.id !== previous"
+                    " && document.querySelectorAll('#boxes tbody tr').length"
+                    " ? c.dataset.id : false; }", arg=next(reversed(saved), ""))
+                example_id = await example.json_value()
+                scale = float(await page.get_attribute("#canvas", "data-scale"))
+                boxes = await shown_boxes(page)
+                # the model's proposals: a helmet-on box, and one clipped to the frame; its
+                # third box has a class the job does not know and is not proposed
+                assert boxes[0] == [2, 4, 20, 30, 2], boxes
+                assert len(boxes) == 2 and boxes[1][:2] == [10, 10] and boxes[1][4] == 3
+                width, height = boxes[1][2], boxes[1][3]
+                if n == 0 and SCREENSHOTS:
+                    await page.screenshot(path=str(DOCS / "queue.png"))
+                await drag(page, scale, (20, 30), (30, 39))  # the bottom-right corner
+                await page.keyboard.press("2")  # the selected box becomes class 1 (helmet)
+                middle = ((10 + width) / 2 + 3, (10 + height) / 2)
+                await drag(page, scale, middle, middle)  # select the false box...
+                await page.keyboard.press("Delete")  # ...and delete it
+                assert await shown_boxes(page) == [[2, 4, 30, 39, 1]]
+                await page.keyboard.press("a")
+                await page.wait_for_function(
+                    f"document.querySelector('#message').textContent.includes("
+                    f"'saved {example_id[:12]}')")
+                saved[example_id] = [[2, 4, 30, 39, 1]]
+            await page.wait_for_function(
+                "document.querySelector('#title').textContent.includes('Nothing to label')")
+            assert sorted(saved) == sorted(loop.ids)
+
+            await page.goto(f"{loop.url}/jobs?job={NS}/{JOB}")
+            await page.wait_for_function(
+                f"document.querySelector('[data-job=\"{NS}/{JOB}\"] .stage')?.textContent")
+            if SCREENSHOTS:
+                await page.screenshot(path=str(DOCS / "jobs.png"), full_page=True)
+        finally:
+            await browser.close()
+        await wait_for(lambda: sample_count(loop.daemon) == 3, what="three samples counted")
+
+    lines = loop.data.read_text().splitlines()
+    assert len(lines) == 3
+    index = read_index(loop.data)
+    assert not index.problems
+    assert {s.image.parent.name for s in index.samples} == {LABELLED_FOLDER}
+    assert {s.image.stem: s.boxes.tolist() for s in index.samples} == saved
