@@ -139,6 +139,9 @@ async def test_two_rounds_train_eval_deploy_and_hot_swap(broker, tmp_path):
             response = await api(broker.url, "apply", body=text)
             assert response.ok, response
         await wait_for(lambda: NODE in daemon.manager.online_nodes(), "the agent online")
+        # a model that arrives before the worker's channel is up restarts the worker instead
+        await wait_for(lambda: INFERENCE_TASK in agent.channel.connected_tasks(),
+                       "the inference worker's channel to the agent")
         registry = daemon.manager.registry
         assert registry is not None
 
