@@ -163,8 +163,8 @@ async def test_real_workers_train_eval_deploy_and_hot_swap_without_losing_a_fram
     inference_dir = tmp_path / "agent" / "tasks" / INFERENCE_TASK / "attempt-1"
     result = json.loads((inference_dir / "result.json").read_text())
     served = result["frames_per_version"]
-    assert set(served) == {"base_model", "1"}
-    assert served["base_model"] == swap.frame  # frames 0..n-1 on the old model, n.. on the new
+    assert set(served) == {"initial", "1"}
+    assert served["initial"] == swap.frame  # frames 0..n-1 on the old model, n.. on the new
     assert sum(served.values()) == result["frames"]  # every frame read was inferred
     assert result["swaps"] == 1 and result["model_version"] == "1"
     assert (inference_dir / "worker.log").read_text().count("--- edgeloop: starting") == 1
