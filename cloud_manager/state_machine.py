@@ -636,6 +636,9 @@ class _Step:
             serving = models[1].get("metrics") if isinstance(models[1].get("metrics"), dict) else None
         condition = self.inputs.job.spec.deploy_spec.trigger.condition
         decision = triggers.deploy_decision(condition, candidate, serving, self.inputs.class_names())
+        if decision.fails_round:
+            self.attempt_failed(decision.reason, retry=False)
+            return
         s.task = None
         if not decision.holds:
             self.note("Eval", "Completed", f"candidate not deployed: {decision.reason}")

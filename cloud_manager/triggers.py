@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone, tzinfo
 from typing import Any
 
-from protocol.manifests import Condition, Timer
+from protocol.manifests import Condition, DeployCondition, Timer
 from protocol.metrics_names import MetricRef, parse_metric
 
 #: Absolute tolerance of threshold comparisons (metrics are fractions; counts are integers).
@@ -43,6 +43,9 @@ class Decision:
     holds: bool
     reason: str
     value: float | None = None
+    #: the eval result cannot answer this trigger at all (it does not report the metric): the
+    #: round fails instead of passing over one candidate
+    fails_round: bool = False
 
 
 def minute_of_day(now: float, tz: tzinfo = timezone.utc) -> int:
@@ -112,6 +115,11 @@ class MetricUnavailable(ValueError):
     """The eval result does not hold the value a deploy metric names."""
 
 
+class MetricNotReported(MetricUnavailable):
+    """The eval result does not report the metric at all (not even as None): the eval script
+    does not compute it, so no later round can be decided either."""
+
+
 def _class_name(ref: MetricRef, class_names: Sequence[str]) -> str:
     if isinstance(ref.selector, int):
         if ref.selector >= len(class_names):
@@ -137,6 +145,11 @@ def metric_value(
             raise MetricUnavailable(f"the eval result has no per-class metrics for {name!r}")
         source = per_class[name]
         where = f"{ref.base}[{name}]"
+    if ref.selector is None and ref.base not in source:
+        reported = ", ".join(sorted(k for k in source if k != "per_class")) or "nothing"
+        raise MetricNotReported(
+            f"the eval result has no value for {where}: it reports {reported}"
+        )
     value = source.get(ref.base)
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise MetricUnavailable(f"the eval result has no value for {where} (got {value!r})")
@@ -156,12 +169,19 @@ def deploy_decision(
     the model the edge already runs). None only when the eval result scored no second model (a
     user's own eval script may not); a ``_delta`` metric then compares with 0.
     """
-    ref = parse_metric(condition.metric)
+    ref = condition.ref() if isinstance(condition, DeployCondition) else parse_metric(
+        condition.metric
+    )
     try:
         value = metric_value(candidate, ref, class_names)
+    except MetricNotReported as exc:
+        return Decision(False, f"deploy metric {condition.metric} cannot be computed: {exc}",
+                        fails_round=True)
+    except MetricUnavailable as exc:
+        return Decision(False, f"{condition.metric} cannot be computed: {exc}")
+    try:
         if ref.delta:
-            base = 0.0 if deployed is None else metric_value(deployed, ref, class_names)
-            value -= base
+            value -= 0.0 if deployed is None else metric_value(deployed, ref, class_names)
     except MetricUnavailable as exc:
         return Decision(False, f"{condition.metric} cannot be computed: {exc}")
     text = describe(condition, value)

@@ -18,7 +18,8 @@ SHA = "ab" * 32
 
 
 def seed_inputs(threshold: int = 500, timer: bool = False, deploy: str = "precision_delta > 0.1",
-                output_dir: str = "/output") -> JobInputs:
+                output_dir: str = "/output", custom: bool = False,
+                forgetting_margin: float | None = None) -> JobInputs:
     text = "\n---\n".join((EXAMPLES / f).read_text() for f in
                           ("dataset.yaml", "initial-model.yaml", "deploy-model.yaml", "job.yaml"))
     docs = {m.kind: m for m in load_documents(text) if m.kind != "Model"}
@@ -32,6 +33,10 @@ def seed_inputs(threshold: int = 500, timer: bool = False, deploy: str = "precis
     metric, op, value = deploy.split()
     data["spec"]["deploySpec"]["trigger"]["condition"] = {
         "metric": metric, "operator": op, "threshold": float(value)}
+    if custom:
+        data["spec"]["deploySpec"]["trigger"]["condition"]["customMetric"] = True
+    if forgetting_margin is not None:
+        data["spec"]["deploySpec"]["trigger"]["forgettingMargin"] = forgetting_margin
     data["spec"]["outputDir"] = output_dir
     job = type(job).model_validate(data)
     return JobInputs(job=job, dataset=docs["Dataset"], initial_model=models["initial-model"],
@@ -563,3 +568,23 @@ def test_train_waits_for_its_own_node_not_the_dataset_node():
     d.send(sm.SamplesReported(600))
     assert not any(isinstance(a, sm.DispatchTask) for a in d.actions)
     assert d.state.conditions[-1].reason == "waiting for node trainer to be online"
+
+
+def test_a_custom_metric_the_eval_result_lacks_fails_the_round_naming_it():
+    """An eval script of the user's own may report any metric; one that lacks the deploy
+    trigger's metric fails the round with a reason naming it and what was reported."""
+    d = Driver(seed_inputs(threshold=0, deploy="accuracy_delta > 0.1", custom=True))
+    d.send(sm.SamplesReported(5))
+    d.report("Completed", train_result(1))
+    d.report("Completed", {"models": [{"url": "c", "metrics": {"acc": 0.9, "loss": 0.1}},
+                                      {"url": "d", "metrics": {"acc": 0.5, "loss": 0.2}}]})
+    assert d.where == ("Eval", "Failed", 1)
+    reason = d.state.conditions[-1].reason
+    assert "accuracy_delta" in reason and "it reports acc, loss" in reason, reason
+    assert d.state.deployed_version is None
+    # the same name reported: deployed
+    d.send(sm.SamplesReported(10))
+    d.report("Completed", train_result(2))
+    d.report("Completed", {"models": [{"url": "c", "metrics": {"accuracy": 0.9}},
+                                      {"url": "d", "metrics": {"accuracy": 0.5}}]})
+    assert d.where[:2] == ("Deploy", "Running")

@@ -252,3 +252,31 @@ def test_round_indexes_fall_back_to_all_held_out_samples_when_none_is_new():
         assert plan.eval == [lines[100]]
     else:
         assert plan.eval == earlier_eval and earlier_eval
+
+
+def test_sedna_precision_is_a_deploy_metric_of_its_own():
+    decision = triggers.deploy_decision(
+        cond("sedna_precision_delta", ">", 0.1),
+        {"precision": 0.5, "sedna_precision": 1.0}, {"precision": 0.5, "sedna_precision": 0.8},
+        CLASSES,
+    )
+    assert decision.holds is True, decision.reason
+    assert decision.value == pytest.approx(0.2)
+
+
+def test_custom_metric_is_accepted_when_the_condition_says_so():
+    from protocol.manifests import DeployCondition
+
+    custom = DeployCondition(metric="accuracy_delta", operator=">", threshold=0.1,
+                             customMetric=True)
+    assert triggers.deploy_decision(custom, {"accuracy": 0.9}, {"accuracy": 0.7}, CLASSES).holds
+    lacking = triggers.deploy_decision(custom, {"acc": 0.9}, None, CLASSES)
+    assert lacking.holds is False and lacking.fails_round is True
+    assert "accuracy" in lacking.reason and "it reports acc" in lacking.reason
+    with pytest.raises(ValueError, match="custom metric 'bad name'"):
+        DeployCondition(metric="bad name", operator=">", threshold=0.1, customMetric=True)
+
+
+def test_a_value_that_is_none_passes_over_the_candidate_without_failing_the_round():
+    decision = triggers.deploy_decision(cond("map50", ">", 0.1), {"map50": None}, None, CLASSES)
+    assert decision.holds is False and decision.fails_round is False
