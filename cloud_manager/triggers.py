@@ -156,6 +156,13 @@ def metric_value(
     return float(value)
 
 
+def _ref(condition: Condition) -> MetricRef:
+    """The condition's parsed metric (a deploy condition knows whether it is a custom one)."""
+    if isinstance(condition, DeployCondition):
+        return condition.ref()
+    return parse_metric(condition.metric)
+
+
 def deploy_decision(
     condition: Condition,
     candidate: Mapping[str, Any],
@@ -169,9 +176,7 @@ def deploy_decision(
     the model the edge already runs). None only when the eval result scored no second model (a
     user's own eval script may not); a ``_delta`` metric then compares with 0.
     """
-    ref = condition.ref() if isinstance(condition, DeployCondition) else parse_metric(
-        condition.metric
-    )
+    ref = _ref(condition)
     try:
         value = metric_value(candidate, ref, class_names)
     except MetricNotReported as exc:
@@ -188,3 +193,91 @@ def deploy_decision(
     if compare(condition, value):
         return Decision(True, f"{text}: holds", value)
     return Decision(False, f"{text}: does not hold", value)
+
+
+# --- forgetting ----------------------------------------------------------------------------------
+
+_LOWER_IS_BETTER = ("<", "lt", "<=", "le")
+
+
+@dataclass(frozen=True)
+class RoundScore:
+    """The gate's metric on one earlier round's held-out samples: candidate and serving model."""
+
+    round: int
+    candidate: float | None
+    serving: float | None
+    images: int | None = None
+
+    @property
+    def change(self) -> float | None:
+        """Candidate minus serving; None when either value is missing."""
+        if self.candidate is None or self.serving is None:
+            return None
+        return self.candidate - self.serving
+
+
+def round_scores(
+    condition: Condition, rounds: object, class_names: Sequence[str]
+) -> list[RoundScore] | None:
+    """The condition's metric (without ``_delta``) per earlier round of the eval result's
+    ``rounds`` list (``[{"round", "images", "models": [candidate, serving]}]``); None when the
+    result has no such list (an eval script of the user's own may not report one)."""
+    if not isinstance(rounds, list):
+        return None
+    ref = _ref(condition)
+    plain = MetricRef(ref.base, selector=ref.selector)
+    scores = []
+    for entry in rounds:
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("round"), int):
+            continue
+        listed = entry.get("models")
+        models: list[Any] = listed if isinstance(listed, list) else []
+        values: list[float | None] = []
+        for model in (models + [None, None])[:2]:
+            metrics = model.get("metrics") if isinstance(model, Mapping) else None
+            try:
+                values.append(metric_value(metrics, plain, class_names)
+                              if isinstance(metrics, Mapping) else None)
+            except MetricUnavailable:
+                values.append(None)
+        images = entry.get("images")
+        scores.append(RoundScore(entry["round"], values[0], values[1],
+                                 images if isinstance(images, int) else None))
+    return sorted(scores, key=lambda r: r.round)
+
+
+def forgetting_decision(
+    condition: Condition, margin: float, scores: Sequence[RoundScore] | None
+) -> Decision:
+    """Whether the candidate keeps what the serving model knew: on no earlier round does the
+    gate's metric get worse than the serving model's by more than ``margin`` (worse is lower,
+    or higher for a condition with ``<``/``<=``, such as a loss). A round that lacks a value
+    is not compared, and the reason says so."""
+    if scores is None:
+        return Decision(True, "earlier rounds not checked: the eval result has no per-round metrics")
+    if not scores:
+        return Decision(True, "no earlier round to check")
+    base = _ref(condition).base
+    sign = -1.0 if condition.operator in _LOWER_IS_BETTER else 1.0
+    forgotten, checked, unscored = [], [], []
+    for score in scores:
+        change = score.change
+        if change is None:
+            unscored.append(score.round)
+            continue
+        checked.append(score.round)
+        if sign * change < -margin - TOLERANCE:
+            forgotten.append(score)
+    if forgotten:
+        worst = sorted(forgotten, key=lambda r: sign * (r.change or 0.0))
+        parts = [f"round {r.round} {base} {r.serving:.3f} -> {r.candidate:.3f} "
+                 f"({r.change:+.3f})" for r in worst]
+        return Decision(False, f"forgets earlier round{'s' if len(worst) > 1 else ''}: "
+                        f"{'; '.join(parts)}; margin {margin:g}", worst[0].change)
+    text = f"no earlier round drops by more than {margin:g} (rounds {', '.join(map(str, checked))})" \
+        if checked else "no earlier round could be compared"
+    if unscored:
+        text += f"; not compared, no value: round{'s' if len(unscored) > 1 else ''} " \
+            f"{', '.join(map(str, unscored))}"
+    return Decision(True, text)
