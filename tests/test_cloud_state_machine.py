@@ -588,3 +588,70 @@ def test_a_custom_metric_the_eval_result_lacks_fails_the_round_naming_it():
     d.report("Completed", {"models": [{"url": "c", "metrics": {"accuracy": 0.9}},
                                       {"url": "d", "metrics": {"accuracy": 0.5}}]})
     assert d.where[:2] == ("Deploy", "Running")
+
+
+def eval_with_rounds(candidate: float, serving: float,
+                     rounds: dict[int, tuple[float, float]]) -> dict:
+    """An eval result with per-round scores: {round: (candidate, serving)} precision."""
+    result = eval_result(candidate, serving)
+    result["rounds"] = [
+        {"round": r, "images": 10, "models": [{"url": "c", "metrics": {"precision": c}},
+                                              {"url": "d", "metrics": {"precision": d}}]}
+        for r, (c, d) in rounds.items()]
+    return result
+
+
+def test_a_candidate_that_forgets_an_earlier_round_is_not_deployed_and_the_round_is_named():
+    d = Driver(seed_inputs(threshold=10))
+    d.send(sm.SamplesReported(20))
+    run_round(d, 0.6, 0.4)  # round 1: day, deployed as version 1
+    assert d.state.deployed_version == 1
+    d.send(sm.SamplesReported(40))
+    d.report("Running")
+    d.report("Completed", train_result(2))
+    # eval of round 2 scores round 1's held-out samples too
+    task = d.dispatched().task
+    assert json.loads(task.env[contract.EARLIER_TEST_URLS]) == {"1": "/output/2/eval-round-1.txt"}
+    split = json.loads(task.env[SPLIT_VARIABLE])
+    assert split["earlier"] == [{"round": 1, "start": 0, "end": 20,
+                                 "eval": "/output/2/eval-round-1.txt"}]
+    # learned night (+0.4 on round 2's samples), forgot day (round 1: 0.9 -> 0.5)
+    d.report("Completed", eval_with_rounds(0.8, 0.4, {1: (0.5, 0.9)}))
+    assert d.state.deployed_version == 1
+    not_deployed = next(c for c in reversed(d.state.conditions) if c.stage == "Eval")
+    assert not_deployed.state == "Completed"
+    assert "candidate not deployed" in not_deployed.reason
+    assert "forgets earlier round: round 1 precision 0.900 -> 0.500 (-0.400)" in not_deployed.reason
+    assert "margin 0.02" in not_deployed.reason
+    assert d.where == ("Train", "Waiting", 3)
+
+
+def test_a_drop_within_the_margin_deploys_and_the_reason_lists_the_rounds_checked():
+    d = Driver(seed_inputs(threshold=10, forgetting_margin=0.05))
+    for n, round_no in ((20, 1), (40, 2)):
+        d.send(sm.SamplesReported(n))
+        d.report("Completed", train_result(round_no))
+        d.report("Completed", eval_with_rounds(0.8, 0.4, {1: (0.86, 0.9)} if round_no == 2 else {}))
+        collect = [a for a in d.actions if isinstance(a, sm.CollectArtifacts)]
+        d.send(sm.ArtifactsCollected(collect[0].version, True))
+    assert d.state.deployed_version == 2
+    decision = d.state.versions[-1].decision
+    assert "no earlier round drops by more than 0.05 (rounds 1)" in decision, decision
+
+
+def test_earlier_rounds_are_a_window_of_the_last_five_that_trained():
+    d = Driver(seed_inputs(threshold=1))
+    for round_no in range(1, 8):
+        d.send(sm.SamplesReported(round_no * 5))
+        d.report("Completed", train_result(round_no))
+        task = d.dispatched().task
+        earlier = json.loads(task.env.get(contract.EARLIER_TEST_URLS, "{}"))
+        assert sorted(map(int, earlier)) == list(range(max(1, round_no - 5), round_no))
+        d.report("Completed", eval_result(0.1, 0.5))  # not deployed: next round
+    assert d.state.trained_rounds[-1] == [7, 30, 35]
+    # a user's eval script without per-round metrics: deployed, and the reason says so
+    d.send(sm.SamplesReported(40))
+    d.report("Completed", train_result(8))
+    d.report("Completed", eval_result(0.9, 0.5))
+    assert "earlier rounds not checked: the eval result has no per-round metrics" in \
+        d.state.versions[-1].decision
