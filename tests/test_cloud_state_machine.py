@@ -655,3 +655,25 @@ def test_earlier_rounds_are_a_window_of_the_last_five_that_trained():
     d.report("Completed", eval_result(0.9, 0.5))
     assert "earlier rounds not checked: the eval result has no per-round metrics" in \
         d.state.versions[-1].decision
+
+
+def test_describe_il_says_which_round_the_candidate_forgot():
+    from rich.console import Console
+
+    from cloud_manager.render import describe_job
+
+    inputs = seed_inputs(threshold=10)
+    d = Driver(inputs)
+    d.send(sm.SamplesReported(20))
+    run_round(d, 0.6, 0.4)
+    d.send(sm.SamplesReported(40))
+    d.report("Completed", train_result(2))
+    d.report("Completed", eval_with_rounds(0.8, 0.4, {1: (0.5, 0.9)}))
+    data = {"resource": {"namespace": "neptune-test", "name": "helmet-detection-demo",
+                         "generation": 1, "manifest": inputs.job.model_dump(by_alias=True)},
+            "status": sm.status_fields(d.state)}
+    console = Console(width=400, record=True)
+    console.print(describe_job(data, now=d.now))
+    text = console.export_text()
+    assert "precision_delta > 0.1, no earlier round may drop by more than 0.02" in text
+    assert "forgets earlier round: round 1 precision 0.900 -> 0.500 (-0.400)" in text
