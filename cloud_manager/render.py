@@ -13,7 +13,7 @@ from rich.console import Group
 from rich.table import Table
 from rich.text import Text
 
-from protocol.manifests import STAGES, IncrementalLearningJob
+from protocol.manifests import DEFAULT_FORGETTING_MARGIN, STAGES, IncrementalLearningJob
 
 OUTPUT_FORMATS = ("table", "wide", "yaml", "json")
 
@@ -128,6 +128,12 @@ def _stage_rows(manifest: dict[str, Any]) -> list[tuple[str, str]]:
     return rows
 
 
+def _forgetting(trigger: dict[str, Any]) -> str:
+    """The forgetting check of a deploy trigger, as describe shows it."""
+    margin = trigger.get("forgettingMargin", DEFAULT_FORGETTING_MARGIN)
+    return f", no earlier round may drop by more than {_number(margin)}"
+
+
 def describe_job(data: dict[str, Any], now: float | None = None) -> Group:
     """The job's manifest summary, status, condition history, versions and tasks."""
     resource, status = data["resource"], data.get("status") or {}
@@ -145,7 +151,8 @@ def describe_job(data: dict[str, Any], now: float | None = None) -> Group:
         ("Dataset", spec["dataset"]["name"]),
         ("Train trigger", f"{condition['metric']} {condition['operator']} {_number(condition['threshold'])}"
          + (f" within {timer['start']}-{timer['end']}" if timer else "")),
-        ("Deploy trigger", f"{deploy['metric']} {deploy['operator']} {_number(deploy['threshold'])}"),
+        ("Deploy trigger", f"{deploy['metric']} {deploy['operator']} {_number(deploy['threshold'])}"
+         + _forgetting(spec["deploySpec"]["trigger"])),
         *_stage_rows(resource["manifest"]),
         ("Output dir", spec["outputDir"]),
         ("Stage", f"{status.get('stage')} {status.get('state')} (round {status.get('round')})"),

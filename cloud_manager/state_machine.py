@@ -43,6 +43,7 @@ from cloud_manager.task_builder import (
     JobInputs,
     build_eval_task,
     build_train_task,
+    earlier_rounds,
     round_dir,
     sample_split,
     task_id,
@@ -54,6 +55,8 @@ StageState = Literal["Waiting", "Ready", "Starting", "Running", "Completed", "Fa
 ACTIVE_TASK_STATES: tuple[TaskState, ...] = ("Starting", "Running")
 #: Keep the condition history bounded: a job running for years keeps its recent past.
 MAX_CONDITIONS = 500
+#: Rounds whose sample ranges are kept: enough for eval's window of earlier rounds.
+MAX_TRAINED_ROUNDS = 50
 
 
 # --- state -------------------------------------------------------------------------------------
@@ -137,6 +140,9 @@ class JobState:
     serving_version: int | None = None
     #: sample count when the job ended in Failed; more samples than this start a new round
     failed_at_samples: int | None = None
+    #: ``[round, start, end]`` of every round that trained: eval also scores the held-out
+    #: samples of the last few (forgetting check)
+    trained_rounds: list[list[int]] = field(default_factory=list)
     revision: int = 0
 
     @property
@@ -535,7 +541,8 @@ class _Step:
             timeout = settings.eval_timeout_s
             task = build_eval_task(
                 self.inputs, s.round, s.attempt, s.candidate, s.deployed(), timeout,
-                sample_split(self.inputs, s.round, samples),
+                sample_split(self.inputs, s.round, samples,
+                             earlier_rounds(self.inputs, s.round, s.trained_rounds)),
             )
         task = task.model_copy(update={"ts": ctx.now})
         s.task = TaskRun(
@@ -617,7 +624,10 @@ class _Step:
             return
         s.candidate = Candidate(artifacts, _summary(event.result))
         # The round consumed its samples: num_of_samples counts from here on.
-        s.baseline = (s.round_samples or [0, s.samples])[1]
+        start, end = s.round_samples or [0, s.samples]
+        s.baseline = end
+        s.trained_rounds = [r for r in s.trained_rounds if r[0] != s.round] + [[s.round, start, end]]
+        del s.trained_rounds[:-MAX_TRAINED_ROUNDS]
         self.note("Train", "Completed", f"task {event.task_id} produced {len(artifacts)} artifact(s)")
         s.task, s.attempt, s.retry_at = None, 0, None
         self.note("Eval", "Ready", "evaluating the candidate against the serving model")
@@ -636,6 +646,11 @@ class _Step:
             serving = models[1].get("metrics") if isinstance(models[1].get("metrics"), dict) else None
         condition = self.inputs.job.spec.deploy_spec.trigger.condition
         decision = triggers.deploy_decision(condition, candidate, serving, self.inputs.class_names())
+        if decision.fails_round:
+            self.attempt_failed(decision.reason, retry=False)
+            return
+        if decision.holds:
+            decision = self.forgetting(decision, event.result.get("rounds"))
         s.task = None
         if not decision.holds:
             self.note("Eval", "Completed", f"candidate not deployed: {decision.reason}")
@@ -659,6 +674,16 @@ class _Step:
         self.actions.append(CollectArtifacts(number, self.inputs.train_node))  # train wrote them
         self.note("Deploy", "Running",
                   f"model version {number} registered; collecting its files for the registry")
+
+    def forgetting(self, passed: triggers.Decision, rounds: object) -> triggers.Decision:
+        """The deploy trigger's decision once earlier rounds are checked: a candidate that
+        forgets one of them is not deployed, and the reason names the round."""
+        trigger = self.inputs.job.spec.deploy_spec.trigger
+        scores = triggers.round_scores(trigger.condition, rounds, self.inputs.class_names())
+        check = triggers.forgetting_decision(trigger.condition, trigger.forgetting_margin, scores)
+        if not check.holds:
+            return triggers.Decision(False, f"{passed.reason}, but it {check.reason}", passed.value)
+        return triggers.Decision(True, f"{passed.reason}; {check.reason}", passed.value)
 
     def on_collected(self, event: ArtifactsCollected) -> None:
         s = self.s

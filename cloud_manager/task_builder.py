@@ -6,6 +6,8 @@ Where files live on the dataset's node, for round ``r`` of a job with ``outputDi
 - ``OUT/r/train.txt``   ``TRAIN_DATASET_URL``: the round's new samples on the train side of the split
 - ``OUT/r/eval.txt``    ``TEST_DATASET_URL``: the round's new samples held out for eval
 - ``OUT/r/replay.txt``  ``EDGELOOP_REPLAY_INDEX``: train-side samples of earlier rounds
+- ``OUT/r/eval-round-k.txt`` eval's ``EDGELOOP_EARLIER_TEST_URLS``: the held-out samples of
+  earlier round ``k`` (up to :data:`~protocol.sample_split.EARLIER_ROUNDS_WINDOW` rounds)
 
 The three index files are written on the node from the dataset index before the worker starts;
 train and eval tasks say how in ``EDGELOOP_SPLIT`` (JSON, see :class:`SampleSplit`), and
@@ -15,6 +17,7 @@ train and eval tasks say how in ``EDGELOOP_SPLIT`` (JSON, see :class:`SampleSpli
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from cloud_manager.versions import Candidate, ModelVersion
@@ -23,11 +26,14 @@ from protocol.manifests import Dataset, IncrementalLearningJob, Model
 from protocol.manifests import WorkerSpec as ManifestWorkerSpec
 from protocol.messages import ArtifactRef, ModelRef, Task, TaskRole, WorkerSpec
 from protocol.sample_split import (
+    EARLIER_ROUNDS_WINDOW,
     EVAL_INDEX,
     REPLAY_INDEX,
     SPLIT_VARIABLE,
     TRAIN_INDEX,
+    EarlierRound,
     SampleSplit,
+    earlier_eval_index,
 )
 
 
@@ -123,7 +129,21 @@ def serving_file(model: Candidate | ModelVersion | None, fallback: str) -> str:
     return (model.artifacts[0].path or fallback) if model.artifacts else fallback
 
 
-def sample_split(inputs: JobInputs, round_no: int, samples: tuple[int, int]) -> SampleSplit:
+def earlier_rounds(
+    inputs: JobInputs, round_no: int, trained: Sequence[Sequence[int]]
+) -> tuple[EarlierRound, ...]:
+    """The earlier rounds eval also scores: the last :data:`EARLIER_ROUNDS_WINDOW` rounds
+    before ``round_no`` of ``trained`` (``[round, start, end]`` of each round that trained)."""
+    out = round_dir(inputs, round_no)
+    chosen = [r for r in trained if r[0] < round_no][-EARLIER_ROUNDS_WINDOW:]
+    return tuple(EarlierRound(r[0], r[1], r[2], f"{out}/{earlier_eval_index(r[0])}")
+                 for r in chosen)
+
+
+def sample_split(
+    inputs: JobInputs, round_no: int, samples: tuple[int, int],
+    earlier: tuple[EarlierRound, ...] = (),
+) -> SampleSplit:
     out = round_dir(inputs, round_no)
     return SampleSplit(
         index=inputs.dataset.spec.url,
@@ -133,6 +153,7 @@ def sample_split(inputs: JobInputs, round_no: int, samples: tuple[int, int]) -> 
         train=f"{out}/{TRAIN_INDEX}",
         eval=f"{out}/{EVAL_INDEX}",
         replay=f"{out}/{REPLAY_INDEX}",
+        earlier=earlier,
     )
 
 
@@ -212,6 +233,9 @@ def build_eval_task(
     }
     if split is not None:
         env[SPLIT_VARIABLE] = split.to_json()
+        if split.earlier:
+            env[contract.EARLIER_TEST_URLS] = contract.earlier_test_urls_json(
+                {r.round: r.eval for r in split.earlier})
     return _round_task(
         inputs, "eval", spec.eval_spec.worker(), round_no, attempt, env, timeout_s
     )

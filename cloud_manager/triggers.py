@@ -29,7 +29,7 @@ from dataclasses import dataclass
 from datetime import datetime, timezone, tzinfo
 from typing import Any
 
-from protocol.manifests import Condition, Timer
+from protocol.manifests import Condition, DeployCondition, Timer
 from protocol.metrics_names import MetricRef, parse_metric
 
 #: Absolute tolerance of threshold comparisons (metrics are fractions; counts are integers).
@@ -43,6 +43,9 @@ class Decision:
     holds: bool
     reason: str
     value: float | None = None
+    #: the eval result cannot answer this trigger at all (it does not report the metric): the
+    #: round fails instead of passing over one candidate
+    fails_round: bool = False
 
 
 def minute_of_day(now: float, tz: tzinfo = timezone.utc) -> int:
@@ -112,6 +115,11 @@ class MetricUnavailable(ValueError):
     """The eval result does not hold the value a deploy metric names."""
 
 
+class MetricNotReported(MetricUnavailable):
+    """The eval result does not report the metric at all (not even as None): the eval script
+    does not compute it, so no later round can be decided either."""
+
+
 def _class_name(ref: MetricRef, class_names: Sequence[str]) -> str:
     if isinstance(ref.selector, int):
         if ref.selector >= len(class_names):
@@ -137,10 +145,22 @@ def metric_value(
             raise MetricUnavailable(f"the eval result has no per-class metrics for {name!r}")
         source = per_class[name]
         where = f"{ref.base}[{name}]"
+    if ref.selector is None and ref.base not in source:
+        reported = ", ".join(sorted(k for k in source if k != "per_class")) or "nothing"
+        raise MetricNotReported(
+            f"the eval result has no value for {where}: it reports {reported}"
+        )
     value = source.get(ref.base)
     if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
         raise MetricUnavailable(f"the eval result has no value for {where} (got {value!r})")
     return float(value)
+
+
+def _ref(condition: Condition) -> MetricRef:
+    """The condition's parsed metric (a deploy condition knows whether it is a custom one)."""
+    if isinstance(condition, DeployCondition):
+        return condition.ref()
+    return parse_metric(condition.metric)
 
 
 def deploy_decision(
@@ -156,15 +176,108 @@ def deploy_decision(
     the model the edge already runs). None only when the eval result scored no second model (a
     user's own eval script may not); a ``_delta`` metric then compares with 0.
     """
-    ref = parse_metric(condition.metric)
+    ref = _ref(condition)
     try:
         value = metric_value(candidate, ref, class_names)
+    except MetricNotReported as exc:
+        return Decision(False, f"deploy metric {condition.metric} cannot be computed: {exc}",
+                        fails_round=True)
+    except MetricUnavailable as exc:
+        return Decision(False, f"{condition.metric} cannot be computed: {exc}")
+    try:
         if ref.delta:
-            base = 0.0 if deployed is None else metric_value(deployed, ref, class_names)
-            value -= base
+            value -= 0.0 if deployed is None else metric_value(deployed, ref, class_names)
     except MetricUnavailable as exc:
         return Decision(False, f"{condition.metric} cannot be computed: {exc}")
     text = describe(condition, value)
     if compare(condition, value):
         return Decision(True, f"{text}: holds", value)
     return Decision(False, f"{text}: does not hold", value)
+
+
+# --- forgetting ----------------------------------------------------------------------------------
+
+_LOWER_IS_BETTER = ("<", "lt", "<=", "le")
+
+
+@dataclass(frozen=True)
+class RoundScore:
+    """The gate's metric on one earlier round's held-out samples: candidate and serving model."""
+
+    round: int
+    candidate: float | None
+    serving: float | None
+    images: int | None = None
+
+    @property
+    def change(self) -> float | None:
+        """Candidate minus serving; None when either value is missing."""
+        if self.candidate is None or self.serving is None:
+            return None
+        return self.candidate - self.serving
+
+
+def round_scores(
+    condition: Condition, rounds: object, class_names: Sequence[str]
+) -> list[RoundScore] | None:
+    """The condition's metric (without ``_delta``) per earlier round of the eval result's
+    ``rounds`` list (``[{"round", "images", "models": [candidate, serving]}]``); None when the
+    result has no such list (an eval script of the user's own may not report one)."""
+    if not isinstance(rounds, list):
+        return None
+    ref = _ref(condition)
+    plain = MetricRef(ref.base, selector=ref.selector)
+    scores = []
+    for entry in rounds:
+        if not isinstance(entry, Mapping) or not isinstance(entry.get("round"), int):
+            continue
+        listed = entry.get("models")
+        models: list[Any] = listed if isinstance(listed, list) else []
+        values: list[float | None] = []
+        for model in (models + [None, None])[:2]:
+            metrics = model.get("metrics") if isinstance(model, Mapping) else None
+            try:
+                values.append(metric_value(metrics, plain, class_names)
+                              if isinstance(metrics, Mapping) else None)
+            except MetricUnavailable:
+                values.append(None)
+        images = entry.get("images")
+        scores.append(RoundScore(entry["round"], values[0], values[1],
+                                 images if isinstance(images, int) else None))
+    return sorted(scores, key=lambda r: r.round)
+
+
+def forgetting_decision(
+    condition: Condition, margin: float, scores: Sequence[RoundScore] | None
+) -> Decision:
+    """Whether the candidate keeps what the serving model knew: on no earlier round does the
+    gate's metric get worse than the serving model's by more than ``margin`` (worse is lower,
+    or higher for a condition with ``<``/``<=``, such as a loss). A round that lacks a value
+    is not compared, and the reason says so."""
+    if scores is None:
+        return Decision(True, "earlier rounds not checked: the eval result has no per-round metrics")
+    if not scores:
+        return Decision(True, "no earlier round to check")
+    base = _ref(condition).base
+    sign = -1.0 if condition.operator in _LOWER_IS_BETTER else 1.0
+    forgotten, checked, unscored = [], [], []
+    for score in scores:
+        change = score.change
+        if change is None:
+            unscored.append(score.round)
+            continue
+        checked.append(score.round)
+        if sign * change < -margin - TOLERANCE:
+            forgotten.append(score)
+    if forgotten:
+        worst = sorted(forgotten, key=lambda r: sign * (r.change or 0.0))
+        parts = [f"round {r.round} {base} {r.serving:.3f} -> {r.candidate:.3f} "
+                 f"({r.change:+.3f})" for r in worst]
+        return Decision(False, f"forgets earlier round{'s' if len(worst) > 1 else ''}: "
+                        f"{'; '.join(parts)}; margin {margin:g}", worst[0].change)
+    text = f"no earlier round drops by more than {margin:g} (rounds {', '.join(map(str, checked))})" \
+        if checked else "no earlier round could be compared"
+    if unscored:
+        text += f"; not compared, no value: round{'s' if len(unscored) > 1 else ''} " \
+            f"{', '.join(map(str, unscored))}"
+    return Decision(True, text)

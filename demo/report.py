@@ -14,7 +14,7 @@ from __future__ import annotations
 import itertools
 import json
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -99,6 +99,65 @@ def round_deltas(eval_result: dict[str, Any]) -> dict[str, float] | None:
         return None
     return {"candidate": candidate, "reference": reference, "delta": candidate - reference,
             "images": eval_result.get("images")}
+
+
+def gate_rows(round_no: int, eval_result: dict[str, Any], round_domain: Mapping[int, str],
+              metric: str = "precision") -> list[dict[str, Any]]:
+    """The deploy gate's view of one round: the candidate and the serving model on the round's
+    own held-out set, then on each earlier round's (the forgetting check), with the change."""
+    sets = [(round_no, eval_result.get("images"), eval_result.get("models"))]
+    for entry in eval_result.get("rounds") or []:
+        if isinstance(entry, dict):
+            sets.append((entry.get("round"), entry.get("images"), entry.get("models")))
+    rows = []
+    for k, (scored, images, models) in enumerate(sets):
+        values = [m.get("metrics", {}).get(metric) if isinstance(m, dict) else None
+                  for m in ((models or []) + [None, None])[:2]]
+        candidate, serving = (v if isinstance(v, int | float) else None for v in values)
+        rows.append({
+            "round": round_no,
+            "set": "this round" if k == 0 else f"round {scored}",
+            "domain": round_domain.get(scored) if isinstance(scored, int) else None,
+            "images": images,
+            "candidate": candidate,
+            "serving": serving,
+            "change": None if candidate is None or serving is None else candidate - serving,
+        })
+    return rows
+
+
+def gate_markdown(rows: Sequence[dict[str, Any]], decisions: Mapping[int, str]) -> list[str]:
+    """The per-round gate table of report.md: each round's eval sets and the decision."""
+    if not rows:
+        return []
+    lines = ["", "## Deploy gate per round", "",
+             "precision of the candidate and of the model serving, on the round's own held-out "
+             "samples and on those of each earlier round (the forgetting check: no earlier round "
+             "may drop by more than `forgettingMargin`, 0.02 by default)", "",
+             "| round | eval set | domain | images | candidate | serving | change | decision |",
+             "|---|---|---|---|---|---|---|---|"]
+    for row in rows:
+        decision = decisions.get(row["round"], "") if row["set"] == "this round" else ""
+        lines.append(
+            f"| {row['round']} | {row['set']} | {row['domain'] or '-'} | {_fmt(row['images'])} | "
+            f"{_fmt(row['candidate'])} | {_fmt(row['serving'])} | {'-' if row['change'] is None else format(row['change'], '+.3f')} | "
+            f"{decision.replace('|', '/')} |")
+    return lines
+
+
+def round_eval_result(paths: RunPaths, round_no: int) -> dict[str, Any] | None:
+    """The eval result of ``round_no`` as the dataset node kept it (its last attempt)."""
+    from cloud_manager.task_builder import task_id
+
+    return _last_attempt_result(paths.agent_state(CLOUD_NODE) / "tasks",
+                                task_id(NAMESPACE, JOB, round_no, "eval"))
+
+
+def gate_decisions(conditions: Sequence[dict[str, Any]]) -> dict[int, str]:
+    """Each round's deploy decision, as the Eval/Completed condition gave it."""
+    return {int(c["round"]): str(c.get("reason", "")) for c in conditions
+            if (c.get("stage"), c.get("state")) == ("Eval", "Completed")
+            and isinstance(c.get("round"), int)}
 
 
 @dataclass
@@ -354,8 +413,14 @@ def write_report(run: ReportInputs, console: Console) -> dict[str, Any]:
         "live_view": outcome.live_view_url,
         "plots": plots,
     }
+    gate = []
+    for round_no in sorted(gate_decisions(conditions)):
+        gate += gate_rows(round_no, round_eval_result(paths, round_no) or {}, run.round_domain)
+    summary["gate"] = gate
     (paths.workdir / "summary.json").write_text(json.dumps(summary, indent=1, default=str))
-    (paths.workdir / "report.md").write_text(_markdown(summary, conditions, run))
+    markdown = _markdown(summary, conditions, run)
+    markdown += "\n".join(gate_markdown(gate, gate_decisions(conditions))) + "\n"
+    (paths.workdir / "report.md").write_text(markdown)
     console.print(f"report: {paths.workdir / 'report.md'}; plots in {paths.plots}; "
                   f"summary {paths.workdir / 'summary.json'}")
     return summary

@@ -53,7 +53,7 @@ from demo.manifests import (
 )
 from demo.processes import ProcessFailed, ProcessSet, stop_leftovers
 from demo.progress import JobWatch, LoopView, Transition, follow_live_view, render
-from demo.report import ReportInputs, write_report
+from demo.report import ReportInputs, gate_rows, round_eval_result, write_report
 from demo.run_record import Outcome, RunPaths
 from demo.schedule import DomainPlan
 
@@ -354,6 +354,20 @@ class Demo:
         """Every condition the cloud adds, as it comes: each decision is seen where it is made."""
         style = "red" if t.state == "Failed" else "bold"
         self.say(f"  [{style}]{t.stage}/{t.state}[/] round {t.round}: {t.reason}")
+        if (t.stage, t.state) == ("Eval", "Completed"):
+            self.say_gate(t.round)
+
+    def say_gate(self, round_no: int) -> None:
+        """The gate's table with its decision: the round's own eval set and each earlier one."""
+        result = round_eval_result(self.paths, round_no)
+        for row in gate_rows(round_no, result or {}, self.plan.round_domain):
+            change = "-" if row["change"] is None else f"{row['change']:+.3f}"
+            domain = f" ({row['domain']})" if row["domain"] else ""
+            self.say(f"    {row['set']}{domain}: {row['images']} images, candidate "
+                     f"{row['candidate'] if row['candidate'] is None else round(row['candidate'], 3)}"
+                     f" vs serving "
+                     f"{row['serving'] if row['serving'] is None else round(row['serving'], 3)}"
+                     f" ({change})")
 
     async def print_job_table(self) -> None:
         """What ``edgeloop get il -n neptune-test`` prints now."""

@@ -11,13 +11,18 @@ paths are written absolute: the files live in the job's output folder, not besid
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from edge_agent.task_paths import TaskPathError, resolve_task_path
 from edgeloop.durable import write_atomically
 from protocol.messages import Task
-from protocol.sample_split import SPLIT_VARIABLE, SampleSplit, plan_round_indexes
+from protocol.sample_split import (
+    SPLIT_VARIABLE,
+    SampleSplit,
+    held_out_of_range,
+    plan_round_indexes,
+)
 from protocol.dataset_index import parse_line
 
 
@@ -32,6 +37,8 @@ class WrittenIndexes:
     train: int
     eval: int
     replay: int
+    #: held-out samples written for earlier rounds, per round
+    earlier: dict[int, int] = field(default_factory=dict)
 
 
 def valid_samples(index: Path, num_classes: int) -> list[tuple[str, str]]:
@@ -90,7 +97,8 @@ def write_round_indexes(task: Task, num_classes: int) -> WrittenIndexes | None:
     targets = {name: _resolve(getattr(split, name), script_dir, name)
                for name in ("index", "train", "eval", "replay")}
     samples = valid_samples(targets["index"], num_classes)
-    if len(samples) < split.end:
+    needed = max([split.end, *(r.end for r in split.earlier)])
+    if len(samples) < needed:
         raise RoundIndexError(
             f"dataset index {split.index} has {len(samples)} valid samples, the round needs "
             f"samples {split.start}..{split.end - 1}"
@@ -98,11 +106,17 @@ def write_round_indexes(task: Task, num_classes: int) -> WrittenIndexes | None:
     absolute = dict(samples)
     plan = plan_round_indexes([line for line, _ in samples], split.start, split.end,
                               split.train_prob)
-    files = ((targets["train"], plan.train), (targets["eval"], plan.eval),
-             (targets["replay"], plan.replay))
+    lines = [line for line, _ in samples]
+    earlier = {r.round: held_out_of_range(lines, r.start, r.end, split.train_prob)
+               for r in split.earlier}
+    files = [(targets["train"], plan.train), (targets["eval"], plan.eval),
+             (targets["replay"], plan.replay)]
+    files += [(_resolve(r.eval, script_dir, f"earlier[{r.round}].eval"), earlier[r.round])
+              for r in split.earlier]
     try:
-        for target, lines in files:
-            _write_index(target, [absolute[line] for line in lines])
+        for target, chosen in files:
+            _write_index(target, [absolute[line] for line in chosen])
     except OSError as exc:
         raise RoundIndexError(f"cannot write the round's sample indexes: {exc}") from None
-    return WrittenIndexes(len(plan.train), len(plan.eval), len(plan.replay))
+    return WrittenIndexes(len(plan.train), len(plan.eval), len(plan.replay),
+                          {k: len(v) for k, v in earlier.items()})

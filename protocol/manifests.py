@@ -33,7 +33,7 @@ from pydantic import (
 )
 
 from protocol.manifest_base import ManifestPart, NonEmpty, invalid, show
-from protocol.metrics_names import NUM_OF_SAMPLES, check_selector, parse_metric
+from protocol.metrics_names import NUM_OF_SAMPLES, MetricRef, check_selector, parse_metric
 from protocol.pod_template import PodTemplate, StageRuntime
 
 API_VERSIONS: tuple[str, ...] = ("neptune.io/v1alpha1", "sedna.io/v1alpha1")
@@ -308,14 +308,22 @@ class TrainCondition(Condition):
 
 
 class DeployCondition(Condition):
-    @field_validator("metric")
-    @classmethod
-    def _known_metric(cls, metric: str) -> str:
+    #: edgeloop extension: the metric is one an eval script of the user's own reports, so its
+    #: name is not checked against the bundled eval's metrics (a round whose eval result lacks
+    #: it fails, naming it).
+    custom_metric: bool = False
+
+    @model_validator(mode="after")
+    def _known_metric(self) -> DeployCondition:
         try:
-            parse_metric(metric)
+            self.ref()
         except ValueError as exc:
-            raise invalid(str(exc)) from None
-        return metric
+            raise invalid(str(exc), path="metric") from None
+        return self
+
+    def ref(self) -> MetricRef:
+        """The parsed metric name."""
+        return parse_metric(self.metric, custom=self.custom_metric)
 
 
 class Trigger(ManifestPart):
@@ -327,8 +335,18 @@ class TrainTrigger(Trigger):
     condition: TrainCondition
 
 
+#: How much an earlier round's metric may drop before a candidate counts as having forgotten it.
+DEFAULT_FORGETTING_MARGIN = 0.02
+
+
 class DeployTrigger(Trigger):
     condition: DeployCondition
+    #: edgeloop extension: the candidate is not deployed when, on the held-out samples of an
+    #: earlier round, its value of the condition's metric is worse than the serving model's by
+    #: more than this. 1 turns the check off for metrics in [0, 1].
+    forgetting_margin: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] = (
+        DEFAULT_FORGETTING_MARGIN
+    )
 
 
 # --- the three kinds ---------------------------------------------------------------------------
@@ -552,7 +570,7 @@ class IncrementalLearningJobSpec(ManifestPart):
         names = self.class_names()
         if names is not None:
             try:
-                check_selector(parse_metric(self.deploy_spec.trigger.condition.metric), names)
+                check_selector(self.deploy_spec.trigger.condition.ref(), names)
             except ValueError as exc:
                 raise invalid(str(exc), path="deploySpec.trigger.condition.metric") from None
         return self

@@ -20,6 +20,25 @@ SPLIT_VARIABLE = "EDGELOOP_SPLIT"
 TRAIN_INDEX = "train.txt"
 EVAL_INDEX = "eval.txt"
 REPLAY_INDEX = "replay.txt"
+#: How many earlier rounds eval also scores, the most recent ones: Sedna's eval set keeps the
+#: held-out samples of up to five earlier data versions.
+EARLIER_ROUNDS_WINDOW = 5
+
+
+def earlier_eval_index(round_no: int) -> str:
+    """File name, in the current round's folder, of round ``round_no``'s held-out samples."""
+    return f"eval-round-{round_no}.txt"
+
+
+@dataclass(frozen=True)
+class EarlierRound:
+    """An earlier round whose held-out samples eval also scores: the ``[start, end)`` range of
+    samples it trained on, and where the node writes their held-out side (``eval``)."""
+
+    round: int
+    start: int
+    end: int
+    eval: str
 
 
 @dataclass(frozen=True)
@@ -35,6 +54,7 @@ class SampleSplit:
     train: str
     eval: str
     replay: str
+    earlier: tuple[EarlierRound, ...] = ()
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), sort_keys=True)
@@ -68,7 +88,28 @@ class SampleSplit:
             raise ValueError(f"{SPLIT_VARIABLE}.train_prob: a number in [0, 1] is required, got {prob!r}")
         return cls(index=paths["index"], start=counts["start"], end=counts["end"],
                    train_prob=float(prob), train=paths["train"], eval=paths["eval"],
-                   replay=paths["replay"])
+                   replay=paths["replay"], earlier=_earlier_rounds(data.get("earlier", [])))
+
+
+def _earlier_rounds(value: object) -> tuple[EarlierRound, ...]:
+    """``EDGELOOP_SPLIT.earlier``: absent in a split from an older cloud."""
+    if not isinstance(value, list):
+        raise ValueError(f"{SPLIT_VARIABLE}.earlier must be a list, got {value!r}")  # noqa: TRY004
+    rounds = []
+    for i, item in enumerate(value):
+        where = f"{SPLIT_VARIABLE}.earlier[{i}]"
+        if not isinstance(item, dict):
+            raise ValueError(f"{where} must be a JSON object")  # noqa: TRY004
+        numbers = {k: item.get(k) for k in ("round", "start", "end")}
+        if any(not isinstance(v, int) or isinstance(v, bool) or v < 0 for v in numbers.values()):
+            raise ValueError(f"{where}: round, start and end must be counts >= 0, got {numbers}")
+        if numbers["end"] < numbers["start"]:  # type: ignore[operator]
+            raise ValueError(f"{where}: end {numbers['end']} is before start {numbers['start']}")
+        path = item.get("eval")
+        if not isinstance(path, str) or not path:
+            raise ValueError(f"{where}.eval: a path is required, got {path!r}")
+        rounds.append(EarlierRound(int(item["round"]), int(item["start"]), int(item["end"]), path))
+    return tuple(rounds)
 
 
 def goes_to_train(line: str, train_prob: float) -> bool:
@@ -97,6 +138,17 @@ def split_samples(lines: Sequence[str], train_prob: float) -> tuple[list[str], l
         seen.add(line)
         (train if goes_to_train(line, train_prob) else held_out).append(line)
     return train, held_out
+
+
+def held_out_of_range(
+    samples: Sequence[str], start: int, end: int, train_prob: float
+) -> list[str]:
+    """The held-out samples that were new in ``[start, end)``: what that round's eval set was,
+    without the fallback to earlier samples :func:`plan_round_indexes` applies."""
+    earlier_train, earlier_eval = split_samples(samples[:start], train_prob)
+    seen = set(earlier_train) | set(earlier_eval)
+    new = [line for line in samples[start:end] if line.strip() not in seen]
+    return split_samples(new, train_prob)[1]
 
 
 @dataclass(frozen=True)

@@ -43,6 +43,8 @@ RESULT = "EDGELOOP_RESULT"  # file the worker writes its JSON result to
 CHANNEL = "EDGELOOP_CHANNEL"  # ws://127.0.0.1:PORT/... ; absent when run by hand
 MODEL_VERSION = "EDGELOOP_MODEL_VERSION"  # version of the model in MODEL_URL (inference)
 REPLAY_INDEX = "EDGELOOP_REPLAY_INDEX"  # train: index of earlier training data for replay
+#: eval: held-out indexes of earlier rounds, JSON {"round": path}; see earlier_test_urls_json
+EARLIER_TEST_URLS = "EDGELOOP_EARLIER_TEST_URLS"
 # --- Sedna's job identity and dataset, set as its controller sets them ----------------------------
 
 ORIGINAL_DATASET_URL = "ORIGINAL_DATASET_URL"  # train / eval: the Dataset's own index (data.txt)
@@ -72,6 +74,7 @@ LOCATION_VARIABLES = (
     CHANNEL,
     MODEL_VERSION,
     REPLAY_INDEX,
+    EARLIER_TEST_URLS,
     *SEDNA_VARIABLES,
 )
 
@@ -119,6 +122,29 @@ def parse_hem_parameters(text: str) -> dict[str, str]:
     raise ValueError(  # noqa: TRY004
         f"{HEM_PARAMETERS} must be a JSON list of {{key, value}} or an object of strings"
     )
+
+
+# --- EDGELOOP_EARLIER_TEST_URLS -------------------------------------------------------------------
+
+
+def earlier_test_urls_json(urls: Mapping[int, str]) -> str:
+    """``EDGELOOP_EARLIER_TEST_URLS``: each earlier round's held-out index, by round number."""
+    return json.dumps({str(k): v for k, v in sorted(urls.items())}, separators=(",", ":"))
+
+
+def parse_earlier_test_urls(text: str) -> dict[int, str]:
+    """Read ``EDGELOOP_EARLIER_TEST_URLS`` back; ``ValueError`` says what is wrong."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{EARLIER_TEST_URLS} is not valid JSON: {exc}") from exc
+    if not isinstance(value, dict) or not all(
+        k.isdigit() and isinstance(v, str) and v for k, v in value.items()
+    ):
+        raise ValueError(  # noqa: TRY004
+            f"{EARLIER_TEST_URLS} must be a JSON object of round number to index path"
+        )
+    return {int(k): v for k, v in value.items()}
 
 
 # --- parameters --------------------------------------------------------------------------------
@@ -268,6 +294,7 @@ class WorkerEnvironment(BaseModel):
     hem_name: str | None = None
     hem_parameters: dict[str, str] = Field(default_factory=dict)
     replay_index: str | None = None
+    earlier_test_urls: dict[int, str] = Field(default_factory=dict)
     parameters: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("channel")
@@ -301,6 +328,8 @@ class WorkerEnvironment(BaseModel):
             HEM_NAME: self.hem_name,
             HEM_PARAMETERS: hem_parameters_json(self.hem_parameters) if self.hem_parameters else None,
             REPLAY_INDEX: self.replay_index,
+            EARLIER_TEST_URLS: (earlier_test_urls_json(self.earlier_test_urls)
+                                if self.earlier_test_urls else None),
         }
         env.update({k: v for k, v in pairs.items() if v})
         return env
@@ -315,6 +344,8 @@ class WorkerEnvironment(BaseModel):
         """
         hem = parse_hem_parameters(env[HEM_PARAMETERS]) if env.get(HEM_PARAMETERS) else {}
         urls = env.get(MODEL_URLS, "")
+        earlier = (parse_earlier_test_urls(env[EARLIER_TEST_URLS])
+                   if env.get(EARLIER_TEST_URLS) else {})
         try:
             return cls(
                 task_id=env.get(TASK_ID, ""),
@@ -329,6 +360,7 @@ class WorkerEnvironment(BaseModel):
                 hem_name=env.get(HEM_NAME) or None,
                 hem_parameters=hem,
                 replay_index=env.get(REPLAY_INDEX) or None,
+                earlier_test_urls=earlier,
                 parameters={p.name: env[p.name] for p in PARAMETERS if p.name in env},
             )
         except ValidationError as exc:

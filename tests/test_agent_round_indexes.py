@@ -130,3 +130,43 @@ def test_a_split_reads_back_what_the_cloud_wrote(tmp_path):
     split = SampleSplit(index="/d/data.txt", start=3, end=9, train_prob=0.8, train="/o/train.txt",
                         eval="/o/eval.txt", replay="/o/replay.txt")
     assert SampleSplit.from_json(split.to_json()) == split
+
+
+def test_eval_also_gets_each_earlier_rounds_held_out_samples(tmp_path):
+    """``EDGELOOP_SPLIT.earlier``: each earlier round's own held-out samples, in its own file,
+    without the fallback to earlier samples that the round's eval.txt has."""
+    from protocol.sample_split import EarlierRound, held_out_of_range
+
+    index = make_index(tmp_path / "data", 60)
+    out = tmp_path / "out" / "3"
+    split = SampleSplit(index=str(index), start=40, end=60, train_prob=0.5,
+                        train=str(out / "train.txt"), eval=str(out / "eval.txt"),
+                        replay=str(out / "replay.txt"),
+                        earlier=(EarlierRound(1, 0, 20, str(out / "eval-round-1.txt")),
+                                 EarlierRound(2, 20, 40, str(out / "eval-round-2.txt"))))
+    assert SampleSplit.from_json(split.to_json()) == split
+    task = Task(task_id="t-eval", job="ns/job", role="eval",
+                worker=WorkerSpec(script_dir=str(tmp_path), boot_file="w.py"),
+                env={SPLIT_VARIABLE: split.to_json()})
+    written = write_round_indexes(task, num_classes=4)
+    samples = [line for line, _ in valid_samples(index, num_classes=4)]
+    base = (tmp_path / "data").resolve()
+    for number, (start, end) in ((1, (0, 20)), (2, (20, 40))):
+        expected = held_out_of_range(samples, start, end, 0.5)
+        assert expected, "the 0.5 split holds some samples out of each range"
+        assert lines_of(out / f"eval-round-{number}.txt") == [f"{base}/{x}" for x in expected]
+        assert written is not None and written.earlier[number] == len(expected)
+    # rounds' held-out sets are disjoint and none of them was trained on
+    one, two = (set(lines_of(out / f"eval-round-{n}.txt")) for n in (1, 2))
+    assert not one & two
+    assert not (one | two) & set(lines_of(out / "replay.txt"))
+
+
+def test_a_bad_earlier_list_is_an_error_naming_it():
+    import json
+
+    data = json.loads(SampleSplit(index="d", start=0, end=1, train_prob=0.5, train="t",
+                                  eval="e", replay="r").to_json())
+    data["earlier"] = [{"round": 1, "start": 5, "end": 2, "eval": "x"}]
+    with pytest.raises(ValueError, match=r"EDGELOOP_SPLIT.earlier\[0\]: end 2 is before start 5"):
+        SampleSplit.from_json(json.dumps(data))

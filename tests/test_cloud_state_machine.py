@@ -18,7 +18,8 @@ SHA = "ab" * 32
 
 
 def seed_inputs(threshold: int = 500, timer: bool = False, deploy: str = "precision_delta > 0.1",
-                output_dir: str = "/output") -> JobInputs:
+                output_dir: str = "/output", custom: bool = False,
+                forgetting_margin: float | None = None) -> JobInputs:
     text = "\n---\n".join((EXAMPLES / f).read_text() for f in
                           ("dataset.yaml", "initial-model.yaml", "deploy-model.yaml", "job.yaml"))
     docs = {m.kind: m for m in load_documents(text) if m.kind != "Model"}
@@ -32,6 +33,10 @@ def seed_inputs(threshold: int = 500, timer: bool = False, deploy: str = "precis
     metric, op, value = deploy.split()
     data["spec"]["deploySpec"]["trigger"]["condition"] = {
         "metric": metric, "operator": op, "threshold": float(value)}
+    if custom:
+        data["spec"]["deploySpec"]["trigger"]["condition"]["customMetric"] = True
+    if forgetting_margin is not None:
+        data["spec"]["deploySpec"]["trigger"]["forgettingMargin"] = forgetting_margin
     data["spec"]["outputDir"] = output_dir
     job = type(job).model_validate(data)
     return JobInputs(job=job, dataset=docs["Dataset"], initial_model=models["initial-model"],
@@ -563,3 +568,112 @@ def test_train_waits_for_its_own_node_not_the_dataset_node():
     d.send(sm.SamplesReported(600))
     assert not any(isinstance(a, sm.DispatchTask) for a in d.actions)
     assert d.state.conditions[-1].reason == "waiting for node trainer to be online"
+
+
+def test_a_custom_metric_the_eval_result_lacks_fails_the_round_naming_it():
+    """An eval script of the user's own may report any metric; one that lacks the deploy
+    trigger's metric fails the round with a reason naming it and what was reported."""
+    d = Driver(seed_inputs(threshold=0, deploy="accuracy_delta > 0.1", custom=True))
+    d.send(sm.SamplesReported(5))
+    d.report("Completed", train_result(1))
+    d.report("Completed", {"models": [{"url": "c", "metrics": {"acc": 0.9, "loss": 0.1}},
+                                      {"url": "d", "metrics": {"acc": 0.5, "loss": 0.2}}]})
+    assert d.where == ("Eval", "Failed", 1)
+    reason = d.state.conditions[-1].reason
+    assert "accuracy_delta" in reason and "it reports acc, loss" in reason, reason
+    assert d.state.deployed_version is None
+    # the same name reported: deployed
+    d.send(sm.SamplesReported(10))
+    d.report("Completed", train_result(2))
+    d.report("Completed", {"models": [{"url": "c", "metrics": {"accuracy": 0.9}},
+                                      {"url": "d", "metrics": {"accuracy": 0.5}}]})
+    assert d.where[:2] == ("Deploy", "Running")
+
+
+def eval_with_rounds(candidate: float, serving: float,
+                     rounds: dict[int, tuple[float, float]]) -> dict:
+    """An eval result with per-round scores: {round: (candidate, serving)} precision."""
+    result = eval_result(candidate, serving)
+    result["rounds"] = [
+        {"round": r, "images": 10, "models": [{"url": "c", "metrics": {"precision": c}},
+                                              {"url": "d", "metrics": {"precision": d}}]}
+        for r, (c, d) in rounds.items()]
+    return result
+
+
+def test_a_candidate_that_forgets_an_earlier_round_is_not_deployed_and_the_round_is_named():
+    d = Driver(seed_inputs(threshold=10))
+    d.send(sm.SamplesReported(20))
+    run_round(d, 0.6, 0.4)  # round 1: day, deployed as version 1
+    assert d.state.deployed_version == 1
+    d.send(sm.SamplesReported(40))
+    d.report("Running")
+    d.report("Completed", train_result(2))
+    # eval of round 2 scores round 1's held-out samples too
+    task = d.dispatched().task
+    assert json.loads(task.env[contract.EARLIER_TEST_URLS]) == {"1": "/output/2/eval-round-1.txt"}
+    split = json.loads(task.env[SPLIT_VARIABLE])
+    assert split["earlier"] == [{"round": 1, "start": 0, "end": 20,
+                                 "eval": "/output/2/eval-round-1.txt"}]
+    # learned night (+0.4 on round 2's samples), forgot day (round 1: 0.9 -> 0.5)
+    d.report("Completed", eval_with_rounds(0.8, 0.4, {1: (0.5, 0.9)}))
+    assert d.state.deployed_version == 1
+    not_deployed = next(c for c in reversed(d.state.conditions) if c.stage == "Eval")
+    assert not_deployed.state == "Completed"
+    assert "candidate not deployed" in not_deployed.reason
+    assert "forgets earlier round: round 1 precision 0.900 -> 0.500 (-0.400)" in not_deployed.reason
+    assert "margin 0.02" in not_deployed.reason
+    assert d.where == ("Train", "Waiting", 3)
+
+
+def test_a_drop_within_the_margin_deploys_and_the_reason_lists_the_rounds_checked():
+    d = Driver(seed_inputs(threshold=10, forgetting_margin=0.05))
+    for n, round_no in ((20, 1), (40, 2)):
+        d.send(sm.SamplesReported(n))
+        d.report("Completed", train_result(round_no))
+        d.report("Completed", eval_with_rounds(0.8, 0.4, {1: (0.86, 0.9)} if round_no == 2 else {}))
+        collect = [a for a in d.actions if isinstance(a, sm.CollectArtifacts)]
+        d.send(sm.ArtifactsCollected(collect[0].version, True))
+    assert d.state.deployed_version == 2
+    decision = d.state.versions[-1].decision
+    assert "no earlier round drops by more than 0.05 (rounds 1)" in decision, decision
+
+
+def test_earlier_rounds_are_a_window_of_the_last_five_that_trained():
+    d = Driver(seed_inputs(threshold=1))
+    for round_no in range(1, 8):
+        d.send(sm.SamplesReported(round_no * 5))
+        d.report("Completed", train_result(round_no))
+        task = d.dispatched().task
+        earlier = json.loads(task.env.get(contract.EARLIER_TEST_URLS, "{}"))
+        assert sorted(map(int, earlier)) == list(range(max(1, round_no - 5), round_no))
+        d.report("Completed", eval_result(0.1, 0.5))  # not deployed: next round
+    assert d.state.trained_rounds[-1] == [7, 30, 35]
+    # a user's eval script without per-round metrics: deployed, and the reason says so
+    d.send(sm.SamplesReported(40))
+    d.report("Completed", train_result(8))
+    d.report("Completed", eval_result(0.9, 0.5))
+    assert "earlier rounds not checked: the eval result has no per-round metrics" in \
+        d.state.versions[-1].decision
+
+
+def test_describe_il_says_which_round_the_candidate_forgot():
+    from rich.console import Console
+
+    from cloud_manager.render import describe_job
+
+    inputs = seed_inputs(threshold=10)
+    d = Driver(inputs)
+    d.send(sm.SamplesReported(20))
+    run_round(d, 0.6, 0.4)
+    d.send(sm.SamplesReported(40))
+    d.report("Completed", train_result(2))
+    d.report("Completed", eval_with_rounds(0.8, 0.4, {1: (0.5, 0.9)}))
+    data = {"resource": {"namespace": "neptune-test", "name": "helmet-detection-demo",
+                         "generation": 1, "manifest": inputs.job.model_dump(by_alias=True)},
+            "status": sm.status_fields(d.state)}
+    console = Console(width=400, record=True)
+    console.print(describe_job(data, now=d.now))
+    text = console.export_text()
+    assert "precision_delta > 0.1, no earlier round may drop by more than 0.02" in text
+    assert "forgets earlier round: round 1 precision 0.900 -> 0.500 (-0.400)" in text

@@ -252,3 +252,49 @@ def test_round_indexes_fall_back_to_all_held_out_samples_when_none_is_new():
         assert plan.eval == [lines[100]]
     else:
         assert plan.eval == earlier_eval and earlier_eval
+
+
+def test_sedna_precision_is_a_deploy_metric_of_its_own():
+    decision = triggers.deploy_decision(
+        cond("sedna_precision_delta", ">", 0.1),
+        {"precision": 0.5, "sedna_precision": 1.0}, {"precision": 0.5, "sedna_precision": 0.8},
+        CLASSES,
+    )
+    assert decision.holds is True, decision.reason
+    assert decision.value == pytest.approx(0.2)
+
+
+def test_custom_metric_is_accepted_when_the_condition_says_so():
+    from protocol.manifests import DeployCondition
+
+    custom = DeployCondition(metric="accuracy_delta", operator=">", threshold=0.1,
+                             customMetric=True)
+    assert triggers.deploy_decision(custom, {"accuracy": 0.9}, {"accuracy": 0.7}, CLASSES).holds
+    lacking = triggers.deploy_decision(custom, {"acc": 0.9}, None, CLASSES)
+    assert lacking.holds is False and lacking.fails_round is True
+    assert "accuracy" in lacking.reason and "it reports acc" in lacking.reason
+    with pytest.raises(ValueError, match="custom metric 'bad name'"):
+        DeployCondition(metric="bad name", operator=">", threshold=0.1, customMetric=True)
+
+
+def test_a_value_that_is_none_passes_over_the_candidate_without_failing_the_round():
+    decision = triggers.deploy_decision(cond("map50", ">", 0.1), {"map50": None}, None, CLASSES)
+    assert decision.holds is False and decision.fails_round is False
+
+
+def test_forgetting_is_worse_by_more_than_the_margin_in_the_metrics_direction():
+    scores = [triggers.RoundScore(1, 0.85, 0.9), triggers.RoundScore(2, 0.5, 0.9),
+              triggers.RoundScore(3, None, 0.9)]
+    higher = triggers.forgetting_decision(cond("precision_delta", ">", 0.1), 0.02, scores)
+    assert higher.holds is False
+    assert higher.reason.startswith("forgets earlier rounds: round 2 precision 0.900 -> 0.500")
+    assert "round 1 precision 0.900 -> 0.850 (-0.050)" in higher.reason
+    assert triggers.forgetting_decision(cond("precision_delta", ">", 0.1), 0.05,
+                                        scores[:1]).holds
+    # at exactly the margin it holds (tolerance on the edge)
+    edge = [triggers.RoundScore(1, 0.7, 0.72)]
+    assert triggers.forgetting_decision(cond("precision", ">", 0.1), 0.02, edge).holds
+    # a condition with < gates on a value where lower is better: a rise is the forgetting
+    loss = [triggers.RoundScore(1, 0.5, 0.3)]
+    assert not triggers.forgetting_decision(cond("map_delta", "<", 0.0), 0.02, loss).holds
+    assert triggers.forgetting_decision(cond("map_delta", ">", 0.0), 0.02, loss).holds

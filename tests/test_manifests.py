@@ -78,9 +78,10 @@ TRIGGER = "spec.trainSpec.trigger"
 DEPLOY_METRIC = "spec.deploySpec.trigger.condition.metric"
 EVAL_PARAMS = "spec.evalSpec.workerSpec.parameters"
 ALLOWED_METRICS = (
-    "allowed: precision, recall, f1, map50, map, each optionally followed by _delta "
-    "(candidate - deployed) and by a class selector [index] or [class-name], "
-    "e.g. precision_delta, recall[2], map50[helmet]"
+    "allowed: precision, recall, f1, map50, map, sedna_precision, each optionally followed by "
+    "_delta (candidate - deployed) and by a class selector [index] or [class-name], "
+    "e.g. precision_delta, recall[2], map50[helmet]; a metric an eval script of your own "
+    "reports needs customMetric: true in the condition"
 )
 
 # (case id, document, exact error lines)
@@ -716,3 +717,23 @@ def test_apply_of_a_deeply_nested_file_prints_the_error_without_a_traceback(tmp_
     assert result.exit_code == 1
     assert f"nested more than {MAX_NESTING} levels deep" in result.output
     assert "Traceback" not in result.output and "RecursionError" not in result.output
+
+
+def test_custom_metric_and_forgetting_margin_extensions():
+    deploy = "spec.deploySpec.trigger"
+    job = parse_manifest(mutated("job.yaml", {f"{deploy}.condition.metric": "accuracy_delta[1]",
+                                              f"{deploy}.condition.customMetric": True,
+                                              f"{deploy}.forgettingMargin": 0.05}))
+    trigger = job.spec.deploy_spec.trigger
+    assert trigger.condition.ref() == MetricRef("accuracy", delta=True, selector=1)
+    assert trigger.forgetting_margin == 0.05
+    # the default protects: 0.02
+    assert parse_manifest(seed("job.yaml")).spec.deploy_spec.trigger.forgetting_margin == 0.02
+    assert parse_metric("sedna_precision_delta[helmet]") == MetricRef(
+        "sedna_precision", delta=True, selector="helmet")
+    assert errors_of(mutated("job.yaml", {f"{deploy}.forgettingMargin": -0.1})) == [
+        f"{deploy}.forgettingMargin: -0.1 is out of range; must be >= 0"]
+    assert errors_of(mutated("job.yaml", {f"{deploy}.condition.metric": "a b",
+                                          f"{deploy}.condition.customMetric": True})) == [
+        f"{DEPLOY_METRIC}: custom metric 'a b': a name of letters, digits and underscores is "
+        "required, optionally followed by _delta and a class selector [index] or [class-name]"]

@@ -236,3 +236,38 @@ def test_crops_keep_whole_boxes_whose_centre_is_inside() -> None:
     np.testing.assert_array_equal(moved[0], [8, 8, 48, 28, 0])
     target = encode_targets(moved, spec)
     assert target[..., 4 + 4].sum() == 1.0  # only the first box has its centre in the crop
+
+
+def test_eval_scores_every_model_on_each_earlier_round_too(
+    data: dict[str, Path], base_model: Path, tmp_path: Path
+) -> None:
+    """EDGELOOP_EARLIER_TEST_URLS: each model is also scored on every earlier round's held-out
+    samples, in the shape the deploy gate reads; a round whose index is gone is not scored."""
+    from cloud_manager import triggers
+    from protocol.manifests import DeployCondition
+
+    urls = [str(base_model / contract.TFLITE_ARTIFACT), str(base_model / contract.KERAS_ARTIFACT)]
+    earlier = {1: str(data["day"]), 2: str(data["night"]), 3: str(tmp_path / "gone.txt")}
+    code, result, log = run_worker(
+        "eval.py",
+        {**TINY, contract.MODEL_URLS: ";".join(urls), contract.TEST_DATASET_URL: str(data["test"]),
+         contract.EARLIER_TEST_URLS: contract.earlier_test_urls_json(earlier)},
+        tmp_path,
+    )
+    assert code == 0, log
+    assert result["images"] == 6 and [m["url"] for m in result["models"]] == urls
+    rounds = {r["round"]: r for r in result["rounds"]}
+    assert sorted(rounds) == [1, 2, 3]
+    assert (rounds[1]["images"], rounds[2]["images"], rounds[3]["images"]) == (12, 8, 0)
+    assert [m["url"] for m in rounds[2]["models"]] == urls
+    assert rounds[3]["models"] == []
+    assert "sedna_precision" in rounds[1]["models"][0]["metrics"]
+    condition = DeployCondition(metric="precision_delta", operator=">", threshold=0.1)
+    scores = triggers.round_scores(condition, result["rounds"], ("person", "helmet",
+                                                                 "helmet-on", "helmet-off"))
+    assert scores is not None and [s.round for s in scores] == [1, 2, 3]
+    assert scores[2].change is None  # nothing to compare on round 3
+    # the same weights in two formats forget nothing
+    decision = triggers.forgetting_decision(condition, 0.02, scores)
+    assert decision.holds, decision.reason
+    assert "not compared, no value: round 3" in decision.reason

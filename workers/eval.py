@@ -6,6 +6,10 @@ Run by the edge agent as ``python eval.py`` with the worker contract in the envi
 The first model is the candidate, the others are the ones it is compared with (usually the
 deployed model). Each gets precision, recall and F1 at ``obj_threshold`` and COCO mAP@0.5 and
 mAP@0.5:0.95, overall and per class name. Accepts ``.keras`` and ``.tflite`` files.
+
+With ``EDGELOOP_EARLIER_TEST_URLS`` (the held-out samples of earlier rounds, sent by the cloud)
+every model is also scored on each earlier round's samples, reported under ``rounds`` so that
+the deploy gate can see a candidate that learned the new domain and forgot an old one.
 """
 
 from __future__ import annotations
@@ -97,31 +101,39 @@ def run_eval(params: sdk.Parameters, session: sdk.WorkerSession) -> dict[str, An
         log.warning("%s line %d skipped: %s", index.name, problem.line_no, problem.reason)
     if not read.samples:
         raise ValueError(f"{contract.TEST_DATASET_URL} {index} has no usable samples")
-    total = len(urls) * len(read.samples)
+    earlier = _earlier_samples(env.earlier_test_urls, len(class_names))
+    sets = [read.samples, *(samples for _, _, samples in earlier)]
+    total = len(urls) * sum(len(samples) for samples in sets)
+    done = 0
     models = []
-    for m, url in enumerate(urls):
-        log.info("evaluating %s on %d images", url, len(read.samples))
+    scored: list[list[dict[str, Any]]] = [[] for _ in earlier]
+    for url in urls:
+        for k, samples in enumerate(sets):
+            if not samples:
+                continue
+            what = "the round's" if k == 0 else f"round {earlier[k - 1][0]}'s"
+            log.info("evaluating %s on %s %d images", url, what, len(samples))
 
-        def on_image(i: int, m: int = m, url: str = url) -> None:
-            done = m * len(read.samples) + i + 1
-            if done % 25 == 0 or done == total:
-                session.report_progress(
-                    done / total, f"{Path(url).name}: image {i + 1}/{len(read.samples)}"
-                )
+            def on_image(i: int, start: int = done, url: str = url, n: int = len(samples)) -> None:
+                if (start + i + 1) % 25 == 0 or start + i + 1 == total:
+                    session.report_progress(
+                        (start + i + 1) / total, f"{Path(url).name}: image {i + 1}/{n}"
+                    )
 
-        metrics = evaluate_model(
-            Path(url), read.samples, class_names, obj, nms, params.threads, on_image
-        )
-        log.info(
-            "%s: precision %.3f recall %.3f map50 %s",
-            url,
-            metrics["precision"],
-            metrics["recall"],
-            metrics["map50"],
-        )
-        models.append({"url": url, "metrics": metrics})
+            metrics = evaluate_model(
+                Path(url), samples, class_names, obj, nms, params.threads, on_image
+            )
+            done += len(samples)
+            log.info("%s on %s: precision %.3f recall %.3f map50 %s", url, what,
+                     metrics["precision"], metrics["recall"], metrics["map50"])
+            (models if k == 0 else scored[k - 1]).append({"url": url, "metrics": metrics})
+    rounds = [
+        {"round": number, "test_dataset": path, "images": len(samples), "models": scored[k]}
+        for k, (number, path, samples) in enumerate(earlier)
+    ]
     return {
         "models": models,
+        "rounds": rounds,
         "test_dataset": str(index),
         "images": len(read.samples),
         "skipped_lines": len(read.problems),
@@ -129,6 +141,25 @@ def run_eval(params: sdk.Parameters, session: sdk.WorkerSession) -> dict[str, An
         "duration_s": round(time.monotonic() - started, 2),
         "parameters": params.as_dict(),
     }
+
+
+def _earlier_samples(urls: dict[int, str], num_classes: int) -> list[tuple[int, str, list]]:
+    """Each earlier round's held-out samples, by round: a missing or empty index gives no
+    samples (that round is reported with 0 images and not compared), never a failed eval."""
+    from protocol.dataset_index import read_index
+
+    earlier = []
+    for number, path in sorted(urls.items()):
+        index = Path(path)
+        if not index.is_file():
+            log.warning("round %d's held-out index %s does not exist: not scored", number, index)
+            earlier.append((number, path, []))
+            continue
+        read = read_index(index, num_classes=num_classes)
+        for problem in read.problems[:20]:
+            log.warning("%s line %d skipped: %s", index.name, problem.line_no, problem.reason)
+        earlier.append((number, path, list(read.samples)))
+    return earlier
 
 
 def main(argv: list[str] | None = None) -> int:

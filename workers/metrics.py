@@ -8,6 +8,16 @@ Two kinds of numbers answer two questions:
 * mAP@0.5 and mAP@0.5:0.95 (pycocotools, area "all", up to 100 detections per image) rank models
   independently of any threshold, so they are computed from detections kept down to a low score.
 
+* ``sedna_precision`` is the precision of Sedna's helmet-detection eval
+  (``validate_utils.py`` of its example), kept under its own name because it measures something
+  else: a detection is correct when it overlaps *any* ground-truth box of its class at IoU >= 0.5,
+  so duplicates of one box all count as correct, and images without ground-truth boxes are
+  skipped (their detections count nowhere). One box found twice is 0.5 for ``precision`` and 1.0
+  for ``sedna_precision``. Overall it is Sedna's ``all_precisions`` (correct over predicted,
+  summed over classes); per class its ``precision`` list. Sedna adds 1e-6 to every count, which
+  makes a class with no detections 1.0; here that class is ``None`` and no detections at all is
+  0.0, as for ``precision``.
+
 Everything is reported overall and per class (keyed by class name). Precision of a class with
 no detections and recall of a class with no ground truth are ``None``, not 0: an absent class
 must not look like a failing one.
@@ -81,6 +91,43 @@ def match_image(
             counts[c].fp += 1
         counts[c].fn += int((~taken).sum())
     return counts
+
+
+def sedna_counts(
+    det: Detections, gt: np.ndarray, num_classes: int, iou_threshold: float = MATCH_IOU
+) -> tuple[list[int], list[int]]:
+    """Sedna's helmet-eval counts for one image: (correct, predicted) per class.
+
+    A detection is correct when any ground-truth box of its class overlaps it at IoU >=
+    ``iou_threshold``; boxes are not used up, so every duplicate of a found box is correct.
+    The caller skips images without ground truth, as Sedna's eval does.
+    """
+    gt = np.asarray(gt, dtype=np.float32).reshape(-1, 5)
+    correct, predicted = [0] * num_classes, [0] * num_classes
+    for box, c in zip(det.boxes, det.classes.tolist(), strict=True):
+        predicted[c] += 1
+        gt_c = gt[gt[:, 4] == c, :4]
+        if len(gt_c) and float(box_iou(box, gt_c).max()) >= iou_threshold:
+            correct[c] += 1
+    return correct, predicted
+
+
+def _sedna_precisions(
+    predictions: Sequence[Detections], ground_truth: Sequence[np.ndarray], num_classes: int,
+    obj_threshold: float,
+) -> tuple[float, list[float | None]]:
+    """Overall and per-class ``sedna_precision`` (see the module docstring)."""
+    correct, predicted = [0] * num_classes, [0] * num_classes
+    for det, gt in zip(predictions, ground_truth, strict=True):
+        if np.asarray(gt).reshape(-1, 5).shape[0] == 0:
+            continue  # Sedna skips an index line without boxes
+        image_correct, image_predicted = sedna_counts(_above(det, obj_threshold), gt, num_classes)
+        for c in range(num_classes):
+            correct[c] += image_correct[c]
+            predicted[c] += image_predicted[c]
+    per_class = [correct[c] / predicted[c] if predicted[c] else None for c in range(num_classes)]
+    overall = sum(correct) / sum(predicted) if sum(predicted) else 0.0
+    return overall, per_class
 
 
 def _above(det: Detections, threshold: float) -> Detections:
@@ -186,12 +233,16 @@ def evaluate(
     for counts in per_class_counts:
         total.add(counts)
     maps = coco_map(predictions, ground_truth, k)
+    sedna_overall, sedna_per_class = _sedna_precisions(
+        predictions, ground_truth, k, obj_threshold
+    )
     per_class: dict[str, dict[str, object]] = {}
     for c, name in enumerate(class_names):
         counts = per_class_counts[c]
         map50, map_all = maps["per_class"][c]  # type: ignore[index]
         per_class[name] = {
             "precision": counts.precision,
+            "sedna_precision": sedna_per_class[c],
             "recall": counts.recall,
             "f1": counts.f1,
             "map50": map50,
@@ -202,6 +253,7 @@ def evaluate(
         }
     return {
         "precision": total.precision if total.precision is not None else 0.0,
+        "sedna_precision": sedna_overall,
         "recall": total.recall if total.recall is not None else 0.0,
         "f1": total.f1 if total.f1 is not None else 0.0,
         "map50": maps["map50"],
