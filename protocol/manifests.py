@@ -32,9 +32,10 @@ from pydantic import (
     model_validator,
 )
 
-from protocol.manifest_base import ManifestPart, NonEmpty, invalid, show
+from protocol.manifest_base import ManifestPart, NonEmpty, extension_paths, invalid, show
 from protocol.metrics_names import NUM_OF_SAMPLES, MetricRef, check_selector, parse_metric
 from protocol.pod_template import PodTemplate, StageRuntime
+from protocol.targets import DeployTargets, LabelSelector
 
 API_VERSIONS: tuple[str, ...] = ("neptune.io/v1alpha1", "sedna.io/v1alpha1")
 DEFAULT_NAMESPACE = "default"
@@ -308,6 +309,8 @@ class TrainCondition(Condition):
 
 
 class DeployCondition(Condition):
+    edgeloop_extensions = ("custom_metric",)
+
     #: edgeloop extension: the metric is one an eval script of the user's own reports, so its
     #: name is not checked against the bundled eval's metrics (a round whose eval result lacks
     #: it fails, naming it).
@@ -340,6 +343,8 @@ DEFAULT_FORGETTING_MARGIN = 0.02
 
 
 class DeployTrigger(Trigger):
+    edgeloop_extensions = ("forgetting_margin",)
+
     condition: DeployCondition
     #: edgeloop extension: the candidate is not deployed when, on the held-out samples of an
     #: earlier round, its value of the condition's metric is worse than the serving model's by
@@ -490,14 +495,34 @@ class EvalSpec(StageSpec):
     initial_eval_model: ModelRef | None = None
 
 
+def _distinct_nodes(names: list[str]) -> list[str]:
+    if not names:
+        raise invalid("is empty: name at least one node, or leave nodeNames out")
+    for i, name in enumerate(names):
+        if name in names[:i]:
+            raise invalid(f"node {name!r} appears twice (items {names.index(name)} and {i})",
+                          path=f"[{i}]")
+    return names
+
+
 class DeploySpec(StageSpec):
+    edgeloop_extensions = ("node_names", "node_selector")
+
     model: DeployModelRef
     trigger: DeployTrigger
     node_name: NonEmpty | None = None
+    #: edgeloop extension: more nodes that run inference, beside nodeName (a union)
+    node_names: Annotated[list[NonEmpty], AfterValidator(_distinct_nodes)] | None = None
+    #: edgeloop extension: every node whose agent declares labels the selector matches
+    node_selector: LabelSelector | None = None
     hard_example_mining: HardExampleMining | None = None
 
 
 STAGES = ("train", "eval", "deploy")
+
+
+_NO_TARGET = ("the node that runs inference (or, as edgeloop extensions, deploySpec.nodeNames "
+              "or deploySpec.nodeSelector)")
 
 
 class IncrementalLearningJobSpec(ManifestPart):
@@ -520,17 +545,23 @@ class IncrementalLearningJobSpec(ManifestPart):
         return self.train_spec.form
 
     def stage_node(self, name: str) -> str | None:
-        """The node the manifest names for a stage; None: train and eval where the dataset is."""
+        """The node the manifest names for a stage; None: train and eval where the dataset is,
+        and a deploy that names its nodes only by ``nodeNames`` / ``nodeSelector``."""
         if self.form == "workerSpec":
             return self.deploy_spec.node_name if name == "deploy" else None
         return self.stage(name).runtime().node
 
     @property
-    def deploy_node(self) -> str:
-        """The node that runs inference; both forms require one (checked below)."""
-        node = self.stage_node("deploy")
-        assert node is not None
-        return node
+    def deploy_node(self) -> str | None:
+        """The one node Sedna's form names for inference (``nodeName``), if it names one."""
+        return self.stage_node("deploy")
+
+    def deploy_targets(self) -> DeployTargets:
+        """Where inference runs: ``nodeName`` and ``nodeNames`` (a union, in that order) and
+        ``nodeSelector``; :func:`protocol.targets.targets` turns it into nodes."""
+        named = [self.deploy_node] if self.deploy_node else []
+        named += [n for n in self.deploy_spec.node_names or () if n not in named]
+        return DeployTargets(tuple(named), self.deploy_spec.node_selector)
 
     def class_names(self) -> tuple[str, ...] | None:
         """The classes metrics refer to: the eval worker's, else the train worker's."""
@@ -552,16 +583,17 @@ class IncrementalLearningJobSpec(ManifestPart):
         if self.form == "workerSpec":
             if self.node_name is None:
                 raise invalid("required field is missing", path="nodeName")
-            if self.deploy_spec.node_name is None:
-                raise invalid("required field is missing", path="deploySpec.nodeName")
+            if not self.deploy_targets().names and self.deploy_spec.node_selector is None:
+                raise invalid(f"required field is missing: {_NO_TARGET}",
+                              path="deploySpec.nodeName")
             return self
         for path, value in (("nodeName", self.node_name),
                             ("deploySpec.nodeName", self.deploy_spec.node_name)):
             if value is not None:
                 raise invalid("belongs to the workerSpec form; with templates, set "
                               "template.spec.nodeName of each stage", path=path)
-        if self.deploy_spec.runtime().node is None:
-            raise invalid("required field is missing: the node that runs inference",
+        if not self.deploy_targets().names and self.deploy_spec.node_selector is None:
+            raise invalid(f"required field is missing: {_NO_TARGET}",
                           path="deploySpec.template.spec.nodeName")
         return self
 
@@ -583,6 +615,11 @@ class IncrementalLearningJob(Resource):
     kind_name: ClassVar[str] = "IncrementalLearningJob"
     kind: Literal["IncrementalLearningJob"]
     spec: IncrementalLearningJobSpec
+
+    def extensions(self) -> list[str]:
+        """Paths of the fields this job sets that are edgeloop's, not Sedna's: a Sedna
+        controller would refuse them, so ``edgeloop validate`` names them."""
+        return extension_paths(self)
 
     def references(self) -> list[tuple[str, str, str]]:
         """Keys of the resources this job needs, in its own namespace."""

@@ -209,7 +209,7 @@ _CONTAINER = "spec.trainSpec.template.spec.containers.0"
          f"{_TRAIN}.containers: 2 containers: edgeloop runs one worker per stage, so give exactly one"),
         ("spec.deploySpec.template.spec.nodeName", _DELETE,
          "spec.deploySpec.template.spec.nodeName: required field is missing: the node that runs "
-         "inference"),
+         "inference (or, as edgeloop extensions, deploySpec.nodeNames or deploySpec.nodeSelector)"),
         ("spec.nodeName", "cloud0",
          "spec.nodeName: belongs to the workerSpec form; with templates, set "
          "template.spec.nodeName of each stage"),
