@@ -38,6 +38,10 @@ def register(app: typer.Typer) -> None:
             "--hardex-dir",
             help="Drain a hard-example folder: namespace/job=/path (repeatable).",
         ),
+        label: list[str] = typer.Option(
+            [], "--label", help="A label of this node: key=value (repeatable); jobs select "
+            "nodes by labels (deploySpec.nodeSelector)."
+        ),
         live_view_port: int | None = typer.Option(
             None, "--live-view-port", help="Port of the live-view page (0: any free port)."
         ),
@@ -46,7 +50,7 @@ def register(app: typer.Typer) -> None:
         import asyncio
         import signal
 
-        from edge_agent.config import ConfigError, load_config, parse_mapping
+        from edge_agent.config import ConfigError, load_config, parse_labels, parse_mapping
         from edge_agent.daemon import run_agent
 
         try:
@@ -63,6 +67,7 @@ def register(app: typer.Typer) -> None:
                     "password": os.environ.get(PASSWORD_ENV),
                     "datasets": parse_mapping(dataset, "--dataset"),
                     "hardex_dirs": parse_mapping(hardex_dir, "--hardex-dir"),
+                    "labels": parse_labels(label),
                     "live_view_port": live_view_port,
                 },
             )

@@ -15,6 +15,9 @@ line)::
       default/helmet-job: /var/lib/edgeloop/hardex
     outbox_quota_mb: 1024
     live_view_port: 8080            # the live-view page; null turns it off
+    labels:                         # jobs select nodes by these (deploySpec.nodeSelector)
+      site: north
+      line: "2"
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from edge_agent.restart_policy import (
 from edgeloop.fairness import Budget
 from protocol.codec import describe_validation_error
 from protocol.messages import JobRef, Name
+from protocol.targets import LabelKey, LabelValue
 
 DEFAULT_STATE_DIR = Path("/var/lib/edgeloop")
 
@@ -89,6 +93,9 @@ class AgentConfig(BaseModel):
     node_budget_messages: int = Field(default=Budget.messages, ge=1)
     #: MiB per second the node's topics may bring in
     node_budget_mb: float = Field(default=Budget.bytes / 2**20, gt=0)
+    #: Labels (Kubernetes syntax) sent in every status: a job whose deploySpec.nodeSelector
+    #: matches them runs its inference worker here
+    labels: dict[LabelKey, LabelValue] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _restart_pauses_ordered(self) -> Self:
@@ -121,6 +128,18 @@ def parse_mapping(pairs: list[str], what: str) -> dict[str, str]:
             raise ConfigError(f"{what}: {pair!r} is not of the form namespace/name=/path")
         mapping[name.strip()] = path.strip()
     return mapping
+
+
+def parse_labels(pairs: list[str]) -> dict[str, str]:
+    """``["site=north", ...]`` (``--label``) -> ``{"site": "north"}``; the syntax of each key and
+    value is checked with the other settings."""
+    labels: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--label: {pair!r} is not of the form key=value")
+        labels[key.strip()] = value.strip()
+    return labels
 
 
 def load_config(file: Path | None, overrides: dict[str, object]) -> AgentConfig:

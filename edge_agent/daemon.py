@@ -111,7 +111,7 @@ class Agent:
     def __init__(self, config: AgentConfig, identity: NodeIdentity | None = None) -> None:
         self.config = config
         self.node = config.node
-        self.identity = identity or NodeIdentity(config.node)
+        self.identity = identity or NodeIdentity(config.node, labels=dict(config.labels))
         self.state_dir = Path(config.state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
 

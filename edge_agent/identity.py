@@ -58,6 +58,9 @@ class NodeIdentity:
     node: str
     boot_id: str = field(default_factory=new_boot_id)
     capabilities: dict[str, JsonValue] = field(default_factory=capabilities)
+    #: the node's labels from its settings, in every status (the last will too: a node that
+    #: drops off keeps matching its jobs' selectors, so its task waits for it)
+    labels: dict[str, str] = field(default_factory=dict)
     _seq: int = 0
 
     def status(
@@ -79,6 +82,7 @@ class NodeIdentity:
             serving=serving or {},
             outbox_backlog=outbox_backlog,
             worker_restarts=worker_restarts or {},
+            labels=self.labels,
         )
 
     def last_will(self) -> NodeStatus:
@@ -90,4 +94,5 @@ class NodeIdentity:
             seq=0,
             agent_version=__version__,
             capabilities=self.capabilities,
+            labels=self.labels,
         )

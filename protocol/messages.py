@@ -68,6 +68,8 @@ class NodeStatus(Message):
     #: task id -> restarts of its inference worker since the task started (a camera or model
     #: that keeps crashing shows up here before anyone reads a log)
     worker_restarts: dict[str, Count] = Field(default_factory=dict)
+    #: the labels the node's settings declare (``site: north``): jobs select nodes by them
+    labels: dict[str, str] = Field(default_factory=dict)
     ts: float = Field(default_factory=now)
 
     @property
