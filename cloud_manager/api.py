@@ -157,6 +157,8 @@ class JobControl(Protocol):
 
     def desired_for(self, node: str) -> list[Outgoing]: ...
 
+    def target_nodes(self, job: str) -> frozenset[str] | None: ...
+
     def online_nodes(self) -> frozenset[str]: ...
 
 
@@ -232,13 +234,16 @@ class ApiHandler:
             state = sm.new_job(ns, name, now)
             self.store.save_job(state, now)
             out.append(self.manager.status_message(state))
+            out += self.manager.job_event(ns, name, sm.Retarget(), now)
             known = self.store.dataset_samples(ns, job.spec.dataset.name)
             owner = self.manager.dataset_node(ns, job.spec.dataset.name)
             if known is not None and known.node == owner:
                 out += self.manager.job_event(ns, name, sm.SamplesReported(known.samples), now)
         else:
             out += self.manager.job_event(ns, name, sm.SpecChanged(), now)
-        out += self.manager.desired_for(job.spec.deploy_node)
+        # the inference task itself may have changed (parameters, mining): every target again
+        for node in sorted(self.manager.target_nodes(f"{ns}/{name}") or ()):
+            out += self.manager.desired_for(node)
         return out
 
     # -- reading --
@@ -262,6 +267,7 @@ class ApiHandler:
                 "name": n.name, "state": n.state, "boot_id": n.boot_id,
                 "agent_version": n.status.agent_version,
                 "outbox_backlog": n.status.outbox_backlog, "updated": n.updated,
+                "labels": n.status.labels,
             } for n in store.nodes()]
         if kind == "ModelVersion":
             return [version_row(v.job, v.model) for v in store.every_model_version()
@@ -290,7 +296,8 @@ class ApiHandler:
                         "serving_version": state.serving_version, "paused": state.paused,
                         "reason": last.reason if last else "",
                         "node": _listed_node(spec, "trainSpec"),
-                        "deploy_node": _listed_node(spec, "deploySpec"),
+                        "deploy_node": ",".join(sorted(state.nodes))
+                        or _listed_node(spec, "deploySpec"),
                     }
             rows.append(row)
         return rows
@@ -310,6 +317,7 @@ class ApiHandler:
                     if state else None
                 data["versions"] = [version_row(ref, v) for v in self.store.model_versions(ref)]
                 data["tasks"] = self.store.tasks(ref)
+                data["targets"] = self._target_rows(state) if state else []
             elif kind == "Dataset":
                 data["samples"] = self.store.dataset_samples(request.namespace, request.name)
             return 200, "", data, []
@@ -317,6 +325,23 @@ class ApiHandler:
         if not rows:
             raise ApiError(404, f"{kind} {request.name} not found")
         return 200, "", {"kind": kind, "resource": rows[0]}, []
+
+    def _target_rows(self, state: sm.JobState) -> list[dict[str, Any]]:
+        """Each node the job deploys to: the version it should serve, the one it says it
+        serves, and, when it cannot serve, why (never seen, offline)."""
+        rows = []
+        for name, target in sorted(state.nodes.items()):
+            node = self.store.node(name)
+            if node is None:
+                health = "never seen: no status from this node yet"
+            elif node.state != "online":
+                health = f"{node.state} since {node.updated:.0f}"
+            else:
+                health = "online"
+            rows.append({"node": name, "state": node.state if node else "unknown",
+                         "desired": target.desired, "serving": target.serving,
+                         "health": health, "labels": node.status.labels if node else {}})
+        return rows
 
     # -- hard examples and labels --
 
@@ -425,13 +450,15 @@ class ApiHandler:
             raise ApiError(404, f"{kind} {ns}/{name} not found")
         out: list[Outgoing] = []
         if kind == JOB:
-            inputs = self.manager.inputs(ns, name)
+            state = self.store.load_job(ns, name)
+            nodes = set(state.nodes if state else ()) | (
+                self.manager.target_nodes(f"{ns}/{name}") or set())
             out += self.manager.job_event(ns, name, sm.Deleted(), now)
             self.store.delete_job(ns, name)
             self.store.delete_resource(kind, ns, name)
             out.append(Outgoing(topics.job_status(ns, name), None, retain=True))
-            if inputs is not None:
-                out += self.manager.desired_for(inputs.deploy_node)
+            for node in sorted(nodes):
+                out += self.manager.desired_for(node)
         else:
             users = [f"{s.namespace}/{s.name}" for s in self.store.jobs()
                      if (inputs := self.manager.inputs(s.namespace, s.name))

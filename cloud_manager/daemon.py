@@ -125,7 +125,7 @@ class CloudDaemon:
         self.admission: HardexAdmission | None = None
         if manager.inbox is not None:
             self.admission = HardexAdmission(manager.inbox, hardex_quotas or HardexQuotas(),
-                                             manager.deploy_node)
+                                             manager.target_nodes)
             self.client.subscribe(topics.node_filter(topics.Kind.HARDEX), self._on_hardex)
         self.puller: ArtifactPuller | None = None
         self._pull_tasks: set[asyncio.Task[None]] = set()

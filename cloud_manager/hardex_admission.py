@@ -2,8 +2,8 @@
 
 Every node may publish on its own ``hardex`` topic, so without a gate any node could fill the
 cloud's disk with any bytes for any job name. :func:`admit` is the pure decision: an example is
-kept only for a job that exists, from the node the job deploys to (the one that runs its
-inference and mines its hard examples), when its bytes are the image they claim to be (see
+kept only for a job that exists, from one of the nodes the job deploys to (they run its
+inference and mine its hard examples), when its bytes are the image they claim to be (see
 :mod:`protocol.image_format`), and while the job's and the node's quotas have room. A refusal
 says why and whether it is temporary (a full quota: the node holds the example and tries again
 later) or not (the node sets it aside); the node learns it from its acknowledgement topic.
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 
 from cloud_manager.hardex_inbox import HardExampleInbox, Stored
@@ -55,17 +55,20 @@ class Refused:
     refusal: Refusal
 
 
-def admit(example: HardExample, deploy_node: str | None, job_usage: Usage, node_usage: Usage,
-          quotas: HardexQuotas) -> Refused | None:
+def admit(example: HardExample, target_nodes: Collection[str] | None, job_usage: Usage,
+          node_usage: Usage, quotas: HardexQuotas) -> Refused | None:
     """None when the inbox may keep ``example``; else why not.
 
-    ``deploy_node`` is the node the example's job deploys to, None when no such job exists.
+    ``target_nodes`` are the nodes the example's job deploys to, None when no such job exists.
     """
-    if deploy_node is None:
+    if target_nodes is None:
         return _refuse("no_job", f"job {example.job} does not exist", temporary=False)
-    if deploy_node != example.node:
-        return _refuse("not_deploy_node", f"job {example.job} deploys to node {deploy_node}, "
-                       f"not {example.node}: only its deploy node sends its hard examples",
+    if example.node not in target_nodes:
+        names = sorted(target_nodes)
+        where = (f"node{'s' if len(names) > 1 else ''} {', '.join(names)}" if names
+                 else "no node now")
+        return _refuse("not_deploy_node", f"job {example.job} deploys to {where}, "
+                       f"not {example.node}: only its deploy nodes send its hard examples",
                        temporary=False)
     problem = image_problem(example.image, example.image_format)
     if problem is not None:
@@ -90,10 +93,10 @@ class HardexAdmission:
     """The usage the quotas count, and the refusals by cause since start."""
 
     def __init__(self, inbox: HardExampleInbox, quotas: HardexQuotas,
-                 deploy_node_of: Callable[[str], str | None]) -> None:
+                 target_nodes_of: Callable[[str], Collection[str] | None]) -> None:
         self.inbox = inbox
         self.quotas = quotas
-        self.deploy_node_of = deploy_node_of
+        self.target_nodes_of = target_nodes_of
         self.refused: Counter[str] = Counter()
         self._jobs: dict[str, Usage] = {}
         self._nodes: dict[str, Usage] = {}
@@ -105,7 +108,7 @@ class HardexAdmission:
         counted and logged."""
         if self.inbox.has(example.job, example.sha256):
             return None
-        refused = admit(example, self.deploy_node_of(example.job), self.job_usage(example.job),
+        refused = admit(example, self.target_nodes_of(example.job), self.job_usage(example.job),
                         self.node_usage(example.node), self.quotas)
         if refused is None:
             return None

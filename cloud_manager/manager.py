@@ -34,6 +34,7 @@ from cloud_manager.versions import Artifact
 from protocol import topics
 from protocol.manifest_yaml import parse_manifest
 from protocol.manifests import Dataset, IncrementalLearningJob, Manifest, Model
+from protocol.targets import targets
 from protocol.messages import (
     ApiRequest,
     ApiResponse,
@@ -126,7 +127,8 @@ class Manager:
         return self.store.online_nodes()
 
     def context(self, now: float) -> sm.Context:
-        return sm.Context(now, self.online_nodes(), self.tz, self.settings)
+        return sm.Context(now, self.online_nodes(), self.tz, self.settings,
+                          self.store.node_labels())
 
     def _parsed(self, resource: ResourceRow) -> Manifest:
         """The manifest model of a stored resource, validated once per stored revision (every
@@ -155,11 +157,13 @@ class Manager:
         dataset = self.manifest(Dataset, namespace, name)
         return dataset.spec.node_name if dataset else None
 
-    def deploy_node(self, job: str) -> str | None:
-        """The node a job (``namespace/name``) deploys to; None: no such job."""
+    def target_nodes(self, job: str) -> frozenset[str] | None:
+        """The nodes a job (``namespace/name``) deploys to now; None: no such job."""
         namespace, _, name = job.partition("/")
         manifest = self.manifest(IncrementalLearningJob, namespace, name)
-        return manifest.spec.deploy_spec.node_name if manifest else None
+        if manifest is None:
+            return None
+        return targets(manifest.spec.deploy_targets(), self.store.node_labels())
 
     def inputs(self, namespace: str, name: str) -> JobInputs | None:
         """The job's manifest and the resources it references, or None if any is missing."""
@@ -222,7 +226,7 @@ class Manager:
             case sm.RegisterModel(version=version):
                 self.store.add_model_version(state.ref, version, now)
                 return []
-            case sm.DeployModel(node=node):
+            case sm.DeployModel(node=node) | sm.RemoveInference(node=node):
                 return self.desired_for(node)
             case sm.PublishStatus():
                 return [self.status_message(state)]
@@ -274,14 +278,18 @@ class Manager:
 
     def desired_for(self, node: str) -> list[Outgoing]:
         """Recompute ``node``'s desired state: the inference worker of every job deploying to
-        it, serving that job's deployed version. Published only when it changed."""
+        it, serving the version the job means for that node (its deployed version). Published
+        only when it changed."""
         tasks: list[Task] = []
         models = []
+        labels = self.store.node_labels()
         for state in self.store.jobs():
             inputs = self.inputs(state.namespace, state.name)
-            if inputs is None or inputs.deploy_node != node:
+            if inputs is None or node not in targets(inputs.job.spec.deploy_targets(), labels):
                 continue
-            task = build_inference_task(inputs, state.deployed())
+            target = state.nodes.get(node)
+            version = target.desired if target is not None else state.deployed_version
+            task = build_inference_task(inputs, state.version(version))
             tasks.append(task)
             models.extend(task.models)
         content = json.dumps({"tasks": [t.model_dump(mode="json") for t in tasks],
@@ -331,8 +339,8 @@ class Manager:
                     continue
                 result.superseded += outcome.superseded
                 settled.append(outcome)
-            jobs = [(state.namespace, state.name, self.inputs(state.namespace, state.name))
-                    for state in self.store.jobs()]
+            jobs = [(state.namespace, state.name, self.inputs(state.namespace, state.name),
+                     frozenset(state.nodes)) for state in self.store.jobs()]
             result.messages, failed = self._apply_each(
                 settled, lambda one: self._apply_status(one, jobs, now),
                 lambda one: f"status of node {one.latest.node} (seq {one.latest.seq})")
@@ -340,18 +348,24 @@ class Manager:
             result.failed = sum(1 + one.superseded for one in failed)
         return result
 
-    def _apply_status(self, settled: Settled, jobs: list[tuple[str, str, JobInputs | None]],
+    def _apply_status(self, settled: Settled,
+                      jobs: list[tuple[str, str, JobInputs | None, frozenset[str]]],
                       now: float) -> list[Outgoing]:
-        """One node's newest status: stored, its changes and what it serves fed to the jobs."""
+        """One node's newest status: stored, its changes and what it serves fed to the jobs
+        it is (or, by its labels, may become, or was) a target of."""
         status = settled.latest
         self.store.put_node(status, now)
         out: list[Outgoing] = []
-        for namespace, name, inputs in jobs:
+        for namespace, name, inputs, nodes in jobs:
             for state in settled.changes:
                 out += self.job_event(namespace, name, sm.NodeChanged(status.node, state), now)
-            if inputs is not None and inputs.deploy_node == status.node and status.state == "online":
+            if inputs is None or status.state != "online":
+                continue
+            deploy = inputs.job.spec.deploy_targets()
+            if status.node in nodes or deploy.may_target(status.node, status.labels):
                 serving = status.serving.get(task_id(namespace, name, 0, "inference"))
-                out += self.job_event(namespace, name, sm.ServingReported(serving), now)
+                out += self.job_event(namespace, name, sm.ServingReported(serving, status.node),
+                                      now)
         return out
 
     def on_sample_reports(self, reports: Sequence[SampleReport], now: float) -> SampleIngest:

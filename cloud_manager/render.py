@@ -14,6 +14,7 @@ from rich.table import Table
 from rich.text import Text
 
 from protocol.manifests import DEFAULT_FORGETTING_MARGIN, STAGES, IncrementalLearningJob
+from protocol.targets import show_labels
 
 OUTPUT_FORMATS = ("table", "wide", "yaml", "json")
 
@@ -35,7 +36,7 @@ _COLUMNS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
         [("URL", "url"), ("GENERATION", "generation")],
     ),
     "Node": (
-        [("NAME", "name"), ("STATE", "state"), ("SEEN", "updated")],
+        [("NAME", "name"), ("STATE", "state"), ("LABELS", "labels"), ("SEEN", "updated")],
         [("BOOT", "boot_id"), ("AGENT", "agent_version"), ("OUTBOX", "outbox_backlog")],
     ),
     "Namespace": ([("NAME", "name")], []),
@@ -72,8 +73,10 @@ def cell(row: dict[str, Any], key: str, now: float | None = None) -> str:
     value = row.get(key)
     if key in _TIME_KEYS:
         return age(value, now)
-    if value is None or value == "":
+    if value is None or value == "" or value == {}:
         return "-"
+    if isinstance(value, dict):
+        return show_labels(value)
     if isinstance(value, bool):
         if key == "collected":
             return "in registry" if value else "missing"
@@ -116,6 +119,9 @@ def _stage_rows(manifest: dict[str, Any]) -> list[tuple[str, str]]:
         return [("Deploy node", str(manifest["spec"]["deploySpec"].get("nodeName")))]
     rows = []
     for stage in STAGES:
+        if stage == "deploy":
+            rows.append(("Deploy nodes", spec.deploy_targets().describe()))
+            continue
         node = spec.stage_node(stage) or "the dataset's node"
         rows.append((f"{stage.capitalize()} node", node))
     for stage in STAGES:
@@ -132,6 +138,41 @@ def _forgetting(trigger: dict[str, Any]) -> str:
     """The forgetting check of a deploy trigger, as describe shows it."""
     margin = trigger.get("forgettingMargin", DEFAULT_FORGETTING_MARGIN)
     return f", no earlier round may drop by more than {_number(margin)}"
+
+
+def _version(value: Any) -> str:
+    return "initial model" if value is None else str(value)
+
+
+def _targets_table(rows: list[dict[str, Any]]) -> Table:
+    """Per node the job deploys to: the version it should serve and the one it serves."""
+    out = Table(title="Deploy nodes", box=None, header_style="bold", title_justify="left")
+    for column in ("NODE", "STATE", "DESIRED", "SERVING", "LABELS"):
+        out.add_column(column, overflow="fold")
+    for row in rows:
+        serving = "-" if row["state"] != "online" and row["serving"] is None else \
+            _version(row["serving"])
+        out.add_row(row["node"], row["health"], _version(row["desired"]), serving,
+                    show_labels(row.get("labels") or {}) or "-")
+    return out
+
+
+def _target_warnings(manifest: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+    """What keeps the job from serving everywhere it should: a selector that matches no node,
+    target nodes that never reported or are away."""
+    warnings = []
+    try:
+        deploy = IncrementalLearningJob.model_validate(manifest).spec.deploy_targets()
+    except ValidationError:
+        return []
+    if deploy.selector is not None and not any(
+            deploy.selector.matches(r.get("labels") or {}) for r in rows):
+        warnings.append(f"no node matches nodeSelector {deploy.selector.describe()}: a node "
+                        "whose agent declares these labels gets the serving version")
+    for row in rows:
+        if row["state"] != "online":
+            warnings.append(f"node {row['node']}: {row['health']}")
+    return warnings
 
 
 def describe_job(data: dict[str, Any], now: float | None = None) -> Group:
@@ -167,6 +208,12 @@ def describe_job(data: dict[str, Any], now: float | None = None) -> Group:
     for c in status.get("conditions", []):
         history.add_row(_clock(c["time"]), str(c["round"]), c["stage"], c["state"], c["reason"])
     parts: list[Any] = [head, Text(""), history]
+    if data.get("targets") is not None:
+        parts += [Text(""), _targets_table(data["targets"])]
+    warnings = _target_warnings(resource["manifest"], data.get("targets") or [])
+    if warnings:
+        parts += [Text(""), Text("Warnings:", style="bold"),
+                  *(Text(f"  {w}", style="yellow") for w in warnings)]
     if data.get("versions"):
         parts += [Text(""), table("ModelVersion", data["versions"], wide=True, now=now)]
     if data.get("tasks"):

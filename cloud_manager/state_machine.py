@@ -18,6 +18,13 @@ a reason. A round:
    arrive: the serving version stays); either way the next round begins at once in Train/Waiting and the train trigger is evaluated
    immediately with the samples that arrived meanwhile (rounds 2, 3, ... never stall).
 
+Targets: the job deploys to a set of nodes (:func:`protocol.targets.targets` of the manifest's
+deploy side and the nodes' labels in ``ctx.node_labels``), each with the version it should
+serve and the one it says it serves (:class:`NodeTarget`). The set is looked at again whenever
+a node, its labels or the manifest change: a node that joins (or whose labels come to match)
+gets the job's serving version, a node that stops matching loses its inference task, and a
+selector that matches no node is a condition of the job, never a stop.
+
 Failures: a task that fails, times out or whose node goes offline is retried with exponential
 backoff up to ``max_attempts`` (an exit code 2, bad input, is not retried). When attempts run out
 the stage is Failed with the reason and the job waits there until new samples arrive, the
@@ -30,13 +37,14 @@ Events are idempotent: task reports are matched on task id + attempt and applied
 from __future__ import annotations
 
 import copy
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import asdict, dataclass, field, replace
 from datetime import timezone, tzinfo
 from typing import Any, Literal, get_args
 
 from protocol import worker_contract as contract
 from protocol.messages import Task, TaskRole, TaskState
+from protocol.targets import DeployTargets, targets
 
 from cloud_manager import triggers
 from cloud_manager.task_builder import (
@@ -108,6 +116,15 @@ class TaskRun:
 
 
 @dataclass
+class NodeTarget:
+    """One node the job deploys to: the version it should serve and the one it last said it
+    serves (None: the initial model, or nothing reported yet)."""
+
+    desired: int | None = None
+    serving: int | None = None
+
+
+@dataclass
 class JobState:
     namespace: str
     name: str
@@ -136,8 +153,14 @@ class JobState:
     #: a registered version whose files are being collected before it is deployed
     pending_version: int | None = None
     collect_deadline: float | None = None
-    #: the version the deploy node last said it serves
+    #: the version every target node says it serves (None while they differ or none does)
     serving_version: int | None = None
+    #: the nodes the job deploys to, by name
+    nodes: dict[str, NodeTarget] = field(default_factory=dict)
+    #: whether the targets were ever worked out (the first look notes nothing)
+    placed: bool = False
+    #: whether the nodeSelector matched no node at the last look
+    no_match: bool = False
     #: sample count when the job ended in Failed; more samples than this start a new round
     failed_at_samples: int | None = None
     #: ``[round, start, end]`` of every round that trained: eval also scores the held-out
@@ -170,6 +193,7 @@ class JobState:
         if data.get("candidate") is not None:
             data["candidate"] = Candidate.from_dict(data["candidate"])
         data["versions"] = [ModelVersion.from_dict(v) for v in data.get("versions", [])]
+        data["nodes"] = {n: NodeTarget(**t) for n, t in data.get("nodes", {}).items()}
         return cls(**data)
 
 
@@ -244,9 +268,16 @@ class ArtifactsCollected:
 
 @dataclass(frozen=True)
 class ServingReported:
-    """The deploy node says which version of this job it serves (its status ``serving``)."""
+    """A node says which version of this job it serves (its status ``serving``)."""
 
     version: int | None
+    node: str
+
+
+@dataclass(frozen=True)
+class Retarget:
+    """Look again at which nodes the job deploys to: it was just created, or a node's labels
+    changed."""
 
 
 @dataclass(frozen=True)
@@ -257,7 +288,10 @@ class RolledBack:
 
 
 Event = (SamplesReported | Tick | TaskReported | NodeChanged | SpecChanged | Paused | Resumed
-         | Deleted | RolledBack | ServingReported | ArtifactsCollected)
+         | Deleted | RolledBack | ServingReported | ArtifactsCollected | Retarget)
+
+#: Events after which the target nodes may have changed: the job looks at them again.
+_RETARGETING = (NodeChanged, ServingReported, SpecChanged, Retarget)
 
 
 class RollbackError(ValueError):
@@ -295,8 +329,17 @@ class CollectArtifacts:
 
 @dataclass(frozen=True)
 class DeployModel:
+    """``node`` runs the job's inference worker serving ``version`` (None: the initial model)."""
+
     node: str
-    version: int
+    version: int | None
+
+
+@dataclass(frozen=True)
+class RemoveInference:
+    """``node`` is no longer a target: its inference worker of this job stops."""
+
+    node: str
 
 
 @dataclass(frozen=True)
@@ -304,7 +347,8 @@ class PublishStatus:
     pass
 
 
-Action = DispatchTask | StopTask | RegisterModel | CollectArtifacts | DeployModel | PublishStatus
+Action = (DispatchTask | StopTask | RegisterModel | CollectArtifacts | DeployModel
+          | RemoveInference | PublishStatus)
 
 
 # --- context -----------------------------------------------------------------------------------
@@ -333,6 +377,8 @@ class Context:
     online_nodes: frozenset[str] = frozenset()
     tz: tzinfo = timezone.utc
     settings: MachineSettings = MachineSettings()
+    #: every known node's labels, as its last status declared them
+    node_labels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
 
 @dataclass
@@ -380,6 +426,8 @@ class _Step:
 
     def on(self, event: Event) -> None:
         s = self.s
+        if isinstance(event, _RETARGETING):
+            self.sync_targets()
         match event:
             case SamplesReported(total=total, error=error):
                 if error:
@@ -428,14 +476,15 @@ class _Step:
                 self.check_train_trigger()
             case ArtifactsCollected():
                 self.on_collected(event)
-            case ServingReported(version=version):
-                if version != s.serving_version:
-                    s.serving_version = version
-                    node = self.inputs.deploy_node
-                    if version is not None and version == s.deployed_version:
+            case ServingReported(version=version, node=node):
+                target = s.nodes.get(node)
+                if target is not None and version != target.serving:
+                    target.serving = version
+                    if version is not None and version == target.desired:
                         self.note(s.stage, s.state, f"node {node} serves model version {version}")
                     else:
                         s.revision += 1
+                    self.summarise_serving()
             case RolledBack(version=version):
                 self.roll_back(version)
             case Deleted():
@@ -466,9 +515,94 @@ class _Step:
         if version == s.deployed_version:
             return
         previous, s.deployed_version = s.deployed_version, version
-        node = self.inputs.deploy_node
-        self.actions.append(DeployModel(node, version))
-        self.note(s.stage, s.state, f"rolled back from version {previous} to {version} on node {node}")
+        nodes = self.deploy_everywhere(version)
+        self.note(s.stage, s.state,
+                  f"rolled back from version {previous} to {version} on {self.where_to(nodes)}")
+
+    # -- targets --
+
+    def deploy_targets(self) -> DeployTargets:
+        return self.inputs.job.spec.deploy_targets()
+
+    def current_targets(self) -> frozenset[str]:
+        return targets(self.deploy_targets(), self.ctx.node_labels)
+
+    def where_to(self, nodes: Iterable[str]) -> str:
+        """``node edge0``, ``nodes edge0, edge1``, or why there is none."""
+        names = sorted(nodes)
+        if not names:
+            selector = self.deploy_targets().selector
+            shown = selector.describe() if selector else "{}"
+            return f"no node yet: no node matches nodeSelector {shown}"
+        return f"node{'s' if len(names) > 1 else ''} {', '.join(names)}"
+
+    def sync_targets(self) -> None:
+        """Compare the target nodes with the ones the job deploys to: a new one gets the
+        serving version, one that left loses its inference task; each change is a condition
+        (except at the first look, which only places the job)."""
+        s, deploy = self.s, self.deploy_targets()
+        now = self.current_targets()
+        quiet, s.placed = not s.placed, True
+        for node in sorted(s.nodes.keys() - now):
+            del s.nodes[node]
+            self.actions.append(RemoveInference(node))
+            if not quiet:
+                why = ("its labels no longer match nodeSelector "
+                       f"{deploy.selector.describe()}" if deploy.selector else "no longer named")
+                self.note(s.stage, s.state, f"node {node} left the job's targets ({why}); its "
+                          "inference task is removed")
+        for node in sorted(now - s.nodes.keys()):
+            s.nodes[node] = NodeTarget(desired=s.deployed_version)
+            self.actions.append(DeployModel(node, s.deployed_version))
+            if not quiet:
+                why = ("named in deploySpec" if node in deploy.names else
+                       f"its labels match nodeSelector {deploy.selector.describe()}"
+                       if deploy.selector else "")
+                serves = (f"model version {s.deployed_version}" if s.deployed_version
+                          else "the initial model")
+                self.note(s.stage, s.state, f"node {node} joined the job's targets ({why}); it "
+                          f"gets {serves}")
+        self.check_selector(deploy)
+        self.summarise_serving()
+
+    def check_selector(self, deploy: DeployTargets) -> None:
+        """A selector that matches no node is a condition the job shows, not a failure: it
+        deploys to a node as soon as one declares matching labels."""
+        s, selector = self.s, deploy.selector
+        selected = selector is not None and any(
+            selector.matches(labels) for labels in self.ctx.node_labels.values())
+        no_match = selector is not None and not selected
+        if no_match == s.no_match or selector is None:
+            s.no_match = no_match
+            return
+        s.no_match = no_match
+        if no_match:
+            self.note(s.stage, s.state, f"no node matches nodeSelector {selector.describe()}; "
+                      "the job goes on, and a node that declares matching labels gets the "
+                      "serving version")
+        else:
+            self.note(s.stage, s.state, f"a node matches nodeSelector {selector.describe()} again")
+
+    def deploy_everywhere(self, version: int) -> list[str]:
+        """Every target node is to serve ``version`` (a deploy or a rollback); returns them."""
+        s = self.s
+        now = self.current_targets()
+        for node in sorted(s.nodes.keys() - now):
+            del s.nodes[node]
+            self.actions.append(RemoveInference(node))
+        nodes = sorted(now)
+        for node in nodes:
+            target = s.nodes.setdefault(node, NodeTarget())
+            target.desired = version
+            self.actions.append(DeployModel(node, version))
+        s.placed = True
+        self.summarise_serving()
+        return nodes
+
+    def summarise_serving(self) -> None:
+        s = self.s
+        served = {t.serving for t in s.nodes.values()}
+        s.serving_version = served.pop() if len(served) == 1 else None
 
     def period(self) -> float:
         return float(self.inputs.job.spec.train_spec.trigger.check_period_seconds)
@@ -700,9 +834,8 @@ class _Step:
             self.check_train_trigger()
             return
         s.deployed_version = number
-        node = self.inputs.deploy_node
-        self.actions.append(DeployModel(node, number))
-        self.note("Deploy", "Completed", f"model version {number} published to node {node}")
+        nodes = self.deploy_everywhere(number)
+        self.note("Deploy", "Completed", f"model version {number} published to {self.where_to(nodes)}")
         self.next_round(f"version {number} deployed")
         # Samples that arrived during this round may already be enough for the next one.
         self.check_train_trigger()
@@ -754,7 +887,8 @@ def status_fields(s: JobState) -> dict[str, Any]:
 
 __all__ = [
     "Action", "Context", "DeployModel", "DispatchTask", "Event", "JobState", "MachineSettings",
-    "NodeChanged", "PublishStatus", "RegisterModel", "Paused", "Resumed", "Deleted",
+    "NodeChanged", "NodeTarget", "PublishStatus", "RegisterModel", "Paused", "Resumed", "Deleted",
+    "RemoveInference", "Retarget",
     "SamplesReported", "SpecChanged", "StopTask", "TaskReported", "Tick", "Transition",
     "ArtifactsCollected", "CollectArtifacts", "RolledBack", "RollbackError", "ServingReported", "handle", "new_job", "status_fields", "task_id",
 ]

@@ -383,6 +383,13 @@ class Store:
     def nodes(self) -> list[NodeRow]:
         return [_node(r) for r in self.db.execute("SELECT * FROM nodes ORDER BY name")]
 
+    def node_labels(self) -> dict[str, dict[str, str]]:
+        """Every known node's labels, as its last status declared them (what job selectors
+        match), read without parsing whole statuses."""
+        rows = self.db.execute(
+            "SELECT name, json_extract(status, '$.labels') AS labels FROM nodes ORDER BY name")
+        return {r["name"]: json.loads(r["labels"]) if r["labels"] else {} for r in rows}
+
     def online_nodes(self) -> frozenset[str]:
         """Names of the nodes whose last status says online (every event asks: no JSON read)."""
         rows = self.db.execute("SELECT name FROM nodes WHERE state='online'")

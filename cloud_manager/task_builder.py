@@ -68,7 +68,9 @@ class JobInputs:
         return self.job.spec.stage_node("eval") or self.dataset_node
 
     @property
-    def deploy_node(self) -> str:
+    def deploy_node(self) -> str | None:
+        """The one node Sedna's ``nodeName`` names for inference; a job may deploy to more
+        (``IncrementalLearningJobSpec.deploy_targets``)."""
         return self.job.spec.deploy_node
 
     def class_names(self) -> tuple[str, ...]:

@@ -58,22 +58,22 @@ def test_admit_names_what_is_wrong_and_whether_it_may_pass_later():
     quotas = HardexQuotas(job_bytes=10_000, job_count=3, node_bytes=20_000, node_count=5)
     good = example(image_bytes(2))
     size = len(good.image)
-    assert admit(good, NODE, Usage(), Usage(), quotas) is None
+    assert admit(good, {NODE}, Usage(), Usage(), quotas) is None
 
-    def refused(ex=good, deploy=NODE, job=Usage(), node=Usage()):
+    def refused(ex=good, deploy=frozenset({NODE}), job=Usage(), node=Usage()):
         decision = admit(ex, deploy, job, node, quotas)
         assert decision is not None
         return decision.cause, decision.refusal.temporary, decision.refusal.reason
 
     assert refused(deploy=None) == ("no_job", False, f"job {JOB_REF} does not exist")
-    cause, temporary, reason = refused(deploy="edge-9")
+    cause, temporary, reason = refused(deploy={"edge-9"})
     assert (cause, temporary) == ("not_deploy_node", False) and "deploys to node edge-9" in reason
     assert refused(example(b"not an image at all"))[:2] == ("bad_image", False)
     assert refused(example(image_bytes(3, ".jpg"), fmt="png"))[:2] == ("bad_image", False)
     cause, temporary, reason = refused(job=Usage(100, 3))
     assert (cause, temporary) == ("job_quota", True) and f"job {JOB_REF} is full" in reason
     assert refused(job=Usage(10_000 - size + 1, 0))[:2] == ("job_quota", True)
-    assert admit(good, NODE, Usage(10_000 - size, 2), Usage(), quotas) is None
+    assert admit(good, {NODE}, Usage(10_000 - size, 2), Usage(), quotas) is None
     assert refused(node=Usage(0, 5))[:2] == ("node_quota", True)
     assert refused(node=Usage(20_000, 0))[:2] == ("node_quota", True)
 

@@ -487,10 +487,10 @@ def test_serving_report_is_recorded_once_per_version():
     d.send(sm.SamplesReported(1))
     run_round(d, candidate=0.7)
     n = len(d.state.conditions)
-    d.send(sm.ServingReported(1))
+    d.send(sm.ServingReported(1, NODE))
     assert d.state.serving_version == 1
     assert d.state.conditions[-1].reason == "node cloud0 serves model version 1"
-    assert d.send(sm.ServingReported(1)) == []
+    assert d.send(sm.ServingReported(1, NODE)) == []
     assert len(d.state.conditions) == n + 1
 
 
