@@ -332,15 +332,11 @@ class ApiHandler:
         rows = []
         for name, target in sorted(state.nodes.items()):
             node = self.store.node(name)
-            if node is None:
-                health = "never seen: no status from this node yet"
-            elif node.state != "online":
-                health = f"{node.state} since {node.updated:.0f}"
-            else:
-                health = "online"
+            health = node.state if node else "never seen: no status from this node yet"
             rows.append({"node": name, "state": node.state if node else "unknown",
                          "desired": target.desired, "serving": target.serving,
-                         "health": health, "labels": node.status.labels if node else {}})
+                         "health": health, "seen": node.updated if node else None,
+                         "labels": node.status.labels if node else {}})
         return rows
 
     # -- hard examples and labels --

@@ -144,7 +144,14 @@ def _version(value: Any) -> str:
     return "initial model" if value is None else str(value)
 
 
-def _targets_table(rows: list[dict[str, Any]]) -> Table:
+def _health(row: dict[str, Any], now: float | None) -> str:
+    """``online``, ``offline (last status 5m ago)``, or why nothing is known."""
+    if row["state"] in ("online", "unknown") or not row.get("seen"):
+        return str(row["health"])
+    return f"{row['health']} (last status {age(row['seen'], now)} ago)"
+
+
+def _targets_table(rows: list[dict[str, Any]], now: float | None) -> Table:
     """Per node the job deploys to: the version it should serve and the one it serves."""
     out = Table(title="Deploy nodes", box=None, header_style="bold", title_justify="left")
     for column in ("NODE", "STATE", "DESIRED", "SERVING", "LABELS"):
@@ -152,12 +159,13 @@ def _targets_table(rows: list[dict[str, Any]]) -> Table:
     for row in rows:
         serving = "-" if row["state"] != "online" and row["serving"] is None else \
             _version(row["serving"])
-        out.add_row(row["node"], row["health"], _version(row["desired"]), serving,
+        out.add_row(row["node"], _health(row, now), _version(row["desired"]), serving,
                     show_labels(row.get("labels") or {}) or "-")
     return out
 
 
-def _target_warnings(manifest: dict[str, Any], rows: list[dict[str, Any]]) -> list[str]:
+def _target_warnings(manifest: dict[str, Any], rows: list[dict[str, Any]],
+                     now: float | None) -> list[str]:
     """What keeps the job from serving everywhere it should: a selector that matches no node,
     target nodes that never reported or are away."""
     warnings = []
@@ -171,7 +179,7 @@ def _target_warnings(manifest: dict[str, Any], rows: list[dict[str, Any]]) -> li
                         "whose agent declares these labels gets the serving version")
     for row in rows:
         if row["state"] != "online":
-            warnings.append(f"node {row['node']}: {row['health']}")
+            warnings.append(f"node {row['node']}: {_health(row, now)}")
     return warnings
 
 
@@ -209,8 +217,8 @@ def describe_job(data: dict[str, Any], now: float | None = None) -> Group:
         history.add_row(_clock(c["time"]), str(c["round"]), c["stage"], c["state"], c["reason"])
     parts: list[Any] = [head, Text(""), history]
     if data.get("targets") is not None:
-        parts += [Text(""), _targets_table(data["targets"])]
-    warnings = _target_warnings(resource["manifest"], data.get("targets") or [])
+        parts += [Text(""), _targets_table(data["targets"], now)]
+    warnings = _target_warnings(resource["manifest"], data.get("targets") or [], now)
     if warnings:
         parts += [Text(""), Text("Warnings:", style="bold"),
                   *(Text(f"  {w}", style="yellow") for w in warnings)]

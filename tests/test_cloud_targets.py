@@ -263,3 +263,29 @@ def render_text(renderable) -> str:
     console = Console(width=200, record=True)
     console.print(renderable)
     return console.export_text()
+
+
+def test_describe_shows_each_node_its_version_and_what_keeps_one_from_serving():
+    inputs = selector_inputs({"matchLabels": {"site": "west"}}, names=["edge7", "edge8"])
+    manifest = inputs.job.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    data = {
+        "resource": {"namespace": NS, "name": JOB, "generation": 1, "manifest": manifest},
+        "status": {"stage": "Train", "state": "Waiting", "round": 2, "samples": 3,
+                   "conditions": []},
+        "targets": [
+            {"node": "edge7", "state": "unknown", "desired": 1, "serving": None, "seen": None,
+             "health": "never seen: no status from this node yet", "labels": {}},
+            {"node": "edge8", "state": "offline", "desired": 1, "serving": None,
+             "seen": 1000.0, "health": "offline", "labels": {"site": "north"}},
+        ],
+    }
+    lines = [line.strip() for line in render_text(describe_job(data, now=1300.0)).splitlines()]
+    assert "Deploy nodes:      edge7, edge8 and nodes matching nodeSelector {site: west}" in lines
+    assert any(line.split()[:1] == ["edge7"] and "never seen" in line and line.split()[-3:] ==
+               ["1", "-", "-"] for line in lines)
+    assert any(line.startswith("edge8") and "offline (last status 5m ago)" in line
+               and line.endswith("site=north") for line in lines)
+    assert "no node matches nodeSelector {site: west}: a node whose agent declares these " \
+           "labels gets the serving version" in lines
+    assert "node edge7: never seen: no status from this node yet" in lines
+    assert "node edge8: offline (last status 5m ago)" in lines
