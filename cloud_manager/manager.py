@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import sqlite3
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from datetime import timezone, tzinfo
@@ -85,6 +85,37 @@ class StatusIngest:
     failed: int = 0
 
 
+class NodeLabels(Mapping[str, Mapping[str, str]]):
+    """Node labels from the store, read when asked: a node's alone when it is looked up, every
+    node's only when iterated (a fleet's labels take long to read; most events need none)."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+        self._one: dict[str, dict[str, str] | None] = {}
+        self._all: dict[str, dict[str, str]] | None = None
+
+    def __getitem__(self, node: str) -> Mapping[str, str]:
+        if self._all is not None:
+            return self._all[node]
+        if node not in self._one:
+            self._one[node] = self.store.labels_of(node)
+        labels = self._one[node]
+        if labels is None:
+            raise KeyError(node)
+        return labels
+
+    def _every(self) -> dict[str, dict[str, str]]:
+        if self._all is None:
+            self._all = self.store.node_labels()
+        return self._all
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._every())
+
+    def __len__(self) -> int:
+        return len(self._every())
+
+
 @dataclass(frozen=True)
 class Pull:
     """Files of a job's version to pull from a node into the registry."""
@@ -128,7 +159,7 @@ class Manager:
 
     def context(self, now: float) -> sm.Context:
         return sm.Context(now, self.online_nodes(), self.tz, self.settings,
-                          self.store.node_labels())
+                          NodeLabels(self.store))
 
     def _parsed(self, resource: ResourceRow) -> Manifest:
         """The manifest model of a stored resource, validated once per stored revision (every
@@ -158,12 +189,16 @@ class Manager:
         return dataset.spec.node_name if dataset else None
 
     def target_nodes(self, job: str) -> frozenset[str] | None:
-        """The nodes a job (``namespace/name``) deploys to now; None: no such job."""
+        """The nodes a job (``namespace/name``) deploys to, as its state last worked them out;
+        None: no such job."""
         namespace, _, name = job.partition("/")
         manifest = self.manifest(IncrementalLearningJob, namespace, name)
-        if manifest is None:
+        state = self.store.load_job(namespace, name)
+        if manifest is None or state is None:
             return None
-        return targets(manifest.spec.deploy_targets(), self.store.node_labels())
+        if state.placed:
+            return frozenset(state.nodes)
+        return targets(manifest.spec.deploy_targets(), NodeLabels(self.store))
 
     def inputs(self, namespace: str, name: str) -> JobInputs | None:
         """The job's manifest and the resources it references, or None if any is missing."""
@@ -282,10 +317,10 @@ class Manager:
         only when it changed."""
         tasks: list[Task] = []
         models = []
-        labels = self.store.node_labels()
+        labels = self.store.labels_of(node) or {}
         for state in self.store.jobs():
             inputs = self.inputs(state.namespace, state.name)
-            if inputs is None or node not in targets(inputs.job.spec.deploy_targets(), labels):
+            if inputs is None or not inputs.job.spec.deploy_targets().may_target(node, labels):
                 continue
             target = state.nodes.get(node)
             version = target.desired if target is not None else state.deployed_version

@@ -276,8 +276,7 @@ class ServingReported:
 
 @dataclass(frozen=True)
 class Retarget:
-    """Look again at which nodes the job deploys to: it was just created, or a node's labels
-    changed."""
+    """Work out which nodes the job deploys to, all of them: it was just created."""
 
 
 @dataclass(frozen=True)
@@ -290,7 +289,8 @@ class RolledBack:
 Event = (SamplesReported | Tick | TaskReported | NodeChanged | SpecChanged | Paused | Resumed
          | Deleted | RolledBack | ServingReported | ArtifactsCollected | Retarget)
 
-#: Events after which the target nodes may have changed: the job looks at them again.
+#: Events after which the target nodes may have changed: the job looks at them again (at the
+#: one node a node's event is about, at every node after the others).
 _RETARGETING = (NodeChanged, ServingReported, SpecChanged, Retarget)
 
 
@@ -377,7 +377,8 @@ class Context:
     online_nodes: frozenset[str] = frozenset()
     tz: tzinfo = timezone.utc
     settings: MachineSettings = MachineSettings()
-    #: every known node's labels, as its last status declared them
+    #: every known node's labels, as its last status declared them (the machine looks up one
+    #: node at a time, and iterates only when it looks at every node)
     node_labels: Mapping[str, Mapping[str, str]] = field(default_factory=dict)
 
 
@@ -426,7 +427,9 @@ class _Step:
 
     def on(self, event: Event) -> None:
         s = self.s
-        if isinstance(event, _RETARGETING):
+        if isinstance(event, NodeChanged | ServingReported):
+            self.sync_targets(event.node)
+        elif isinstance(event, _RETARGETING):
             self.sync_targets()
         match event:
             case SamplesReported(total=total, error=error):
@@ -536,12 +539,18 @@ class _Step:
             return f"no node yet: no node matches nodeSelector {shown}"
         return f"node{'s' if len(names) > 1 else ''} {', '.join(names)}"
 
-    def sync_targets(self) -> None:
+    def sync_targets(self, node: str | None = None) -> None:
         """Compare the target nodes with the ones the job deploys to: a new one gets the
         serving version, one that left loses its inference task; each change is a condition
-        (except at the first look, which only places the job)."""
+        (except at the first look, which only places the job). ``node``: only that node can
+        have changed (its own status), so only its labels are read."""
         s, deploy = self.s, self.deploy_targets()
-        now = self.current_targets()
+        if node is None or not s.placed:
+            now = self.current_targets()
+        else:
+            labels = self.ctx.node_labels.get(node, {})
+            others = frozenset(s.nodes) - {node}
+            now = others | {node} if deploy.may_target(node, labels) else others
         quiet, s.placed = not s.placed, True
         for node in sorted(s.nodes.keys() - now):
             del s.nodes[node]
@@ -569,8 +578,9 @@ class _Step:
         """A selector that matches no node is a condition the job shows, not a failure: it
         deploys to a node as soon as one declares matching labels."""
         s, selector = self.s, deploy.selector
+        # every node the selector matches is a target: looking at the targets is enough
         selected = selector is not None and any(
-            selector.matches(labels) for labels in self.ctx.node_labels.values())
+            selector.matches(self.ctx.node_labels.get(n, {})) for n in s.nodes)
         no_match = selector is not None and not selected
         if no_match == s.no_match or selector is None:
             s.no_match = no_match

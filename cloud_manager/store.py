@@ -390,6 +390,14 @@ class Store:
             "SELECT name, json_extract(status, '$.labels') AS labels FROM nodes ORDER BY name")
         return {r["name"]: json.loads(r["labels"]) if r["labels"] else {} for r in rows}
 
+    def labels_of(self, node: str) -> dict[str, str] | None:
+        """One node's labels; None when the node never reported."""
+        row = self.db.execute("SELECT json_extract(status, '$.labels') AS labels FROM nodes "
+                              "WHERE name=?", (node,)).fetchone()
+        if row is None:
+            return None
+        return json.loads(row["labels"]) if row["labels"] else {}
+
     def online_nodes(self) -> frozenset[str]:
         """Names of the nodes whose last status says online (every event asks: no JSON read)."""
         rows = self.db.execute("SELECT name FROM nodes WHERE state='online'")
