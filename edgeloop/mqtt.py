@@ -553,9 +553,15 @@ class MqttClient:
     async def _after_connect(self, control: _Lane, data: _Lane) -> None:
         if self._wants_replies:
             await self._subscribe_one(control, self._reply_subscription)
-        # Sent together, confirmed as the backlog ahead of the confirmations is handled.
-        await asyncio.gather(*(self._subscribe_one(control if sub.control else data, sub)
-                               for sub in list(self._subscriptions)))
+        # Sent together, confirmed as the backlog ahead of the confirmations is handled. A
+        # subscription added meanwhile is taken in the next pass: from the moment ``connected``
+        # is set, :meth:`_add_subscription` subscribes new ones itself.
+        subscribed: list[_Subscription] = []
+        while pending := [sub for sub in self._subscriptions
+                          if not any(sub is done for done in subscribed)]:
+            await asyncio.gather(*(self._subscribe_one(control if sub.control else data, sub)
+                                   for sub in pending))
+            subscribed += pending
         self._connected.set()
         for hook in self._connect_hooks:
             try:
