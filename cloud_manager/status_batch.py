@@ -51,12 +51,17 @@ def settle(known: Known | None, statuses: Sequence[NodeStatus]) -> Settled | Non
     """One node's statuses (arrival order) after ``known``; None when none of them is newer.
 
     A status older than the one applied before it (same boot, lower seq) is a late redelivery
-    and skipped; a different boot is newer because it arrived later (boot ids do not order)."""
+    and skipped; a different boot is newer because it arrived later (boot ids do not order).
+    The last will (``lost``) is the exception: the broker publishes it when the connection dies,
+    with the seq the agent gave it when connecting, so it is never stale; it keeps the seq
+    reached so far, so that a late redelivery from before it stays stale."""
     current = known
     settled: Settled | None = None
     for status in statuses:
         if current and current.boot_id == status.boot_id and current.seq > status.seq:
-            continue
+            if status.state != "lost":
+                continue
+            status = status.model_copy(update={"seq": current.seq})
         if settled is None:
             settled = Settled(status)
         if current is None or current.state != status.state:

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 from agent_cloud import FakeCloud
+from running_cloud import cloud
+from test_cloud_daemon import wait_for
 
 from edge_agent.config import ConfigError, load_config, parse_mapping
 from protocol import topics
@@ -96,6 +98,24 @@ async def test_a_killed_agent_is_reported_lost_by_its_will(broker, tmp_path):
             if agent.poll() is None:
                 agent.kill()
     assert lost[0].boot_id == online[0].boot_id
+
+
+async def test_the_cloud_manager_takes_a_killed_agent_offline(broker, tmp_path):
+    """The will carries the seq of the connection it was set on, older than the statuses since:
+    the cloud still applies it."""
+    async with cloud(broker.url, tmp_path / "cloud") as daemon:
+        agent = start_agent(broker.url, tmp_path / "state")
+        try:
+            await wait_for(lambda: "edge-9" in daemon.manager.online_nodes(), "the agent online")
+            agent.kill()
+            agent.wait(10)
+            await wait_for(lambda: "edge-9" not in daemon.manager.online_nodes(),
+                           "the agent's will taking it offline in the cloud")
+            node = daemon.manager.store.node("edge-9")
+            assert node is not None and node.status.state == "lost"
+        finally:
+            if agent.poll() is None:
+                agent.kill()
 
 
 def test_bad_settings_are_named(tmp_path):

@@ -51,6 +51,12 @@ def test_settle_of_a_node_the_store_does_not_know_enters_its_first_state():
     assert settled is not None and settled.changes == ["online"] and settled.latest.seq == 2
 
 
+def test_the_last_will_is_applied_although_its_seq_is_older_and_keeps_the_seq_reached():
+    settled = settle(Known("b1", 5, "online"), [status("a", 0, "lost"), status("a", 4)])
+    assert settled is not None and settled.changes == ["lost"]
+    assert (settled.latest.state, settled.latest.seq) == ("lost", 5)  # seq 4 came late: skipped
+
+
 def test_settle_of_only_older_statuses_is_nothing():
     assert settle(Known("b1", 5, "online"), [status("a", 3), status("a", 4)]) is None
 
