@@ -96,8 +96,10 @@ def keep_failed_run(workdir: Path, output: str) -> str:
     """Copy the run (not its cache) out of the way and tell its story: what stopped, the tails
     of the logs, where everything is."""
     kept = Path(KEEP_FAILED.format(stamp=time.strftime("%Y%m%dT%H%M%S")))
-    shutil.copytree(workdir, kept, symlinks=True, dirs_exist_ok=True,
-                    ignore=lambda folder, names: ["cache"] if Path(folder) == workdir else [])
+    kept.mkdir(parents=True, exist_ok=True)
+    if workdir.is_dir():  # a demo that stopped before its first step has none
+        shutil.copytree(workdir, kept, symlinks=True, dirs_exist_ok=True,
+                        ignore=lambda folder, names: ["cache"] if Path(folder) == workdir else [])
     (kept / "demo.out").write_text(output)
     story = [f"what stopped: {what_stopped(workdir, output)}",
              f"the run is kept in {kept} (demo.out: the terminal output)"]
