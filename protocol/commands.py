@@ -31,16 +31,21 @@ def register(app: typer.Typer) -> None:
     ) -> None:
         """Check Dataset, Model and IncrementalLearningJob manifests and print every error.
 
-        Prints one Kind/namespace/name OK line per valid resource and exits 1 if any document is
-        invalid.
+        Prints one Kind/namespace/name OK line per valid resource, naming the edgeloop
+        extensions it uses (fields Sedna does not have, such as blindSpotMining), and exits 1 if
+        any document is invalid.
         """
         from protocol.manifest_yaml import read_files
+        from protocol.manifests import IncrementalLearningJob as Job
 
         documents = read_files(manifest_sources(files, paths))
         failed = [document for document in documents if document.manifest is None]
         for document in documents:
-            if document.manifest is not None:
-                typer.echo(f"{'/'.join(document.manifest.key)} OK")
+            manifest = document.manifest
+            if manifest is not None:
+                extensions = manifest.extensions() if isinstance(manifest, Job) else []
+                note = f" (edgeloop extension: {', '.join(extensions)})" if extensions else ""
+                typer.echo(f"{'/'.join(manifest.key)} OK{note}")
             for line in document.error_lines():
                 typer.echo(line, err=True)
         if failed:

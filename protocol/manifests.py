@@ -562,6 +562,13 @@ class IncrementalLearningJob(Resource):
     kind: Literal["IncrementalLearningJob"]
     spec: IncrementalLearningJobSpec
 
+    def extensions(self) -> list[str]:
+        """Paths of the fields this job sets that are edgeloop's, not Sedna's: a Sedna
+        controller would refuse them, so ``edgeloop validate`` names them."""
+        if self.spec.deploy_spec.blind_spot_mining is not None:
+            return ["spec.deploySpec.blindSpotMining"]
+        return []
+
     def references(self) -> list[tuple[str, str, str]]:
         """Keys of the resources this job needs, in its own namespace."""
         ns, spec = self.metadata.namespace, self.spec
