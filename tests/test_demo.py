@@ -79,8 +79,9 @@ def _tail(path: Path, lines: int) -> str:
 
 def what_stopped(workdir: Path, output: str) -> str:
     """The demo's own words for why it ended: its ``demo failed:`` line, else summary.json's
-    error, else the exit line."""
-    for line in reversed(output.splitlines()):
+    error, else where it was (its last step and the job's last transition) when it ended."""
+    lines = output.splitlines()
+    for line in reversed(lines):
         if "demo failed:" in line or "report failed:" in line:
             return line.strip()
     summary = workdir / "summary.json"
@@ -88,8 +89,11 @@ def what_stopped(workdir: Path, output: str) -> str:
         error = json.loads(summary.read_text()).get("error")
         if error:
             return str(error)
-    return next((line for line in reversed(output.splitlines()) if line.startswith("exit ")),
-                "no exit line: the demo did not finish")
+    step = next((line for line in reversed(lines) if line.startswith("▶")), "no step begun")
+    job = next((line.strip() for line in reversed(lines)
+                if re.match(r"\s+(Train|Eval|Deploy)/", line)), "no job transition")
+    end = next((line for line in reversed(lines) if line.startswith("exit ")), "no exit line")
+    return f"{end}; its last step: {step}; the job's last transition: {job}"
 
 
 def keep_failed_run(workdir: Path, output: str) -> str:
