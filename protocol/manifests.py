@@ -459,8 +459,9 @@ class BlindSpotMining(ManifestPart):
     one in this many frames without detections (0: never). ``dropRatio``: when the mean boxes
     per frame over the last ``windowFrames`` falls below this fraction of the node's own
     baseline (an average over about ``baselineFrames``), sample one frame in ``sampleEvery``
-    whatever the model sees, until the rate is back to ``recoverRatio`` of the baseline. A
-    baseline under ``minBaseline`` boxes per frame never counts as a drop. On by default
+    whatever the model sees, until the rate is back to ``recoverRatio`` of the baseline and the
+    drop lasted ``minDropFrames`` (a scene that varies from shot to shot must not flip the mode
+    back and forth). A baseline under ``minBaseline`` boxes per frame never counts as a drop. On by default
     (:mod:`workers.blind_spot` has the mechanics).
     """
 
@@ -469,6 +470,7 @@ class BlindSpotMining(ManifestPart):
     sample_every: Annotated[int, Field(ge=1)] = 10
     drop_ratio: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
     recover_ratio: Annotated[float, Field(gt=0.0, le=1.0)] = 0.8
+    min_drop_frames: Annotated[int, Field(ge=0)] = 250
     window_frames: Annotated[int, Field(ge=1)] = 50
     baseline_frames: Annotated[int, Field(ge=1)] = 500
     min_baseline: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] = 0.5

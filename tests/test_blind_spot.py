@@ -71,7 +71,7 @@ def test_the_floor_never_samples_more_than_one_frame_in_n(boxes, every):
 
 def test_a_drop_against_the_baseline_switches_to_uniform_sampling_until_it_recovers():
     m = monitor(windowFrames=10, baselineFrames=100, sampleEvery=5, dropRatio=0.5,
-                recoverRatio=0.8, emptyFrameEvery=0)
+                recoverRatio=0.8, emptyFrameEvery=0, minDropFrames=0)
     assert set(run(m, [4] * 100)) == {None}
     assert m.mode == "normal" and m.baseline == pytest.approx(4.0)
     blind = run(m, [0] * 6)
@@ -90,6 +90,18 @@ def test_a_drop_against_the_baseline_switches_to_uniform_sampling_until_it_recov
     assert m.mode == "detection-drop"
     run(m, [4] * 10)
     assert m.mode == "normal"
+
+
+def test_a_drop_lasts_its_minimum_before_the_node_returns_to_normal():
+    """Shots that alternate between crowded and empty must not flip the mode every window."""
+    m = monitor(windowFrames=10, baselineFrames=100, minDropFrames=100, emptyFrameEvery=0)
+    run(m, [4] * 100)
+    run(m, [0] * 20)
+    assert m.mode == "detection-drop"
+    run(m, ([4] * 10 + [0] * 10) * 3)  # back up for a window, down again: still one drop
+    assert m.mode == "detection-drop" and m.drops == 1
+    run(m, [4] * 30)  # 110 frames into the drop, the rate recovered: normal again
+    assert m.mode == "normal" and m.drops == 1
 
 
 def test_a_node_that_never_detected_much_never_flips_into_a_drop():

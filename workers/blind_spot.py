@@ -14,7 +14,9 @@ the rule on every frame:
   ``baseline_frames``); when the recent rate falls below ``drop_ratio`` of the baseline, mining
   switches to uniform sampling, one frame in ``sample_every``, whatever the boxes. The baseline
   is frozen while the drop lasts (the blindness must not become the new normal) and the node
-  returns to normal only once the recent rate is back to ``recover_ratio`` of it (hysteresis).
+  returns to normal only once the recent rate is back to ``recover_ratio`` of it and the drop
+  has lasted ``min_drop_frames`` (hysteresis: shots that vary in how much they show must not
+  flip the mode every few seconds).
   A baseline under ``min_baseline`` never triggers a drop: a model on a scene that never had
   much to detect would otherwise flip in and out on noise.
 
@@ -100,7 +102,10 @@ class BlindSpotMonitor:
                 return
             alpha = 1.0 / self.settings.baseline_frames
             self.baseline += alpha * (self._window[-1] - self.baseline)
-        elif recent >= self.settings.recover_ratio * self.baseline:
+        elif (
+            self.drop_frames >= self.settings.min_drop_frames
+            and recent >= self.settings.recover_ratio * self.baseline
+        ):
             self.mode = "normal"
             self.empty_since_sample = 0
 
