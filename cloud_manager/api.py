@@ -122,6 +122,8 @@ def _summary(meta: dict[str, Any]) -> dict[str, Any]:
         "model_version": sidecar.get("model_version"),
         "time": sidecar.get("time") or meta.get("received"),
         "mining": sidecar.get("mining", ""),
+        # why the node kept it: rule, empty-frame or detection-drop (blind-spot mining)
+        "reason": sidecar.get("mining_reason") or "-",
         "labelled": bool(meta.get("labelled")),
     }
 

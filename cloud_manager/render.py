@@ -42,7 +42,7 @@ _COLUMNS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
     "Namespace": ([("NAME", "name")], []),
     "HardExample": (
         [("ID", "short_id"), ("NODE", "node"), ("AGE", "time"), ("MODEL", "model_version"),
-         ("BOXES", "boxes"), ("LABELLED", "labelled")],
+         ("BOXES", "boxes"), ("REASON", "reason"), ("LABELLED", "labelled")],
         [("MINING", "mining"), ("SOURCE", "source"), ("SHA256", "id")],
     ),
     "ModelVersion": (

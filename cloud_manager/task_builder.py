@@ -269,6 +269,9 @@ def build_inference_task(inputs: JobInputs, deployed: ModelVersion | None) -> Ta
         hem = spec.hard_example_mining.parameters_dict()
         if hem:
             env[contract.HEM_PARAMETERS] = contract.hem_parameters_json(hem)
+    blind_spot = spec.blind_spot()
+    if blind_spot is not None:
+        env[contract.BLIND_SPOT] = contract.blind_spot_json(blind_spot)
     task = task_id(inputs.job.metadata.namespace, inputs.job.metadata.name, 0, "inference")
     env.update(sedna_identity(inputs, "inference", task, 1))
     return Task(

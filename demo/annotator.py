@@ -149,6 +149,8 @@ class Labelled:
     boxes: int
     refused: str | None = None
     time: float = 0.0  # the frame's capture time, from the sidecar
+    #: why edge0 mined it (the sidecar's mining_reason: rule, empty-frame, detection-drop)
+    reason: str = ""
 
 
 @dataclass
@@ -210,27 +212,28 @@ class SimulatedAnnotator:
         meta = json.loads(sidecar.read_text())
         sha = meta.get("sha256") or sidecar.stem
         capture_time = float(meta.get("sidecar", {}).get("time") or 0.0)
+        reason = str(meta.get("sidecar", {}).get("mining_reason") or "")
         image_path = sidecar.with_name(meta.get("image") or f"{sha}.jpg")
         image = cv2.imread(str(image_path))
         if image is None:
             return Labelled(sha, None, None, None, None, 0, f"cannot read {image_path.name}",
-                            capture_time), None
+                            capture_time, reason), None
         match = self.frames.nearest(thumbnail(image))
         if match.distance > self.max_distance:
             return Labelled(sha, None, None, None, match.distance, 0,
                             f"no video frame within {self.max_distance} (nearest "
-                            f"{match.distance:.1f})", capture_time), None
+                            f"{match.distance:.1f})", capture_time, reason), None
         key, domain = match.domain, self.domain_of[match.domain]
         boxes = self.truth[key].get(match.frame)
         if boxes is None:
             return Labelled(sha, None, domain, match.frame, match.distance, 0,
                             f"no ground truth for frame {match.frame} of {key}",
-                            capture_time), None
+                            capture_time, reason), None
         height, width = image.shape[:2]
         boxes = scale_boxes(boxes, self.sizes[key], (width, height))
         target = self.index.parent / "images" / f"he-{sha[:16]}{image_path.suffix}"
         return (Labelled(sha, target, domain, match.frame, match.distance, len(boxes),
-                         None, capture_time),
+                         None, capture_time, reason),
                 (image_path, Sample(image=target, boxes=boxes)))
 
     def run_once(self) -> list[Labelled]:
@@ -267,7 +270,7 @@ class SimulatedAnnotator:
                     "sha256": r.sha256, "image": str(r.image) if r.image else None,
                     "domain": r.domain, "frame": r.frame,
                     "distance": None if r.distance is None else round(r.distance, 2),
-                    "boxes": r.boxes, "refused": r.refused, "time": r.time,
+                    "boxes": r.boxes, "refused": r.refused, "time": r.time, "reason": r.reason,
                 }) + "\n")
 
     def counts(self) -> dict[str, int]:

@@ -94,6 +94,9 @@ class LoopView:
     fps: float = 0.0
     frames: int = 0
     hard_examples: int = 0
+    #: mining reason -> hard examples edge0 saved for it; edge0's mining mode
+    hard_examples_by_reason: dict[str, int] = field(default_factory=dict)
+    mining_mode: str | None = None
     outbox_backlog: int = 0
     labelled: dict[str, int] = field(default_factory=dict)
     #: refusals of the simulated annotator by reason
@@ -123,6 +126,16 @@ class LoopView:
             self.progress = None
             self.notify()
 
+    def where(self) -> str:
+        """Where the loop stands, in one line: what a stall message must name."""
+        return (f"job {self.stage}/{self.state} round {self.round}, {self.samples} samples in "
+                f"data.txt, deployed v{self.deployed_version or '-'}, edge0 serves "
+                f"{'v' + str(self.serving) if self.serving else 'the initial model'}, camera "
+                f"{self.domain}; edge0 {'online' if self.edge_online else 'offline'}, "
+                f"{self.frames} frames, {self.hard_examples} hard examples "
+                f"({mining_text(self)}), {self.outbox_backlog} waiting upload; labelled "
+                f"{dict(sorted(self.labelled.items())) or '-'}")
+
     async def wait_for(self, predicate: Callable[[LoopView], bool], what: str, timeout: float,
                        check: Callable[[], None] | None = None) -> None:
         """Until ``predicate(self)``; ``check`` runs at least every second (dead processes)."""
@@ -132,7 +145,7 @@ class LoopView:
                 check()
             left = deadline - time.monotonic()
             if left <= 0:
-                raise TimeoutError(f"not within {timeout:.0f} s: {what}")
+                raise TimeoutError(f"not within {timeout:.0f} s: {what}; {self.where()}")
             self.changed.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.changed.wait(), min(1.0, left))
@@ -241,12 +254,23 @@ async def follow_live_view(url: str, view: LoopView) -> None:
                         view.fps = float(message.get("fps") or 0.0)
                         view.frames = int(message.get("frames") or 0)
                         view.hard_examples = int(message.get("hard_examples") or 0)
+                        view.hard_examples_by_reason = dict(
+                            message.get("hard_examples_by_reason") or {})
+                        view.mining_mode = message.get("mining_mode")
                         view.notify()
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # the agent restarts or is not listening yet
             log.debug("live view %s: %s", url, exc)
         await asyncio.sleep(1.0)
+
+
+def mining_text(view: LoopView) -> str:
+    """Hard examples per mining reason, and the detection-drop mode when edge0 is in it."""
+    reasons = ", ".join(f"{reason} {n}" for reason, n in sorted(view.hard_examples_by_reason.items()))
+    if view.mining_mode == "detection-drop":
+        reasons = f"DETECTION DROP, sampling uniformly; {reasons}"
+    return reasons or "none yet"
 
 
 def render(view: LoopView) -> Group:
@@ -269,6 +293,6 @@ def render(view: LoopView) -> Group:
     table.add_row("models", f"deployed v{view.deployed_version or '-'}, edge0 serves "
                             f"{'v' + str(view.serving) if view.serving else 'the initial model'}")
     table.add_row("edge0", f"{'online' if view.edge_online else 'offline'}, {view.fps:.1f} FPS, "
-                           f"{view.frames} frames, {view.hard_examples} hard examples, "
-                           f"{view.outbox_backlog} waiting upload")
+                           f"{view.frames} frames, {view.hard_examples} hard examples "
+                           f"({mining_text(view)}), {view.outbox_backlog} waiting upload")
     return Group(Text("edgeloop demo", style="bold"), table)

@@ -216,6 +216,19 @@ def _read_journal(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def mining_reasons(journal: list[dict[str, Any]]) -> dict[str, dict[str, int]]:
+    """Labelled hard examples per domain and mining reason (rule, empty-frame, detection-drop):
+    how each domain reached the dataset, the blind ones included."""
+    out: dict[str, dict[str, int]] = {}
+    for record in journal:
+        if record.get("refused") or not record.get("domain"):
+            continue
+        per_domain = out.setdefault(record["domain"], {})
+        reason = record.get("reason") or "unknown"
+        per_domain[reason] = per_domain.get(reason, 0) + 1
+    return out
+
+
 def _refusals(journal: list[dict[str, Any]]) -> dict[str, int]:
     kinds = [refusal_kind(r["refused"]) for r in journal if r.get("refused")]
     return {kind: kinds.count(kind) for kind in sorted(set(kinds))}
@@ -406,6 +419,7 @@ def write_report(run: ReportInputs, console: Console) -> dict[str, Any]:
         "labelled": {k: sum(1 for r in journal if (r.get("domain") if not r.get("refused")
                                                      else "refused") == k)
                      for k in {*(r.get("domain") or "refused" for r in journal)}},
+        "mining_reasons": mining_reasons(journal),
         "durations": outcome.durations,
         "cached": outcome.cached,
         "adaptations": outcome.changes,
@@ -517,6 +531,17 @@ def _markdown(s: dict[str, Any], conditions: list[dict[str, Any]], run: ReportIn
     lines += ["", "## Durations (s)", ""]
     lines += [f"- {k}: {v}" for k, v in s["durations"].items()]
     lines += ["", f"Labelled hard examples: {json.dumps(s['labelled'])}."]
+    if s.get("mining_reasons"):
+        lines += ["", "Why edge0 mined them (rule: the hardExampleMining rule; empty-frame and "
+                  "detection-drop: blind-spot mining, frames the model saw little or nothing "
+                  "in):", "", "| domain | rule | empty-frame | detection-drop | other |",
+                  "|---|---|---|---|---|"]
+        for domain, counts in sorted(s["mining_reasons"].items()):
+            known = ("rule", "empty-frame", "detection-drop")
+            total = sum(counts.values())
+            cells = [f"{counts.get(k, 0)} ({counts.get(k, 0) / total:.0%})" for k in known]
+            other = total - sum(counts.get(k, 0) for k in known)
+            lines.append(f"| {domain} | {' | '.join(cells)} | {other} |")
     if s.get("refused"):
         lines += [("Refused by the simulated annotator, which labels only frames it finds in the "
                    "camera's videos (a person would label any): "

@@ -13,8 +13,10 @@ it (the seed's "download the dataset to cloud0" step); it becomes a version only
 base model by the deploy gate, which a retrain on the same data rarely does. The camera shows
 night, then new-colors, and each becomes a version once its round passes the gate. While a round
 learns one domain the camera already shows the next one to learn (the round's samples are
-fixed); a round that is not deployed sends the camera back to its domain, and a video that gives
-no more hard examples is followed by another (:mod:`demo.schedule`).
+fixed); a round that is not deployed sends the camera back to its domain (:mod:`demo.schedule`).
+A domain the base model is blind to still gives hard examples: the product's blind-spot mining
+samples frames without detections (:mod:`workers.blind_spot`), so the camera never has to
+change video to feed the trigger.
 
 ``WORKDIR/cache/`` (data, videos, base model) is kept between runs; ``WORKDIR/run/`` and
 ``WORKDIR/logs/`` are fresh every run.
@@ -64,8 +66,6 @@ DAY_SECONDS = 8.0
 PIDS_FILE = "children.pids"
 #: Seconds edge0 keeps serving the last version before the demo stops everything.
 FINAL_SECONDS = 5.0
-#: Seconds without a new label, after a video has played through, for it to count as dried up.
-QUIET_SECONDS = 10.0
 
 
 class DemoInterrupted(BaseException):
@@ -165,7 +165,6 @@ class Demo:
         self.heldout: dict[str, Path] = {}
         self.base_model: Path | None = None
         self.camera_domain: str | None = None
-        self.camera_since = 0.0
         self.plan = DomainPlan(data.DOMAINS[0], data.DOMAINS[1:])
         self.registered = 0
         self.started = time.monotonic()
@@ -270,7 +269,6 @@ class Demo:
             self.annotator.add_video(domain, playing.video, playing.ground_truth, playing.key)
         self.camera.play(playing.video)
         self.camera_domain = domain
-        self.camera_since = time.time()
         self.view.domain = playing.key
         self.outcome.camera_switches.append({"time": time.time(), "domain": domain,
                                              "video": playing.key})
@@ -433,18 +431,10 @@ class Demo:
                 domain = self.plan.camera(self.view.stage, self.view.state, self.view.round,
                                           self.camera_domain or "day")
                 current = self.videos.get(domain)
-                why = "simulated domain shift"
-                if domain == self.camera_domain and self.plan.video_dried_up(
-                        domain, waiting=(self.view.stage, self.view.state) == ("Train", "Waiting"),
-                        shown_since=self.camera_since, now=time.time(),
-                        loop_s=self.sizes.video_seconds, quiet_s=QUIET_SECONDS):
-                    self.plan.next_video(domain)
-                    why = (f"no new hard example for {QUIET_SECONDS:.0f} s and the train trigger "
-                           "still waits")
                 if domain != self.camera_domain or (
                         current is not None and current.variant != self.plan.variant(domain)):
                     variant = self.plan.variant(domain)
-                    self.say(f"[bold magenta]camera → {domain}[/] ({why}"
+                    self.say(f"[bold magenta]camera → {domain}[/] (simulated domain shift"
                              f"{f', video {variant + 1}' if variant else ''})")
                     await asyncio.to_thread(self.play, domain)
             self.view.changed.clear()

@@ -32,8 +32,6 @@ class DomainPlan:
     failures: dict[str, int] = field(default_factory=dict)
     deployed_rounds: set[int] = field(default_factory=set)
     failed_rounds: set[int] = field(default_factory=set)
-    #: domain -> its videos that gave all the hard examples they could while the job waited
-    dried_up: dict[str, int] = field(default_factory=dict)
 
     def add_labels(self, labelled: Sequence[tuple[float, str]]) -> None:
         self.labels.extend(labelled)
@@ -61,27 +59,8 @@ class DomainPlan:
         self.failures[domain] = self.failures.get(domain, 0) + 1
 
     def variant(self, domain: str) -> int:
-        """Which video of ``domain`` to play: a new one after each round of it that failed and
-        after each video that dried up (its frames were mined already; near-duplicates are not
-        mined again)."""
-        return self.failures.get(domain, 0) + self.dried_up.get(domain, 0)
-
-    def video_dried_up(self, domain: str, *, waiting: bool, shown_since: float, now: float,
-                       loop_s: float, quiet_s: float) -> bool:
-        """Whether the video of ``domain`` shown since ``shown_since`` has given all it can: the
-        job waits for its train trigger (``waiting``), the video has played through once
-        (``loop_s``) and no label of ``domain`` has come for ``quiet_s``. Only a domain still to
-        learn is refreshed. Times are ``time.time()``, like the labels'."""
-        if not waiting or domain not in self.shifted or domain in self.learned:
-            return False
-        if now - shown_since < loop_s + quiet_s:
-            return False
-        last = max((t for t, d in self.labels if d == domain), default=shown_since)
-        return now - max(last, shown_since) >= quiet_s
-
-    def next_video(self, domain: str) -> None:
-        """The video of ``domain`` dried up: :meth:`variant` names the next one."""
-        self.dried_up[domain] = self.dried_up.get(domain, 0) + 1
+        """Which video of ``domain`` to play: a new one after each round of it that failed."""
+        return self.failures.get(domain, 0)
 
     def round_deployed(self, round_no: int) -> None:
         self.deployed_rounds.add(round_no)

@@ -5,7 +5,9 @@ messages to every open page:
 
 - ``frame``: the newest JPEG of a task with its boxes (drawn by the page), at most ``max_fps``
   per task;
-- ``task``: model version, FPS, frames and hard-example count (from the worker's ``stats``);
+- ``task``: model version, FPS, frames, hard-example count, per mining reason, and the mining
+  mode (``detection-drop`` while the node samples uniformly because its detections fell; from
+  the worker's ``stats``);
 - ``swapped``: a hot-swap outcome, pushed at once so the page shows the new version without
   waiting for a frame;
 - ``node``: the node name, the hard-example upload backlog (outbox) and the number of viewers;
@@ -90,6 +92,10 @@ class TaskView:
     fps: float = 0.0
     frames: int = 0
     hard_examples: int = 0
+    #: mining reason (rule, empty-frame, detection-drop) -> hard examples saved for it
+    hard_examples_by_reason: dict[str, int] = field(default_factory=dict)
+    #: normal or detection-drop; None when the worker does not run blind-spot mining
+    mining_mode: str | None = None
     frames_forwarded: int = 0
 
     def summary(self) -> dict[str, Any]:
@@ -100,6 +106,8 @@ class TaskView:
             "fps": round(self.fps, 2),
             "frames": self.frames,
             "hard_examples": self.hard_examples,
+            "hard_examples_by_reason": dict(self.hard_examples_by_reason),
+            "mining_mode": self.mining_mode,
         }
 
 
@@ -216,6 +224,13 @@ class LiveView:
         if stats.model_version is not None:
             view.model_version = stats.model_version
         view.fps, view.frames, view.hard_examples = stats.fps, stats.frames, stats.hard_examples
+        by_reason = stats.extra.get("hard_examples_by_reason")
+        if isinstance(by_reason, dict):
+            view.hard_examples_by_reason = {
+                str(k): v for k, v in by_reason.items() if isinstance(v, int)
+            }
+        mode = stats.extra.get("mining_mode")
+        view.mining_mode = mode if isinstance(mode, str) else None
         self._broadcast(("task", task_id), view.summary())
 
     async def on_swapped(self, task_id: str, swapped: wc.Swapped) -> None:

@@ -32,8 +32,8 @@ def register(app: typer.Typer) -> None:
         """Check Dataset, Model and IncrementalLearningJob manifests and print every error.
 
         Prints one Kind/namespace/name OK line per valid resource, naming the edgeloop
-        extensions it uses (fields Sedna does not have, such as nodeNames and nodeSelector), and
-        exits 1 if any document is invalid.
+        extensions it uses (fields Sedna does not have, such as nodeNames, nodeSelector and
+        blindSpotMining), and exits 1 if any document is invalid.
         """
         from protocol.manifest_yaml import read_files
         from protocol.manifests import IncrementalLearningJob as Job

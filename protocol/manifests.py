@@ -438,6 +438,46 @@ class HardExampleMining(ManifestPart):
         return parameters_dict(self.parameters)
 
 
+class BlindSpotMining(ManifestPart):
+    """edgeloop's extension beside ``hardExampleMining``: also mine where the model is blind.
+
+    Confidence rules never flag a frame without boxes, so a model that stops detecting after a
+    domain shift would stop sending examples of exactly that shift. ``emptyFrameEvery``: sample
+    one in this many frames without detections (0: never). ``dropRatio``: when the mean boxes
+    per frame over the last ``windowFrames`` falls below this fraction of the node's own
+    baseline (an average over about ``baselineFrames``), sample one frame in ``sampleEvery``
+    whatever the model sees, until the rate is back to ``recoverRatio`` of the baseline and the
+    drop lasted ``minDropFrames`` (a scene that varies from shot to shot must not flip the mode
+    back and forth). A baseline under ``minBaseline`` boxes per frame never counts as a drop. On by default
+    (:mod:`workers.blind_spot` has the mechanics).
+    """
+
+    enabled: bool = True
+    empty_frame_every: Annotated[int, Field(ge=0)] = 50
+    sample_every: Annotated[int, Field(ge=1)] = 10
+    drop_ratio: Annotated[float, Field(gt=0.0, lt=1.0)] = 0.5
+    recover_ratio: Annotated[float, Field(gt=0.0, le=1.0)] = 0.8
+    min_drop_frames: Annotated[int, Field(ge=0)] = 250
+    window_frames: Annotated[int, Field(ge=1)] = 50
+    baseline_frames: Annotated[int, Field(ge=1)] = 500
+    min_baseline: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] = 0.5
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BlindSpotMining:
+        if self.recover_ratio < self.drop_ratio:
+            raise invalid(
+                f"recoverRatio {self.recover_ratio:g} is below dropRatio {self.drop_ratio:g}: "
+                "the node would leave the drop before it entered it; use a recoverRatio >= "
+                "dropRatio"
+            )
+        if self.baseline_frames < self.window_frames:
+            raise invalid(
+                f"baselineFrames {self.baseline_frames} is shorter than windowFrames "
+                f"{self.window_frames}: the baseline must span more frames than the recent window"
+            )
+        return self
+
+
 class StageSpec(ManifestPart):
     """A stage's worker, in either of Sedna's forms: the guide's ``workerSpec`` or the
     ``template`` (a Kubernetes pod template, :mod:`protocol.pod_template`) Sedna uses today."""
@@ -506,7 +546,7 @@ def _distinct_nodes(names: list[str]) -> list[str]:
 
 
 class DeploySpec(StageSpec):
-    edgeloop_extensions = ("node_names", "node_selector")
+    edgeloop_extensions = ("node_names", "node_selector", "blind_spot_mining")
 
     model: DeployModelRef
     trigger: DeployTrigger
@@ -516,6 +556,25 @@ class DeploySpec(StageSpec):
     #: edgeloop extension: every node whose agent declares labels the selector matches
     node_selector: LabelSelector | None = None
     hard_example_mining: HardExampleMining | None = None
+    #: edgeloop extension (not in Sedna): None means the defaults, on
+    blind_spot_mining: BlindSpotMining | None = None
+
+    @model_validator(mode="after")
+    def _blind_spot_needs_mining(self) -> DeploySpec:
+        if self.blind_spot_mining is not None and self.hard_example_mining is None:
+            raise invalid(
+                "blindSpotMining extends hardExampleMining, which is not set: add "
+                "hardExampleMining (e.g. name: IBT) or remove blindSpotMining",
+                path="blindSpotMining",
+            )
+        return self
+
+    def blind_spot(self) -> BlindSpotMining | None:
+        """The blind-spot settings the inference worker gets: the manifest's, else the defaults
+        (on) whenever hard examples are mined at all; None when nothing is mined."""
+        if self.hard_example_mining is None:
+            return None
+        return self.blind_spot_mining or BlindSpotMining()
 
 
 STAGES = ("train", "eval", "deploy")

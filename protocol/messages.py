@@ -227,6 +227,9 @@ class HardExampleSidecar(BaseModel):
     time: float = Field(default_factory=now)
     source: str = ""
     mining: str = ""
+    #: why the frame was kept: ``rule`` (the hardExampleMining rule judged it hard),
+    #: ``empty-frame`` or ``detection-drop`` (blind-spot mining); empty in older sidecars
+    mining_reason: str = Field(default="", max_length=64)
     width: Count = 0
     height: Count = 0
 

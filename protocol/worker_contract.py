@@ -13,7 +13,7 @@ Three groups of variables (documented for users in docs/workers.md):
    ``BASE_MODEL_URL``, ``TRAIN_DATASET_URL``, ``TEST_DATASET_URL``, ``MODEL_URL``,
    ``MODEL_URLS``, ``HEM_NAME``, ``HEM_PARAMETERS``.
 3. edgeloop's own: ``EDGELOOP_TASK_ID``, ``EDGELOOP_RESULT``, ``EDGELOOP_CHANNEL``,
-   ``EDGELOOP_MODEL_VERSION``, ``EDGELOOP_REPLAY_INDEX``.
+   ``EDGELOOP_MODEL_VERSION``, ``EDGELOOP_REPLAY_INDEX``, ``EDGELOOP_BLIND_SPOT``.
 """
 
 from __future__ import annotations
@@ -23,6 +23,8 @@ from collections.abc import Mapping
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from protocol.manifests import BlindSpotMining
 
 Role = Literal["train", "eval", "inference"]
 
@@ -57,6 +59,9 @@ WORKER_NAME_PREFIXES: dict[str, str] = {
 }
 SEDNA_VARIABLES = (ORIGINAL_DATASET_URL, NAMESPACE, JOB_NAME, WORKER_NAME)
 
+#: inference: JSON of the job's ``blindSpotMining`` (camelCase keys); absent while HEM_NAME is
+#: set means its defaults, ``{"enabled": false}`` turns it off
+BLIND_SPOT = "EDGELOOP_BLIND_SPOT"
 #: The MODEL_VERSION of a job's initial model, served until a first version is deployed: frame
 #: logs, live views and reports name it so instead of by its file name.
 INITIAL_MODEL_VERSION = "initial"
@@ -76,6 +81,7 @@ LOCATION_VARIABLES = (
     REPLAY_INDEX,
     EARLIER_TEST_URLS,
     *SEDNA_VARIABLES,
+    BLIND_SPOT,
 )
 
 #: Separator of MODEL_URLS.
@@ -295,6 +301,7 @@ class WorkerEnvironment(BaseModel):
     hem_parameters: dict[str, str] = Field(default_factory=dict)
     replay_index: str | None = None
     earlier_test_urls: dict[int, str] = Field(default_factory=dict)
+    blind_spot: BlindSpotMining | None = None
     parameters: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("channel")
@@ -330,6 +337,7 @@ class WorkerEnvironment(BaseModel):
             REPLAY_INDEX: self.replay_index,
             EARLIER_TEST_URLS: (earlier_test_urls_json(self.earlier_test_urls)
                                 if self.earlier_test_urls else None),
+            BLIND_SPOT: blind_spot_json(self.blind_spot) if self.blind_spot else None,
         }
         env.update({k: v for k, v in pairs.items() if v})
         return env
@@ -361,9 +369,27 @@ class WorkerEnvironment(BaseModel):
                 hem_parameters=hem,
                 replay_index=env.get(REPLAY_INDEX) or None,
                 earlier_test_urls=earlier,
+                blind_spot=parse_blind_spot(env.get(BLIND_SPOT) or ""),
                 parameters={p.name: env[p.name] for p in PARAMETERS if p.name in env},
             )
         except ValidationError as exc:
             first = exc.errors()[0]
             where = ".".join(str(x) for x in first["loc"])
             raise ValueError(f"worker environment: {where}: {first['msg']}") from exc
+
+
+def blind_spot_json(settings: BlindSpotMining) -> str:
+    """The value of :data:`BLIND_SPOT`: the settings as the manifest spells them."""
+    return settings.model_dump_json(by_alias=True)
+
+
+def parse_blind_spot(text: str) -> BlindSpotMining | None:
+    """:data:`BLIND_SPOT` read back (None when empty); a bad value is a ValueError naming it."""
+    if not text.strip():
+        return None
+    try:
+        return BlindSpotMining.model_validate_json(text)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first["loc"]) or "value"
+        raise ValueError(f"{BLIND_SPOT}: {where}: {first['msg']}") from None

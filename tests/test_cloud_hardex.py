@@ -72,6 +72,10 @@ async def test_reliable_upload_is_stored_once_and_acknowledged(broker, tmp_path)
 # --- edgeloop hardex list / export, from an inbox filled by a real agent ---------------------
 
 
+#: Why the node kept each of :func:`frames`: by the rule, or by blind-spot mining.
+REASONS = ("rule", "empty-frame", "detection-drop")
+
+
 def frames() -> list[tuple[np.ndarray, HardExampleSidecar]]:
     """Three frames as an inference worker saves them; the last one is large (random noise
     barely compresses), so that its export arrives in several pieces."""
@@ -83,7 +87,7 @@ def frames() -> list[tuple[np.ndarray, HardExampleSidecar]]:
             # box 1 fits; box 2 sticks out of the frame (clipped); box 3's class is unknown
             boxes=[[2.4, 3.6, 20.0, 30.2], [10, 10, w + 50, h + 50], [1, 1, 5, 5]],
             scores=[0.41, 0.35, 0.3], classes=[2, 3, 9], model_version=i + 1, frame_index=i,
-            mining="IBT", width=w, height=h)
+            mining="IBT", mining_reason=REASONS[i], width=w, height=h)
         out.append((frame, sidecar))
     return out
 
@@ -113,9 +117,11 @@ async def test_list_and_export_round_trip(broker, tmp_path):
         assert sorted(i["id"] for i in items) == sorted(ids)
         assert {(i["node"], i["boxes"], i["labelled"]) for i in items} == {(NODE, 3, False)}
         assert sorted(i["model_version"] for i in items) == [1, 2, 3]
+        assert sorted(i["reason"] for i in items) == sorted(REASONS)
         table = await asyncio.to_thread(edgeloop, "hardex", "list", JOB, *base)
         assert table.returncode == 0, table.stderr
         assert "LABELLED" in table.stdout and ids[0][:12] in table.stdout
+        assert "REASON" in table.stdout and "detection-drop" in table.stdout
 
         out = tmp_path / "export"
         exported = await asyncio.to_thread(edgeloop, "hardex", "export", JOB, *base,

@@ -87,3 +87,43 @@ def test_refusals_are_counted_by_kind_and_shown() -> None:
     console.print(render(view))
     text = console.export_text()
     assert "night 40; refused 6 (6 frame not found in the camera's videos)" in text
+
+
+def test_blind_spot_mining_is_shown_and_a_stall_names_where_the_loop_stands() -> None:
+    view = LoopView(stage="Train", state="Waiting", round=2, samples=147, domain="night",
+                    frames=1800, hard_examples=31, labelled={"night": 27},
+                    hard_examples_by_reason={"rule": 4, "detection-drop": 27},
+                    mining_mode="detection-drop")
+    from rich.console import Console
+
+    console = Console(width=200, record=True)
+    console.print(render(view))
+    assert ("31 hard examples (DETECTION DROP, sampling uniformly; detection-drop 27, rule 4)"
+            in console.export_text())
+
+    async def stall() -> None:
+        await view.wait_for(lambda v: False, "edge0 to serve a version", 0.0)
+
+    import asyncio
+
+    with pytest.raises(TimeoutError) as caught:
+        asyncio.run(stall())
+    message = str(caught.value)
+    assert message.startswith("not within 0 s: edge0 to serve a version; job Train/Waiting "
+                              "round 2, 147 samples in data.txt")
+    assert "camera night" in message and "detection-drop 27" in message
+    assert "labelled {'night': 27}" in message
+
+
+def test_the_report_counts_labelled_hard_examples_per_domain_and_mining_reason() -> None:
+    from demo.report import mining_reasons
+
+    journal = [{"domain": "night", "reason": "detection-drop"},
+               {"domain": "night", "reason": "detection-drop"},
+               {"domain": "night", "reason": "rule"},
+               {"domain": "day", "reason": "rule"},
+               {"domain": "night", "reason": "empty-frame", "refused": "no ground truth"},
+               {"domain": None, "refused": "cannot read x.jpg"},
+               {"domain": "day"}]  # a journal written before reasons were recorded
+    assert mining_reasons(journal) == {"night": {"detection-drop": 2, "rule": 1},
+                                       "day": {"rule": 1, "unknown": 1}}

@@ -203,6 +203,40 @@ def test_frame_log_names_the_model_of_every_frame_and_retired_models_are_release
 
 
 @pytest.mark.ml
+def test_blind_spot_mining_keeps_frames_the_rule_cannot_judge_and_says_why(
+    models: dict[str, Path], video: Path, tmp_path: Path
+) -> None:
+    """A rule that never fires (Threshold 0) leaves blind-spot mining alone to keep frames:
+    each saved sidecar names its reason, and the reasons are exactly what the monitor decides
+    from the box counts the frame log recorded."""
+    from protocol.manifests import BlindSpotMining
+    from workers.blind_spot import BlindSpotMonitor
+    from workers.inference import read_frame_log
+    from workers.mining import make_miner
+
+    settings = BlindSpotMining.model_validate(
+        {"emptyFrameEvery": 2, "windowFrames": 4, "baselineFrames": 8, "sampleEvery": 3,
+         "minBaseline": 0.0}
+    )
+    store = HardExampleStore(tmp_path / "he", quota_bytes=64 * 2**20, dedup_distance=0)
+    loop, _ = make_loop(
+        models, video, miner=make_miner("Threshold", {"threshold": "0"}), store=store,
+        blind_spot=BlindSpotMonitor(settings), frame_log=tmp_path / "frames.jsonl",
+    )
+    stats = loop.run()
+    boxes = [r["boxes"] for r in read_frame_log(tmp_path / "frames.jsonl")]
+    replay = BlindSpotMonitor(settings)
+    expected = {i: reason for i, n in enumerate(boxes) if (reason := replay.observe(n))}
+    assert stats.mined == len(expected) and stats.frames == len(boxes) == 30
+    assert stats.mined_by_reason == {r: list(expected.values()).count(r)
+                                     for r in set(expected.values())}
+    saved = [json.loads(p.read_text()) for p in (tmp_path / "he").glob("*.json")]
+    assert len(saved) == stats.hard_examples == sum(stats.hard_examples_by_reason.values())
+    assert {s["frame_index"]: s["mining_reason"] for s in saved}.items() <= expected.items()
+    assert loop.mining_stats()["mining_mode"] == replay.mode
+
+
+@pytest.mark.ml
 def test_load_errors_name_the_file(models: dict[str, Path], tmp_path: Path) -> None:
     from workers.predictor import ModelLoadError, load_predictor
 
@@ -417,6 +451,12 @@ def test_inference_boot_file_swaps_on_the_agents_command(
     assert result["status"] == "completed" and result["model_version"] == "2"
     assert result["hard_examples"] > 0
     assert len(list((tmp_path / "he").glob("*.jpg"))) == result["hard_examples"]
+    # each kept frame says why: Random is the job's rule, blind-spot mining runs beside it (on
+    # by default); the result counts them per reason
+    reasons = [json.loads(p.read_text())["mining_reason"] for p in (tmp_path / "he").glob("*.json")]
+    assert set(reasons) <= {"rule", "empty-frame", "detection-drop"} and "rule" in reasons
+    assert result["hard_examples_by_reason"] == {r: reasons.count(r) for r in set(reasons)}
+    assert result["mining_mode"] in ("normal", "detection-drop")
     # Frames are numbered from 0 without gaps: version 1 served exactly the frames before the swap.
     assert result["frames_per_version"]["1"] == swapped.frame
     assert result["frames_per_version"]["2"] == result["frames"] - swapped.frame > 0

@@ -647,6 +647,18 @@ def test_cli_validate_examples_ok():
     ]
 
 
+def test_cli_validate_names_the_edgeloop_extensions_a_job_uses():
+    job = (EXAMPLES / "job.yaml").read_text().replace(
+        "    hardExampleMining:", "    blindSpotMining:\n      emptyFrameEvery: 25\n"
+        "    hardExampleMining:", 1)
+    result = CliRunner().invoke(app, ["validate", "-f", "-"], input=job)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [
+        "IncrementalLearningJob/neptune-test/helmet-detection-demo OK "
+        "(edgeloop extension: spec.deploySpec.blindSpotMining)"
+    ]
+
+
 def test_cli_validate_prints_every_error_and_exits_1():
     bad = (EXAMPLES / "job.yaml").read_text().replace('">"', '">>"')
     bad = bad.replace("trainProb: 0.8", "trainProb: 2")

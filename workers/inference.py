@@ -4,8 +4,9 @@ Run by the edge agent as ``python inference.py`` with the worker contract in the
 (docs/workers.md), or by hand: ``python workers/inference.py --help``.
 
 Reads ``video_url`` (RTSP URL, file, camera index; ``loop=1`` restarts a file), runs the model of
-``MODEL_URL`` on every frame it reads, saves hard examples (``HEM_NAME``/``HEM_PARAMETERS``) under
-``HE_SAVED_URL`` and tells the agent about them, and swaps models on the agent's ``swap`` and
+``MODEL_URL`` on every frame it reads, saves hard examples (``HEM_NAME``/``HEM_PARAMETERS``, and
+blind-spot mining, ``EDGELOOP_BLIND_SPOT``: :mod:`workers.blind_spot`) under ``HE_SAVED_URL`` and
+tells the agent about them, and swaps models on the agent's ``swap`` and
 ``rollback`` messages without losing a frame. With ``frame_log`` it records which model served
 each frame, and when (:class:`FrameLog`). The loop itself (:class:`InferenceLoop`) is importable
 for benchmarks and tests.
@@ -30,8 +31,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from protocol import worker_contract as contract
+from protocol.manifests import BlindSpotMining
 from protocol.messages import HardExampleSidecar
 from workers import sdk
+from workers.blind_spot import RULE, BlindSpotMonitor, MiningReason
 from workers.hardex_store import HardExampleStore
 from workers.hotswap import ModelSlot, SwapOutcome
 from workers.mining import Detections, Miner
@@ -57,6 +60,8 @@ class LoopStats:
     frames: int = 0
     hard_examples: int = 0
     mined: int = 0  # judged hard, saved or not
+    mined_by_reason: dict[str, int] = field(default_factory=dict)
+    hard_examples_by_reason: dict[str, int] = field(default_factory=dict)
     started: float = 0.0
     finished: float = 0.0
     versions: dict[str, int] = field(default_factory=dict)  # model version -> frames it served
@@ -132,6 +137,7 @@ class InferenceLoop:
         record_times: bool = False,
         on_detections: Callable[[Frame, Detections], None] | None = None,
         frame_log: Path | str | None = None,
+        blind_spot: BlindSpotMonitor | None = None,
     ):
         self.slot = slot
         self.source = source
@@ -142,6 +148,7 @@ class InferenceLoop:
         self.max_frames = max_frames
         self.on_detections = on_detections
         self.frame_log_path = Path(frame_log) if frame_log else None
+        self.blind_spot = blind_spot
         self.stats = LoopStats(frame_times=[] if record_times else None)
 
     def stop(self) -> None:
@@ -178,9 +185,11 @@ class InferenceLoop:
                 )
             stats.frames += 1
             stats.versions[model.version] = stats.versions.get(model.version, 0) + 1
-            if self.miner is not None and self.miner.is_hard(det):
+            reason = self._mining_reason(det, frame.index)
+            if reason is not None:
                 stats.mined += 1
-                self._save_hard_example(frame, det, model.version)
+                _count(stats.mined_by_reason, reason)
+                self._save_hard_example(frame, det, model.version, reason)
             if self.on_detections is not None:
                 self.on_detections(frame, det)
             now = time.monotonic()
@@ -209,7 +218,39 @@ class InferenceLoop:
             raise RuntimeError(self.source.error)
         return stats
 
-    def _save_hard_example(self, frame: Frame, det: Detections, version: str) -> None:
+    def _mining_reason(self, det: Detections, frame_index: int) -> MiningReason | None:
+        """Why this frame is a hard example: the confidence rule first, else blind-spot mining
+        (which sees every frame, to keep its detection rate)."""
+        spot = None
+        if self.blind_spot is not None:
+            before = self.blind_spot.mode
+            spot = self.blind_spot.observe(len(det))
+            if self.blind_spot.mode != before:
+                self._log_mode_change(frame_index)
+        if self.miner is not None and self.miner.is_hard(det):
+            return RULE
+        return spot
+
+    def _log_mode_change(self, frame_index: int) -> None:
+        monitor = self.blind_spot
+        assert monitor is not None
+        if monitor.mode == "detection-drop":
+            log.warning(
+                "frame %d: detections fell to %.2f per frame against this node's baseline of "
+                "%.2f: the model may be blind to what the camera shows now; sampling one frame "
+                "in %d as hard examples (detection-drop) until the rate recovers",
+                frame_index, monitor.recent_rate or 0.0, monitor.baseline or 0.0,
+                monitor.settings.sample_every,
+            )
+        else:
+            log.info(
+                "frame %d: detections back to %.2f per frame (baseline %.2f): mining by the "
+                "rule again", frame_index, monitor.recent_rate or 0.0, monitor.baseline or 0.0,
+            )
+
+    def _save_hard_example(
+        self, frame: Frame, det: Detections, version: str, reason: MiningReason
+    ) -> None:
         if self.store is None:
             return
         h, w = frame.image.shape[:2]
@@ -222,7 +263,8 @@ class InferenceLoop:
             frame_index=frame.index,
             time=frame.timestamp,
             source=self.source.url,
-            mining=repr(self.miner),
+            mining=repr(self.miner) if self.miner is not None else "",
+            mining_reason=reason,
             width=w,
             height=h,
         )
@@ -230,6 +272,7 @@ class InferenceLoop:
         if saved is None:
             return
         self.stats.hard_examples += 1
+        _count(self.stats.hard_examples_by_reason, reason)
         if self.session is not None:
             self.session.emit_hard_example(saved.image_path, saved.sidecar_path, saved.sha256)
 
@@ -244,7 +287,29 @@ class InferenceLoop:
             skipped_duplicate=counters.skipped_duplicate if counters else 0,
             skipped_quota=counters.skipped_quota if counters else 0,
             source_frames_read=self.source.frames_read,
+            **self.mining_stats(),
         )
+
+    def mining_stats(self) -> dict[str, Any]:
+        """What the node reports about why it sampled: per reason, and the drop mode."""
+        out: dict[str, Any] = {
+            "mined_by_reason": dict(self.stats.mined_by_reason),
+            "hard_examples_by_reason": dict(self.stats.hard_examples_by_reason),
+        }
+        monitor = self.blind_spot
+        if monitor is not None:
+            rate, baseline = monitor.recent_rate, monitor.baseline
+            out |= {
+                "mining_mode": monitor.mode,
+                "detection_drops": monitor.drops,
+                "detections_per_frame": None if rate is None else round(rate, 3),
+                "detections_baseline": None if baseline is None else round(baseline, 3),
+            }
+        return out
+
+
+def _count(counts: dict[str, int], key: str) -> None:
+    counts[key] = counts.get(key, 0) + 1
 
 
 def run_inference(params: sdk.Parameters, session: sdk.WorkerSession) -> dict[str, Any]:
@@ -267,6 +332,7 @@ def run_inference(params: sdk.Parameters, session: sdk.WorkerSession) -> dict[st
     settings = DecodeSettings(params.obj_threshold, params.nms_threshold)
     threads = params.threads or inference_threads()
     miner = make_miner(env.hem_name, env.hem_parameters) if env.hem_name else None
+    blind_spot = blind_spot_monitor(env, miner)
     he_dir = params.get("HE_SAVED_URL")
     if miner is not None and not he_dir:
         raise sdk.ParameterError(
@@ -316,6 +382,7 @@ def run_inference(params: sdk.Parameters, session: sdk.WorkerSession) -> dict[st
         store,
         max_frames=params.int("max_frames", minimum=0),
         frame_log=params.get("frame_log"),
+        blind_spot=blind_spot,
     )
     session.subscribe("swap", lambda m: slot.request_swap(m.path, m.version, m.sha256))
     session.subscribe("rollback", lambda m: slot.request_rollback())
@@ -323,7 +390,10 @@ def run_inference(params: sdk.Parameters, session: sdk.WorkerSession) -> dict[st
     if session.stop_requested.is_set():
         loop.stop()
     previous_handler = signal.signal(signal.SIGTERM, lambda *_: loop.stop())
-    log.info("serving model %s on %s (mining: %s)", version, video_url, miner)
+    log.info(
+        "serving model %s on %s (mining: %s; blind-spot mining: %s)",
+        version, video_url, miner, blind_spot.settings if blind_spot else "off",
+    )
     try:
         stats = loop.run()
     finally:
@@ -336,6 +406,7 @@ def run_inference(params: sdk.Parameters, session: sdk.WorkerSession) -> dict[st
         "duration_s": round(stats.finished - stats.started, 2),
         "hard_examples": stats.hard_examples,
         "mined": stats.mined,
+        **loop.mining_stats(),
         "skipped_duplicate": counters.skipped_duplicate if counters else 0,
         "skipped_quota": counters.skipped_quota if counters else 0,
         "model_version": slot.current.version,
@@ -344,6 +415,17 @@ def run_inference(params: sdk.Parameters, session: sdk.WorkerSession) -> dict[st
         "source": video_url,
         "parameters": params.as_dict(),
     }
+
+
+def blind_spot_monitor(
+    env: contract.WorkerEnvironment, miner: Miner | None
+) -> BlindSpotMonitor | None:
+    """Blind-spot mining beside the rule: the job's settings, its defaults when the job mines
+    but names none (``EDGELOOP_BLIND_SPOT`` unset), nothing when nothing is mined."""
+    if miner is None:
+        return None
+    settings = env.blind_spot or BlindSpotMining()
+    return BlindSpotMonitor(settings) if settings.enabled else None
 
 
 def main(argv: list[str] | None = None) -> int:

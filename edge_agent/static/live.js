@@ -72,6 +72,7 @@ function handle(msg) {
     set(p, "fps", msg.fps.toFixed(1));
     set(p, "frames", msg.frames);
     set(p, "hardex", msg.hard_examples);
+    set(p, "mining", miningText(msg));
   } else if (msg.type === "frame") {
     set(p, "fps", msg.fps.toFixed(1));
     drawFrame(p, msg);
@@ -82,6 +83,14 @@ function handle(msg) {
       ? `now serving version ${msg.version} (was ${msg.previous ?? "–"})`
       : `swap refused, still serving ${msg.model_version ?? "–"}: ${msg.error ?? ""}`;
   }
+}
+
+// "detection-drop" (the model's detections fell: frames are sampled uniformly) stands out.
+function miningText(msg) {
+  const reasons = Object.entries(msg.hard_examples_by_reason ?? {})
+    .map(([reason, n]) => `${reason} ${n}`).join(", ");
+  const mode = msg.mining_mode === "detection-drop" ? "DETECTION DROP: sampling uniformly" : msg.mining_mode;
+  return [mode, reasons].filter(Boolean).join("; ") || "–";
 }
 
 function connect(delay) {
