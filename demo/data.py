@@ -52,6 +52,10 @@ class DemoSizes:
     #: how many of the base model's day images data.txt starts with (0: all); round 1 retrains
     #: on them, and a retrain rarely passes the deploy gate: fewer make that round shorter
     dataset_images: int = 0
+    #: cap on a round's optimizer steps ("": none): hard examples keep coming while a round
+    #: trains, so the next round may hold several times the threshold; the cap keeps its time
+    #: near the first round's instead of growing with it
+    round_max_steps: str = ""
     seed: int = 7
 
     def base_key(self) -> str:
@@ -71,6 +75,8 @@ class DemoSizes:
             out["learning_rate"] = self.round_learning_rate
         if self.replay_ratio:
             out["replay_ratio"] = self.replay_ratio
+        if self.round_max_steps:
+            out["max_steps"] = self.round_max_steps
         return out
 
 
@@ -81,7 +87,7 @@ FULL = DemoSizes(base_images=800, base_epochs=20, batch_size=16, heldout_images=
 
 FAST = DemoSizes(base_images=240, base_epochs=14, batch_size=16, heldout_images=40,
                  round_epochs=12, threshold=60, video_shots=12, shot_seconds=2.0,
-                 round_learning_rate="2e-3", dataset_images=120)
+                 round_learning_rate="2e-3", dataset_images=120, round_max_steps="180")
 
 
 def _key(values: dict[str, Any]) -> str:

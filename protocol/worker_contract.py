@@ -207,6 +207,12 @@ PARAMETERS: tuple[ParameterInfo, ...] = (
         name="replay_max", default="2000", help="cap on replay samples", roles=("train",)
     ),
     ParameterInfo(
+        name="max_steps",
+        default="0",
+        help="cap on optimizer steps (0: none): a round with more samples runs fewer epochs",
+        roles=("train",),
+    ),
+    ParameterInfo(
         name="train_crop",
         default="192,320",
         help="train on random crops of height,width (0: whole images); faster steps, same scale",

@@ -102,12 +102,16 @@ def test_incremental_round_loads_the_base_model_and_mixes_replay(
             contract.REPLAY_INDEX: str(data["day"]),
             contract.MODEL_URL: str(out),
             "replay_ratio": "0.5",
+            # 12 samples in batches of 4: 3 steps an epoch, so 3 steps cap 3 epochs to one
+            "epochs": "3",
+            "max_steps": "3",
         },
         tmp_path,
     )
     assert code == 0, log
     assert result["export_precision"] == "int8"  # the default
     assert result["samples"]["new"] == 8 and result["samples"]["replay"] == 4
+    assert result["epochs"] == 1
     assert result["base_model"].endswith("model.keras")
     assert "starting from base model" in log
     assert (out / contract.TFLITE_ARTIFACT).is_file()
@@ -222,6 +226,17 @@ def test_replay_selection_is_capped_random_and_never_repeats_new_images(tmp_path
     assert select_replay(earlier, new, ratio=0.0, cap=40) == []
     with pytest.raises(ValueError, match="replay_ratio"):
         select_replay(earlier, new, ratio=-1.0, cap=40)
+
+
+def test_max_steps_shrinks_the_epochs_of_a_large_round_never_to_zero() -> None:
+    from workers.training import TrainSettings
+
+    assert TrainSettings(epochs=12).epochs_for(40) == 12  # no cap
+    assert TrainSettings(epochs=12, max_steps=180).epochs_for(8) == 12  # a small round: all
+    assert TrainSettings(epochs=12, max_steps=180).epochs_for(39) == 4
+    assert TrainSettings(epochs=12, max_steps=180).epochs_for(500) == 1
+    with pytest.raises(ValueError, match="max_steps"):
+        TrainSettings(max_steps=-1)
 
 
 def test_crops_keep_whole_boxes_whose_centre_is_inside() -> None:

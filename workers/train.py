@@ -113,6 +113,7 @@ def train(params: sdk.Parameters, session: sdk.WorkerSession) -> dict[str, Any]:
     batch_size = params.int("batch_size", minimum=1)
     replay_ratio = params.float("replay_ratio", minimum=0.0)
     replay_max = params.int("replay_max", minimum=0)
+    max_steps = params.int("max_steps", minimum=0)
     seed = params.int("seed")
     precision = params.get("export_precision")
     if precision not in PRECISIONS:
@@ -149,6 +150,7 @@ def train(params: sdk.Parameters, session: sdk.WorkerSession) -> dict[str, Any]:
         learning_rate=lr,
         seed=seed,
         crop_hw=_crop(params.get("train_crop"), input_hw),
+        max_steps=max_steps,
     )
     session.report_progress(LOAD_SHARE, "training")
     fitted = fit(

@@ -44,6 +44,15 @@ class TrainSettings:
     #: Train on random crops of this (height, width) instead of whole images; None: whole.
     crop_hw: tuple[int, int] | None = None
     seed: int = 0
+    #: Most optimizer steps (0: no cap): a round with many samples trains fewer epochs, so its
+    #: time stays bounded however many hard examples were labelled meanwhile.
+    max_steps: int = 0
+
+    def epochs_for(self, steps_per_epoch: int) -> int:
+        """The epochs to run: ``epochs``, fewer when ``max_steps`` caps them (never 0)."""
+        if self.max_steps <= 0 or steps_per_epoch <= 0:
+            return self.epochs
+        return max(1, min(self.epochs, self.max_steps // steps_per_epoch))
 
     def __post_init__(self) -> None:
         if self.epochs < 1:
@@ -52,6 +61,8 @@ class TrainSettings:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
         if not self.learning_rate > 0:
             raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        if self.max_steps < 0:
+            raise ValueError(f"max_steps must be >= 0, got {self.max_steps}")
 
 
 @dataclass
@@ -286,7 +297,8 @@ def fit(
         spec = crop
     batches = make_batches(images, spec, settings)
     steps_per_epoch = len(batches)
-    total = steps_per_epoch * settings.epochs
+    epochs = settings.epochs_for(steps_per_epoch)
+    total = steps_per_epoch * epochs
     warmup = max(1, int(total * settings.warmup_fraction))
     schedule = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=settings.learning_rate * 0.1,
@@ -296,9 +308,9 @@ def fit(
         warmup_steps=warmup,
     )
     compile_detector(train_model, schedule)
-    progress = _progress_callback(total, settings.epochs, on_progress, should_stop)
+    progress = _progress_callback(total, epochs, on_progress, should_stop)
     started = time.monotonic()
-    train_model.fit(batches, epochs=settings.epochs, verbose=0, callbacks=[progress])
+    train_model.fit(batches, epochs=epochs, verbose=0, callbacks=[progress])
     if train_model is not model:
         model.set_weights(train_model.get_weights())
     return FitResult(
