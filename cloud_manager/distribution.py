@@ -18,6 +18,7 @@ import asyncio
 import hashlib
 import logging
 import math
+from collections import Counter
 from dataclasses import dataclass, field
 
 from cloud_manager.registry import ModelRegistry
@@ -53,6 +54,9 @@ class DistributionStats:
     pulled_bytes: int = 0
     #: wants and requests for a file the registry does not have
     unknown: int = 0
+    #: sha256 -> chunks of that file fanned out, and chunks of it served per node
+    fanout_chunks_of: Counter[str] = field(default_factory=Counter)
+    pulled_chunks_of: Counter[str] = field(default_factory=Counter)
 
     @property
     def published_bytes(self) -> int:
@@ -128,6 +132,7 @@ class ModelDistribution:
                         sha256=sha256, index=index, total=total, size=size, chunk_size=chunk_size,
                         data=data, data_sha256=hashlib.sha256(data).hexdigest()))
                     self.stats.fanout_chunks += 1
+                    self.stats.fanout_chunks_of[sha256] += 1
                     self.stats.fanout_bytes += len(data)
         except (NotConnected, OSError) as exc:
             log.warning("fan-out of %s stopped (%s); nodes pull what they miss", sha256[:12], exc)
@@ -148,4 +153,5 @@ class ModelDistribution:
         except NotConnected:
             return  # the node asks again
         self.stats.pulled_chunks += 1
+        self.stats.pulled_chunks_of[request.sha256] += 1
         self.stats.pulled_bytes += len(chunk.data)
