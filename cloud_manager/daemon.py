@@ -2,8 +2,9 @@
 
 Subscriptions: the API (``api/+``), every node's status, sample reports, task progress and
 hard examples (acknowledged to the node once durably in the inbox, or refused with the reason
-when :mod:`cloud_manager.hardex_admission` says no), model chunk requests
-(served from the registry) and pushed chunks of trained models it pulls into the registry.
+when :mod:`cloud_manager.hardex_admission` says no), nodes' wants of model files and their chunk
+requests (fanned out once through the broker or served per node from the registry, see
+:mod:`cloud_manager.distribution`) and pushed chunks of trained models it pulls into the registry.
 Each message is handled in one store transaction, except sample reports and node statuses: those
 that arrived together (up to :data:`SAMPLE_BATCH`, :data:`STATUS_BATCH`) share one transaction
 (group commit, see :meth:`Manager.on_sample_reports` and :meth:`Manager.on_statuses`), which is
@@ -31,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cloud_manager.artifact_pull import ArtifactPuller, PullError
+from cloud_manager.distribution import FanoutPolicy, ModelDistribution
 from cloud_manager.hardex_admission import HardexAdmission, HardexQuotas
 from cloud_manager.labels import LabelForwarder
 from cloud_manager.manager import Manager, Pull
@@ -44,7 +46,6 @@ from protocol import topics
 from protocol.messages import (
     ApiRequest,
     ApiResponse,
-    ChunkRequest,
     HardExample,
     NodeStatus,
     SampleReport,
@@ -104,6 +105,7 @@ class CloudDaemon:
         budget: Budget | None = None,
         hardex_quotas: HardexQuotas | None = None,
         sweep_period_s: float = SWEEP_PERIOD_S,
+        fanout: FanoutPolicy | None = None,
     ) -> None:
         self.manager = manager
         #: what each node may send (see edgeloop.fairness); excess is turned away and counted
@@ -128,10 +130,12 @@ class CloudDaemon:
                                              manager.target_nodes)
             self.client.subscribe(topics.node_filter(topics.Kind.HARDEX), self._on_hardex)
         self.puller: ArtifactPuller | None = None
+        self.distribution: ModelDistribution | None = None
         self._pull_tasks: set[asyncio.Task[None]] = set()
         if manager.registry is not None:
             self.puller = ArtifactPuller(self.client, manager.registry)
-            self.client.subscribe(topics.node_filter(topics.Kind.ARTIFACT_REQUEST), self._on_chunk_request)
+            self.distribution = ModelDistribution(self.client, manager.registry,
+                                                  fanout or FanoutPolicy())
         self.client.on_connect(self._on_connect)
         self.sweeper = RetainedSweeper(settings, period_s=sweep_period_s)
 
@@ -148,6 +152,8 @@ class CloudDaemon:
                 sweeper.cancel()
                 for task in self._pull_tasks:
                     task.cancel()
+                if self.distribution is not None:
+                    await self.distribution.close()
                 await asyncio.gather(ticker, sweeper, *self._pull_tasks, return_exceptions=True)
 
     async def publish(self, messages: list[Outgoing]) -> None:
@@ -299,20 +305,6 @@ class CloudDaemon:
         if stored.new:
             log.debug("hard example %s from %s stored", example.sha256[:12], example.node)
         self.acknowledger.ack(example.node, example.key)
-
-    async def _on_chunk_request(self, delivery: Delivery) -> None:
-        request = delivery.message
-        registry = self.manager.registry
-        if not isinstance(request, ChunkRequest) or registry is None:
-            return
-        chunk = await asyncio.to_thread(registry.chunk, request.node, request)
-        if chunk.error:
-            log.info("chunk %d of %s for %s: %s", request.index, request.sha256[:12], request.node,
-                     chunk.error)
-        try:
-            await self.client.publish(topics.node_topic(topics.Kind.ARTIFACT_CHUNK, request.node), chunk)
-        except NotConnected:
-            pass  # the node asks again
 
     async def _tick_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

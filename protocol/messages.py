@@ -401,6 +401,39 @@ class Chunk(Message):
         return f"{self.sha256}:{self.index}"
 
 
+class ArtifactWant(Message):
+    """A node is about to download an artifact (``artifact/want``): the cloud may publish the
+    whole file once on ``models/<sha256>`` for every node that wants it. The node pulls
+    whatever that does not bring it chunk by chunk, as before."""
+
+    kind: ClassVar[Kind] = Kind.ARTIFACT_WANT
+    node: Name
+    sha256: Sha256
+
+    @property
+    def key(self) -> str:
+        return self.sha256
+
+
+class ModelChunk(Message):
+    """Chunk ``index`` of ``total`` of the model file ``sha256`` (``size`` bytes), published
+    once on the shared ``models/<sha256>`` topic. ``data_sha256`` lets a node check the chunk
+    on its own, before the whole file can be checked."""
+
+    kind: ClassVar[Kind] = Kind.MODEL_CHUNK
+    sha256: Sha256
+    index: Count
+    total: Count
+    size: Count
+    chunk_size: Annotated[int, Field(gt=0, le=MAX_CHUNK_BYTES)] = MAX_CHUNK_BYTES
+    data: bytes = Field(max_length=MAX_CHUNK_BYTES)
+    data_sha256: Sha256
+
+    @property
+    def key(self) -> str:
+        return f"{self.sha256}:{self.index}"
+
+
 class ErrorReport(Message):
     """A node tells the cloud about something it refused or failed at (``node/{node}/error``)."""
 
@@ -507,4 +540,6 @@ MESSAGE_FOR_KIND: dict[Kind, type[Message]] = {
     Kind.JOB_STATUS: JobStatus,
     Kind.LABELS: LabelledSample,
     Kind.LABEL_ACK: LabelReceipt,
+    Kind.ARTIFACT_WANT: ArtifactWant,
+    Kind.MODEL_CHUNK: ModelChunk,
 }

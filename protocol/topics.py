@@ -21,6 +21,7 @@ ROOT = "edgeloop/v1"
 # Node names and task ids become topic levels and file names: keep them to a safe alphabet.
 NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.-]{0,62}"
 _NAME_RE = re.compile(rf"^{NAME_PATTERN}$")
+_SHA256_RE = re.compile(r"^[0-9a-f]{64}$")
 
 
 class Direction(str, Enum):
@@ -48,6 +49,8 @@ class Kind(str, Enum):
     JOB_STATUS = "job_status"
     LABELS = "labels"
     LABEL_ACK = "label_ack"
+    ARTIFACT_WANT = "artifact_want"
+    MODEL_CHUNK = "model_chunk"
 
 
 @dataclass(frozen=True)
@@ -75,6 +78,8 @@ NODE_TOPICS: tuple[NodeTopic, ...] = (
     # Downloads (model to node): the node requests chunk i, the cloud answers with it.
     NodeTopic(Kind.ARTIFACT_REQUEST, "artifact/request", Direction.UP),
     NodeTopic(Kind.ARTIFACT_CHUNK, "artifact/chunk", Direction.DOWN),
+    # The node is about to download an artifact: the cloud may fan it out on models/<sha256>.
+    NodeTopic(Kind.ARTIFACT_WANT, "artifact/want", Direction.UP),
     # Uploads (trained model to cloud): the cloud pulls chunk i, the node pushes it.
     NodeTopic(Kind.ARTIFACT_PULL, "artifact/pull", Direction.DOWN),
     NodeTopic(Kind.ARTIFACT_PUSH, "artifact/push", Direction.UP),
@@ -169,6 +174,26 @@ def label_ack(node: str) -> str:
     return node_topic(Kind.LABEL_ACK, node)
 
 
+def models_filter() -> str:
+    """Every model file the cloud fans out: nodes read it (one subscription each), only the
+    cloud writes it (see ``mosquitto/acl.py``)."""
+    return f"{ROOT}/models/+"
+
+
+def model_chunks(sha256: str) -> str:
+    """The shared topic on which the cloud publishes the chunks of the model file ``sha256``
+    once for every node that downloads it (the broker fans them out), instead of once per node
+    on each ``artifact/chunk``. Not retained: QoS 1 to persistent sessions."""
+    return f"{ROOT}/models/{check_sha256(sha256)}"
+
+
+def check_sha256(value: str) -> str:
+    """Return ``value`` if it is a lowercase hex sha256, else raise :class:`ProtocolError`."""
+    if not isinstance(value, str) or not _SHA256_RE.match(value):
+        raise ProtocolError(f"sha256: {value!r} is not 64 lowercase hex digits")
+    return value
+
+
 def api_request(verb: str) -> str:
     if verb not in API_VERBS:
         raise ProtocolError(f"verb: {verb!r} is not one of {', '.join(API_VERBS)}")
@@ -229,6 +254,7 @@ class Route:
     client: str | None = None
     namespace: str | None = None
     name: str | None = None
+    sha256: str | None = None
 
 
 def _compile_node_patterns() -> list[tuple[re.Pattern[str], NodeTopic]]:
@@ -243,6 +269,7 @@ def _compile_node_patterns() -> list[tuple[re.Pattern[str], NodeTopic]]:
 _NODE_PATTERNS = _compile_node_patterns()
 _API_RE = re.compile(rf"^{re.escape(ROOT)}/api/(?P<verb>[a-z_]+)$")
 _REPLY_RE = re.compile(rf"^{re.escape(ROOT)}/reply/(?P<client>{NAME_PATTERN})$")
+_MODEL_RE = re.compile(rf"^{re.escape(ROOT)}/models/(?P<sha256>[0-9a-f]{{64}})$")
 _JOB_RE = re.compile(
     rf"^{re.escape(ROOT)}/job/(?P<namespace>{NAME_PATTERN})/(?P<name>{NAME_PATTERN})/status$"
 )
@@ -264,4 +291,6 @@ def parse(topic: str) -> Route:
         return Route(Kind.API_RESPONSE, client=m["client"])
     if m := _JOB_RE.match(topic):
         return Route(Kind.JOB_STATUS, namespace=m["namespace"], name=m["name"])
+    if m := _MODEL_RE.match(topic):
+        return Route(Kind.MODEL_CHUNK, sha256=m["sha256"])
     raise ProtocolError(f"topic: {topic!r} is not an edgeloop topic")

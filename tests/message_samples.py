@@ -11,6 +11,7 @@ from protocol.messages import (
     ApiRequest,
     ApiResponse,
     ArtifactRef,
+    ArtifactWant,
     Chunk,
     ChunkRequest,
     DatasetSamples,
@@ -24,6 +25,7 @@ from protocol.messages import (
     LabelOutcome,
     LabelReceipt,
     Message,
+    ModelChunk,
     ModelRef,
     NodeStatus,
     SampleReport,
@@ -166,5 +168,14 @@ def samples() -> dict[Kind, tuple[str, Message]]:
                 state="Waiting",
                 conditions=[JobCondition(stage="Train", state="Waiting", reason="created")],
             ),
+        ),
+        Kind.ARTIFACT_WANT: (
+            node_topic(Kind.ARTIFACT_WANT, node),
+            ArtifactWant(node=node, sha256=SHA),
+        ),
+        Kind.MODEL_CHUNK: (
+            topics.model_chunks(SHA),
+            ModelChunk(sha256=SHA, index=0, total=1, size=len(IMAGE), data=IMAGE,
+                       data_sha256=hashlib.sha256(IMAGE).hexdigest()),
         ),
     }

@@ -11,6 +11,7 @@ from pathlib import Path
 from cloud_manager import state_machine as sm
 from cloud_manager.api_client import call, new_request
 from cloud_manager.daemon import CloudDaemon
+from cloud_manager.distribution import FanoutPolicy
 from cloud_manager.hardex_admission import HardexQuotas
 from cloud_manager.hardex_inbox import HardExampleInbox
 from cloud_manager.manager import Manager
@@ -23,7 +24,8 @@ from protocol.messages import ApiResponse
 
 @asynccontextmanager
 async def cloud(url: str, state: Path, *, read_node_paths: bool = True,
-                hardex_quotas: HardexQuotas | None = None) -> AsyncIterator[CloudDaemon]:
+                hardex_quotas: HardexQuotas | None = None,
+                fanout: FanoutPolicy | None = None) -> AsyncIterator[CloudDaemon]:
     """Fast retries and ticks for tests. ``read_node_paths=False`` makes it behave as if on
     another machine: every trained file must be pulled from its node."""
     store = Store(state)
@@ -31,7 +33,7 @@ async def cloud(url: str, state: Path, *, read_node_paths: bool = True,
                       inbox=HardExampleInbox(state / "hardex"),
                       registry=ModelRegistry(state / "models"), read_node_paths=read_node_paths)
     daemon = CloudDaemon(MqttSettings(url=url, client_id="cloud", backoff_max=0.5), manager,
-                         tick_s=0.05, hardex_quotas=hardex_quotas)
+                         tick_s=0.05, hardex_quotas=hardex_quotas, fanout=fanout)
     stop = asyncio.Event()
     runner = asyncio.create_task(daemon.run(stop))
     await daemon.client.wait_connected(10)

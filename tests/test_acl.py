@@ -13,7 +13,7 @@ import pytest
 from cryptography import x509
 from paho.mqtt.reasoncodes import ReasonCode
 
-from mosquitto.acl import build_acl, node_rules
+from mosquitto.acl import build_acl, node_rules, shared_rules
 from mosquitto.creds import (
     ClientCredentials,
     Credentials,
@@ -39,13 +39,22 @@ def _topic(kind: Kind, node: str) -> str:
 
 def test_acl_has_one_pattern_per_node_topic_in_its_direction() -> None:
     acl = build_acl("cloud")
-    patterns = [line.split() for line in acl.splitlines() if line.startswith("pattern ")]
+    patterns = [line.split() for line in acl.splitlines()
+                if line.startswith("pattern ") and "%u" in line]
     assert len(patterns) == len(NODE_TOPICS)
     for spec, (_, access, pattern) in zip(NODE_TOPICS, patterns, strict=True):
         assert access == ("write" if spec.direction is Direction.UP else "read")
         assert pattern == f"{topics.ROOT}/node/%u/" + spec.path.replace("{task}", "+")
     assert "readwrite" not in {access for access, _ in node_rules()}
     assert acl.splitlines()[-2:] == ["user cloud", "topic readwrite #"]
+
+
+def test_acl_lets_nodes_only_read_the_shared_model_topic() -> None:
+    acl = build_acl("cloud")
+    shared = [line.split() for line in acl.splitlines()
+              if line.startswith("pattern ") and "%u" not in line]
+    assert shared == [["pattern", "read", f"{topics.ROOT}/models/+"]]
+    assert shared_rules() == [("read", topics.models_filter())]
 
 
 def test_acl_refuses_a_cloud_name_that_is_not_a_topic_level() -> None:
@@ -256,6 +265,22 @@ def test_node_reads_only_its_own_down_topics(cloud, node_a) -> None:
     assert cloud.publish(_topic(Kind.DESIRED, "node-a"), b"for node-a").value == 0
     got = node_a.expect(_topic(Kind.DESIRED, "node-a"))
     assert got.payload == b"for node-a"
+
+
+SHA = "ab" * 32
+
+
+@pytest.mark.broker
+def test_node_reads_but_cannot_write_the_shared_model_topic(cloud, node_a, production_broker,
+                                                           mqtt_probe) -> None:
+    broker, creds = production_broker
+    node_b = mqtt_probe(broker, creds.client("node-b")).connect()
+    assert not node_a.subscribe(topics.models_filter()).is_failure
+    code = node_b.publish(topics.model_chunks(SHA), b"forged model")
+    assert code.value == NOT_AUTHORIZED
+    assert cloud.publish(topics.model_chunks(SHA), b"from the cloud").value == 0
+    # The cloud's message is the first node-a receives: node-b's never went through.
+    assert node_a.expect(topics.model_chunks(SHA)).payload == b"from the cloud"
 
 
 @pytest.mark.broker

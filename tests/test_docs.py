@@ -19,7 +19,7 @@ import pytest
 import typer.main
 
 from edgeloop.cli import app
-from mosquitto.acl import node_rules
+from mosquitto.acl import node_rules, shared_rules
 from protocol.topics import NODE_TOPICS, ROOT, Direction
 
 REPO = Path(__file__).resolve().parents[1]
@@ -168,7 +168,7 @@ def test_relative_links_reach_existing_files(page: Path) -> None:
 def test_security_doc_shows_the_generated_acl() -> None:
     text = (REPO / "docs" / "security.md").read_text()
     shown = re.findall(r"^pattern (?:read|write) \S+$", text, re.MULTILINE)
-    generated = [f"pattern {access} {topic}" for access, topic in node_rules()]
+    generated = [f"pattern {access} {topic}" for access, topic in node_rules() + shared_rules()]
     assert shown == generated, "docs/security.md's ACL differs from mosquitto/acl.py's"
 
 
