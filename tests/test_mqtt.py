@@ -301,3 +301,18 @@ async def test_a_handler_that_cannot_take_its_messages_gets_them_again(broker):
                 await asyncio.sleep(0.01)
     assert refused and set(refused) <= set(seen)
     assert receiver.stats.redeliveries == 1 and receiver.stats.connects == 2
+
+
+async def test_the_subscriptions_a_topic_goes_to_follow_new_subscriptions():
+    """What a topic matched is remembered per topic, and forgotten when a subscription is added."""
+    client = MqttClient(settings("mqtt://127.0.0.1:1", "matcher"))
+    inbox, other = Inbox(), Inbox()
+    client.subscribe(topics.node_filter(Kind.SAMPLES), inbox)
+    topic = topics.samples("node-1")
+    first = client._matching(topic)
+    assert [sub.handler for sub in first] == [inbox]
+    assert client._matching(topic) is first
+    assert client._matching(topics.status("node-1")) == []
+    client.subscribe(topics.samples("node-1"), other)
+    assert [sub.handler for sub in client._matching(topic)] == [inbox, other]
+    assert [sub.handler for sub in client._matching(topics.samples("node-2"))] == [inbox]
