@@ -254,6 +254,14 @@ class Store:
         ).fetchone()
         return _resource(row) if row else None
 
+    def resource_revision(self, kind: str, namespace: str, name: str) -> tuple[int, float] | None:
+        """A stored manifest's (generation, updated), without reading the document: enough to
+        tell whether a parse made earlier still holds."""
+        row = self.db.execute(
+            "SELECT generation, updated FROM resources WHERE kind=? AND namespace=? AND name=?",
+            (kind, namespace, name)).fetchone()
+        return (row[0], row[1]) if row else None
+
     def put_resource(self, kind: str, namespace: str, name: str, manifest: dict[str, Any],
                      now: float) -> PutOutcome:
         """Store a manifest; returns ``created``, ``configured`` or ``unchanged``."""
