@@ -7,9 +7,7 @@ when :mod:`cloud_manager.hardex_admission` says no), model chunk requests
 Each message is handled in one store transaction, except sample reports and node statuses: those
 that arrived together (up to :data:`SAMPLE_BATCH`, :data:`STATUS_BATCH`) share one transaction
 (group commit, see :meth:`Manager.on_sample_reports` and :meth:`Manager.on_statuses`), which is
-what lets a restarted manager work off a queued backlog at the broker's pace. Those batches run
-in a worker thread, one at a time under the same lock as every other store use: while a commit
-waits for the disk the event loop goes on reading the socket and answering the API. What a transaction
+what lets a restarted manager work off a queued backlog at the broker's pace. What a transaction
 produced is published after its commit; the broker's messages are acknowledged only after their
 handler ran, i.e. after the commit (see :mod:`edgeloop.mqtt`), so a crash mid-handler means the
 broker redelivers them and the store's processed keys (statuses: their seq) stop them from
@@ -26,13 +24,11 @@ no MQTT v5 response topic: their answer goes to ``edgeloop/v1/reply/mqtt-text``
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, TypeVar
 
 from cloud_manager.artifact_pull import ArtifactPuller, PullError
 from cloud_manager.hardex_admission import HardexAdmission, HardexQuotas
@@ -56,9 +52,6 @@ from protocol.messages import (
 )
 
 log = logging.getLogger("edgeloop.cloud")
-
-B = TypeVar("B")
-R = TypeVar("R")
 
 TEXT_REPLY_CLIENT = "mqtt-text"
 TEXT_REPLY_TOPIC = topics.api_response(TEXT_REPLY_CLIENT)
@@ -119,8 +112,6 @@ class CloudDaemon:
         self.tick_s = tick_s
         self.clock = clock
         self._lock = asyncio.Lock()  # one event at a time: the store has one writer
-        #: the batch transaction running in its thread (see _in_store_thread), if any
-        self._store_work: asyncio.Future[Any] | None = None
         self.client.subscribe(topics.api_request_filter(), self._on_api, control=True)
         self.status_stats = StatusStats()
         self.client.subscribe_batch(topics.node_filter(topics.Kind.STATUS), self._on_statuses,
@@ -147,21 +138,17 @@ class CloudDaemon:
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Serve until ``stop`` is set (or forever)."""
         stop = stop or asyncio.Event()
-        try:
-            async with self.client, self.labels:
-                ticker = asyncio.create_task(self._tick_loop(stop), name="cloud-tick")
-                sweeper = asyncio.create_task(self.sweeper.run(stop), name="cloud-sweeper")
-                try:
-                    await stop.wait()
-                finally:
-                    ticker.cancel()
-                    sweeper.cancel()
-                    for task in self._pull_tasks:
-                        task.cancel()
-                    await asyncio.gather(ticker, sweeper, *self._pull_tasks,
-                                         return_exceptions=True)
-        finally:
-            await self._store_idle()
+        async with self.client, self.labels:
+            ticker = asyncio.create_task(self._tick_loop(stop), name="cloud-tick")
+            sweeper = asyncio.create_task(self.sweeper.run(stop), name="cloud-sweeper")
+            try:
+                await stop.wait()
+            finally:
+                ticker.cancel()
+                sweeper.cancel()
+                for task in self._pull_tasks:
+                    task.cancel()
+                await asyncio.gather(ticker, sweeper, *self._pull_tasks, return_exceptions=True)
 
     async def publish(self, messages: list[Outgoing]) -> None:
         for out in messages:
@@ -183,12 +170,10 @@ class CloudDaemon:
                 log.exception("handling %s failed; state unchanged", what)
                 return
         await self.publish(messages)
-        await self._start_pulls()
+        self._start_pulls()
 
-    async def _start_pulls(self) -> None:
-        async with self._lock:  # a batch in its thread may be queueing pulls right now
-            pulls = self.manager.take_pulls()
-        for pull in pulls:
+    def _start_pulls(self) -> None:
+        for pull in self.manager.take_pulls():
             if self.puller is None:
                 continue
             task = asyncio.create_task(self._pull(pull), name=f"pull:{pull.name}:{pull.version}")
@@ -238,7 +223,7 @@ class CloudDaemon:
         except NotConnected:
             log.info("API answer to %s lost: not connected", request.request_id)
         await self.publish(messages)
-        await self._start_pulls()
+        self._start_pulls()
 
     async def _on_statuses(self, deliveries: list[Delivery]) -> None:
         statuses = [d.message for d in deliveries if isinstance(d.message, NodeStatus)]
@@ -248,7 +233,7 @@ class CloudDaemon:
         stats.batches += 1
         async with self._lock:
             try:
-                ingest = await self._in_store_thread(self.manager.on_statuses, statuses)
+                ingest = self.manager.on_statuses(statuses, self.clock())
             except (sqlite3.Error, OSError) as exc:
                 # Nothing committed, so nothing is acknowledged: the broker sends them again.
                 stats.deferred += len(statuses)
@@ -262,7 +247,7 @@ class CloudDaemon:
         stats.superseded += ingest.superseded
         stats.failed += ingest.failed
         await self.publish(ingest.messages)
-        await self._start_pulls()
+        self._start_pulls()
 
     async def _on_samples(self, deliveries: list[Delivery]) -> None:
         reports = [d.message for d in deliveries if isinstance(d.message, SampleReport)]
@@ -273,7 +258,7 @@ class CloudDaemon:
         stats.largest_batch = max(stats.largest_batch, len(reports))
         async with self._lock:
             try:
-                ingest = await self._in_store_thread(self.manager.on_sample_reports, reports)
+                ingest = self.manager.on_sample_reports(reports, self.clock())
             except (sqlite3.Error, OSError) as exc:
                 # Nothing committed, so nothing is acknowledged: the broker sends them again.
                 stats.deferred += len(reports)
@@ -287,29 +272,7 @@ class CloudDaemon:
         stats.duplicates += ingest.duplicates
         stats.failed += ingest.failed
         await self.publish(ingest.messages)
-        await self._start_pulls()
-
-    async def _in_store_thread(self, handle: Callable[[list[B], float], R], batch: list[B]) -> R:
-        """Run a batch's transaction in a worker thread (the caller holds the lock, so the store
-        still has one writer at a time). Its commit waits for the disk (``synchronous=FULL``)
-        with the GIL released: meanwhile the event loop reads the next messages off the socket
-        and answers API requests, instead of standing still for every commit of a backlog."""
-        work = asyncio.ensure_future(asyncio.to_thread(handle, batch, self.clock()))
-        self._store_work = work
-        try:
-            return await asyncio.shield(work)
-        except asyncio.CancelledError:
-            # A thread cannot be stopped: the lock stays held until it is done.
-            await self._store_idle()
-            raise
-
-    async def _store_idle(self) -> None:
-        """Wait for a batch still running in its thread, through cancellations: the store is
-        in use until it is done (whoever stopped us may close it next)."""
-        work = self._store_work
-        while work is not None and not work.done():
-            with contextlib.suppress(asyncio.CancelledError):
-                await asyncio.wait([work])
+        self._start_pulls()
 
     async def _on_progress(self, delivery: Delivery) -> None:
         if isinstance(delivery.message, TaskProgress):
@@ -322,8 +285,7 @@ class CloudDaemon:
         inbox = self.manager.inbox
         if not isinstance(example, HardExample) or inbox is None or self.admission is None:
             return
-        async with self._lock:  # reads the store, which a batch may be writing in its thread
-            refusal = self.admission.check(example)
+        refusal = self.admission.check(example)
         if refusal is not None:
             self.acknowledger.refuse(example.node, example.key, refusal)
             return
