@@ -366,9 +366,10 @@ class Store:
     # -- nodes --
 
     def put_node(self, status: NodeStatus, now: float) -> None:
+        # pydantic's own JSON: a third of the cost of json.dumps over model_dump, once per
+        # status of a backlog; read back by model_validate_json and json_extract alike
         self.db.execute("INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?, ?)",
-                        (status.node, status.state, status.boot_id,
-                         json.dumps(status.model_dump(mode="json")), now))
+                        (status.node, status.state, status.boot_id, status.model_dump_json(), now))
 
     def node(self, name: str) -> NodeRow | None:
         row = self.db.execute("SELECT * FROM nodes WHERE name=?", (name,)).fetchone()
