@@ -173,11 +173,20 @@ class Manager:
         return cached[1]
 
     def manifest(self, kind: type[M], namespace: str, name: str) -> M | None:
-        """The applied manifest of a kind, or None when there is none."""
-        stored = self.store.get_resource(kind.kind_name, namespace, name)
-        if stored is None:
+        """The applied manifest of a kind, or None when there is none. Asks the store for the
+        revision first and reads the document only when it changed since it was parsed (each
+        sample report looks up its Dataset: reading and decoding it every time cost more)."""
+        revision = self.store.resource_revision(kind.kind_name, namespace, name)
+        if revision is None:
             return None
-        manifest = self._parsed(stored)
+        cached = self._manifests.get((kind.kind_name, namespace, name))
+        if cached is not None and cached[0] == revision:
+            manifest = cached[1]
+        else:
+            stored = self.store.get_resource(kind.kind_name, namespace, name)
+            if stored is None:
+                return None
+            manifest = self._parsed(stored)
         if not isinstance(manifest, kind):
             raise TypeError(f"stored {kind.kind_name} {namespace}/{name} parses as a "
                             f"{type(manifest).__name__}")

@@ -254,6 +254,14 @@ class Store:
         ).fetchone()
         return _resource(row) if row else None
 
+    def resource_revision(self, kind: str, namespace: str, name: str) -> tuple[int, float] | None:
+        """A stored manifest's (generation, updated), without reading the document: enough to
+        tell whether a parse made earlier still holds."""
+        row = self.db.execute(
+            "SELECT generation, updated FROM resources WHERE kind=? AND namespace=? AND name=?",
+            (kind, namespace, name)).fetchone()
+        return (row[0], row[1]) if row else None
+
     def put_resource(self, kind: str, namespace: str, name: str, manifest: dict[str, Any],
                      now: float) -> PutOutcome:
         """Store a manifest; returns ``created``, ``configured`` or ``unchanged``."""
@@ -358,9 +366,10 @@ class Store:
     # -- nodes --
 
     def put_node(self, status: NodeStatus, now: float) -> None:
+        # pydantic's own JSON: a third of the cost of json.dumps over model_dump, once per
+        # status of a backlog; read back by model_validate_json and json_extract alike
         self.db.execute("INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?, ?)",
-                        (status.node, status.state, status.boot_id,
-                         json.dumps(status.model_dump(mode="json")), now))
+                        (status.node, status.state, status.boot_id, status.model_dump_json(), now))
 
     def node(self, name: str) -> NodeRow | None:
         row = self.db.execute("SELECT * FROM nodes WHERE name=?", (name,)).fetchone()

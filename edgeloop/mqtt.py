@@ -61,6 +61,9 @@ from protocol.messages import ApiRequest, ApiResponse, Message
 
 log = logging.getLogger("edgeloop.mqtt")
 
+#: topics whose matching subscriptions a client remembers before it starts over
+MATCHES_KEPT = 1 << 16
+
 
 class NotConnected(ConnectionError):
     """The client has no broker connection right now."""
@@ -248,6 +251,7 @@ class MqttClient:
         self.settings = settings
         self.stats = ClientStats()
         self._subscriptions: list[_Subscription] = []
+        self._matches: dict[str, list[_Subscription]] = {}
         self._connect_hooks: list[ConnectHook] = []
         self._will = _Will(*will) if will else None
         self._admission = admission
@@ -327,6 +331,7 @@ class MqttClient:
 
     def _add_subscription(self, subscription: _Subscription) -> None:
         self._subscriptions.append(subscription)
+        self._matches.clear()
         lane = self._control if subscription.control else self._data
         if lane is not None and self.connected:
             asyncio.ensure_future(self._subscribe_one(lane, subscription))
@@ -646,8 +651,19 @@ class MqttClient:
         delivery = Delivery(topic, message, bool(raw.retain), getattr(raw, "properties", None))
         if topic == self._reply_topic:
             return delivery, [self._reply_subscription]
-        levels = topic.split("/")
-        return delivery, [sub for sub in self._subscriptions if sub.matches(levels)]
+        return delivery, self._matching(topic)
+
+    def _matching(self, topic: str) -> list[_Subscription]:
+        """The subscriptions ``topic`` goes to, remembered per topic until the subscriptions
+        change (a node sends on a handful of topics, again and again)."""
+        subs = self._matches.get(topic)
+        if subs is None:
+            if len(self._matches) >= MATCHES_KEPT:
+                self._matches.clear()
+            levels = topic.split("/")
+            subs = self._matches[topic] = [sub for sub in self._subscriptions
+                                           if sub.matches(levels)]
+        return subs
 
     async def _deliver(self, run: list[_Item]) -> None:
         """Hand a run to its handlers; a handler's failure is counted and logged, never fatal."""

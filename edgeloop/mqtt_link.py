@@ -29,6 +29,7 @@ log = logging.getLogger("edgeloop.mqtt.link")
 MISC_INTERVAL = 1.0
 #: most packets read in one readiness event before yielding to other tasks
 READS_PER_EVENT = 64
+_TCP_CORK: int | None = getattr(socket, "TCP_CORK", None)
 
 
 class LinkLost(ConnectionError):
@@ -306,9 +307,27 @@ class Link:
             self._loop.add_writer(sock, self._write)
 
     def _write(self) -> None:
-        rc = self._client.loop_write()
+        """Send what paho queued. paho sends each packet on its own, and with ``TCP_NODELAY``
+        each becomes a segment of its own: the acknowledgements of a batch (one per message)
+        would cost the broker and us one segment each. Corked, they leave together."""
+        corked = self._cork(True)
+        try:
+            rc = self._client.loop_write()
+        finally:
+            if corked:
+                self._cork(False)
         if rc != paho.MQTT_ERR_SUCCESS:
             self._lose(paho.error_string(rc))
+
+    def _cork(self, on: bool) -> bool:
+        """Hold small writes back (``TCP_CORK``, Linux) until uncorked; False where unsupported."""
+        if _TCP_CORK is None or self._sock is None:
+            return False
+        try:
+            self._sock.setsockopt(socket.IPPROTO_TCP, _TCP_CORK, 1 if on else 0)
+        except OSError:
+            return False
+        return True
 
     def _on_socket_unregister_write(self, client: paho.Client, userdata: object,
                                     sock: Any) -> None:

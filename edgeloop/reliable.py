@@ -275,7 +275,10 @@ class Acknowledger:
 
     async def _flush_later(self) -> None:
         await asyncio.sleep(self.linger)
-        await self.flush()
+        # What arrives while a flush publishes finds this task still running and starts none:
+        # it goes out in the next round here.
+        while self._pending or self._refusals:
+            await self.flush()
 
     async def flush(self) -> None:
         pending, self._pending = self._pending, {}

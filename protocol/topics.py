@@ -10,6 +10,7 @@ Direction is part of each topic's definition: ``UP`` is edge -> cloud (a node pu
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from enum import Enum
@@ -275,10 +276,24 @@ _JOB_RE = re.compile(
 )
 
 
+#: distinct topics whose parse is remembered: every node's topics of a large fleet (a node has a
+#: handful it sends on); past it the least recently seen are parsed again
+PARSED_TOPICS_KEPT = 1 << 16
+
+
 def parse(topic: str) -> Route:
-    """Tell what ``topic`` is, or raise :class:`ProtocolError` naming what is wrong."""
+    """Tell what ``topic`` is, or raise :class:`ProtocolError` naming what is wrong.
+
+    Remembered per topic string (a :class:`Route` is immutable): every incoming message is
+    parsed by the decoder and again by the admission check, and trying the patterns one by one
+    costs more than the rest of either. A topic that fails is not remembered."""
     if not isinstance(topic, str):
         raise ProtocolError(f"topic: expected a string, got {type(topic).__name__}")
+    return _parse(topic)
+
+
+@functools.lru_cache(maxsize=PARSED_TOPICS_KEPT)
+def _parse(topic: str) -> Route:
     for rx, spec in _NODE_PATTERNS:
         m = rx.match(topic)
         if m:

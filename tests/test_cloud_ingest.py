@@ -83,6 +83,21 @@ def test_coalesce_passes_on_an_error_when_there_is_no_count():
     assert update.entry.error == "still gone"
 
 
+# -- manifest lookups --
+
+
+def test_a_manifest_is_read_again_only_when_its_revision_changed(manager):
+    from protocol.manifests import Dataset
+
+    first = manager.manifest(Dataset, NS, "second-dataset")
+    assert first is not None and manager.dataset_node(NS, "second-dataset") == NODE
+    assert manager.manifest(Dataset, NS, "second-dataset") is first  # parsed once
+    apply(manager, dataset_body("second-dataset", node="edge-2"))
+    assert manager.store.resource_revision("Dataset", NS, "second-dataset")[0] == 2
+    assert manager.dataset_node(NS, "second-dataset") == "edge-2"
+    assert manager.manifest(Dataset, NS, "no-such-dataset") is None
+
+
 # -- one batch, one transaction --
 
 

@@ -137,3 +137,20 @@ def test_every_node_topic_has_exactly_one_node_level():
         assert topic.split("/").count("edge0") == 1
         assert topic.split("/")[3] == "edge0"
         assert topics.parse(topic).node == "edge0"
+
+
+def test_a_topic_is_parsed_once_and_remembered():
+    topic = topics.samples("node-cache")
+    first = topics.parse(topic)
+    assert first.kind is Kind.SAMPLES and first.node == "node-cache"
+    assert topics.parse(topic) is first  # remembered: the decoder and the budgets ask again
+    assert topics._parse.cache_info().maxsize == topics.PARSED_TOPICS_KEPT
+
+
+def test_a_bad_topic_is_refused_every_time_not_remembered():
+    topic = "edgeloop/v1/node/node-1/no-such-kind"
+    for _ in range(2):
+        with pytest.raises(ProtocolError, match="is not an edgeloop topic"):
+            topics.parse(topic)
+    with pytest.raises(ProtocolError, match="expected a string"):
+        topics.parse(b"edgeloop/v1/api/get")  # type: ignore[arg-type]

@@ -28,6 +28,7 @@ from protocol.messages import (
     HardExample,
     HardExampleSidecar,
     NodeStatus,
+    Refusal,
     SampleReport,
 )
 from protocol.topics import Kind
@@ -301,3 +302,44 @@ async def test_a_handler_that_cannot_take_its_messages_gets_them_again(broker):
                 await asyncio.sleep(0.01)
     assert refused and set(refused) <= set(seen)
     assert receiver.stats.redeliveries == 1 and receiver.stats.connects == 2
+
+
+async def test_the_subscriptions_a_topic_goes_to_follow_new_subscriptions():
+    """What a topic matched is remembered per topic, and forgotten when a subscription is added."""
+    client = MqttClient(settings("mqtt://127.0.0.1:1", "matcher"))
+    inbox, other = Inbox(), Inbox()
+    client.subscribe(topics.node_filter(Kind.SAMPLES), inbox)
+    topic = topics.samples("node-1")
+    first = client._matching(topic)
+    assert [sub.handler for sub in first] == [inbox]
+    assert client._matching(topic) is first
+    assert client._matching(topics.status("node-1")) == []
+    client.subscribe(topics.samples("node-1"), other)
+    assert [sub.handler for sub in client._matching(topic)] == [inbox, other]
+    assert [sub.handler for sub in client._matching(topics.samples("node-2"))] == [inbox]
+
+
+async def test_acknowledgements_queued_while_a_flush_publishes_go_out_too():
+    """An ack or refusal added while the acknowledger is publishing the previous ones is not
+    left behind (the sender would wait for its resend timeout)."""
+    sent: list[tuple[list[str], list[str]]] = []
+    release = asyncio.Event()
+    publishing, all_sent = asyncio.Event(), asyncio.Event()
+
+    class Client:
+        async def publish(self, topic: str, message) -> bool:  # noqa: ANN001
+            publishing.set()
+            await release.wait()
+            sent.append((list(message.keys), list(message.refused)))
+            if len(sent) == 3:
+                all_sent.set()
+            return True
+
+    acknowledger = Acknowledger(Client(), linger=0)  # type: ignore[arg-type]
+    acknowledger.ack("node-1", "k1")
+    await publishing.wait()  # the first flush is publishing k1
+    acknowledger.ack("node-1", "k2")
+    acknowledger.refuse("node-1", "k3", Refusal(reason="no such job"))
+    release.set()
+    await asyncio.wait_for(all_sent.wait(), 10)
+    assert sent == [(["k1"], []), (["k2"], []), ([], ["k3"])]
