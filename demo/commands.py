@@ -44,6 +44,10 @@ def register(app: typer.Typer) -> None:
         fast: bool = typer.Option(False, "--fast", help="Tiny sizes: the same path in minutes."),
         live_view_port: int = typer.Option(
             8080, "--live-view-port", help="Port of edge0's live view page (0: any free port)."),
+        deadline: float = typer.Option(
+            None, "--deadline", min=60, show_default=False,
+            help="Seconds the loop may take before the demo gives up (default 600 with --fast, "
+                 "2700 without); a slow machine may need more."),
     ) -> None:
         """Run the seed's helmet loop on one machine: broker, cloud, agents cloud0 and edge0,
         an RTSP camera, a simulated annotator; two rounds of learning and a report."""
@@ -52,7 +56,8 @@ def register(app: typer.Typer) -> None:
         require_extra("demo", "tensorflow", "cv2", "matplotlib")
         from demo.run import DemoSettings, run_demo
 
-        code = run_demo(DemoSettings(workdir=workdir, fast=fast, live_view_port=live_view_port))
+        code = run_demo(DemoSettings(workdir=workdir, fast=fast, live_view_port=live_view_port,
+                                     deadline=deadline))
         raise typer.Exit(code)
 
     @app.command("synth")
