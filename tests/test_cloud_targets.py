@@ -4,6 +4,7 @@ hard-example admission (real SQLite), and a real broker, cloud manager and three
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pytest
 from agent_cloud import agent_config
@@ -191,11 +192,9 @@ def desired_versions(daemon, node: str) -> list[int]:
 
 
 @pytest.mark.broker
-@pytest.mark.timeout(180)
-async def test_deploy_reaches_every_node_and_a_late_node_gets_the_serving_version(broker, tmp_path):
-    """cloud0 holds the data (and trains, with stand-in workers); edge1 and edge2 declare
-    site=north and run inference; the job selects them by label. After round 1 both serve
-    version 1; edge3, started later with the same label, receives version 1 too."""
+def north_fleet(tmp_path: Path) -> list[str]:
+    """Stand-in boot files, an empty dataset index and the seed manifests (threshold 5) with
+    the job deploying to the nodes labelled site=north instead of one nodeName."""
     write_boot_files(tmp_path / "code")
     data = tmp_path / "data"
     data.mkdir()
@@ -205,6 +204,16 @@ async def test_deploy_reaches_every_node_and_a_late_node_gets_the_serving_versio
     del job["spec"]["deploySpec"]["nodeName"]
     job["spec"]["deploySpec"]["nodeSelector"] = NORTH
     manifests[-1] = json.dumps(job)
+    return manifests
+
+
+@pytest.mark.timeout(180)
+async def test_deploy_reaches_every_node_and_a_late_node_gets_the_serving_version(broker, tmp_path):
+    """cloud0 holds the data (and trains, with stand-in workers); edge1 and edge2 declare
+    site=north and run inference; the job selects them by label. After round 1 both serve
+    version 1; edge3, started later with the same label, receives version 1 too."""
+    manifests = north_fleet(tmp_path)
+    data = tmp_path / "data"
 
     def agent(node: str, **extra) -> Agent:
         return Agent(agent_config(broker.url, tmp_path / node, node=node, check_models=False,

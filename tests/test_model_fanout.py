@@ -3,14 +3,13 @@ cloud manager and three real agents, one of which joins late and pulls the file 
 
 from __future__ import annotations
 
-import json
 
 import pytest
 from agent_cloud import agent_config
 from running_cloud import api, cloud
-from test_cloud_daemon import DATASET, NS, seed_manifests, wait_for
-from test_cloud_targets import INFERENCE_TASK, NORTH, job_state
-from test_loop_integration import append_samples, write_boot_files
+from test_cloud_daemon import DATASET, NS, wait_for
+from test_cloud_targets import INFERENCE_TASK, job_state, north_fleet
+from test_loop_integration import append_samples
 
 from cloud_manager.distribution import FanoutPolicy, _FileState, should_fan_out
 from edge_agent.daemon import Agent
@@ -32,15 +31,8 @@ def test_a_file_is_fanned_out_once_per_rebroadcast_period() -> None:
 @pytest.mark.broker
 @pytest.mark.timeout(180)
 async def test_deploy_fans_each_chunk_out_once_and_a_late_node_pulls_it(broker, tmp_path):
-    write_boot_files(tmp_path / "code")
+    manifests = north_fleet(tmp_path)
     data = tmp_path / "data"
-    data.mkdir()
-    (data / "data.txt").write_text("")
-    manifests = seed_manifests(tmp_path, 5, script_dir=tmp_path / "code")
-    job = json.loads(manifests[-1])
-    del job["spec"]["deploySpec"]["nodeName"]
-    job["spec"]["deploySpec"]["nodeSelector"] = NORTH
-    manifests[-1] = json.dumps(job)
 
     def agent(node: str, **extra) -> Agent:
         return Agent(agent_config(broker.url, tmp_path / node, node=node, check_models=False,
