@@ -56,6 +56,10 @@ class DemoSizes:
     #: trains, so the next round may hold several times the threshold; the cap keeps its time
     #: near the first round's instead of growing with it
     round_max_steps: str = ""
+    #: the deploy gate's margin on earlier rounds (None: the product's default, 0.02); the fast
+    #: demo's rounds of a few hundred images on a 120-image replay forget day by 0.1-0.2 while
+    #: they learn night by 0.4
+    forgetting_margin: float | None = None
     seed: int = 7
 
     def base_key(self) -> str:
@@ -87,7 +91,8 @@ FULL = DemoSizes(base_images=800, base_epochs=20, batch_size=16, heldout_images=
 
 FAST = DemoSizes(base_images=240, base_epochs=14, batch_size=16, heldout_images=40,
                  round_epochs=12, threshold=60, video_shots=12, shot_seconds=2.0,
-                 round_learning_rate="2e-3", dataset_images=120, round_max_steps="180")
+                 round_learning_rate="2e-3", dataset_images=120, round_max_steps="180",
+                 forgetting_margin=0.25)
 
 
 def _key(values: dict[str, Any]) -> str:

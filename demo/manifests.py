@@ -72,8 +72,10 @@ def adapt(
     paths: DemoPaths,
     threshold: int,
     train_parameters: dict[str, str],
+    forgetting_margin: float | None = None,
 ) -> Adapted:
-    """The seed manifests with the demo's paths, threshold, window, edge node and epochs."""
+    """The seed manifests with the demo's paths, threshold, window, edge node and epochs, and
+    the deploy gate's ``forgettingMargin`` when the demo's size calls for another one."""
     out = Adapted()
     changes = out.changes
     for original in seed:
@@ -105,6 +107,11 @@ def adapt(
                 changes.append(f"deploySpec.nodeName {deploy['nodeName']} -> {EDGE_NODE} "
                                "(inference runs on the edge node)")
                 deploy["nodeName"] = EDGE_NODE
+            if forgetting_margin is not None:
+                changes.append(f"deploy trigger: forgettingMargin = {forgetting_margin:g} (added; "
+                               "a round this small forgets more of the earlier domains: the "
+                               "report's gate table shows by how much)")
+                deploy["trigger"]["forgettingMargin"] = forgetting_margin
             worker = deploy["workerSpec"]
             _set_parameter(worker, "video_url", paths.video_url, changes,
                            "inference (local RTSP camera mock)")

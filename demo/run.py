@@ -334,7 +334,8 @@ class Demo:
             video_url=self.camera.url,
             frame_log=self.paths.frame_log,
         )
-        adapted = adapt(load_seed(), paths, self.sizes.threshold, self.sizes.round_parameters())
+        adapted = adapt(load_seed(), paths, self.sizes.threshold, self.sizes.round_parameters(),
+                        self.sizes.forgetting_margin)
         self.outcome.changes = adapted.changes
         self.say("  seed manifests (examples/helmet/*.yaml) adapted for one machine:")
         for change in adapted.changes:

@@ -249,6 +249,9 @@ def test_seed_manifests_change_only_what_the_demo_must(tmp_path):
     assert trigger["checkPeriodSeconds"] == 60
     assert spec["deploySpec"]["nodeName"] == "edge0" and spec["nodeName"] == "cloud0"
     assert spec["deploySpec"]["trigger"] == seed[3]["spec"]["deploySpec"]["trigger"]
+    wider = adapt(seed, paths, 42, {}, forgetting_margin=0.25)
+    assert wider.manifests[3]["spec"]["deploySpec"]["trigger"]["forgettingMargin"] == 0.25
+    assert any("forgettingMargin = 0.25" in change for change in wider.changes)
     inference = {p["key"]: p["value"] for p in spec["deploySpec"]["workerSpec"]["parameters"]}
     assert inference["video_url"] == paths.video_url
     assert inference["HE_SAVED_URL"] == str(paths.hardex_dir)
