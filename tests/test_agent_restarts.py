@@ -260,7 +260,9 @@ async def test_a_version_deployed_while_the_worker_awaits_its_restart_is_the_one
     def served() -> list[list[str]]:
         return served_lines(scripts)
 
-    config = agent_config(broker.url, tmp_path / "state", restart_initial_s=3, restart_max_s=3,
+    # a pause long enough for the download, which first waits 3 s for a fan-out that this
+    # stand-in cloud never sends, then pulls the chunks
+    config = agent_config(broker.url, tmp_path / "state", restart_initial_s=12, restart_max_s=12,
                           check_models=False)  # stand-in workers never load these bytes
     async with (
         FakeCloud(broker.url) as cloud,
@@ -276,7 +278,7 @@ async def test_a_version_deployed_while_the_worker_awaits_its_restart_is_the_one
         [(_, pid, _, _)] = served()
         os.kill(int(pid), signal.SIGKILL)
         await cloud.wait_for(lambda: agent.runner.restart_counts() == {"inf": 1} or None)
-        await cloud.client.publish(  # during the 1.5-3 s pause
+        await cloud.client.publish(  # during the 6-12 s pause
             desired, DesiredState(node="edge-1", generation=2, tasks=[task(2)])
         )
         await cloud.wait_for(lambda: agent.serving == {"inf": 2} or None)
