@@ -6,12 +6,13 @@ fire on a real stall."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable
 from typing import TypeVar
 
 import pytest
 from agent_cloud import FakeCloud, agent_config
 from running_cloud import api, cloud
+from test_cloud_daemon import wait_for
 
 from cloud_manager.api_client import new_request
 from edge_agent.daemon import Agent
@@ -52,8 +53,8 @@ async def test_a_restarted_manager_works_off_its_backlog_and_answers(broker, tmp
     async with cloud(broker.url, tmp_path / "state") as daemon:
         response = await answered("get after the restart", api(broker.url, "get", resource="nodes"))
         assert response.ok
-        await answered("the backlog worked off", wait_until(
-            lambda: daemon.client.stats.protocol_errors >= BACKLOG))
+        await wait_for(lambda: daemon.client.stats.protocol_errors >= BACKLOG,
+                       "the backlog worked off", STALL)
     assert daemon.client.stats.queue_high_water <= 2 * daemon.client.settings.incoming_high_water
 
 
@@ -68,8 +69,8 @@ async def test_a_restarted_agent_works_off_its_backlog_and_comes_online(broker, 
         async with Agent(config) as agent:
             await answered("online after the restart", fake.wait_for(
                 lambda: [s for s in fake.statuses() if s.state == "online"], timeout=STALL))
-            await answered("the backlog worked off", wait_until(
-                lambda: agent.client.stats.protocol_errors >= BACKLOG))
+            await wait_for(lambda: agent.client.stats.protocol_errors >= BACKLOG,
+                           "the backlog worked off", STALL)
 
 
 async def test_a_burst_of_api_requests_is_answered_in_full(broker, tmp_path):
@@ -105,8 +106,3 @@ async def test_a_burst_of_chunk_requests_from_one_node_leaves_the_api_answering(
         assert response.ok
         await answered("every chunk request", all_answered.wait())
     assert all(chunk.error for chunk in answers)  # no such artifact: each answered with why
-
-
-async def wait_until(predicate: Callable[[], bool]) -> None:
-    while not predicate():
-        await asyncio.sleep(0.02)

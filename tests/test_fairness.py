@@ -7,6 +7,7 @@ import logging
 
 import pytest
 from running_cloud import api, cloud
+from test_cloud_daemon import wait_for
 
 from edgeloop.fairness import Budget, NodeBudgets
 from edgeloop.flow_control import InflowQueue, Overflow
@@ -88,10 +89,9 @@ async def test_a_flooding_node_is_held_to_its_budget_and_the_others_are_served(b
                 node="calm", boot_id="b", seq=i)) for i in range(10)]
             assert all(await asyncio.gather(*flood, *calm))
             assert (await api(broker.url, "get", resource="nodes")).ok
-            async with asyncio.timeout(60):
-                while daemon.budgets.refused["flood"] < 380 or \
-                        daemon.sample_stats.reports < 30:
-                    await asyncio.sleep(0.02)
+            await wait_for(lambda: daemon.budgets.refused["flood"] >= 380
+                           and daemon.sample_stats.reports >= 30,
+                           "the flood turned away and the rest handled", 60)
         finally:
             for sender in senders.values():
                 await sender.close()
