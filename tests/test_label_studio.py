@@ -3,20 +3,14 @@ boxes as predictions; ``label import --format label-studio`` reads Label Studio'
 
 from __future__ import annotations
 
-import asyncio
 import json
 from pathlib import Path
 
 import numpy as np
 import pytest
-from agent_cloud import agent_config
 from running_cloud import cloud
-from test_cloud_cli import edgeloop
-from test_cloud_daemon import DATASET, JOB, NODE, NS, setup_job, wait_for
-from test_cloud_hardex import fill_inbox_through_an_agent
-from test_labels import jpeg
+from test_labels import empty_index, export_hard_examples, import_three_labels, jpeg
 
-from edge_agent.daemon import Agent
 from protocol.dataset_index import Sample, read_index
 from protocol.label_formats import import_label_studio, write_label_studio
 
@@ -93,18 +87,11 @@ def test_exported_predictions_accepted_as_they_are_import_as_the_same_boxes(tmp_
 @pytest.mark.broker
 @pytest.mark.timeout(120)
 async def test_hard_examples_go_to_label_studio_and_come_back(broker, tmp_path):
-    data = tmp_path / "data" / "data.txt"
-    data.parent.mkdir()
-    data.touch()
-    base = ("-n", NS, "--broker", broker.url)
+    data = empty_index(tmp_path)
     async with cloud(broker.url, tmp_path / "state") as daemon:
-        await setup_job(broker.url, tmp_path)
-        ids = await fill_inbox_through_an_agent(broker.url, tmp_path, daemon)
+        ids, stdout = await export_hard_examples(broker.url, tmp_path, daemon, "label-studio")
         out = tmp_path / "export"
-        exported = await asyncio.to_thread(edgeloop, "hardex", "export", JOB, *base,
-                                           "--out", str(out), "--format", "label-studio")
-        assert exported.returncode == 0, exported.stderr
-        assert f"3 hard examples, 6 proposed boxes -> {out / 'tasks.json'}" in exported.stdout
+        assert f"3 hard examples, 6 proposed boxes -> {out / 'tasks.json'}" in stdout
         tasks = json.loads((out / "tasks.json").read_text())
         # in Label Studio: each prediction is accepted, the first box relabelled as a helmet
         for task in tasks:
@@ -113,14 +100,8 @@ async def test_hard_examples_go_to_label_studio_and_come_back(broker, tmp_path):
             task["annotations"] = [{"id": 1, "was_cancelled": False, "result": result}]
             task["data"]["image"] = "/data/upload/3/1f2e3d4c-" + Path(task["data"]["image"]).name
         (out / "export.json").write_text(json.dumps(tasks))
-        config = agent_config(broker.url, tmp_path / "agent2", node=NODE, datasets={DATASET: data})
-        async with Agent(config):
-            await wait_for(lambda: NODE in daemon.manager.online_nodes())
-            imported = await asyncio.to_thread(edgeloop, "label", "import", JOB,
-                                               str(out / "export.json"), *base,
-                                               "--format", "label-studio")
-            assert imported.returncode == 0, imported.stderr
-            assert "3 added" in imported.stdout
+        await import_three_labels(broker.url, tmp_path, daemon, data, out / "export.json",
+                                  "label-studio")
     index = read_index(data)
     assert sorted(s.image.stem for s in index.samples) == sorted(ids)
     assert all(s.boxes.tolist()[0] == [2, 4, 20, 30, 1] for s in index.samples)

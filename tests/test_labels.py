@@ -160,27 +160,45 @@ async def test_label_import_through_the_cloud_adds_once_and_names_bad_lines(brok
         [[[1, 2, 30, 40, 2]], [[3, 3, 20, 20, 3], [5, 5, 9, 9, 0]], [], [[24, 18, 40, 30, 2]]])
 
 
-@pytest.mark.broker
-async def test_exported_hard_examples_come_back_labelled(broker, tmp_path):
+async def export_hard_examples(url: str, tmp_path: Path, daemon, fmt: str) -> tuple[list[str], str]:
+    """A job, three hard examples in its inbox (sent by a real agent), exported to
+    ``tmp_path/export`` in ``fmt`` by the CLI; their ids and the command's output."""
+    await setup_job(url, tmp_path)
+    ids = await fill_inbox_through_an_agent(url, tmp_path, daemon)
+    exported = await asyncio.to_thread(edgeloop, "hardex", "export", JOB, "-n", NS,
+                                       "--broker", url, "--out", str(tmp_path / "export"),
+                                       "--format", fmt)
+    assert exported.returncode == 0, exported.stderr
+    return ids, exported.stdout
+
+
+async def import_three_labels(url: str, tmp_path: Path, daemon, data: Path, labels: Path,
+                              fmt: str) -> None:
+    """``edgeloop label import`` of ``labels`` while the dataset node runs: three added."""
+    config = agent_config(url, tmp_path / "agent2", node=NODE, datasets={DATASET: data})
+    async with Agent(config):
+        await wait_for(lambda: NODE in daemon.manager.online_nodes())
+        imported = await asyncio.to_thread(edgeloop, "label", "import", JOB, str(labels),
+                                           "-n", NS, "--broker", url, "--format", fmt)
+        assert imported.returncode == 0, imported.stderr
+        assert "3 added" in imported.stdout
+
+
+def empty_index(tmp_path: Path) -> Path:
     data = tmp_path / "data" / "data.txt"
     data.parent.mkdir()
     data.touch()
+    return data
+
+
+@pytest.mark.broker
+async def test_exported_hard_examples_come_back_labelled(broker, tmp_path):
+    data = empty_index(tmp_path)
     base = ("-n", NS, "--broker", broker.url)
     async with cloud(broker.url, tmp_path / "state") as daemon:
-        await setup_job(broker.url, tmp_path)
-        ids = await fill_inbox_through_an_agent(broker.url, tmp_path, daemon)
-        out = tmp_path / "export"
-        exported = await asyncio.to_thread(edgeloop, "hardex", "export", JOB, *base,
-                                           "--out", str(out), "--format", "coco")
-        assert exported.returncode == 0, exported.stderr
-        config = agent_config(broker.url, tmp_path / "agent2", node=NODE, datasets={DATASET: data})
-        async with Agent(config):
-            await wait_for(lambda: NODE in daemon.manager.online_nodes())
-            imported = await asyncio.to_thread(edgeloop, "label", "import", JOB,
-                                               str(out / "annotations.json"), *base,
-                                               "--format", "coco")
-            assert imported.returncode == 0, imported.stderr
-            assert "3 added" in imported.stdout
+        ids, _ = await export_hard_examples(broker.url, tmp_path, daemon, "coco")
+        await import_three_labels(broker.url, tmp_path, daemon, data,
+                                  tmp_path / "export" / "annotations.json", "coco")
         inbox = daemon.manager.inbox
         assert inbox is not None
         assert {m["sha256"]: bool(m.get("labelled")) for m in inbox.examples(JOB_REF)} == \
