@@ -11,6 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from test_metrics import det, gt
 
 from workers.metrics import evaluate, sedna_counts
 from workers.mining import Detections
@@ -25,17 +26,6 @@ def _sedna_module():
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-def det(rows: list[tuple[float, float, float, float, float, int]]) -> Detections:
-    if not rows:
-        return Detections.empty(4)
-    a = np.asarray(rows, dtype=np.float64)
-    return Detections(a[:, :4], a[:, 4], a[:, 5].astype(int))
-
-
-def gt(rows: list[tuple[int, int, int, int, int]]) -> np.ndarray:
-    return np.asarray(rows, dtype=np.int32).reshape(-1, 5)
 
 
 def test_one_box_found_twice_is_half_for_edgeloop_and_whole_for_sedna() -> None:
