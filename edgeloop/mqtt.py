@@ -561,12 +561,11 @@ class MqttClient:
         # Sent together, confirmed as the backlog ahead of the confirmations is handled. A
         # subscription added meanwhile is taken in the next pass: from the moment ``connected``
         # is set, :meth:`_add_subscription` subscribes new ones itself.
-        subscribed: list[_Subscription] = []
-        while pending := [sub for sub in self._subscriptions
-                          if not any(sub is done for done in subscribed)]:
+        subscribed = 0
+        while pending := self._subscriptions[subscribed:]:  # appended only, never removed
             await asyncio.gather(*(self._subscribe_one(control if sub.control else data, sub)
                                    for sub in pending))
-            subscribed += pending
+            subscribed += len(pending)
         self._connected.set()
         for hook in self._connect_hooks:
             try:
