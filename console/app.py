@@ -33,7 +33,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from cloud_manager.hardex_export import proposals
-from console import review
+from console import fleet, review
 from console.auth import TokenFile, Users, new_token, tokens_match
 from console.cloud import ApiFailed, CloudLink, JobRef
 from console.state import ConsoleState
@@ -43,7 +43,8 @@ from protocol.codec import describe_validation_error
 log = logging.getLogger("edgeloop.console")
 
 STATIC_DIR = Path(__file__).parent / "static"
-PAGES = {"/login": "login.html", "/jobs": "jobs.html", "/queue": "queue.html"}
+PAGES = {"/login": "login.html", "/jobs": "jobs.html", "/queue": "queue.html",
+         "/fleet": "fleet.html"}
 CSRF_HEADER = "x-csrf-token"
 #: How often the console asks the cloud whether a job moved, to tell open pages.
 DEFAULT_POLL_S = 2.0
@@ -120,6 +121,7 @@ class Console:
             Route("/api/me", self.me),
             Route("/api/jobs", self.jobs),
             Route("/api/job", self.job),
+            Route("/api/fleet", self.fleet),
             Route("/api/queue", self.queue),
             Route("/api/example", self.example),
             Route("/api/image", self.image),
@@ -281,6 +283,21 @@ class Console:
         job = self._job(request.query_params.get("job"))
         return JSONResponse(await self._ask(self.cloud.describe(job)))
 
+    async def fleet(self, request: Request) -> Response:
+        """Every node with each job's version on it, and each job's rollout as the cloud
+        describes it."""
+        self._user(request)
+        nodes, jobs = await asyncio.gather(self._ask(self.cloud.nodes()),
+                                           self._ask(self.cloud.jobs()))
+        refs = [JobRef(str(j.get("namespace")), str(j.get("name"))) for j in jobs]
+        described = await asyncio.gather(*(self._ask(self.cloud.describe(r)) for r in refs))
+        return JSONResponse({
+            "nodes": [row.to_dict() for row in fleet.fleet(
+                nodes, {str(r): d.get("targets") or [] for r, d in zip(refs, described,
+                                                                       strict=True)})],
+            "jobs": [fleet.job_summary(str(r), d) for r, d in zip(refs, described, strict=True)],
+        })
+
     # -- the review queue --
 
     def _filter(self, request: Request) -> review.QueueFilter:
@@ -417,19 +434,21 @@ class Console:
             self.hub.sockets.discard(socket)
 
     async def _watch_jobs(self) -> None:
-        """Tell open pages when any job's status changed (stage, round, samples, versions)."""
-        last: str | None = None
+        """Tell open pages when any job's status changed (stage, round, samples, versions) or
+        any node's (online, seen, serving)."""
+        last: dict[str, str] = {}
         while True:
             if self.hub.sockets:
-                try:
-                    jobs = await self.cloud.jobs()
-                except (ApiFailed, NotConnected, RequestTimeout, ValueError) as exc:
-                    log.debug("job watch: %s", exc)
-                else:
-                    digest = json.dumps(jobs, sort_keys=True, default=str)
-                    if digest != last:
-                        last = digest
-                        await self.hub.tell({"type": "jobs", "items": jobs})
+                for kind, ask in (("jobs", self.cloud.jobs), ("nodes", self.cloud.nodes)):
+                    try:
+                        items = await ask()
+                    except (ApiFailed, NotConnected, RequestTimeout, ValueError) as exc:
+                        log.debug("%s watch: %s", kind, exc)
+                        continue
+                    digest = json.dumps(items, sort_keys=True, default=str)
+                    if digest != last.get(kind):
+                        last[kind] = digest
+                        await self.hub.tell({"type": kind, "items": items})
             await asyncio.sleep(self.settings.poll_s)
 
 

@@ -23,7 +23,7 @@ from test_cloud_daemon import DATASET, JOB, NODE, NS, setup_job, wait_for
 from test_cloud_hardex import fill_inbox_through_an_agent
 from test_live_view import CHROMIUM, CHROMIUM_ARGS
 
-from console import review
+from console import fleet, review
 from console.app import ConsoleSettings
 from console.auth import (
     PasswordFileError,
@@ -41,6 +41,7 @@ from console.auth import (
 )
 from console.server import Listen, running
 from console.state import ConsoleState
+from cloud_manager.versions import ModelVersion
 from edge_agent.daemon import Agent
 from edge_agent.label_intake import LABELLED_FOLDER
 from edgeloop.connection import ConnectionOptions
@@ -172,6 +173,29 @@ def test_skips_flags_and_the_session_key_outlive_a_restart(tmp_path):
     fresh = ConsoleState(tmp_path)
     assert fresh.secret() != key and fresh.ledger().skipped == {}
     fresh.close()
+
+
+def test_the_fleet_view_shows_fields_the_cloud_adds_without_knowing_them():
+    nodes = [{"name": "edge1", "state": "online", "updated": 5.0, "labels": {"site": "n"},
+              "agent_version": "0.3", "outbox_backlog": 0,
+              "cameras": {"gate": {"serving": 3, "fps": 9.5}},
+              "live_view_url": "http://10.0.0.5:8080/", "disk_free": "2 GB"},
+             {"name": "edge0", "state": "offline", "live_view": "javascript:alert(1)"}]
+    targets = {"ns/job": [{"node": "edge1", "desired": 3, "serving": 2, "health": "online",
+                           "rollout_stage": "canary"},
+                          {"node": "edge7", "desired": 3, "serving": None}]}
+    rows = {row.name: row for row in fleet.fleet(nodes, targets)}
+    assert list(rows) == ["edge0", "edge1", "edge7"]
+    edge1 = rows["edge1"]
+    assert edge1.live_view == "http://10.0.0.5:8080/" and rows["edge0"].live_view is None
+    assert edge1.cameras == {"gate": {"serving": 3, "fps": 9.5}}
+    assert edge1.extra == {"disk_free": "2 GB"}
+    assert [(j.job, j.desired, j.serving, j.extra) for j in edge1.jobs] == \
+        [("ns/job", 3, 2, {"rollout_stage": "canary"})]
+    assert rows["edge7"].state == "never seen"
+    summary = fleet.job_summary("ns/job", {"status": {"stage": "Deploy", "rollout": "50%"},
+                                           "rollout_nodes": ["edge1"]})
+    assert summary["rollout"] == {"rollout": "50%", "rollout_nodes": ["edge1"]}
 
 
 def test_tokens_are_stored_hashed_replaced_and_revoked(tmp_path):
@@ -421,8 +445,6 @@ async def test_a_person_corrects_three_examples_in_the_browser(broker, tmp_path)
             await page.goto(f"{loop.url}/jobs?job={NS}/{JOB}")
             await page.wait_for_function(
                 f"document.querySelector('[data-job=\"{NS}/{JOB}\"] .stage')?.textContent")
-            if SCREENSHOTS:
-                await page.screenshot(path=str(DOCS / "jobs.png"), full_page=True)
         finally:
             await browser.close()
         await wait_for(lambda: sample_count(loop.daemon) == 3, what="three samples counted")
@@ -510,3 +532,65 @@ def test_the_token_and_rotate_key_commands(tmp_path):
     state = ConsoleState(tmp_path)
     assert state.secret() != key
     state.close()
+
+
+async def log_in(page, url: str) -> None:
+    await page.goto(url + "/login")
+    await page.fill("#user", USER)
+    await page.fill("#password", PASSWORD)
+    await page.click("button[type=submit]")
+    await page.wait_for_selector("body[data-ready='1']")
+
+
+async def cell_text(page, selector: str) -> str:
+    return (await page.text_content(selector) or "").strip()
+
+
+@pytest.mark.broker
+@pytest.mark.timeout(240)
+@pytest.mark.skipif(not CHROMIUM.exists(),
+                    reason="Debian's chromium is not installed (/usr/bin/chromium)")
+async def test_the_fleet_page_follows_nodes_live_and_the_jobs_page_plots_versions(broker,
+                                                                                  tmp_path):
+    playwright_api = pytest.importorskip("playwright.async_api")
+    async with console_over_a_loop(broker.url, tmp_path) as loop, \
+            playwright_api.async_playwright() as pw:
+        store = loop.daemon.manager.store  # two registered versions, as two rounds leave them
+        for version, f1 in ((1, 0.61), (2, 0.74)):
+            store.add_model_version(f"{NS}/{JOB}", ModelVersion(
+                version=version, round=version, artifacts=(), time=1_000_000.0 + version,
+                metrics={"precision": f1 + 0.05, "recall": f1 - 0.04, "f1": f1,
+                         "map50": f1 - 0.1, "map": f1 - 0.3},
+                decision="deployed"), now=1_000_000.0)
+        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1400, "height": 700})
+            await log_in(page, loop.url)
+            await page.goto(loop.url + "/fleet")
+            await page.wait_for_selector(f"[data-node='{NODE}'] td.state.online")
+            assert await cell_text(page, f"[data-node='{NODE}'] .live") == "-"  # no address
+            serving = await cell_text(page, f"[data-node='{NODE}'] .serving")
+            assert serving.startswith(f"{NS}/{JOB}: "), serving
+            assert await cell_text(page, f"#rollouts [data-job='{NS}/{JOB}'] .stage")
+
+            # a node comes online while the page is open, then goes: the page follows
+            extra = "edge9"
+            config = agent_config(broker.url, tmp_path / "edge9", node=extra,
+                                  labels={"site": "north"})
+            async with Agent(config):
+                await page.wait_for_selector(f"[data-node='{extra}'] td.state.online")
+                assert await cell_text(page, f"[data-node='{extra}'] .labels") == "site north"
+                if SCREENSHOTS:
+                    await page.screenshot(path=str(DOCS / "fleet.png"))
+            await page.wait_for_selector(f"[data-node='{extra}'] td.state.offline")
+
+            await page.goto(f"{loop.url}/jobs?job={NS}/{JOB}")
+            await page.wait_for_selector("#metrics-plot polyline[data-metric='f1']")
+            metrics = await page.eval_on_selector_all(
+                "#metrics-plot polyline", "ls => ls.map(l => l.dataset.metric)")
+            assert metrics == ["f1", "map", "map50", "precision", "recall"]
+            assert await page.locator("#metrics-plot circle").count() == 10
+            if SCREENSHOTS:
+                await page.screenshot(path=str(DOCS / "jobs.png"), full_page=True)
+        finally:
+            await browser.close()
