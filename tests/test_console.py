@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from agent_cloud import agent_config
@@ -253,22 +254,31 @@ async def console_over_a_loop(broker_url: str, tmp: Path,
                               tokens: TokenFile | None = None) -> AsyncIterator[Loop]:
     """The cloud manager with a job and three hard examples from a real agent, the dataset's
     node online, and the console logged into the cloud's API."""
-    data = tmp / "data" / "data.txt"
-    data.parent.mkdir()
-    data.touch()
     clock = [1_000_000.0]
     settings = ConsoleSettings(session_s=3600, poll_s=0.2, default_job=f"{NS}/{JOB}",
                                clock=lambda: clock[0])
+    async with hard_examples_and_a_dataset_node(broker_url, tmp) as (daemon, ids, data):
+        loop = Loop("", data, daemon, ids, clock, broker_url, tmp, settings, tokens)
+        async with another_console(loop) as url:
+            loop.url = url
+            yield loop
+
+
+@asynccontextmanager
+async def hard_examples_and_a_dataset_node(broker_url: str,
+                                           tmp: Path) -> AsyncIterator[tuple[Any, list[str], Path]]:
+    """The cloud manager with a job and three hard examples from a real agent, and the dataset's
+    node online: (the cloud daemon, the examples' ids, the Dataset's index)."""
+    data = tmp / "data" / "data.txt"
+    data.parent.mkdir()
+    data.touch()
     async with cloud(broker_url, tmp / "state") as daemon:
         await setup_job(broker_url, tmp)
         ids = await fill_inbox_through_an_agent(broker_url, tmp, daemon)
         config = agent_config(broker_url, tmp / "node", node=NODE, datasets={DATASET: data})
         async with Agent(config):
             await wait_for(lambda: NODE in daemon.manager.online_nodes())
-            loop = Loop("", data, daemon, ids, clock, broker_url, tmp, settings, tokens)
-            async with another_console(loop) as url:
-                loop.url = url
-                yield loop
+            yield daemon, ids, data
 
 
 def sample_count(daemon) -> int | None:
