@@ -290,13 +290,24 @@ class Console:
         nodes, jobs = await asyncio.gather(self._ask(self.cloud.nodes()),
                                            self._ask(self.cloud.jobs()))
         refs = [JobRef(str(j.get("namespace")), str(j.get("name"))) for j in jobs]
-        described = await asyncio.gather(*(self._ask(self.cloud.describe(r)) for r in refs))
+        described = await asyncio.gather(*(self._described(r) for r in refs))
         return JSONResponse({
             "nodes": [row.to_dict() for row in fleet.fleet(
                 nodes, {str(r): d.get("targets") or [] for r, d in zip(refs, described,
                                                                        strict=True)})],
             "jobs": [fleet.job_summary(str(r), d) for r, d in zip(refs, described, strict=True)],
         })
+
+    async def _described(self, job: JobRef) -> dict[str, Any]:
+        """A job's ``describe`` answer for the fleet page; a job deleted since the listing (or
+        one the cloud cannot describe now) shows without targets instead of failing the page."""
+        try:
+            return dict(await self._ask(self.cloud.describe(job)))
+        except Refused as exc:
+            if exc.status == 503:
+                raise
+            log.info("fleet: describe %s: %s", job, exc.message)
+            return {}
 
     # -- the review queue --
 
