@@ -83,7 +83,11 @@ def register(app: typer.Typer) -> None:
     @with_connection
     def cloud(
         state: Path = typer.Option(Path("edgeloop-state"), "--state", envvar="EDGELOOP_STATE",
-                                   help="Directory of the cloud manager's SQLite store."),
+                                   help="Directory of the cloud manager's files: its SQLite "
+                                        "store (unless --store), hard-example inbox, registry."),
+        store_url: str = typer.Option(None, "--store", envvar="EDGELOOP_STORE",
+                                      help="Keep the state in PostgreSQL instead of SQLite: "
+                                           "postgresql://user:password@host:port/database."),
         tz: str = typer.Option("UTC", "--timezone", envvar="EDGELOOP_TIMEZONE",
                                help="IANA timezone in which train trigger timer windows are read."),
         client_id: str = typer.Option("edgeloop-cloud", "--client-id",
@@ -127,7 +131,7 @@ def register(app: typer.Typer) -> None:
             raise typer.BadParameter(f"{tz!r} is not a known IANA timezone (e.g. UTC, "
                                      "Asia/Shanghai)", param_hint="--timezone") from None
         try:
-            store = Store(state)
+            store = Store(url=store_url) if store_url else Store(state)
         except StoreError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
@@ -147,7 +151,7 @@ def register(app: typer.Typer) -> None:
                 loop.add_signal_handler(sig, stop.set)
             await daemon.run(stop)
 
-        typer.echo(f"cloud manager: state {store.path}, broker {connection.broker}, timers in {tz}", err=True)
+        typer.echo(f"cloud manager: state {store.location}, broker {connection.broker}, timers in {tz}", err=True)
         try:
             asyncio.run(main())
         finally:

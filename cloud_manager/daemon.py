@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cloud_manager.artifact_pull import ArtifactPuller, PullError
+from cloud_manager.database import StoreUnavailable
 from cloud_manager.distribution import FanoutPolicy, ModelDistribution
 from cloud_manager.hardex_admission import HardexAdmission, HardexQuotas
 from cloud_manager.labels import LabelForwarder
@@ -240,7 +241,7 @@ class CloudDaemon:
         async with self._lock:
             try:
                 ingest = self.manager.on_statuses(statuses, self.clock())
-            except (sqlite3.Error, OSError) as exc:
+            except (sqlite3.Error, StoreUnavailable, OSError) as exc:
                 # Nothing committed, so nothing is acknowledged: the broker sends them again.
                 stats.deferred += len(statuses)
                 raise Redeliver(f"a batch of {len(statuses)} node statuses was not committed "
@@ -265,7 +266,7 @@ class CloudDaemon:
         async with self._lock:
             try:
                 ingest = self.manager.on_sample_reports(reports, self.clock())
-            except (sqlite3.Error, OSError) as exc:
+            except (sqlite3.Error, StoreUnavailable, OSError) as exc:
                 # Nothing committed, so nothing is acknowledged: the broker sends them again.
                 stats.deferred += len(reports)
                 raise Redeliver(f"a batch of {len(reports)} sample reports was not committed "
