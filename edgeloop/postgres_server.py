@@ -71,7 +71,10 @@ def _service_account() -> pwd.struct_passwd | None:
 class PostgresServer:
     """One PostgreSQL cluster in a temporary directory, on a free loopback port."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, durable: bool = True) -> None:
+        #: False: no fsync at all (tests, where a crash of the machine loses nothing of value);
+        #: a benchmark keeps it True, so that commits cost what they cost in production
+        self.durable = durable
         self.bin_dir = find_bin_dir()
         self.account = _service_account()
         self.port = 0
@@ -104,6 +107,8 @@ class PostgresServer:
                   "-E", "UTF8", "--no-sync")
         options = (f"-p {self.port} -c listen_addresses=127.0.0.1 "
                    f"-c unix_socket_directories={self.directory}")
+        if not self.durable:
+            options += " -c fsync=off -c synchronous_commit=off -c full_page_writes=off"
         self._run("pg_ctl", "-D", str(self.data_dir), "-l", str(self.directory / "server.log"),
                   "-o", options, "-w", "-t", str(START_TIMEOUT_S), "start")
         atexit.register(self.stop)
