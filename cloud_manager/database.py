@@ -60,15 +60,18 @@ class Dialect:
     real: str
     #: a field of a JSON text column as text (objects as JSON text), ``{column}``/``{field}``
     json_text: str
+    #: appended to a SELECT whose row must not change before the transaction ends (SQLite:
+    #: nothing, its write transaction already excludes every other writer)
+    lock_shared: str
 
     def json_field(self, column: str, field: str) -> str:
         return self.json_text.format(column=column, field=field)
 
 
 SQLITE = Dialect("sqlite", begin="BEGIN IMMEDIATE", real="REAL",
-                 json_text="json_extract({column}, '$.{field}')")
+                 json_text="json_extract({column}, '$.{field}')", lock_shared="")
 POSTGRESQL = Dialect("postgresql", begin="BEGIN", real="DOUBLE PRECISION",
-                     json_text="({column}::jsonb ->> '{field}')")
+                     json_text="({column}::jsonb ->> '{field}')", lock_shared=" FOR SHARE")
 
 
 def is_postgresql_url(location: str) -> bool:

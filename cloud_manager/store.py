@@ -37,15 +37,22 @@ from cloud_manager.database import (
     open_sqlite,
     redacted,
 )
-from cloud_manager.migrations import SCHEMA_VERSION, SchemaTooNew, migrate
+from cloud_manager.leadership import Lease
+from cloud_manager.migrations import SchemaTooNew, migrate
 from cloud_manager.state_machine import JobState
 from cloud_manager.versions import ModelVersion
 from protocol.messages import NodeStatus, Task, TaskRole, TaskState
 
 DB_NAME = "cloud.sqlite3"
 DEFAULT_NAMESPACE = "default"
+#: the lease row of the managers that share this store
+LEASE = "cloud-manager"
 #: well under SQLite's limit on bound parameters in one statement
 _KEYS_PER_QUERY = 500
+
+
+class NotLeader(RuntimeError):
+    """A decision was taken under an epoch of the lease that is no longer the current one."""
 
 
 class StoreError(RuntimeError):
@@ -475,6 +482,42 @@ class Store:
 
     def desired_nodes(self) -> list[str]:
         return [r["node"] for r in self.db.execute("SELECT node FROM desired ORDER BY node")]
+
+    # -- the leader lease (cloud_manager.leadership decides; these are its conditional writes) --
+
+    def lease(self, name: str = LEASE) -> Lease | None:
+        row = self.db.execute("SELECT holder, epoch, expires FROM leader_lease WHERE name=?",
+                              (name,)).fetchone()
+        return Lease(row["holder"], row["epoch"], row["expires"]) if row else None
+
+    def claim_lease(self, holder: str, seen_epoch: int | None, expires: float,
+                    name: str = LEASE) -> bool:
+        """Take the lease if its epoch is still ``seen_epoch`` (None: if nobody ever held it),
+        with the next epoch: of several managers claiming at once, one gets it."""
+        if seen_epoch is None:
+            return self.db.execute(
+                "INSERT INTO leader_lease VALUES (?, ?, 1, ?) ON CONFLICT (name) DO NOTHING",
+                (name, holder, expires)).rowcount == 1
+        return self.db.execute(
+            "UPDATE leader_lease SET holder=?, epoch=epoch + 1, expires=? WHERE name=? AND epoch=?",
+            (holder, expires, name, seen_epoch)).rowcount == 1
+
+    def renew_lease(self, holder: str, epoch: int, expires: float, name: str = LEASE) -> bool:
+        return self.db.execute(
+            "UPDATE leader_lease SET expires=? WHERE name=? AND holder=? AND epoch=?",
+            (expires, name, holder, epoch)).rowcount == 1
+
+    def fence(self, epoch: int, name: str = LEASE) -> None:
+        """Inside a decision's transaction: raise :class:`NotLeader` unless ``epoch`` is the
+        lease's current one. The row stays locked until the transaction ends, so a claim by
+        another manager waits for this decision to commit and the next one sees its epoch."""
+        if not self._depth:
+            raise RuntimeError("a fence needs an open transaction")
+        row = self.db.execute(f"SELECT epoch FROM leader_lease WHERE name=?"
+                              f"{self.dialect.lock_shared}", (name,)).fetchone()
+        if row is None or row["epoch"] != epoch:
+            current = row["epoch"] if row else None
+            raise NotLeader(f"decision under epoch {epoch}; the lease is at epoch {current}")
 
 
 def _open_postgresql(url: str) -> Connection:
