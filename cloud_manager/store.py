@@ -169,6 +169,9 @@ class Store:
             self.db.close()
             raise StoreError(f"{self.location}: {exc}") from None
         self._depth = 0
+        #: when set, every transaction first checks that the leader lease is still at this
+        #: epoch (:meth:`fence`): the writes of a manager that serves under a lease
+        self.epoch: int | None = None
 
     @classmethod
     def open(cls, location: str | Path) -> Store:
@@ -198,6 +201,8 @@ class Store:
         self.db.execute(self.dialect.begin)
         self._depth = 1
         try:
+            if self.epoch is not None:
+                self.fence(self.epoch)
             yield
         except BaseException:
             self._rollback()
