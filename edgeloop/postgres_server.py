@@ -79,6 +79,7 @@ class PostgresServer:
         self.account = _service_account()
         self.port = 0
         self.directory: Path | None = None
+        self._created = 0
 
     @property
     def data_dir(self) -> Path:
@@ -115,8 +116,11 @@ class PostgresServer:
         log.info("PostgreSQL on port %d in %s", self.port, self.directory)
         return self
 
-    def create_database(self, name: str) -> str:
-        """A new empty database; returns its URL."""
+    def create_database(self, name: str | None = None) -> str:
+        """A new empty database (by default named ``db_1``, ``db_2``...); returns its URL."""
+        if name is None:
+            self._created += 1
+            name = f"db_{self._created}"
         self._run("createdb", "-h", "127.0.0.1", "-p", str(self.port), "-U", SUPERUSER, name)
         return self.url(name)
 

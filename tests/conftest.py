@@ -3,7 +3,6 @@ cloud manager's store on SQLite and on a real PostgreSQL."""
 
 from __future__ import annotations
 
-import itertools
 import os
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -81,9 +80,6 @@ def postgres() -> Iterator[PostgresServer]:
     server.stop()
 
 
-_databases = itertools.count(1)
-
-
 @dataclass
 class StoreAt:
     """Where a test's store lives: a state directory (SQLite) or a fresh PostgreSQL database.
@@ -106,7 +102,7 @@ def store_at(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreAt
     url = None
     if request.param == "postgresql":
         server: PostgresServer = request.getfixturevalue("postgres")
-        url = server.create_database(f"test_{next(_databases)}")
+        url = server.create_database()
     at = StoreAt(request.param, tmp_path / "state", url)
     yield at
     for store in at.opened:

@@ -1,10 +1,12 @@
 """Two ``edgeloop cloud --leader-lease`` processes on one PostgreSQL and one broker: the first
-serves, the second stands by; ``kill -9`` of the leader, and the standby takes over the lease
-and the MQTT session, loses no sample report and dispatches the round's task once."""
+serves, the second stands by; ``kill -9`` of the leader while the job waits for samples, trains,
+evaluates or collects the new version, and the standby takes over the lease and the MQTT
+session, loses no sample report, starts no task twice and registers the version once."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import os
 import subprocess
 import time
@@ -12,8 +14,8 @@ from collections.abc import Iterator
 
 import pytest
 from scripted_node import ScriptedNode, succeed
-from test_cloud_cli import CloudProcess, apply_seed, job_when
-from test_cloud_daemon import DATASET, NODE, wait_for
+from test_cloud_cli import CloudProcess, apply_seed, edgeloop, job_when
+from test_cloud_daemon import DATASET, NODE, NS, wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(180)]
 
@@ -36,7 +38,7 @@ class Replica(CloudProcess):
 
 @pytest.fixture
 def replicas(broker, postgres, tmp_path) -> Iterator[tuple[Replica, Replica]]:
-    url = postgres.create_database("failover")
+    url = postgres.create_database()
     first = Replica(broker.url, tmp_path / "state", tmp_path / "first.log", url)
     second = Replica(broker.url, tmp_path / "state", tmp_path / "second.log", url)
     yield first, second
@@ -70,4 +72,47 @@ async def test_kill_9_of_the_leader_while_the_job_waits_the_standby_takes_over(
         await job_when(broker.url, lambda r: r["samples"] == 151)
         assert len(node.started) == len(set(node.started)) == 1
         assert {(t.role, t.attempt) for t in node.tasks} == {("train", 1)}
+    assert second.log_says("leading under epoch 2")
+
+
+@pytest.mark.parametrize("stage", ["train", "eval", "deploy"])
+async def test_kill_9_of_the_leader_in_a_stage_the_standby_finishes_the_round_once(
+        replicas, broker, tmp_path, stage):
+    first, second = replicas
+    first.start()
+    second.start_standby()
+    await wait_for(lambda: second.log_says("standing by for the leader lease"), timeout=30)
+    await asyncio.to_thread(apply_seed, broker.url, tmp_path)
+    # hide_paths: the model files must be pulled from the node, as from another machine
+    async with ScriptedNode(broker.url, NODE, succeed(), answer=False, hide_paths=True) as node:
+        await node.report_samples(DATASET, "x", 150)
+        await wait_for(lambda: len(node.held) == 1, timeout=30)
+        if stage in ("eval", "deploy"):
+            await node.play(node.held[0])
+            await wait_for(lambda: len(node.held) == 2, timeout=30)
+        if stage == "deploy":  # killed while collecting the files: the node does not push yet
+            node.answer_pulls = False
+            await node.play(node.held[-1])
+            await wait_for(lambda: node.pulls > 0, timeout=30)
+            first.kill()
+            node.answer_pulls = True
+        else:
+            first.kill()
+            # while nobody serves, the node finishes the task
+            await node.play(node.held[-1])
+        killed = time.monotonic()
+        await node.report_samples(DATASET, "x", 160)  # more samples while nobody serves
+        await asyncio.to_thread(second.wait_ready, 60)
+        print(f"{stage}: takeover after kill -9: {time.monotonic() - killed:.1f} s")
+        if stage == "train":
+            await wait_for(lambda: len(node.held) == 2, timeout=30)  # eval sent by the new leader
+            await node.play(node.held[-1])
+        row = await job_when(broker.url, lambda r: r["round"] == 2)
+        assert row["deployed_version"] == 1 and row["stage"] == "Train"
+        assert row["samples"] == 160
+        # every task key started once, one train and one eval attempt in all
+        assert len(node.started) == len(set(node.started)) == 2
+        assert {(t.role, t.attempt) for t in node.tasks} == {("train", 1), ("eval", 1)}
+    versions = edgeloop("get", "versions", "-n", NS, "-o", "json", "--broker", broker.url)
+    assert [v["version"] for v in json.loads(versions.stdout)] == [1]
     assert second.log_says("leading under epoch 2")

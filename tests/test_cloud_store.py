@@ -238,7 +238,7 @@ def test_the_same_sql_runs_on_both_engines(store_at):
 
 
 def test_a_lost_postgresql_connection_fails_one_unit_of_work_and_the_next_reconnects(postgres):
-    store = Store(url=postgres.create_database("lost_connection"))
+    store = Store(url=postgres.create_database())
     try:
         pid = store.db.execute("SELECT pg_backend_pid() AS pid").fetchone()["pid"]
         with psycopg.connect(postgres.url(), autocommit=True) as admin:
