@@ -173,13 +173,6 @@ class Store:
         #: epoch (:meth:`fence`): the writes of a manager that serves under a lease
         self.epoch: int | None = None
 
-    @classmethod
-    def open(cls, location: str | Path) -> Store:
-        """A ``postgresql://`` URL opens PostgreSQL; anything else is a state directory."""
-        if isinstance(location, str) and is_postgresql_url(location):
-            return cls(url=location)
-        return cls(Path(location))
-
     @property
     def schema_version(self) -> int:
         row = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
