@@ -116,3 +116,13 @@ async def test_kill_9_of_the_leader_in_a_stage_the_standby_finishes_the_round_on
     versions = edgeloop("get", "versions", "-n", NS, "-o", "json", "--broker", broker.url)
     assert [v["version"] for v in json.loads(versions.stdout)] == [1]
     assert second.log_says("leading under epoch 2")
+
+
+def test_a_lease_needs_a_postgresql_store_and_a_store_url_must_be_postgresql(broker, tmp_path):
+    no_store = edgeloop("cloud", "--leader-lease", "--state", str(tmp_path / "s"),
+                        "--broker", broker.url)
+    assert no_store.returncode == 2 and "--store postgresql://" in no_store.stderr
+    other = edgeloop("cloud", "--store", "mysql://u:secret@db/x", "--state", str(tmp_path / "s"),
+                     "--broker", broker.url)
+    assert other.returncode == 1 and "not a postgresql:// URL" in other.stderr
+    assert "secret" not in other.stderr
