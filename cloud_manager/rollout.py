@@ -318,17 +318,19 @@ def _reported(s: RolloutState, node: str, health: Health, ctx: Context,
         _roll_back(s, "Failed", f"node {node} could not load {_name(s.version)}: {health.error}",
                    ctx, actions)
         return
+    if health.restarts > record.restarts_before:
+        # a worker that dies loading the version never says it serves it: count it anyway
+        _roll_back(s, "Failed", f"node {node} serving {_name(s.version)}: its inference worker "
+                   f"crashed {health.restarts - record.restarts_before} time(s)", ctx, actions)
+        return
     if health.version != s.version:
         return
     record.health = health
-    if not health.up or health.restarts > record.restarts_before:
-        why = ("its inference worker is down" if not health.up else
-               f"its inference worker crashed {health.restarts - record.restarts_before} "
-               "time(s)")
-        _roll_back(s, "Failed", f"node {node} serving {_name(s.version)}: {why}", ctx, actions)
+    if not health.up:
+        _roll_back(s, "Failed", f"node {node} serving {_name(s.version)}: its inference worker "
+                   "is down", ctx, actions)
         return
-    if record.phase != "serving":
-        record.phase = "serving"
+    record.phase = "serving"
 
 
 def _advance(s: RolloutState, ctx: Context, actions: list[Action]) -> None:

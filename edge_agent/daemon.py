@@ -343,9 +343,11 @@ class Agent:
             outbox_backlog=action.backlog,
             serving=action.serving,
             worker_restarts=action.restarts,
+            health=action.health,
         )
         if await self.client.publish(topics.status(self.node), status, retain=True):
-            self._decide(d.StatusPublished(action.backlog, action.serving, action.restarts))
+            self._decide(d.StatusPublished(action.backlog, action.serving, action.restarts,
+                                           action.health))
 
     async def _refresh_status(self) -> None:
         """Republish the status when what it says changed (the decisions say when)."""

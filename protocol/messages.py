@@ -51,6 +51,27 @@ class Message(BaseModel):
 # --- node lifecycle -------------------------------------------------------------------------
 
 
+class TaskHealth(BaseModel):
+    """How a node's inference worker of a task does: the evidence of a staged rollout."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    #: the model version it serves (None: the initial model, or not known yet)
+    version: int | None = None
+    #: False while the worker waits to be started again
+    up: bool = True
+    frames: Count = 0
+    #: frames per second of the version serving now
+    fps: Annotated[float, Field(ge=0.0)] = 0.0
+    hard_examples: Count = 0
+    #: mean agreement of the serving version with the previous one on the frames compared
+    #: beside it (None: no comparison ran)
+    agreement: Fraction | None = None
+    compared: Count = 0
+    #: why the last model the worker was given would not load ("" when none)
+    error: str = Field(default="", max_length=1024)
+
+
 class NodeStatus(Message):
     """Retained on ``node/{node}/status``; the broker publishes the ``offline``/``lost`` form as
     the node's last will."""
@@ -68,6 +89,8 @@ class NodeStatus(Message):
     #: task id -> restarts of its inference worker since the task started (a camera or model
     #: that keeps crashing shows up here before anyone reads a log)
     worker_restarts: dict[str, Count] = Field(default_factory=dict)
+    #: inference task id -> how its worker does (FPS, shadow agreement): staged rollouts read it
+    health: dict[str, TaskHealth] = Field(default_factory=dict)
     #: the labels the node's settings declare (``site: north``): jobs select nodes by them
     labels: dict[str, str] = Field(default_factory=dict)
     ts: float = Field(default_factory=now)

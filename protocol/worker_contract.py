@@ -62,6 +62,9 @@ SEDNA_VARIABLES = (ORIGINAL_DATASET_URL, NAMESPACE, JOB_NAME, WORKER_NAME)
 #: inference: JSON of the job's ``blindSpotMining`` (camelCase keys); absent while HEM_NAME is
 #: set means its defaults, ``{"enabled": false}`` turns it off
 BLIND_SPOT = "EDGELOOP_BLIND_SPOT"
+#: inference on a rollout's canary: run the previous model beside the new one on one frame in
+#: this many after a swap and report their agreement (absent or 0: no comparison)
+SHADOW_EVERY = "EDGELOOP_SHADOW_EVERY"
 #: The MODEL_VERSION of a job's initial model, served until a first version is deployed: frame
 #: logs, live views and reports name it so instead of by its file name.
 INITIAL_MODEL_VERSION = "initial"
