@@ -30,6 +30,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from protocol import worker_channel as wc
 from protocol import worker_contract as contract
 from protocol.manifests import BlindSpotMining
 from protocol.messages import HardExampleSidecar
@@ -38,6 +39,7 @@ from workers.blind_spot import RULE, BlindSpotMonitor, MiningReason
 from workers.hardex_store import HardExampleStore
 from workers.hotswap import ModelSlot, SwapOutcome
 from workers.mining import Detections, Miner
+from workers.shadow import ShadowComparison
 from workers.video import Frame, VideoSource
 
 log = logging.getLogger("edgeloop.inference")
@@ -138,6 +140,7 @@ class InferenceLoop:
         on_detections: Callable[[Frame, Detections], None] | None = None,
         frame_log: Path | str | None = None,
         blind_spot: BlindSpotMonitor | None = None,
+        shadow: ShadowComparison | None = None,
     ):
         self.slot = slot
         self.source = source
@@ -149,6 +152,7 @@ class InferenceLoop:
         self.on_detections = on_detections
         self.frame_log_path = Path(frame_log) if frame_log else None
         self.blind_spot = blind_spot
+        self.shadow = shadow
         self.stats = LoopStats(frame_times=[] if record_times else None)
 
     def stop(self) -> None:
@@ -179,6 +183,10 @@ class InferenceLoop:
                     raise
                 model = self.slot.current  # the previous model, which served before
                 det = model.predict(frame.image, prepared=frame.prepared)
+            if self.shadow is not None:
+                previous = self.slot.previous if model is self.slot.current else None
+                self.shadow.observe(frame.index, frame.image, frame.prepared, det, model.version,
+                                    previous)
             if frame_log is not None:
                 frame_log.add(
                     frame.index, frame.timestamp, time.time(), model.version, len(det.scores)
@@ -288,6 +296,7 @@ class InferenceLoop:
             skipped_quota=counters.skipped_quota if counters else 0,
             source_frames_read=self.source.frames_read,
             **self.mining_stats(),
+            **(self.shadow.stats() if self.shadow is not None else {}),
         )
 
     def mining_stats(self) -> dict[str, Any]:
@@ -383,8 +392,14 @@ def run_inference(params: sdk.Parameters, session: sdk.WorkerSession) -> dict[st
         max_frames=params.int("max_frames", minimum=0),
         frame_log=params.get("frame_log"),
         blind_spot=blind_spot,
+        shadow=(shadow := ShadowComparison()),
     )
-    session.subscribe("swap", lambda m: slot.request_swap(m.path, m.version, m.sha256))
+
+    def on_swap(message: wc.Swap) -> None:
+        shadow.request(message.shadow_every)  # a canary compares the new model with this one
+        slot.request_swap(message.path, message.version, message.sha256)
+
+    session.subscribe("swap", on_swap)
     session.subscribe("rollback", lambda m: slot.request_rollback())
     session.subscribe("stop", lambda m: loop.stop())
     if session.stop_requested.is_set():
