@@ -36,7 +36,8 @@ _COLUMNS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
         [("URL", "url"), ("GENERATION", "generation")],
     ),
     "Node": (
-        [("NAME", "name"), ("STATE", "state"), ("LABELS", "labels"), ("SEEN", "updated")],
+        [("NAME", "name"), ("STATE", "state"), ("LABELS", "labels"), ("SERVING", "serving"),
+         ("SEEN", "updated")],
         [("BOOT", "boot_id"), ("AGENT", "agent_version"), ("OUTBOX", "outbox_backlog")],
     ),
     "Namespace": ([("NAME", "name")], []),
@@ -48,7 +49,8 @@ _COLUMNS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
     "ModelVersion": (
         [("JOB", "job"), ("VERSION", "version"), ("ROUND", "round"), ("PRECISION", "precision"),
          ("AGE", "time")],
-        [("RECALL", "recall"), ("MAP50", "map50"), ("FILES", "collected")],
+        [("RECALL", "recall"), ("MAP50", "map50"), ("FILES", "collected"),
+         ("ROLLOUT FAILED", "rollout")],
     ),
 }
 
@@ -151,15 +153,19 @@ def _health(row: dict[str, Any], now: float | None) -> str:
     return f"{row['health']} (last status {age(row['seen'], now)} ago)"
 
 
-def _targets_table(rows: list[dict[str, Any]], now: float | None) -> Table:
+def targets_table(rows: list[dict[str, Any]], now: float | None) -> Table:
     """Per node the job deploys to: the version it should serve and the one it serves."""
     out = Table(title="Deploy nodes", box=None, header_style="bold", title_justify="left")
-    for column in ("NODE", "STATE", "DESIRED", "SERVING", "LABELS"):
+    for column in ("NODE", "STATE", "DESIRED", "SERVING", "ROLLOUT", "FPS", "AGREEMENT",
+                   "LABELS"):
         out.add_column(column, overflow="fold")
     for row in rows:
         serving = "-" if row["state"] != "online" and row["serving"] is None else \
             _version(row["serving"])
+        fps, agreement = row.get("fps"), row.get("agreement")
         out.add_row(row["node"], _health(row, now), _version(row["desired"]), serving,
+                    row.get("rollout") or "-", f"{fps:.1f}" if fps is not None else "-",
+                    f"{agreement:.2f}" if agreement is not None else "-",
                     show_labels(row.get("labels") or {}) or "-")
     return out
 
@@ -208,6 +214,7 @@ def describe_job(data: dict[str, Any], now: float | None = None) -> Group:
         ("Samples", status.get("samples")),
         ("Deployed version", status.get("deployed_version") or "-"),
         ("Paused", "yes" if status.get("paused") else "no"),
+        *([("Rollout", data["rollout"]["summary"])] if data.get("rollout") else []),
     ):
         head.add_row(f"{label}:", str(value))
     history = Table(title="Conditions", box=None, header_style="bold", title_justify="left")
@@ -217,7 +224,7 @@ def describe_job(data: dict[str, Any], now: float | None = None) -> Group:
         history.add_row(_clock(c["time"]), str(c["round"]), c["stage"], c["state"], c["reason"])
     parts: list[Any] = [head, Text(""), history]
     if data.get("targets") is not None:
-        parts += [Text(""), _targets_table(data["targets"], now)]
+        parts += [Text(""), targets_table(data["targets"], now)]
     warnings = _target_warnings(resource["manifest"], data.get("targets") or [], now)
     if warnings:
         parts += [Text(""), Text("Warnings:", style="bold"),
