@@ -156,17 +156,17 @@ def _health(row: dict[str, Any], now: float | None) -> str:
 def targets_table(rows: list[dict[str, Any]], now: float | None) -> Table:
     """Per node the job deploys to: the version it should serve and the one it serves."""
     out = Table(title="Deploy nodes", box=None, header_style="bold", title_justify="left")
-    for column in ("NODE", "STATE", "DESIRED", "SERVING", "ROLLOUT", "FPS", "AGREEMENT",
+    for column in ("NODE", "STATE", "ROLLOUT", "FPS", "AGREEMENT", "DESIRED", "SERVING",
                    "LABELS"):
         out.add_column(column, overflow="fold")
     for row in rows:
         serving = "-" if row["state"] != "online" and row["serving"] is None else \
             _version(row["serving"])
         fps, agreement = row.get("fps"), row.get("agreement")
-        out.add_row(row["node"], _health(row, now), _version(row["desired"]), serving,
-                    row.get("rollout") or "-", f"{fps:.1f}" if fps is not None else "-",
+        out.add_row(row["node"], _health(row, now), row.get("rollout") or "-",
+                    f"{fps:.1f}" if fps is not None else "-",
                     f"{agreement:.2f}" if agreement is not None else "-",
-                    show_labels(row.get("labels") or {}) or "-")
+                    _version(row["desired"]), serving, show_labels(row.get("labels") or {}) or "-")
     return out
 
 
