@@ -138,7 +138,7 @@ def rollout_health(status: NodeStatus, task: str) -> ro.Health | None:
     return ro.Health(
         version=health.version, up=health.up, restarts=status.worker_restarts.get(task, 0),
         fps=health.fps if health.frames else None, agreement=health.agreement,
-        compared=health.compared,
+        compared=health.compared, shadow=health.shadow,
         hard_rate=round(health.hard_examples / health.frames, 4) if health.frames else None,
         error=health.error)
 

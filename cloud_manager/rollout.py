@@ -78,6 +78,8 @@ class Health:
     agreement: float | None = None
     #: frames the shadow comparison covered
     compared: int = 0
+    #: whether a shadow comparison runs (asked for, and a previous model beside the new one)
+    shadow: bool = False
     #: hard examples per frame
     hard_rate: float | None = None
     #: the last model the worker refused to load ("" when none)
@@ -369,6 +371,17 @@ def _canary(s: RolloutState, ctx: Context, actions: list[Action]) -> None:
     if ctx.now < s.bake_until:
         return
     verdicts = []
+    for node in canaries:
+        health = s.nodes[node].health
+        if health is not None and health.shadow and health.compared == 0:
+            # its comparison runs but has not covered a frame yet: wait for it, not forever
+            if ctx.now - s.bake_until >= policy.health_timeout_s:
+                _roll_back(s, "Failed", f"canary node {node} runs the shadow comparison but "
+                           f"reported no compared frame within {policy.health_timeout_s:g} s",
+                           ctx, actions)
+            else:
+                _wait(s, f"waiting for the shadow comparison of canary node {node}", actions)
+            return
     for node in canaries:
         problem, verdict = _judge(node, s.nodes[node], policy)
         if problem:

@@ -557,6 +557,7 @@ def _health(s: NodeState, ctx: Context) -> dict[str, TaskHealth]:
             agreement=(round(float(agreement), 4)
                        if isinstance(agreement, int | float) and 0 <= agreement <= 1 else None),
             compared=compared if isinstance(compared, int) and compared >= 0 else 0,
+            shadow=extra.get("shadow_active") is True,
             error=s.swap_errors.get(task_id, ""),
         )
     return out

@@ -68,6 +68,8 @@ class TaskHealth(BaseModel):
     #: beside it (None: no comparison ran)
     agreement: Fraction | None = None
     compared: Count = 0
+    #: whether a comparison runs (asked for, with a previous model beside the serving one)
+    shadow: bool = False
     #: why the last model the worker was given would not load ("" when none)
     error: str = Field(default="", max_length=1024)
 

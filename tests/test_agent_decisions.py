@@ -302,11 +302,11 @@ def test_health_alone_is_news_every_ten_seconds_and_fps_jitter_is_not():
     drv.send(d.WorkerStats("inf", stats))
     assert drv.publish_status(after=d.HEALTH_INTERVAL_S) is None  # FPS alone: no news
     shadow = stats.model_copy(update={"extra": {"version_fps": 9.4, "shadow_agreement": 0.83,
-                                                "shadow_compared": 7}})
+                                                "shadow_compared": 7, "shadow_active": True}})
     drv.send(d.WorkerStats("inf", shadow))
     status = drv.publish_status(after=d.STATUS_MIN_INTERVAL_S)  # 12 s after the last one
     assert status is not None and status.health == {"inf": TaskHealth(
-        version=1, frames=100, fps=9.4, hard_examples=5, agreement=0.83, compared=7)}
+        version=1, frames=100, fps=9.4, hard_examples=5, agreement=0.83, compared=7, shadow=True)}
     more = shadow.model_copy(update={"extra": {"shadow_agreement": 0.8, "shadow_compared": 9}})
     drv.send(d.WorkerStats("inf", more))
     assert drv.publish_status(after=d.STATUS_MIN_INTERVAL_S) is None  # not 10 s yet

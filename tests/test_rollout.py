@@ -139,6 +139,25 @@ def test_a_canary_without_a_shadow_comparison_passes_on_the_rest_and_says_so():
     assert any("no shadow comparison" in n for n in r.notes())
 
 
+def test_the_bake_waits_for_a_running_comparison_to_cover_a_frame_but_not_forever():
+    r = Rollout()
+    r.send(ro.Reported("edge1", ro.Health(2, fps=9.5, shadow=True)))
+    r.send(ro.Tick(), after=60)
+    assert r.state.phase == "Canary" and r.sent() == ["edge1"]
+    assert r.notes()[-1] == "waiting for the shadow comparison of canary node edge1"
+    r.send(ro.Reported("edge1", ro.Health(2, fps=9.5, shadow=True, agreement=0.1, compared=3)))
+    ended = r.ended()
+    assert ended is not None and "agreement with the previous version 0.10" in ended.reason
+
+    silent = Rollout()
+    silent.send(ro.Reported("edge1", ro.Health(2, fps=9.5, shadow=True)))
+    silent.send(ro.Tick(), after=60 + 120)
+    ended = silent.ended()
+    assert ended is not None and ended.reason.startswith(
+        "canary node edge1 runs the shadow comparison but reported no compared frame within "
+        "120 s")
+
+
 def test_a_canary_online_but_silent_fails_after_the_health_timeout_with_the_reason():
     r = Rollout()
     r.send(ro.Tick(), after=119)

@@ -65,12 +65,13 @@ def test_only_a_swap_that_asked_for_it_is_compared_on_one_frame_in_every():
     assert "shadow_agreement" not in shadow.stats() and "version_fps" in shadow.stats()
     for i in range(10, 20):  # a swap without a request: no comparison
         shadow.observe(i, image, None, dets(), "2", previous)
-    assert previous.calls == 0
+    assert previous.calls == 0 and "shadow_active" not in shadow.stats()
     shadow.request(5)
     for i in range(20, 40):  # the canary's swap: frames 20, 25, 30, 35 are compared
         shadow.observe(i, image, None, dets(), "3", previous)
     assert previous.calls == 4
     assert shadow.stats()["shadow_agreement"] == 0.0 and shadow.stats()["shadow_compared"] == 4
+    assert shadow.stats()["shadow_active"] is True
     for i in range(40, 50):  # the next version starts afresh, without a comparison
         shadow.observe(i, image, None, dets(), "4", previous)
     assert "shadow_agreement" not in shadow.stats() and previous.calls == 4

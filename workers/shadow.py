@@ -68,6 +68,8 @@ class ShadowComparison:
         self._counts = Counts()
         self._compared = 0
         self._errors = 0
+        #: whether the comparison of the serving version has a previous model to run
+        self._running = False
         self._clock: _VersionClock | None = None
 
     def request(self, every: int) -> None:
@@ -86,10 +88,14 @@ class ShadowComparison:
             self._clock = clock = _VersionClock(version, started=now)
             self._counts, self._compared, self._errors = Counts(), 0, 0
             self._active = self.every
+            self._running = False
             self.every = 0
         clock.frames += 1
         every = self._active
-        if not every or previous is None or frame_index % every:
+        if not every or previous is None:
+            return
+        self._running = True
+        if frame_index % every:
             return
         began = time.monotonic()
         try:
@@ -108,6 +114,9 @@ class ShadowComparison:
         if clock is not None:
             elapsed = time.monotonic() - clock.started - clock.shadow_s
             out["version_fps"] = round(clock.frames / elapsed, 2) if elapsed > 0 else 0.0
+        if self._running:
+            out["shadow_active"] = True
+            out["shadow_compared"] = self._compared
         if self._compared:
             out["shadow_agreement"] = round(agreement(self._counts), 4)
             out["shadow_compared"] = self._compared
