@@ -373,14 +373,18 @@ def _canary(s: RolloutState, ctx: Context, actions: list[Action]) -> None:
     verdicts = []
     for node in canaries:
         health = s.nodes[node].health
-        if health is not None and health.shadow and health.compared == 0:
-            # its comparison runs but has not covered a frame yet: wait for it, not forever
+        missing = ("the first frames" if health is None or health.fps is None else
+                   "the shadow comparison" if health.shadow and health.compared == 0 else "")
+        if missing:
+            # it serves the version, but what the bake judges has not come yet: wait for it,
+            # not forever
             if ctx.now - s.bake_until >= policy.health_timeout_s:
-                _roll_back(s, "Failed", f"canary node {node} runs the shadow comparison but "
-                           f"reported no compared frame within {policy.health_timeout_s:g} s",
-                           ctx, actions)
+                _roll_back(s, "Failed", f"canary node {node} reported no health of "
+                           f"{_name(s.version)} with {missing} within "
+                           f"{policy.health_timeout_s:g} s of the bake's end", ctx, actions)
             else:
-                _wait(s, f"waiting for the shadow comparison of canary node {node}", actions)
+                _wait(s, f"waiting for {missing} of canary node {node} with {_name(s.version)}",
+                      actions)
             return
     for node in canaries:
         problem, verdict = _judge(node, s.nodes[node], policy)

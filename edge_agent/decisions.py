@@ -543,6 +543,9 @@ def _health(s: NodeState, ctx: Context) -> dict[str, TaskHealth]:
         if run.task.role != "inference":
             continue
         stats = s.worker_stats.get(task_id)
+        if stats is not None and task_id in s.serving and \
+                stats.model_version != str(s.serving[task_id]):
+            stats = None  # the version it served before a swap: says nothing of this one
         extra = stats.extra if stats is not None else {}
         fps = extra.get("version_fps")
         agreement = extra.get("shadow_agreement")
@@ -565,9 +568,11 @@ def _health(s: NodeState, ctx: Context) -> dict[str, TaskHealth]:
 
 def _health_news(now: dict[str, TaskHealth], last: dict[str, TaskHealth]) -> bool:
     """Whether the health says something new beyond FPS jitter: a version, a worker up or
-    down, a refused model, a shadow comparison that grew."""
+    down, a refused model, a shadow comparison that started or grew, the first frames of the
+    version."""
     def gist(health: dict[str, TaskHealth]) -> dict[str, tuple[object, ...]]:
-        return {t: (h.version, h.up, h.error, h.compared) for t, h in health.items()}
+        return {t: (h.version, h.up, h.error, h.compared, h.shadow, h.frames > 0)
+                for t, h in health.items()}
     return gist(now) != gist(last)
 
 

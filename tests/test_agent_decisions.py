@@ -300,14 +300,27 @@ def test_health_alone_is_news_every_ten_seconds_and_fps_jitter_is_not():
     stats = wc.Stats(model_version="1", frames=100, fps=9.0, hard_examples=5,
                      extra={"version_fps": 9.5})
     drv.send(d.WorkerStats("inf", stats))
+    first = drv.publish_status(after=d.HEALTH_INTERVAL_S)  # the version's first frames: news
+    assert first is not None and first.health["inf"].fps == 9.5
+    jitter = stats.model_copy(update={"frames": 200, "extra": {"version_fps": 9.1}})
+    drv.send(d.WorkerStats("inf", jitter))
     assert drv.publish_status(after=d.HEALTH_INTERVAL_S) is None  # FPS alone: no news
+    # stats of the version served before a swap say nothing of the one serving now
+    drv.send(d.WorkerSwapped("inf", wc.Swapped(ok=True, version="2")))
+    swapped = drv.publish_status(after=d.STATUS_MIN_INTERVAL_S)
+    assert swapped is not None and swapped.health["inf"] == TaskHealth(version=2)
+    stats = stats.model_copy(update={"model_version": "2"})
+    drv.send(d.WorkerStats("inf", stats))
+    assert drv.publish_status(after=d.HEALTH_INTERVAL_S) is not None
     shadow = stats.model_copy(update={"extra": {"version_fps": 9.4, "shadow_agreement": 0.83,
                                                 "shadow_compared": 7, "shadow_active": True}})
     drv.send(d.WorkerStats("inf", shadow))
-    status = drv.publish_status(after=d.STATUS_MIN_INTERVAL_S)  # 12 s after the last one
+    assert drv.publish_status(after=d.STATUS_MIN_INTERVAL_S) is None  # not 10 s yet
+    status = drv.publish_status(after=d.HEALTH_INTERVAL_S)
     assert status is not None and status.health == {"inf": TaskHealth(
-        version=1, frames=100, fps=9.4, hard_examples=5, agreement=0.83, compared=7, shadow=True)}
-    more = shadow.model_copy(update={"extra": {"shadow_agreement": 0.8, "shadow_compared": 9}})
+        version=2, frames=100, fps=9.4, hard_examples=5, agreement=0.83, compared=7, shadow=True)}
+    more = shadow.model_copy(update={"extra": {"shadow_agreement": 0.8, "shadow_compared": 9,
+                                               "shadow_active": True}})
     drv.send(d.WorkerStats("inf", more))
     assert drv.publish_status(after=d.STATUS_MIN_INTERVAL_S) is None  # not 10 s yet
     status = drv.publish_status(after=d.HEALTH_INTERVAL_S)

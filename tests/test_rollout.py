@@ -144,7 +144,8 @@ def test_the_bake_waits_for_a_running_comparison_to_cover_a_frame_but_not_foreve
     r.send(ro.Reported("edge1", ro.Health(2, fps=9.5, shadow=True)))
     r.send(ro.Tick(), after=60)
     assert r.state.phase == "Canary" and r.sent() == ["edge1"]
-    assert r.notes()[-1] == "waiting for the shadow comparison of canary node edge1"
+    assert r.notes()[-1] == "waiting for the shadow comparison of canary node edge1 with " \
+        "model version 2"
     r.send(ro.Reported("edge1", ro.Health(2, fps=9.5, shadow=True, agreement=0.1, compared=3)))
     ended = r.ended()
     assert ended is not None and "agreement with the previous version 0.10" in ended.reason
@@ -154,8 +155,16 @@ def test_the_bake_waits_for_a_running_comparison_to_cover_a_frame_but_not_foreve
     silent.send(ro.Tick(), after=60 + 120)
     ended = silent.ended()
     assert ended is not None and ended.reason.startswith(
-        "canary node edge1 runs the shadow comparison but reported no compared frame within "
-        "120 s")
+        "canary node edge1 reported no health of model version 2 with the shadow comparison "
+        "within 120 s of the bake's end")
+
+    frameless = Rollout()
+    frameless.send(ro.Reported("edge1", ro.Health(2)))  # swapped, no stats of version 2 yet
+    frameless.send(ro.Tick(), after=60)
+    assert frameless.notes()[-1] == "waiting for the first frames of canary node edge1 with " \
+        "model version 2"
+    frameless.healthy("edge1")
+    assert frameless.state.phase == "Waves"
 
 
 def test_a_canary_online_but_silent_fails_after_the_health_timeout_with_the_reason():
