@@ -419,3 +419,23 @@ def test_without_a_rollout_every_target_gets_the_version_at_once():
     d.send(sm.Retarget())
     deploy_version(d)
     assert deployed_to(d.actions) == {"edge1": 1, "edge2": 1} and d.state.rollout is None
+
+
+def test_a_manager_restart_resumes_the_rollout_from_the_store(tmp_path):
+    from cloud_manager.store import Store
+
+    d = fleet(canary=1, bakeSeconds=30, waveSize=3)
+    deploy_version(d)
+    health(d, "edge1", 1, agreement=0.9, compared=4)
+    store = Store(tmp_path)
+    with store.transaction():
+        store.save_job(d.state, d.now)
+    store.close()
+
+    again = Store(tmp_path)  # the manager starts again
+    loaded = again.load_job(d.state.namespace, d.state.name)
+    again.close()
+    assert loaded == d.state and loaded.rollout is not None and loaded.rollout.phase == "Canary"
+    d.state = loaded
+    d.send(sm.Tick(), after=30)
+    assert deployed_to(d.actions) == {"edge2": 1, "edge3": 1, "edge4": 1}
