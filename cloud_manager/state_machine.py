@@ -498,6 +498,7 @@ class _Step:
                 self.rollout_event(ro.Tick())
             case SpecChanged():
                 s.revision += 1
+                self.unstage()
                 if s.state == "Failed":
                     self.next_round("the job's manifest changed after the failure")
                 self.check_train_trigger()
@@ -644,6 +645,19 @@ class _Step:
                               f"{reason}{marked}")
         self.summarise_serving()
         return sent
+
+    def unstage(self) -> None:
+        """The manifest no longer asks for a staged rollout: the one under way ends, and every
+        target gets its version at once (a rollout never stays half-way)."""
+        s, rollout = self.s, self.s.rollout
+        if rollout is None or not rollout.active or self.policy() is not None:
+            return
+        rollout.phase, rollout.ended = "Completed", self.ctx.now
+        rollout.reason = "the manifest no longer has deploySpec.rollout"
+        if rollout.version is not None:
+            nodes = self.deploy_everywhere(rollout.version)
+            self.note(s.stage, s.state, f"rollout of version {rollout.version} ended: the "
+                      f"manifest no longer has deploySpec.rollout; sent to {self.where_to(nodes)}")
 
     def rollout_command(self, command: str) -> None:
         s = self.s

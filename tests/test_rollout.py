@@ -439,3 +439,15 @@ def test_a_manager_restart_resumes_the_rollout_from_the_store(tmp_path):
     d.state = loaded
     d.send(sm.Tick(), after=30)
     assert deployed_to(d.actions) == {"edge2": 1, "edge3": 1, "edge4": 1}
+
+
+def test_a_manifest_without_rollout_ends_the_one_under_way_everywhere_at_once():
+    d = fleet(canary=1, bakeSeconds=30)
+    deploy_version(d)
+    assert deployed_to(d.actions) == {"edge1": 1}
+    d.inputs = selector_inputs(names=["edge1", "edge2", "edge3", "edge4"])
+    d.send(sm.SpecChanged())
+    assert deployed_to(d.actions) == {n: 1 for n in ("edge1", "edge2", "edge3", "edge4")}
+    assert d.state.rollout.phase == "Completed" and not d.state.rollout.active
+    assert reasons(d)[-1].startswith("rollout of version 1 ended: the manifest no longer has "
+                                     "deploySpec.rollout")
