@@ -703,9 +703,7 @@ class _Step:
             del s.nodes[node]
             self.actions.append(RemoveInference(node))
             if rolling is not None:
-                s.rollout, _ = ro.handle(rolling, ro.Left(node), self.rollout_context(
-                    self.policy() or ro.Policy()))
-                rolling = s.rollout
+                self.rollout_event(ro.Left(node))
             if not quiet:
                 why = ("its labels no longer match nodeSelector "
                        f"{deploy.selector.describe()}" if deploy.selector else "no longer named")
@@ -717,9 +715,7 @@ class _Step:
             s.nodes[node] = NodeTarget(desired=version)
             self.actions.append(DeployModel(node, version))
             if rolling is not None:
-                s.rollout, _ = ro.handle(rolling, ro.Joined(node), self.rollout_context(
-                    self.policy() or ro.Policy()))
-                rolling = s.rollout
+                self.rollout_event(ro.Joined(node))
             if not quiet:
                 why = ("named in deploySpec" if node in deploy.names else
                        f"its labels match nodeSelector {deploy.selector.describe()}"

@@ -451,3 +451,21 @@ def test_a_manifest_without_rollout_ends_the_one_under_way_everywhere_at_once():
     assert d.state.rollout.phase == "Completed" and not d.state.rollout.active
     assert reasons(d)[-1].startswith("rollout of version 1 ended: the manifest no longer has "
                                      "deploySpec.rollout")
+
+
+def test_a_rollout_with_no_target_yet_makes_the_first_node_that_joins_its_canary():
+    seed = selector_inputs({"matchLabels": {"site": "north"}})
+    data = seed.job.model_dump(by_alias=True, exclude_unset=True)
+    data["spec"]["deploySpec"]["rollout"] = {"canary": 1, "bakeSeconds": 0}
+    inputs = JobInputs(job=type(seed.job).model_validate(data), dataset=seed.dataset,
+                       initial_model=seed.initial_model, deploy_model=seed.deploy_model)
+    d = FleetDriver(inputs, {})
+    d.send(sm.Retarget())
+    deploy_version(d)
+    assert deployed_to(d.actions) == {}
+    assert "rollout of model version 1 waits for a node to come online as its canary" in \
+        reasons(d)
+    actions = d.join("edge1", {"site": "north"})
+    assert [(a.node, a.version) for a in actions if isinstance(a, sm.DeployModel)] == [
+        ("edge1", None), ("edge1", 1)]  # placed with the proven version, then the canary's
+    assert d.state.nodes["edge1"].desired == 1 and d.state.rollout.canaries() == ["edge1"]
