@@ -25,6 +25,12 @@ a node, its labels or the manifest change: a node that joins (or whose labels co
 gets the job's serving version, a node that stops matching loses its inference task, and a
 selector that matches no node is a condition of the job, never a stop.
 
+Staged rollout: with ``deploySpec.rollout`` a version (deployed or rolled back to) reaches the
+targets through :mod:`cloud_manager.rollout`, canaries first; the machine feeds it the nodes'
+health (in :class:`ServingReported`), ticks, joins and leaves and the ``rollout`` commands, and
+carries out what it decides. The rollout runs beside the rounds (the next round starts at once);
+one that fails puts the previous version back as the deployed one and marks its version failed.
+
 Failures: a task that fails, times out or whose node goes offline is retried with exponential
 backoff up to ``max_attempts`` (an exit code 2, bad input, is not retried). When attempts run out
 the stage is Failed with the reason and the job waits there until new samples arrive, the

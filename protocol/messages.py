@@ -64,8 +64,8 @@ class TaskHealth(BaseModel):
     #: frames per second of the version serving now
     fps: Annotated[float, Field(ge=0.0)] = 0.0
     hard_examples: Count = 0
-    #: mean agreement of the serving version with the previous one on the frames compared
-    #: beside it (None: no comparison ran)
+    #: agreement of the serving version with the previous one on the frames compared beside
+    #: it: F1 of their boxes matched at IoU 0.5 (None: no frame compared)
     agreement: Fraction | None = None
     compared: Count = 0
     #: whether a comparison runs (asked for, with a previous model beside the serving one)
