@@ -3,13 +3,19 @@ state machine from a deploy, a rollback and the rollout commands."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 from test_cloud_state_machine import run_round
 from test_cloud_targets import FleetDriver, deployed_to, reasons, selector_inputs
+from typer.testing import CliRunner
 
 from cloud_manager import rollout as ro
 from cloud_manager import state_machine as sm
+from cloud_manager.store import Store
 from cloud_manager.task_builder import JobInputs
+from edgeloop.cli import app
+from protocol.manifests import share_of
 
 NODES = ("edge1", "edge2", "edge3", "edge4", "edge5")
 POLICY = ro.Policy(canary=1, bake_s=60.0, wave=2, min_agreement=0.6, max_fps_drop=0.2,
@@ -422,8 +428,6 @@ def test_without_a_rollout_every_target_gets_the_version_at_once():
 
 
 def test_a_manager_restart_resumes_the_rollout_from_the_store(tmp_path):
-    from cloud_manager.store import Store
-
     d = fleet(canary=1, bakeSeconds=30, waveSize=3)
     deploy_version(d)
     health(d, "edge1", 1, agreement=0.9, compared=4)
@@ -469,3 +473,36 @@ def test_a_rollout_with_no_target_yet_makes_the_first_node_that_joins_its_canary
     assert [(a.node, a.version) for a in actions if isinstance(a, sm.DeployModel)] == [
         ("edge1", None), ("edge1", 1)]  # placed with the proven version, then the canary's
     assert d.state.nodes["edge1"].desired == 1 and d.state.rollout.canaries() == ["edge1"]
+
+
+# --- the manifest ----------------------------------------------------------------------------
+
+
+def test_validate_names_the_rollout_extension_and_each_error_with_its_path():
+    job = (Path(__file__).resolve().parent.parent / "examples" / "helmet" / "job.yaml").read_text()
+
+    def validate(rollout: str):
+        text = job.replace("    nodeName:", f"    rollout: {rollout}\n    nodeName:", 1)
+        return CliRunner().invoke(app, ["validate", "-f", "-"], input=text)
+
+    good = validate('{canary: "10%", bakeSeconds: 60, waveSize: 2, minAgreement: 0.7}')
+    assert good.exit_code == 0, good.output
+    assert good.stdout.splitlines() == [
+        "IncrementalLearningJob/neptune-test/helmet-detection-demo OK (edgeloop extension: "
+        "spec.deploySpec.rollout)"]
+    bad = validate('{canary: 0, waveSize: "150%", minAgreement: 2, bakeSeconds: "5m", '
+                   'canaries: 1}')
+    assert bad.exit_code == 1
+    for expected in ("spec.deploySpec.rollout.canary: must be at least 1 node, not 0",
+                     "spec.deploySpec.rollout.waveSize: must be a node count (1) or a "
+                     "percentage between 0 and 100", "spec.deploySpec.rollout.minAgreement",
+                     "spec.deploySpec.rollout.bakeSeconds", "spec.deploySpec.rollout.canaries"):
+        assert expected in bad.output, bad.output
+    policy = ro.Policy.of(rollout_inputs().job.spec.deploy_spec.rollout)
+    assert policy == ro.Policy()  # rollout: {} takes every default
+
+
+def test_shares_of_the_targets_round_up_and_stay_within_them():
+    assert [share_of("10%", n) for n in (1, 5, 10, 11, 40)] == [1, 1, 1, 2, 4]
+    assert [share_of("25%", n) for n in (3, 4, 8)] == [1, 1, 2]
+    assert share_of(3, 2) == 2 and share_of(1, 0) == 0 and share_of("100%", 7) == 7
