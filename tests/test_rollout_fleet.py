@@ -147,3 +147,7 @@ async def test_a_canary_of_one_node_lets_a_good_version_through_and_stops_bad_on
         rows = {r["version"]: r["rollout"] for r in described.data["versions"]}
         assert rows[1] == "" and rows[2].startswith("canary node edge1: agreement")
         assert described.data["rollout"]["phase"] == "Failed"
+        refused = await api(broker.url, "rollout", namespace=NS, name=JOB,
+                            args={"command": "pause"})
+        assert refused.code == 409 and "has no rollout in progress (the last one: Failed)" in \
+            refused.message, refused
