@@ -7,11 +7,13 @@ from pathlib import Path
 
 import pytest
 from test_cloud_state_machine import run_round
-from test_cloud_targets import FleetDriver, deployed_to, reasons, selector_inputs
+from test_cloud_targets import FleetDriver, deployed_to, reasons, render_text, selector_inputs
 from typer.testing import CliRunner
 
 from cloud_manager import rollout as ro
 from cloud_manager import state_machine as sm
+from cloud_manager.api import rollout_summary
+from cloud_manager.render import describe_job
 from cloud_manager.store import Store
 from cloud_manager.task_builder import JobInputs
 from edgeloop.cli import app
@@ -506,3 +508,26 @@ def test_shares_of_the_targets_round_up_and_stay_within_them():
     assert [share_of("10%", n) for n in (1, 5, 10, 11, 40)] == [1, 1, 1, 2, 4]
     assert [share_of("25%", n) for n in (3, 4, 8)] == [1, 1, 2]
     assert share_of(3, 2) == 2 and share_of(1, 0) == 0 and share_of("100%", 7) == 7
+
+
+def test_describe_shows_the_rollout_and_each_node_part_fps_and_agreement():
+    d = fleet(canary=1, bakeSeconds=30)
+    deploy_version(d)
+    health(d, "edge1", 1, fps=9.5, agreement=0.87, compared=12)
+    manifest = d.inputs.job.model_dump(mode="json", by_alias=True, exclude_unset=True)
+    targets = [{"node": n, "state": "online", "desired": t.desired, "serving": t.serving,
+                "seen": 1000.0, "health": "online", "labels": {},
+                "rollout": f"{r.role}, {r.phase}" if (r := d.state.rollout.nodes.get(n)) else "",
+                "fps": t.health.fps if t.health else None,
+                "agreement": t.health.agreement if t.health else None}
+               for n, t in sorted(d.state.nodes.items())]
+    data = {"resource": {"namespace": "neptune-test", "name": "helmet-detection-demo",
+                         "generation": 1, "manifest": manifest},
+            "status": sm.status_fields(d.state), "targets": targets,
+            "rollout": rollout_summary(d.state)}
+    lines = [line.strip() for line in render_text(describe_job(data, now=1300.0)).splitlines()]
+    assert "Rollout:           Canary: version 1 sent to 1 of 4 node(s)" in lines
+    assert any(line.split()[:8] == ["edge1", "online", "canary,", "serving", "9.5", "0.87", "1",
+                                    "1"] for line in lines), lines
+    assert any(line.split()[:7] == ["edge2", "online", "wave,", "waiting", "10.0", "-",
+                                    "initial"] for line in lines), lines
