@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, JsonValue
 
+from cloud_manager import rollout as ro
 from cloud_manager import state_machine as sm
 from cloud_manager.hardex_inbox import HardExampleInbox
 from cloud_manager.outgoing import Outgoing
@@ -110,7 +111,7 @@ def rollout_summary(state: sm.JobState) -> dict[str, Any] | None:
             "canaries": rollout.canaries(), "summary": _phase(rollout)}
 
 
-def _phase(rollout: Any) -> str:
+def _phase(rollout: ro.RolloutState) -> str:
     """``Canary (paused): ...`` in one line."""
     sent = len(rollout.sent())
     text = f"{rollout.phase}{' (paused)' if rollout.paused else ''}: version {rollout.version} " \

@@ -13,7 +13,9 @@ The stages, with the thresholds of the manifest's ``deploySpec.rollout`` (:class
    version, the rollout bakes for ``bake_s``; then each canary must have kept its FPS within
    ``max_fps_drop`` of the previous version's and agree with the previous version at least
    ``min_agreement`` (a canary without a comparison, e.g. one that had no previous model
-   loaded, passes on the rest, and a note says so).
+   loaded, passes on the rest, and a note says so). Only reports of the version count: the
+   judgement waits for a canary's first stats of it and, when its comparison runs, for a
+   compared frame, at most ``health_timeout_s``.
 2. **Waves**: the other online nodes get the version ``wave`` at a time; the next wave goes when
    every node of this one serves it (or went offline, or stayed silent for ``health_timeout_s``:
    a note names it, and it gets the version whenever it answers).
