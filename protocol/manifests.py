@@ -32,6 +32,7 @@ from pydantic import (
     model_validator,
 )
 
+from protocol.data_policies import CapturePolicy, UploadPolicy
 from protocol.manifest_base import ManifestPart, NonEmpty, extension_paths, invalid, show
 from protocol.metrics_names import NUM_OF_SAMPLES, MetricRef, check_selector, parse_metric
 from protocol.pod_template import PodTemplate, StageRuntime
@@ -546,7 +547,9 @@ def _distinct_nodes(names: list[str]) -> list[str]:
 
 
 class DeploySpec(StageSpec):
-    edgeloop_extensions = ("node_names", "node_selector", "blind_spot_mining")
+    edgeloop_extensions = (
+        "node_names", "node_selector", "blind_spot_mining", "capture_policy", "upload_policy"
+    )
 
     model: DeployModelRef
     trigger: DeployTrigger
@@ -558,15 +561,21 @@ class DeploySpec(StageSpec):
     hard_example_mining: HardExampleMining | None = None
     #: edgeloop extension (not in Sedna): None means the defaults, on
     blind_spot_mining: BlindSpotMining | None = None
+    #: edgeloop extension: what the inference worker saves of what it mines (protocol.data_policies)
+    capture_policy: CapturePolicy | None = None
+    #: edgeloop extension: when and how much this job's examples are sent (over the node's)
+    upload_policy: UploadPolicy | None = None
 
     @model_validator(mode="after")
     def _blind_spot_needs_mining(self) -> DeploySpec:
-        if self.blind_spot_mining is not None and self.hard_example_mining is None:
-            raise invalid(
-                "blindSpotMining extends hardExampleMining, which is not set: add "
-                "hardExampleMining (e.g. name: IBT) or remove blindSpotMining",
-                path="blindSpotMining",
-            )
+        for name, value in (("blindSpotMining", self.blind_spot_mining),
+                            ("capturePolicy", self.capture_policy)):
+            if value is not None and self.hard_example_mining is None:
+                raise invalid(
+                    f"{name} extends hardExampleMining, which is not set: add "
+                    f"hardExampleMining (e.g. name: IBT) or remove {name}",
+                    path=name,
+                )
         return self
 
     def blind_spot(self) -> BlindSpotMining | None:

@@ -232,6 +232,9 @@ class HardExampleSidecar(BaseModel):
     mining_reason: str = Field(default="", max_length=64)
     width: Count = 0
     height: Count = 0
+    #: how much the frame is worth labelling, in [0, 1] (workers.capture_policy.example_score):
+    #: the outbox's ``lowest-score`` eviction drops the lowest first
+    score: float | None = Field(default=None, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _same_lengths(self) -> HardExampleSidecar:
