@@ -270,6 +270,9 @@ class ApiHandler:
                 "agent_version": n.status.agent_version,
                 "outbox_backlog": n.status.outbox_backlog, "updated": n.updated,
                 "labels": n.status.labels,
+                "uploads": n.status.uploads.summary() if n.status.uploads else None,
+                "upload_counters": (n.status.uploads.model_dump() if n.status.uploads
+                                    else None),
             } for n in store.nodes()]
         if kind == "ModelVersion":
             return [version_row(v.job, v.model) for v in store.every_model_version()
@@ -338,7 +341,9 @@ class ApiHandler:
             rows.append({"node": name, "state": node.state if node else "unknown",
                          "desired": target.desired, "serving": target.serving,
                          "health": health, "seen": node.updated if node else None,
-                         "labels": node.status.labels if node else {}})
+                         "labels": node.status.labels if node else {},
+                         "uploads": (node.status.uploads.summary()
+                                     if node and node.status.uploads else None)})
         return rows
 
     # -- hard examples and labels --

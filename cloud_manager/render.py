@@ -37,7 +37,8 @@ _COLUMNS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
     ),
     "Node": (
         [("NAME", "name"), ("STATE", "state"), ("LABELS", "labels"), ("SEEN", "updated")],
-        [("BOOT", "boot_id"), ("AGENT", "agent_version"), ("OUTBOX", "outbox_backlog")],
+        [("BOOT", "boot_id"), ("AGENT", "agent_version"), ("OUTBOX", "outbox_backlog"),
+         ("UPLOADS", "uploads")],
     ),
     "Namespace": ([("NAME", "name")], []),
     "HardExample": (
@@ -154,13 +155,13 @@ def _health(row: dict[str, Any], now: float | None) -> str:
 def _targets_table(rows: list[dict[str, Any]], now: float | None) -> Table:
     """Per node the job deploys to: the version it should serve and the one it serves."""
     out = Table(title="Deploy nodes", box=None, header_style="bold", title_justify="left")
-    for column in ("NODE", "STATE", "DESIRED", "SERVING", "LABELS"):
+    for column in ("NODE", "STATE", "DESIRED", "SERVING", "LABELS", "UPLOADS"):
         out.add_column(column, overflow="fold")
     for row in rows:
         serving = "-" if row["state"] != "online" and row["serving"] is None else \
             _version(row["serving"])
         out.add_row(row["node"], _health(row, now), _version(row["desired"]), serving,
-                    show_labels(row.get("labels") or {}) or "-")
+                    show_labels(row.get("labels") or {}) or "-", row.get("uploads") or "-")
     return out
 
 

@@ -36,6 +36,7 @@ from edge_agent.deployment import PreparedModel
 from protocol import topics
 from protocol import worker_channel as wc
 from protocol import worker_contract as contract
+from protocol.data_policies import UploadStatus
 from protocol.errors import ProtocolError
 from protocol.messages import DesiredState, Message, Task, TaskProgress
 
@@ -53,6 +54,7 @@ class PublishedStatus:
     serving: dict[str, int]
     restarts: dict[str, int]
     at: float
+    uploads: UploadStatus | None = None
 
 
 @dataclass
@@ -95,6 +97,7 @@ class Context:
     workers: Mapping[str, WorkerView] = field(default_factory=dict)
     backlog: int = 0  # hard examples waiting in the outbox
     connected: bool = True
+    uploads: UploadStatus | None = None  # the upload counters, as the status reports them
 
     def restarts(self) -> dict[str, int]:
         return {t: w.restarts for t, w in self.workers.items() if w.restarts is not None}
@@ -208,6 +211,7 @@ class StatusPublished:
     backlog: int
     serving: dict[str, int]
     restarts: dict[str, int]
+    uploads: UploadStatus | None = None
 
 
 Event = (
@@ -304,6 +308,7 @@ class PublishStatus:
     backlog: int
     serving: dict[str, int]
     restarts: dict[str, int]
+    uploads: UploadStatus | None = None
 
 
 @dataclass(frozen=True)
@@ -376,8 +381,9 @@ def _decide(s: NodeState, event: Event, ctx: Context) -> list[Action]:
             return _connected(s, ctx)
         case StatusDue():
             return _status_due(s, ctx)
-        case StatusPublished(backlog, serving, restarts):
-            s.published = PublishedStatus(backlog, dict(serving), dict(restarts), ctx.now)
+        case StatusPublished(backlog, serving, restarts, uploads):
+            s.published = PublishedStatus(backlog, dict(serving), dict(restarts), ctx.now,
+                                          uploads)
     return []
 
 
@@ -517,14 +523,15 @@ def _connected(s: NodeState, ctx: Context) -> list[Action]:
 
 
 def _publish_status(s: NodeState, ctx: Context) -> PublishStatus:
-    return PublishStatus(ctx.backlog, dict(s.serving), ctx.restarts())
+    return PublishStatus(ctx.backlog, dict(s.serving), ctx.restarts(), ctx.uploads)
 
 
 def _status_due(s: NodeState, ctx: Context) -> list[Action]:
     """Publish again when what the status says changed, at most every 2 s, when connected."""
     last = s.published
     if last is not None and (
-        (ctx.backlog, s.serving, ctx.restarts()) == (last.backlog, last.serving, last.restarts)
+        (ctx.backlog, s.serving, ctx.restarts(), ctx.uploads)
+        == (last.backlog, last.serving, last.restarts, last.uploads)
         or ctx.now - last.at < STATUS_MIN_INTERVAL_S
     ):
         return []

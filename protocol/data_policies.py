@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from typing import Annotated, Literal, Self
 
-from pydantic import AfterValidator, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from protocol.manifest_base import ManifestPart, invalid
 
@@ -157,3 +157,57 @@ class UploadPolicy(ManifestPart):
 
 
 EvictionOrder = Literal["none", "oldest", "lowest-score"]
+
+
+class UploadStatus(BaseModel):
+    """``NodeStatus.uploads``: what waits, what went, what was given up and why, and the
+    bytes used against the node's caps (counts since the node's ledger began; ``skipped`` and
+    ``held_on_node`` are those of the inference workers running now)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    waiting: Count = 0  # messages in the outbox
+    waiting_bytes: Count = 0
+    sent: Count = 0
+    sent_bytes: Count = 0
+    evicted: Count = 0  # given up by the outbox to stay in its budget
+    evicted_bytes: Count = 0
+    #: examples kept aside at a capture cap that the node's retention deleted
+    pruned: Count = 0
+    #: mined frames the capture policy did not save, by rule: ``sampled-out``, ``cap:day``, ...
+    skipped: dict[str, Count] = Field(default_factory=dict)
+    held_on_node: Count = 0  # kept aside at a capture cap (``onCap: keep``)
+    bytes_today: Count = 0
+    bytes_month: Count = 0
+    bytes_per_day: int | None = None
+    bytes_per_month: int | None = None
+    bytes_per_second: int | None = None
+    #: why messages wait now: ``window``, ``condition``, ``rate``, ``day cap``, ``month cap``
+    waiting_for: list[str] = Field(default_factory=list)
+
+    def summary(self) -> str:
+        """One line for ``get nodes`` and the live view: ``waiting 3 (1.2 MB), sent 40
+        (12 MB), evicted 0, skipped 120 (cap:day 100, sampled-out 20), today 12 MB / 50 MB``."""
+        parts = [f"waiting {self.waiting} ({_size(self.waiting_bytes)})",
+                 f"sent {self.sent} ({_size(self.sent_bytes)})",
+                 f"evicted {self.evicted}" + (f" ({_size(self.evicted_bytes)})"
+                                              if self.evicted else "")]
+        if self.skipped:
+            rules = ", ".join(f"{rule} {n}" for rule, n in sorted(self.skipped.items()))
+            parts.append(f"skipped {sum(self.skipped.values())} ({rules})")
+        if self.held_on_node or self.pruned:
+            parts.append(f"held {self.held_on_node}, pruned {self.pruned}")
+        for used, cap, name in ((self.bytes_today, self.bytes_per_day, "today"),
+                                (self.bytes_month, self.bytes_per_month, "month")):
+            if cap is not None:
+                parts.append(f"{name} {_size(used)} / {_size(cap)}")
+        if self.waiting and self.waiting_for:
+            parts.append(f"waiting for {', '.join(self.waiting_for)}")
+        return ", ".join(parts)
+
+
+def _size(count: int) -> str:
+    for unit, size in (("GB", 10**9), ("MB", 10**6), ("kB", 10**3)):
+        if count >= size:
+            return f"{count / size:.3g} {unit}"
+    return f"{count} B"

@@ -17,6 +17,7 @@ from typing import Annotated, ClassVar, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
+from protocol.data_policies import UploadStatus
 from protocol.topics import NAME_PATTERN, Kind
 
 SCHEMA_VERSION: Final = 1
@@ -70,6 +71,8 @@ class NodeStatus(Message):
     worker_restarts: dict[str, Count] = Field(default_factory=dict)
     #: the labels the node's settings declare (``site: north``): jobs select nodes by them
     labels: dict[str, str] = Field(default_factory=dict)
+    #: the node's uploads: waiting, sent, evicted, skipped by rule, bytes against the caps
+    uploads: UploadStatus | None = None
     ts: float = Field(default_factory=now)
 
     @property
