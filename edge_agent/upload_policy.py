@@ -260,8 +260,9 @@ class UploadGate:
         return False
 
     def sent(self, key: str, size: int) -> None:
-        job = str(self.meta(key).get("job", ""))
-        charge(self.ledger, self.policy_of(job), size)
+        policy = self.policy_of(str(self.meta(key).get("job", "")))
+        roll(self.ledger, policy, self.clock())
+        charge(self.ledger, policy, size)
         self._dirty = True
         self._maybe_persist()
 
