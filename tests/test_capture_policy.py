@@ -3,6 +3,7 @@ period and per reason) and the worker side (size, JPEG quality, examples kept as
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -162,3 +163,71 @@ def test_kept_at_the_cap_then_released_when_the_next_period_allows(tmp_path: Pat
     assert cv2.imread(str(tmp_path / "he" / document["image"])).shape[:2] == (60, 80)
     # a restarted worker finds what waits aside
     assert len(Capture(settings_, tmp_path / "he", clock).held.waiting) == 1  # type: ignore[union-attr]
+
+
+# --- from the manifest to the worker ------------------------------------------------------------
+
+
+POLICIES = """    capturePolicy:
+      perDay: 300
+      onCap: keep
+      cameras:
+        gate: {perDay: 20, maxSide: 640}
+    uploadPolicy:
+      windows: ["22:00-06:00"]
+      bytesPerMonth: 2000000000
+    hardExampleMining:"""
+
+
+def test_validate_names_the_policies_and_the_inference_task_carries_them(tmp_path: Path):
+    from typer.testing import CliRunner
+
+    from cloud_manager.task_builder import build_inference_task
+    from edgeloop.cli import app
+    from protocol.manifests import IncrementalLearningJob
+    from test_cloud_state_machine import EXAMPLES, seed_inputs
+
+    job = (EXAMPLES / "job.yaml").read_text().replace("    hardExampleMining:", POLICIES, 1)
+    result = CliRunner().invoke(app, ["validate", "-f", "-"], input=job)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.splitlines() == [
+        "IncrementalLearningJob/neptune-test/helmet-detection-demo OK (edgeloop extension: "
+        "spec.deploySpec.capturePolicy, spec.deploySpec.uploadPolicy)"
+    ]
+    inputs = seed_inputs()
+    data = inputs.job.model_dump(by_alias=True, exclude_unset=True)
+    data["spec"]["deploySpec"] |= {"capturePolicy": {"perDay": 300, "cameras": {"gate": {
+        "perDay": 20}}}, "uploadPolicy": {"windows": ["22:00-06:00"]}}
+    inputs = dataclasses.replace(inputs, job=IncrementalLearningJob.model_validate(data))
+    env = build_inference_task(inputs, None).env
+    policy = contract.parse_capture_policy(env[contract.CAPTURE_POLICY])
+    assert policy is not None and policy.for_camera("gate").per_day == 20
+    upload = contract.parse_upload_policy(env[contract.UPLOAD_POLICY])
+    assert upload is not None and upload.windows == ["22:00-06:00"]
+
+
+def test_capture_policy_needs_mining():
+    from protocol.manifests import DeploySpec
+
+    with pytest.raises(ValidationError, match="capturePolicy extends hardExampleMining"):
+        DeploySpec.model_validate({
+            "model": {"name": "m"}, "trigger": {"condition": {
+                "operator": ">", "threshold": 0.1, "metric": "precision_delta"}},
+            "nodeName": "edge0", "workerSpec": {"scriptDir": "/c", "scriptBootFile": "i.py"},
+            "capturePolicy": {"perDay": 1}})
+
+
+def test_the_worker_reads_its_cameras_settings(tmp_path: Path):
+    from workers import sdk
+    from workers.inference import capture_of
+
+    policy = CapturePolicy.model_validate({"perDay": 300, "cameras": {"gate": {"perDay": 20}}})
+    values = {contract.CAPTURE_POLICY: contract.policy_json(policy),
+              "HE_SAVED_URL": str(tmp_path / "he")}
+    single = capture_of(sdk.Parameters(values))
+    assert single is not None and single.settings.per_day == 300  # no camera name: the job's
+    gate = capture_of(sdk.Parameters(values | {contract.CAMERA: "gate"}))
+    assert gate is not None and gate.settings.per_day == 20
+    assert capture_of(sdk.Parameters({"HE_SAVED_URL": str(tmp_path)})) is None  # none: today's
+    with pytest.raises(sdk.ParameterError, match="EDGELOOP_CAPTURE_POLICY"):
+        capture_of(sdk.Parameters(values | {contract.CAPTURE_POLICY: '{"perDay": -1}'}))
