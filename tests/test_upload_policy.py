@@ -236,3 +236,22 @@ def test_prune_held_deletes_whole_examples_oldest_first(tmp_path):
     assert sorted(p.name for p in held.iterdir()) == [
         "ex2.jpg", "ex2.json", "ex3.jpg", "ex3.json"]
     assert prune_held([tmp_path / "he"], RetentionSettings(), 2000) == 0  # no limits: nothing
+
+
+def test_get_nodes_and_describe_show_the_upload_line():
+    from rich.console import Console
+
+    from cloud_manager.render import _targets_table, table
+
+    line = UploadStatus(waiting=3, waiting_bytes=61_200, sent=40, sent_bytes=812_000,
+                        skipped={"cap:day": 120}, bytes_today=812_000, bytes_per_day=5_000_000,
+                        waiting_for=["window"]).summary()
+    assert line == ("waiting 3 (61.2 kB), sent 40 (812 kB), evicted 0, skipped 120 "
+                    "(cap:day 120), today 812 kB / 5 MB, waiting for window")
+    console = Console(width=400, record=True)
+    row = {"name": "edge-1", "state": "online", "labels": {}, "updated": 0, "uploads": line}
+    console.print(table("Node", [row], wide=True))
+    target = {"node": "edge-1", "state": "online", "desired": 2, "serving": 2,
+              "health": "online", "seen": 0, "labels": {}, "uploads": line}
+    console.print(_targets_table([target], None))
+    assert console.export_text().count(line) == 2
