@@ -485,7 +485,8 @@ class Agent:
                 await self.uploads.check_conditions()
             except Exception:
                 log.exception("upload condition check failed")
-            self.sender.nudge()
+            if self.uploads.limited:
+                self.sender.nudge()
             await asyncio.sleep(UPLOAD_CHECK_S)
 
     async def _retain(self) -> None:

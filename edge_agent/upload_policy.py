@@ -190,8 +190,9 @@ class UploadGate:
     """The node's upload policy with its ledger, clock and connection condition.
 
     ``begin()`` starts a pass of the sender over the outbox, ``admit()`` says whether a
-    message may go now (once a job's message is held, the rest of that job waits too, so each
-    job's examples leave in order), ``sent()`` counts one that went.
+    message may go now (once a message is held, the rest of the pass under the same policy
+    waits too: each job's examples leave in order, and a held policy costs no more reading),
+    ``sent()`` counts one that went.
     """
 
     def __init__(self, policy: UploadPolicy, state_dir: Path, *,
@@ -246,7 +247,8 @@ class UploadGate:
 
     def admit(self, key: str, topic: str, size: int) -> bool:
         job = str(self.meta(key).get("job", ""))
-        if job in self._held_jobs:
+        scope = job if job in self.jobs else ""  # "": the node's policy
+        if scope in self._held_jobs:
             self._count_held("order")
             return False
         policy = self.policy_of(job)
@@ -255,9 +257,17 @@ class UploadGate:
         reason = hold_reason(self.ledger, policy, now, size, self._condition_ok(policy, now))
         if reason is None:
             return True
-        self._held_jobs.add(job)
+        self._held_jobs.add(scope)
         self._count_held(reason)
         return False
+
+    def more_may_go(self) -> bool:
+        return len(self._held_jobs) < 1 + len(self.jobs)
+
+    @property
+    def limited(self) -> bool:
+        """Whether any policy may hold a message (else the sender need not be nudged)."""
+        return any(p != UploadPolicy() for p in (self.policy, *self.jobs.values()))
 
     def sent(self, key: str, size: int) -> None:
         policy = self.policy_of(str(self.meta(key).get("job", "")))

@@ -64,6 +64,10 @@ class SendGate(Protocol):
     def admit(self, key: str, topic: str, size: int) -> bool:
         """Whether the message may be sent for the first time now."""
 
+    def more_may_go(self) -> bool:
+        """After a refusal: whether a later message of this pass may still be admitted (False
+        ends the pass without reading the rest of the store)."""
+
     def sent(self, key: str, size: int) -> None:
         """The message went (its first send was confirmed by the broker)."""
 
@@ -255,6 +259,8 @@ class ReliableSender:
             if sent_at is None and self.gate is not None and not self.gate.admit(
                 key, topic, len(payload)
             ):
+                if not self.gate.more_may_go():
+                    break  # everything after it is held too
                 continue  # held back by the gate; it keeps each job's order
             # A short publish timeout: a send caught by an outage must not hold the queue for
             # long; it is resent under the same key anyway.
