@@ -155,13 +155,23 @@ def _health(row: dict[str, Any], now: float | None) -> str:
 def _targets_table(rows: list[dict[str, Any]], now: float | None) -> Table:
     """Per node the job deploys to: the version it should serve and the one it serves."""
     out = Table(title="Deploy nodes", box=None, header_style="bold", title_justify="left")
-    for column in ("NODE", "STATE", "DESIRED", "SERVING", "LABELS", "UPLOADS"):
+    for column in ("NODE", "STATE", "DESIRED", "SERVING", "LABELS"):
         out.add_column(column, overflow="fold")
     for row in rows:
         serving = "-" if row["state"] != "online" and row["serving"] is None else \
             _version(row["serving"])
         out.add_row(row["node"], _health(row, now), _version(row["desired"]), serving,
-                    show_labels(row.get("labels") or {}) or "-", row.get("uploads") or "-")
+                    show_labels(row.get("labels") or {}) or "-")
+    return out
+
+
+def _uploads_table(rows: list[dict[str, Any]]) -> Table:
+    """Per deploy node: what waits, was sent, evicted and skipped, bytes against the caps."""
+    out = Table(title="Uploads", box=None, header_style="bold", title_justify="left")
+    for column in ("NODE", "UPLOADS"):
+        out.add_column(column, overflow="fold")
+    for row in rows:
+        out.add_row(row["node"], row.get("uploads") or "-")
     return out
 
 
@@ -219,6 +229,8 @@ def describe_job(data: dict[str, Any], now: float | None = None) -> Group:
     parts: list[Any] = [head, Text(""), history]
     if data.get("targets") is not None:
         parts += [Text(""), _targets_table(data["targets"], now)]
+        if any(row.get("uploads") for row in data["targets"]):
+            parts += [Text(""), _uploads_table(data["targets"])]
     warnings = _target_warnings(resource["manifest"], data.get("targets") or [], now)
     if warnings:
         parts += [Text(""), Text("Warnings:", style="bold"),

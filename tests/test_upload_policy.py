@@ -241,7 +241,7 @@ def test_prune_held_deletes_whole_examples_oldest_first(tmp_path):
 def test_get_nodes_and_describe_show_the_upload_line():
     from rich.console import Console
 
-    from cloud_manager.render import _targets_table, table
+    from cloud_manager.render import _uploads_table, table
 
     line = UploadStatus(waiting=3, waiting_bytes=61_200, sent=40, sent_bytes=812_000,
                         skipped={"cap:day": 120}, bytes_today=812_000, bytes_per_day=5_000_000,
@@ -253,5 +253,5 @@ def test_get_nodes_and_describe_show_the_upload_line():
     console.print(table("Node", [row], wide=True))
     target = {"node": "edge-1", "state": "online", "desired": 2, "serving": 2,
               "health": "online", "seen": 0, "labels": {}, "uploads": line}
-    console.print(_targets_table([target], None))
+    console.print(_uploads_table([target]))
     assert console.export_text().count(line) == 2
