@@ -255,3 +255,20 @@ def test_get_nodes_and_describe_show_the_upload_line():
               "health": "online", "seen": 0, "labels": {}, "uploads": line}
     console.print(_uploads_table([target]))
     assert console.export_text().count(line) == 2
+
+
+def test_prune_task_logs_keeps_running_attempts_and_what_attempts_produced(tmp_path):
+    from edge_agent.retention import prune_task_logs
+
+    attempts = []
+    for i, task in enumerate(["train-1", "train-2", "infer-1"]):
+        attempt = tmp_path / "tasks" / task / "attempt-1"
+        attempt.mkdir(parents=True)
+        for name in ("worker.log", "state.json"):
+            (attempt / name).write_bytes(b"x" * 100)
+            os.utime(attempt / name, (1000 + i, 1000 + i))
+        attempts.append(attempt)
+    settings_ = RetentionSettings(task_logs_max_age_days=0.5 / 86400)  # older than half a second
+    assert prune_task_logs(tmp_path, [attempts[2]], settings_, 2000) == 2
+    assert [a.joinpath("worker.log").exists() for a in attempts] == [False, False, True]
+    assert all(a.joinpath("state.json").exists() for a in attempts)
