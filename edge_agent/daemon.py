@@ -136,7 +136,8 @@ class Agent:
                                   meta=lambda key: self.outbox.meta(key), clock=clock)
         self.outbox = DiskOutbox(self.state_dir / "outbox", config.outbox_quota_bytes,
                                  rejected_dir=self.state_dir / "rejected",
-                                 eviction=config.outbox_eviction, on_evict=self.uploads.evicted)
+                                 eviction=config.outbox_eviction, on_evict=self.uploads.evicted,
+                                 in_flight=lambda: self.sender.in_flight)
         self.sender = ReliableSender(self.client, topics.ack(self.node), self.outbox,
                                      on_refused=lambda key, why: self.outbox.set_aside(key, why.reason),
                                      gate=self.uploads)

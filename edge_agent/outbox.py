@@ -12,7 +12,8 @@ A byte quota bounds the disk the outbox may take. Beyond it, with the default ev
 it was (hard examples stay in their folder) until acknowledgements free space. With ``oldest``
 or ``lowest-score`` (the agent's ``outbox_eviction``) the outbox gives up waiting messages in
 that order to take the new one (a newcomer worth less than everything waiting is the one given
-up): each is handed to ``on_evict``, which counts, logs and reports it.
+up; a message sent and not acknowledged yet is never given up): each is handed to
+``on_evict``, which counts, logs and reports it.
 
 A message may carry metadata (``job``, ``score``) in its header, for the upload policy and the
 eviction order.
@@ -29,7 +30,7 @@ import json
 import logging
 import os
 from collections import OrderedDict
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Collection, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -65,7 +66,8 @@ class DiskOutbox:
 
     def __init__(self, root: Path | str, quota_bytes: int = 1024 * 2**20,
                  rejected_dir: Path | str | None = None, *, eviction: EvictionOrder = "none",
-                 on_evict: Callable[[Message], None] | None = None) -> None:
+                 on_evict: Callable[[Message], None] | None = None,
+                 in_flight: Callable[[], Collection[str]] = frozenset) -> None:
         if quota_bytes <= 0:
             raise ValueError(f"outbox quota must be > 0 bytes, got {quota_bytes}")
         self.root = Path(root)
@@ -76,6 +78,8 @@ class DiskOutbox:
         self.quota_bytes = quota_bytes
         self.eviction: EvictionOrder = eviction
         self.on_evict = on_evict
+        #: keys sent and not acknowledged: never evicted (the cloud may have them already)
+        self.in_flight = in_flight
         self._index: OrderedDict[str, _Entry] = OrderedDict()
         self._used = 0
         self._next_seq = 0
@@ -105,7 +109,9 @@ class DiskOutbox:
     def _evict_for(self, incoming: Message, room: int) -> bool:
         """Make room for ``incoming`` by the eviction order; False when ``incoming`` is the one
         given up. Raises :class:`OutboxFull` when nothing may be evicted."""
-        waiting = [e.message(k) for k, e in self._index.items() if k != incoming.key]
+        sent = self.in_flight()
+        waiting = [e.message(k) for k, e in self._index.items()
+                   if k != incoming.key and k not in sent]
         chosen = victims(waiting, incoming, room, self.eviction)
         if chosen is None:
             raise OutboxFull(

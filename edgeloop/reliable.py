@@ -175,6 +175,12 @@ class ReliableSender:
         self._wake.set()
         return message.key
 
+    @property
+    def in_flight(self) -> frozenset[str]:
+        """Keys sent and not acknowledged yet (an outbox must not give these up: the cloud
+        may hold them already)."""
+        return frozenset(self._in_flight)
+
     def nudge(self) -> None:
         """Look at the store again now (a gate may let messages go: a window opened)."""
         self._wake.set()

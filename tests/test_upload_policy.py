@@ -151,6 +151,10 @@ def test_outbox_evicts_lowest_score_first_and_hands_each_eviction_over(tmp_path:
     assert reopened.meta("k3") == {"job": "ns/j", "score": 0.7}
     with pytest.raises(OutboxFull):  # eviction none: refuses, as before
         reopened.put("k5", "t", b"x" * 60)
+    sending = DiskOutbox(tmp_path / "o", quota_bytes=400, eviction="oldest",
+                         on_evict=evicted.append, in_flight=lambda: {"k0"})
+    sending.put("k6", "t", b"x" * 60, {"job": "ns/j"})  # k0 is on the wire: k2 goes
+    assert [m.key for m in evicted][-1] == "k2" and "k0" in sending
 
 
 # --- the gate ------------------------------------------------------------------------------------
