@@ -304,6 +304,9 @@ class ApiHandler:
                 "labels": n.status.labels,
                 # inference task -> the model version its worker serves (0: none deployed yet)
                 "serving": dict(n.status.serving) if n.state == "online" else {},
+                "uploads": n.status.uploads.summary() if n.status.uploads else None,
+                "upload_counters": (n.status.uploads.model_dump() if n.status.uploads
+                                    else None),
             } for n in store.nodes()]
         if kind == "ModelVersion":
             return [version_row(v.job, v.model) for v in store.every_model_version()
@@ -379,7 +382,9 @@ class ApiHandler:
                          "labels": node.status.labels if node else {},
                          "rollout": _rollout_role(state, name),
                          "fps": reported.fps if reported else None,
-                         "agreement": reported.agreement if reported else None})
+                         "agreement": reported.agreement if reported else None,
+                         "uploads": (node.status.uploads.summary()
+                                     if node and node.status.uploads else None)})
         return rows
 
     # -- hard examples and labels --

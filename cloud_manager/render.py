@@ -38,7 +38,8 @@ _COLUMNS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
     "Node": (
         [("NAME", "name"), ("STATE", "state"), ("LABELS", "labels"), ("SERVING", "serving"),
          ("SEEN", "updated")],
-        [("BOOT", "boot_id"), ("AGENT", "agent_version"), ("OUTBOX", "outbox_backlog")],
+        [("BOOT", "boot_id"), ("AGENT", "agent_version"), ("OUTBOX", "outbox_backlog"),
+         ("UPLOADS", "uploads")],
     ),
     "Namespace": ([("NAME", "name")], []),
     "HardExample": (
@@ -170,6 +171,16 @@ def targets_table(rows: list[dict[str, Any]], now: float | None) -> Table:
     return out
 
 
+def _uploads_table(rows: list[dict[str, Any]]) -> Table:
+    """Per deploy node: what waits, was sent, evicted and skipped, bytes against the caps."""
+    out = Table(title="Uploads", box=None, header_style="bold", title_justify="left")
+    for column in ("NODE", "UPLOADS"):
+        out.add_column(column, overflow="fold")
+    for row in rows:
+        out.add_row(row["node"], row.get("uploads") or "-")
+    return out
+
+
 def _target_warnings(manifest: dict[str, Any], rows: list[dict[str, Any]],
                      now: float | None) -> list[str]:
     """What keeps the job from serving everywhere it should: a selector that matches no node,
@@ -225,6 +236,8 @@ def describe_job(data: dict[str, Any], now: float | None = None) -> Group:
     parts: list[Any] = [head, Text(""), history]
     if data.get("targets") is not None:
         parts += [Text(""), targets_table(data["targets"], now)]
+        if any(row.get("uploads") for row in data["targets"]):
+            parts += [Text(""), _uploads_table(data["targets"])]
     warnings = _target_warnings(resource["manifest"], data.get("targets") or [], now)
     if warnings:
         parts += [Text(""), Text("Warnings:", style="bold"),

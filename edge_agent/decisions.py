@@ -37,6 +37,7 @@ from edge_agent.deployment import PreparedModel
 from protocol import topics
 from protocol import worker_channel as wc
 from protocol import worker_contract as contract
+from protocol.data_policies import UploadStatus
 from protocol.errors import ProtocolError
 from protocol.messages import DesiredState, Message, Task, TaskHealth, TaskProgress
 
@@ -58,6 +59,7 @@ class PublishedStatus:
     restarts: dict[str, int]
     at: float
     health: dict[str, TaskHealth] = field(default_factory=dict)
+    uploads: UploadStatus | None = None
 
 
 @dataclass
@@ -102,6 +104,7 @@ class Context:
     workers: Mapping[str, WorkerView] = field(default_factory=dict)
     backlog: int = 0  # hard examples waiting in the outbox
     connected: bool = True
+    uploads: UploadStatus | None = None  # the upload counters, as the status reports them
 
     def restarts(self) -> dict[str, int]:
         return {t: w.restarts for t, w in self.workers.items() if w.restarts is not None}
@@ -216,6 +219,7 @@ class StatusPublished:
     serving: dict[str, int]
     restarts: dict[str, int]
     health: dict[str, TaskHealth] = field(default_factory=dict)
+    uploads: UploadStatus | None = None
 
 
 Event = (
@@ -313,6 +317,7 @@ class PublishStatus:
     serving: dict[str, int]
     restarts: dict[str, int]
     health: dict[str, TaskHealth] = field(default_factory=dict)
+    uploads: UploadStatus | None = None
 
 
 @dataclass(frozen=True)
@@ -386,9 +391,9 @@ def _decide(s: NodeState, event: Event, ctx: Context) -> list[Action]:
             return _connected(s, ctx)
         case StatusDue():
             return _status_due(s, ctx)
-        case StatusPublished(backlog, serving, restarts, health):
+        case StatusPublished(backlog, serving, restarts, health, uploads):
             s.published = PublishedStatus(backlog, dict(serving), dict(restarts), ctx.now,
-                                          dict(health))
+                                          dict(health), uploads)
     return []
 
 
@@ -533,7 +538,8 @@ def _connected(s: NodeState, ctx: Context) -> list[Action]:
 
 
 def _publish_status(s: NodeState, ctx: Context) -> PublishStatus:
-    return PublishStatus(ctx.backlog, dict(s.serving), ctx.restarts(), _health(s, ctx))
+    return PublishStatus(ctx.backlog, dict(s.serving), ctx.restarts(), _health(s, ctx),
+                         ctx.uploads)
 
 
 def _health(s: NodeState, ctx: Context) -> dict[str, TaskHealth]:
@@ -582,8 +588,8 @@ def _status_due(s: NodeState, ctx: Context) -> list[Action]:
     last = s.published
     if last is not None:
         since = ctx.now - last.at
-        changed = (ctx.backlog, s.serving, ctx.restarts()) != (
-            last.backlog, last.serving, last.restarts)
+        changed = (ctx.backlog, s.serving, ctx.restarts(), ctx.uploads) != (
+            last.backlog, last.serving, last.restarts, last.uploads)
         if since < STATUS_MIN_INTERVAL_S or not changed and (
                 since < HEALTH_INTERVAL_S or not _health_news(_health(s, ctx), last.health)):
             return []

@@ -33,6 +33,7 @@ from pydantic import (
     model_validator,
 )
 
+from protocol.data_policies import CapturePolicy, UploadPolicy
 from protocol.manifest_base import ManifestPart, NonEmpty, extension_paths, invalid, show
 from protocol.metrics_names import NUM_OF_SAMPLES, MetricRef, check_selector, parse_metric
 from protocol.pod_template import PodTemplate, StageRuntime
@@ -600,7 +601,10 @@ def _distinct_nodes(names: list[str]) -> list[str]:
 
 
 class DeploySpec(StageSpec):
-    edgeloop_extensions = ("node_names", "node_selector", "blind_spot_mining", "rollout")
+    edgeloop_extensions = (
+        "node_names", "node_selector", "blind_spot_mining", "rollout", "capture_policy",
+        "upload_policy",
+    )
 
     model: DeployModelRef
     trigger: DeployTrigger
@@ -614,15 +618,21 @@ class DeploySpec(StageSpec):
     blind_spot_mining: BlindSpotMining | None = None
     #: edgeloop extension: staged rollout (canaries, bake, waves); None: every target at once
     rollout: Rollout | None = None
+    #: edgeloop extension: what the inference worker saves of what it mines (protocol.data_policies)
+    capture_policy: CapturePolicy | None = None
+    #: edgeloop extension: when and how much this job's examples are sent (over the node's)
+    upload_policy: UploadPolicy | None = None
 
     @model_validator(mode="after")
     def _blind_spot_needs_mining(self) -> DeploySpec:
-        if self.blind_spot_mining is not None and self.hard_example_mining is None:
-            raise invalid(
-                "blindSpotMining extends hardExampleMining, which is not set: add "
-                "hardExampleMining (e.g. name: IBT) or remove blindSpotMining",
-                path="blindSpotMining",
-            )
+        for name, value in (("blindSpotMining", self.blind_spot_mining),
+                            ("capturePolicy", self.capture_policy)):
+            if value is not None and self.hard_example_mining is None:
+                raise invalid(
+                    f"{name} extends hardExampleMining, which is not set: add "
+                    f"hardExampleMining (e.g. name: IBT) or remove {name}",
+                    path=name,
+                )
         return self
 
     def blind_spot(self) -> BlindSpotMining | None:

@@ -17,6 +17,7 @@ from typing import Annotated, ClassVar, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
+from protocol.data_policies import UploadStatus
 from protocol.topics import NAME_PATTERN, Kind
 
 SCHEMA_VERSION: Final = 1
@@ -95,6 +96,8 @@ class NodeStatus(Message):
     health: dict[str, TaskHealth] = Field(default_factory=dict)
     #: the labels the node's settings declare (``site: north``): jobs select nodes by them
     labels: dict[str, str] = Field(default_factory=dict)
+    #: the node's uploads: waiting, sent, evicted, skipped by rule, bytes against the caps
+    uploads: UploadStatus | None = None
     ts: float = Field(default_factory=now)
 
     @property
@@ -257,6 +260,9 @@ class HardExampleSidecar(BaseModel):
     mining_reason: str = Field(default="", max_length=64)
     width: Count = 0
     height: Count = 0
+    #: how much the frame is worth labelling, in [0, 1] (workers.capture_policy.example_score):
+    #: the outbox's ``lowest-score`` eviction drops the lowest first
+    score: float | None = Field(default=None, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _same_lengths(self) -> HardExampleSidecar:
