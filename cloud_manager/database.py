@@ -5,8 +5,10 @@ The store's SQL is written once, in the subset both engines read alike: ``?`` pl
 shared is a :class:`Dialect`: how a write transaction begins, the type of a float column, how a
 field of a JSON text column is read. SQLite is the embedded default (one file under
 ``--state DIR``); PostgreSQL (``--store postgresql://...``) is for a store that outlives one
-machine, through psycopg 3, the one PostgreSQL driver with typed, maintained bindings, imported
-only when a PostgreSQL store is opened (the ``postgresql`` extra).
+machine. It is reached through psycopg 3 (typed, binary wheels, statements prepared on the
+server once they repeat), imported only when a PostgreSQL store is opened (the ``postgresql``
+extra). Not SQLAlchemy Core: the store's SQL is short, hand-written and already portable but for
+the dialect's few lines, and a query builder would rewrite all of it to gain nothing here.
 """
 
 from __future__ import annotations
