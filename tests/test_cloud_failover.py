@@ -13,9 +13,15 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from agent_cloud import agent_config
+from running_cloud import api
 from scripted_node import ScriptedNode, succeed
 from test_cloud_cli import CloudProcess, apply_seed, edgeloop, job_when
-from test_cloud_daemon import DATASET, NODE, NS, wait_for
+from test_cloud_daemon import DATASET, JOB, NODE, NS, wait_for
+from test_loop_integration import append_samples
+from test_rollout_fleet import INFERENCE_TASK, fleet_manifests
+
+from edge_agent.daemon import Agent
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(180)]
 
@@ -126,3 +132,65 @@ def test_a_lease_needs_a_postgresql_store_and_a_store_url_must_be_postgresql(bro
                      "--broker", broker.url)
     assert other.returncode == 1 and "not a postgresql:// URL" in other.stderr
     assert "secret" not in other.stderr
+
+
+async def rollout_status(url: str) -> dict | None:
+    response = await api(url, "rollout", namespace=NS, name=JOB, args={"command": "status"})
+    return response.data["rollout"] if response.ok else None
+
+
+async def rollout_when(url: str, predicate, timeout: float = 90.0) -> dict:
+    """The rollout's summary once ``predicate`` holds for it (asked through the API)."""
+    async with asyncio.timeout(timeout):
+        while True:
+            summary = await rollout_status(url)
+            if summary is not None and predicate(summary):
+                return summary
+            await asyncio.sleep(0.2)
+
+
+@pytest.mark.timeout(300)
+async def test_kill_9_of_the_leader_mid_rollout_the_standby_completes_it(replicas, broker,
+                                                                           tmp_path):
+    """Real agents: cloud0 trains with stand-in workers, edge1 (the canary) and edge2 run the
+    stand-in inference worker. The leader dies while the canary bakes version 1; the standby
+    resumes the bake from the store and sends the version to edge2, once."""
+    first, second = replicas
+    manifests = fleet_manifests(tmp_path)
+    job = json.loads(manifests[-1])
+    job["spec"]["deploySpec"]["rollout"]["bakeSeconds"] = 8  # long enough to die in
+    manifests[-1] = json.dumps(job)
+    data = tmp_path / "data"
+    first.start()
+    second.start_standby()
+    await wait_for(lambda: second.log_says("standing by for the leader lease"), timeout=30)
+
+    def agent(node: str, **extra) -> Agent:
+        return Agent(agent_config(broker.url, tmp_path / node, node=node, check_models=False,
+                                  restart_initial_s=0.2, **extra))
+
+    async with agent("cloud0", datasets={DATASET: str(data / "data.txt")}), \
+            agent("edge1") as edge1, agent("edge2") as edge2:
+        assert (await api(broker.url, "create_namespace", name=NS)).code == 201
+        for text in manifests:
+            response = await api(broker.url, "apply", body=text)
+            assert response.ok, response
+        for node in (edge1, edge2):
+            await wait_for(lambda n=node: INFERENCE_TASK in n.channel.connected_tasks(),
+                           f"{node.node}'s inference worker", timeout=60)
+        append_samples(data, 0, 10)
+        await rollout_when(broker.url, lambda r: r["phase"] == "Canary"
+                           and r["bake_until"] is not None)
+        assert edge1.serving == {INFERENCE_TASK: 1} and edge2.serving != {INFERENCE_TASK: 1}
+        first.kill()
+        killed = time.monotonic()
+        await asyncio.to_thread(second.wait_ready, 60)
+        print(f"mid-rollout: takeover after kill -9: {time.monotonic() - killed:.1f} s")
+        done = await rollout_when(broker.url, lambda r: r["phase"] == "Completed")
+        assert done["version"] == 1
+        await wait_for(lambda: edge1.serving == {INFERENCE_TASK: 1}
+                       and edge2.serving == {INFERENCE_TASK: 1}, "both nodes serve version 1")
+        described = await api(broker.url, "describe", resource="il", namespace=NS, name=JOB)
+        assert [v["version"] for v in described.data["versions"]] == [1]
+        assert described.data["status"]["round"] == 2
+    assert second.log_says("leading under epoch 2")
