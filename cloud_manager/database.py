@@ -52,6 +52,9 @@ class Connection(Protocol):
 
     def close(self) -> None: ...
 
+    @property
+    def in_transaction(self) -> bool: ...
+
 
 @dataclass(frozen=True)
 class Dialect:
@@ -143,6 +146,13 @@ class PostgresConnection:
                 cursor.executemany(_pyformat(sql), list(parameters))
         except psycopg.OperationalError as exc:
             raise StoreUnavailable(f"{redacted(self.url)}: {exc}".strip()) from None
+
+    @property
+    def in_transaction(self) -> bool:
+        """Whether a transaction is open on the server (as sqlite3's attribute of that name)."""
+        from psycopg.pq import TransactionStatus
+
+        return bool(self._conn.info.transaction_status != TransactionStatus.IDLE)
 
     def close(self) -> None:
         self._conn.close()
