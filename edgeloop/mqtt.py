@@ -138,20 +138,46 @@ class MqttSettings:
 
 @dataclass(frozen=True)
 class Delivery:
-    """An incoming message with what the transport knew about it."""
+    """An incoming message with what the transport knew about it: for a request, where to
+    answer (the v5 response topic and correlation data)."""
 
     topic: str
     message: Message
     retain: bool
-    properties: Properties | None
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
+
+
+@dataclass(slots=True)
+class _Arrival:
+    """What the client keeps of an incoming PUBLISH until its handler ran: plain values, not
+    paho's message. That one holds a v5 property object of some sixty containers and a
+    condition variable; with a backlog's hundreds of them alive at once, the garbage collector
+    ran every few messages and, as they aged, traversed the whole heap (a fifth of a drain)."""
+
+    #: the topic, or its bytes when they are not UTF-8 (dropped with a protocol error)
+    topic: str | bytes
+    payload: bytes | bytearray
+    mid: int
+    qos: int
+    retain: bool
+    response_topic: str | None
+    correlation_data: bytes | None
+
+    @classmethod
+    def of(cls, raw: paho.MQTTMessage) -> _Arrival:
+        try:
+            topic: str | bytes = raw.topic
+        except UnicodeDecodeError as exc:
+            topic = exc.object
+        properties = raw.properties
+        return cls(topic, raw.payload, raw.mid, raw.qos, bool(raw.retain),
+                   getattr(properties, "ResponseTopic", None),
+                   getattr(properties, "CorrelationData", None))
 
     @property
-    def response_topic(self) -> str | None:
-        return getattr(self.properties, "ResponseTopic", None) if self.properties else None
-
-    @property
-    def correlation_data(self) -> bytes | None:
-        return getattr(self.properties, "CorrelationData", None) if self.properties else None
+    def topic_text(self) -> str:
+        return self.topic if isinstance(self.topic, str) else repr(self.topic)
 
 
 Handler = Callable[[Delivery], Awaitable[None]]
@@ -212,7 +238,7 @@ class _Subscription:
 
 #: one incoming message on its way: what arrived, what it decoded to (None: it did not), and
 #: the subscriptions it goes to
-_Item = tuple[paho.MQTTMessage, Delivery | None, list[_Subscription]]
+_Item = tuple[_Arrival, Delivery | None, list[_Subscription]]
 
 
 @dataclass
@@ -234,7 +260,7 @@ class _Lane:
     """One connection's incoming side: its link, the queue its reader fills and who waits on it."""
 
     link: Link
-    queue: InflowQueue[paho.MQTTMessage]
+    queue: InflowQueue[_Arrival]
     control: bool
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -456,7 +482,7 @@ class MqttClient:
         will = None
         if self._will is not None and not control:
             will = (self._will.topic, encode(self._will.message, s.max_payload), self._will.retain)
-        queue: InflowQueue[paho.MQTTMessage] = InflowQueue(
+        queue: InflowQueue[_Arrival] = InflowQueue(
             s.control_high_water if control else s.incoming_high_water,
             Overflow.DROP if control else Overflow.PAUSE)
         lane: _Lane
@@ -479,12 +505,13 @@ class MqttClient:
 
     def _arrive(self, lane: _Lane, raw: paho.MQTTMessage) -> None:
         """A message came off the socket: queue it, stop reading when that filled the queue."""
-        if not lane.queue.push(raw):
+        arrival = _Arrival.of(raw)
+        if not lane.queue.push(arrival):
             self.stats.refused_overload += 1
-            lane.link.ack(raw.mid, raw.qos)  # refused for good: the broker may forget it
+            lane.link.ack(arrival.mid, arrival.qos)  # refused for good: the broker may forget it
             if lane.queue.dropped in (1, 10, 100) or lane.queue.dropped % 1000 == 0:
                 log.warning("control queue full (%d waiting): refused a request on %s (%d so far)",
-                            len(lane.queue), _topic_text(raw), lane.queue.dropped)
+                            len(lane.queue), arrival.topic_text, lane.queue.dropped)
             return
         if lane.queue.paused:
             lane.link.pause_reading()
@@ -602,7 +629,7 @@ class MqttClient:
                         lane.link.ack(raw.mid, raw.qos)
             self._redelivery_backoff.reset()
 
-    def _runs(self, window: list[paho.MQTTMessage]) -> Iterator[list[_Item]]:
+    def _runs(self, window: list[_Arrival]) -> Iterator[list[_Item]]:
         """Split a window into consecutive runs delivered together: messages for the same batch
         subscriptions stay together (up to the smallest ``max_batch``); every other message is
         a run of its own. A message that fails to decode, or that admission turned away, joins
@@ -625,7 +652,7 @@ class MqttClient:
             yield run
 
     def _admitted(self, delivery: Delivery, subs: list[_Subscription],
-                  raw: paho.MQTTMessage) -> bool:
+                  raw: _Arrival) -> bool:
         if self._admission is None or any(sub.control for sub in subs):
             return True
         if self._admission.admit(delivery.topic, len(raw.payload)):
@@ -633,21 +660,19 @@ class MqttClient:
         self.stats.refused_budget += 1
         return False
 
-    def _decode(self, raw: paho.MQTTMessage) -> tuple[Delivery | None, list[_Subscription]]:
-        try:
-            topic = raw.topic
-        except UnicodeDecodeError as exc:
+    def _decode(self, raw: _Arrival) -> tuple[Delivery | None, list[_Subscription]]:
+        topic = raw.topic
+        if not isinstance(topic, str):
             self.stats.protocol_errors += 1
-            log.warning("dropped a message on a topic that is not UTF-8: %r", exc.object)
+            log.warning("dropped a message on a topic that is not UTF-8: %r", topic)
             return None, []
-        payload = raw.payload
         try:
-            message = decode(topic, payload, self.settings.max_payload)
+            message = decode(topic, raw.payload, self.settings.max_payload)
         except ProtocolError as exc:
             self.stats.protocol_errors += 1
             log.warning("dropped a message on %s: %s", topic, exc.reason)
             return None, []
-        delivery = Delivery(topic, message, bool(raw.retain), getattr(raw, "properties", None))
+        delivery = Delivery(topic, message, raw.retain, raw.response_topic, raw.correlation_data)
         if topic == self._reply_topic:
             return delivery, [self._reply_subscription]
         return delivery, self._matching(topic)
@@ -691,13 +716,6 @@ class MqttClient:
                     self.stats.handler_errors += 1
                     log.exception("handler for %s failed on %s", subscription.topic_filter,
                                   delivery.topic)
-
-
-def _topic_text(raw: paho.MQTTMessage) -> str:
-    try:
-        return str(raw.topic)
-    except UnicodeDecodeError as exc:
-        return repr(exc.object)
 
 
 def new_client_id(prefix: str) -> str:

@@ -28,7 +28,7 @@ log = logging.getLogger("edgeloop.mqtt.link")
 #: how often paho's housekeeping (keep-alive pings, their timeouts) runs
 MISC_INTERVAL = 1.0
 #: most packets read in one readiness event before yielding to other tasks
-READS_PER_EVENT = 64
+READS_PER_EVENT = 256
 _TCP_CORK: int | None = getattr(socket, "TCP_CORK", None)
 
 
