@@ -262,6 +262,25 @@ class Store:
             (kind, namespace, name)).fetchone()
         return (row[0], row[1]) if row else None
 
+    def resource_revisions(self, kind: str, keys: Iterable[tuple[str, str]]
+                           ) -> dict[tuple[str, str], tuple[int, float]]:
+        """:meth:`resource_revision` of each stored ``(namespace, name)`` of ``keys``, in one
+        query per namespace and few hundred names (a batch of sample reports names a Dataset
+        per report)."""
+        names: dict[str, list[str]] = {}
+        for namespace, name in keys:
+            names.setdefault(namespace, []).append(name)
+        found: dict[tuple[str, str], tuple[int, float]] = {}
+        for namespace, group in names.items():
+            for start in range(0, len(group), _KEYS_PER_QUERY):
+                part = group[start:start + _KEYS_PER_QUERY]
+                marks = ",".join("?" * len(part))
+                rows = self.db.execute(
+                    "SELECT name, generation, updated FROM resources WHERE kind=? AND namespace=? "
+                    f"AND name IN ({marks})", (kind, namespace, *part))
+                found.update(((namespace, r[0]), (r[1], r[2])) for r in rows)
+        return found
+
     def put_resource(self, kind: str, namespace: str, name: str, manifest: dict[str, Any],
                      now: float) -> PutOutcome:
         """Store a manifest; returns ``created``, ``configured`` or ``unchanged``."""
@@ -368,7 +387,10 @@ class Store:
     def put_node(self, status: NodeStatus, now: float) -> None:
         # pydantic's own JSON: a third of the cost of json.dumps over model_dump, once per
         # status of a backlog; read back by model_validate_json and json_extract alike
-        self.db.execute("INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?, ?)",
+        # an upsert changes the row in place; a replace deletes and inserts it (and its key)
+        self.db.execute("INSERT INTO nodes VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE "
+                        "SET state=excluded.state, boot_id=excluded.boot_id, "
+                        "status=excluded.status, updated=excluded.updated",
                         (status.node, status.state, status.boot_id, status.model_dump_json(), now))
 
     def node(self, name: str) -> NodeRow | None:
@@ -416,7 +438,9 @@ class Store:
 
     def put_dataset_samples(self, namespace: str, name: str, samples: int, error: str | None,
                             node: str, now: float) -> None:
-        self.db.execute("INSERT OR REPLACE INTO dataset_samples VALUES (?, ?, ?, ?, ?, ?)",
+        self.db.execute("INSERT INTO dataset_samples VALUES (?, ?, ?, ?, ?, ?) "
+                        "ON CONFLICT (namespace, name) DO UPDATE SET samples=excluded.samples, "
+                        "error=excluded.error, node=excluded.node, updated=excluded.updated",
                         (namespace, name, samples, error, node, now))
 
     def dataset_samples(self, namespace: str, name: str) -> SampleCountRow | None:
