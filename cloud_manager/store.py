@@ -161,6 +161,10 @@ class Store:
         elif int(row["value"]) > SCHEMA_VERSION:
             raise StoreError(f"{self.path} has schema {row['value']}, newer than this build's")
         self._depth = 0
+        #: transactions end without their commit, left to :meth:`commit_pending`
+        self._defer = False
+        #: a transaction that ended waits for :meth:`commit_pending`
+        self._uncommitted = False
 
     def close(self) -> None:
         self.db.close()
@@ -175,6 +179,8 @@ class Store:
             finally:
                 self._depth -= 1
             return
+        if self._uncommitted:
+            raise RuntimeError("the last transaction still waits for its commit")
         self.db.execute("BEGIN IMMEDIATE")
         self._depth = 1
         try:
@@ -183,9 +189,43 @@ class Store:
             self.db.execute("ROLLBACK")
             raise
         else:
-            self.db.execute("COMMIT")
+            if self._defer:
+                self._uncommitted = True
+            else:
+                self.db.execute("COMMIT")
         finally:
             self._depth = 0
+
+    @contextmanager
+    def committing_later(self) -> Iterator[None]:
+        """A transaction that ends inside this block does not commit: :meth:`commit_pending`
+        does, possibly in another thread, so that the commit's fsync (most of a batch's time
+        in the store) does not hold up the caller's event loop. Until then the caller keeps
+        every other use of the store away (the daemon's lock)."""
+        self._defer = True
+        try:
+            yield
+        finally:
+            self._defer = False
+
+    @property
+    def commit_due(self) -> bool:
+        """A transaction ended under :meth:`committing_later` and waits for its commit."""
+        return self._uncommitted
+
+    def commit_pending(self) -> None:
+        """Commit the transaction :meth:`committing_later` left open, if any; when the commit
+        fails it is rolled back and the error raised (nothing of it stays)."""
+        if not self._uncommitted:
+            return
+        try:
+            self.db.execute("COMMIT")
+        except BaseException:
+            if self.db.in_transaction:
+                self.db.execute("ROLLBACK")
+            raise
+        finally:
+            self._uncommitted = False
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
