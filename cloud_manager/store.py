@@ -12,7 +12,8 @@ redoes the event after restart (the broker redelivers what was not acknowledged,
 acknowledged before its commit) or finds it already done. Inside a batch, :meth:`Store.savepoint`
 lets one failing part roll back alone. WAL mode keeps readers (the API) from blocking the writer;
 ``synchronous=FULL`` makes every commit durable before the message is acknowledged, which costs
-one fsync per batch, not per message.
+one fsync per batch, not per message; :meth:`Store.committing_later` lets the daemon run that
+commit in a worker thread, off its event loop.
 """
 
 from __future__ import annotations
