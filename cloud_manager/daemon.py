@@ -303,7 +303,7 @@ class CloudDaemon:
                 except asyncio.CancelledError:
                     await asyncio.wait([commit])
                     if not commit.cancelled():
-                        commit.exception()  # retrieved: the broker sends the batch again
+                        commit.exception()  # retrieved; unacknowledged, the batch comes again
                     raise
 
     async def _on_progress(self, delivery: Delivery) -> None:
