@@ -272,12 +272,11 @@ class NodeTimedManager(TimedManager):
         super().__init__(*args, **kwargs)
         self.by_node: list[tuple[str, float]] = []
 
-    def on_sample_reports(self, reports, now):  # noqa: ANN001, ANN201
-        out = super().on_sample_reports(reports, now)
+    def committed(self) -> None:
         wall = time.time()
-        for r in reports:
+        for r in self.committing:
             self.by_node.append((r.node, wall - r.ts))
-        return out
+        super().committed()
 
 
 async def main(args: argparse.Namespace) -> dict[str, object]:

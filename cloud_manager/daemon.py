@@ -30,6 +30,7 @@ import sqlite3
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 from cloud_manager.artifact_pull import ArtifactPuller, PullError
 from cloud_manager.database import StoreUnavailable
@@ -55,6 +56,8 @@ from protocol.messages import (
 )
 
 log = logging.getLogger("edgeloop.cloud")
+
+T = TypeVar("T")
 
 TEXT_REPLY_CLIENT = "mqtt-text"
 TEXT_REPLY_TOPIC = topics.api_response(TEXT_REPLY_CLIENT)
@@ -249,7 +252,8 @@ class CloudDaemon:
         stats.batches += 1
         async with self._lock:
             try:
-                ingest = self.manager.on_statuses(statuses, self.clock())
+                ingest = await self._commit_off_loop(
+                    lambda: self.manager.on_statuses(statuses, self.clock()))
             except (sqlite3.Error, StoreUnavailable, NotLeader, OSError) as exc:
                 # Nothing committed, so nothing is acknowledged: the broker sends them again.
                 stats.deferred += len(statuses)
@@ -274,7 +278,8 @@ class CloudDaemon:
         stats.largest_batch = max(stats.largest_batch, len(reports))
         async with self._lock:
             try:
-                ingest = self.manager.on_sample_reports(reports, self.clock())
+                ingest = await self._commit_off_loop(
+                    lambda: self.manager.on_sample_reports(reports, self.clock()))
             except (sqlite3.Error, StoreUnavailable, NotLeader, OSError) as exc:
                 # Nothing committed, so nothing is acknowledged: the broker sends them again.
                 stats.deferred += len(reports)
@@ -289,6 +294,27 @@ class CloudDaemon:
         stats.failed += ingest.failed
         await self.publish(ingest.messages)
         self._start_pulls()
+
+    async def _commit_off_loop(self, work: Callable[[], T]) -> T:
+        """Run a batch's ``work`` (the caller holds the lock) and commit its transaction in a
+        worker thread: the event loop meanwhile reads the next messages off the socket, so the
+        commit's fsync overlaps them instead of stalling the reader; the batch is acknowledged
+        once the commit returned. Waits for the commit even when cancelled, so that nothing
+        else uses the store while it runs."""
+        store = self.manager.store
+        try:
+            with store.committing_later():
+                return work()
+        finally:
+            if store.commit_due:
+                commit = asyncio.ensure_future(asyncio.to_thread(store.commit_pending))
+                try:
+                    await asyncio.shield(commit)
+                except asyncio.CancelledError:
+                    await asyncio.wait([commit])
+                    if not commit.cancelled():
+                        commit.exception()  # retrieved; unacknowledged, the batch comes again
+                    raise
 
     async def _on_progress(self, delivery: Delivery) -> None:
         if isinstance(delivery.message, TaskProgress):

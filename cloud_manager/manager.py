@@ -193,7 +193,13 @@ class Manager:
         """The applied manifest of a kind, or None when there is none. Asks the store for the
         revision first and reads the document only when it changed since it was parsed (each
         sample report looks up its Dataset: reading and decoding it every time cost more)."""
-        revision = self.store.resource_revision(kind.kind_name, namespace, name)
+        return self._manifest_at(kind, namespace, name,
+                                 self.store.resource_revision(kind.kind_name, namespace, name))
+
+    def _manifest_at(self, kind: type[M], namespace: str, name: str,
+                     revision: tuple[int, float] | None) -> M | None:
+        """:meth:`manifest` with the revision already read (a batch reads all of its own in one
+        query: :meth:`Store.resource_revisions`)."""
         if revision is None:
             return None
         cached = self._manifests.get((kind.kind_name, namespace, name))
@@ -468,8 +474,11 @@ class Manager:
         the keys of the reports that failed."""
         ctx = self.context(now)
         jobs = self._jobs_by_dataset()
+        revisions = self.store.resource_revisions(
+            Dataset.kind_name, {(update.namespace, update.name) for update in updates})
         messages, failed = self._apply_each(
-            updates, lambda update: self._apply_samples(update, jobs, now, ctx),
+            updates, lambda update: self._apply_samples(
+                update, jobs, now, ctx, revisions.get((update.namespace, update.name))),
             lambda update: f"samples of dataset {update.dataset} from {update.node} "
                            f"(reports {', '.join(update.reports)})")
         return messages, {key for update in failed for key in update.reports}
@@ -514,9 +523,12 @@ class Manager:
         return index
 
     def _apply_samples(self, update: DatasetUpdate, jobs: dict[tuple[str, str], list[str]],
-                       now: float, ctx: sm.Context) -> list[Outgoing]:
-        """One dataset's newest count: stored, and fed to the jobs learning from it."""
-        owner = self.dataset_node(update.namespace, update.name)
+                       now: float, ctx: sm.Context,
+                       revision: tuple[int, float] | None) -> list[Outgoing]:
+        """One dataset's newest count: stored, and fed to the jobs learning from it.
+        ``revision``: its Dataset's, as the batch read it (None: not applied)."""
+        dataset = self._manifest_at(Dataset, update.namespace, update.name, revision)
+        owner = dataset.spec.node_name if dataset else None
         if owner is None:
             # Agents report what they hold as soon as they connect, often before the manifests
             # are applied, and again only when the index changes. Keep the count: a job created

@@ -14,7 +14,8 @@ acknowledged before its commit) or finds it already done. Inside a batch, :meth:
 lets one failing part roll back alone. SQLite runs in WAL mode, which keeps readers (the API) from
 blocking the writer, with ``synchronous=FULL``, which makes every commit durable before the
 message is acknowledged (one fsync per batch, not per message); PostgreSQL's commit is durable
-by default.
+by default. :meth:`Store.committing_later` lets the daemon run a batch's commit in a worker
+thread, off its event loop.
 """
 
 from __future__ import annotations
@@ -172,6 +173,10 @@ class Store:
         #: when set, every transaction first checks that the leader lease is still at this
         #: epoch (:meth:`fence`): the writes of a manager that serves under a lease
         self.epoch: int | None = None
+        #: transactions end without their commit, left to :meth:`commit_pending`
+        self._defer = False
+        #: a transaction that ended waits for :meth:`commit_pending`
+        self._uncommitted = False
 
     @property
     def schema_version(self) -> int:
@@ -191,6 +196,8 @@ class Store:
             finally:
                 self._depth -= 1
             return
+        if self._uncommitted:
+            raise RuntimeError("the last transaction still waits for its commit")
         self.db.execute(self.dialect.begin)
         self._depth = 1
         try:
@@ -201,7 +208,10 @@ class Store:
             self._rollback()
             raise
         else:
-            self.db.execute("COMMIT")
+            if self._defer:
+                self._uncommitted = True
+            else:
+                self.db.execute("COMMIT")
         finally:
             self._depth = 0
 
@@ -211,6 +221,37 @@ class Store:
             self.db.execute("ROLLBACK")
         except StoreUnavailable:
             pass
+
+    @contextmanager
+    def committing_later(self) -> Iterator[None]:
+        """A transaction that ends inside this block does not commit: :meth:`commit_pending`
+        does, possibly in another thread, so that the commit's fsync (most of a batch's time
+        in the store) does not hold up the caller's event loop. Until then the caller keeps
+        every other use of the store away (the daemon's lock)."""
+        self._defer = True
+        try:
+            yield
+        finally:
+            self._defer = False
+
+    @property
+    def commit_due(self) -> bool:
+        """A transaction ended under :meth:`committing_later` and waits for its commit."""
+        return self._uncommitted
+
+    def commit_pending(self) -> None:
+        """Commit the transaction :meth:`committing_later` left open, if any; when the commit
+        fails it is rolled back and the error raised (nothing of it stays)."""
+        if not self._uncommitted:
+            return
+        try:
+            self.db.execute("COMMIT")
+        except BaseException:
+            if self.db.in_transaction:
+                self._rollback()
+            raise
+        finally:
+            self._uncommitted = False
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
@@ -287,6 +328,25 @@ class Store:
             "SELECT generation, updated FROM resources WHERE kind=? AND namespace=? AND name=?",
             (kind, namespace, name)).fetchone()
         return (row["generation"], row["updated"]) if row else None
+
+    def resource_revisions(self, kind: str, keys: Iterable[tuple[str, str]]
+                           ) -> dict[tuple[str, str], tuple[int, float]]:
+        """:meth:`resource_revision` of each stored ``(namespace, name)`` of ``keys``, in one
+        query per namespace and few hundred names (a batch of sample reports names a Dataset
+        per report)."""
+        names: dict[str, list[str]] = {}
+        for namespace, name in keys:
+            names.setdefault(namespace, []).append(name)
+        found: dict[tuple[str, str], tuple[int, float]] = {}
+        for namespace, group in names.items():
+            for start in range(0, len(group), _KEYS_PER_QUERY):
+                part = group[start:start + _KEYS_PER_QUERY]
+                marks = ",".join("?" * len(part))
+                rows = self.db.execute(
+                    "SELECT name, generation, updated FROM resources WHERE kind=? AND namespace=? "
+                    f"AND name IN ({marks})", (kind, namespace, *part))
+                found.update(((namespace, r["name"]), (r["generation"], r["updated"])) for r in rows)
+        return found
 
     def put_resource(self, kind: str, namespace: str, name: str, manifest: dict[str, Any],
                      now: float) -> PutOutcome:
@@ -398,7 +458,8 @@ class Store:
 
     def put_node(self, status: NodeStatus, now: float) -> None:
         # pydantic's own JSON: a third of the cost of json.dumps over model_dump, once per
-        # status of a backlog; read back by model_validate_json and the dialect's JSON field read alike
+        # status of a backlog; read back by model_validate_json and the dialect's JSON field
+        # read alike. An upsert changes the row in place; a replace deletes and inserts it
         self.db.execute("INSERT INTO nodes VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE "
                         "SET state=excluded.state, boot_id=excluded.boot_id, "
                         "status=excluded.status, updated=excluded.updated",

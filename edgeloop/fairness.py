@@ -78,7 +78,8 @@ class NodeBudgets:
     def admit_node(self, node: str, size: int) -> bool:
         now = self.clock()
         bucket = self._refill(node, now)
-        if bucket.messages >= 1 and bucket.bytes >= min(size, self.budget.bytes):
+        limit = self.budget.bytes
+        if bucket.messages >= 1 and bucket.bytes >= (size if size < limit else limit):
             bucket.messages -= 1
             bucket.bytes -= size
             return True
@@ -100,8 +101,15 @@ class NodeBudgets:
         if bucket is None:
             bucket = self._buckets[node] = _Bucket(b.messages, b.bytes, now)
             return bucket
-        elapsed = max(0.0, now - bucket.updated) / b.interval_s
-        bucket.messages = min(b.messages, bucket.messages + elapsed * b.messages)
-        bucket.bytes = min(b.bytes, bucket.bytes + elapsed * b.bytes)
+        elapsed = now - bucket.updated
+        if elapsed <= 0:  # also a clock that went back: nothing to add
+            bucket.updated = now
+            return bucket
+        # once per message of every node: comparisons, not calls of min()
+        share = elapsed / b.interval_s
+        messages = bucket.messages + share * b.messages
+        bucket.messages = messages if messages < b.messages else b.messages
+        size = bucket.bytes + share * b.bytes
+        bucket.bytes = size if size < b.bytes else b.bytes
         bucket.updated = now
         return bucket

@@ -138,20 +138,46 @@ class MqttSettings:
 
 @dataclass(frozen=True)
 class Delivery:
-    """An incoming message with what the transport knew about it."""
+    """An incoming message with what the transport knew about it: for a request, where to
+    answer (the v5 response topic and correlation data)."""
 
     topic: str
     message: Message
     retain: bool
-    properties: Properties | None
+    response_topic: str | None = None
+    correlation_data: bytes | None = None
+
+
+@dataclass(slots=True)
+class _Arrival:
+    """What the client keeps of an incoming PUBLISH until its handler ran: plain values, not
+    paho's message. That one holds a v5 property object of some sixty containers and a
+    condition variable; with a backlog's hundreds of them alive at once, the garbage collector
+    ran every few messages and, as they aged, traversed the whole heap (a fifth of a drain)."""
+
+    #: the topic, or its bytes when they are not UTF-8 (dropped with a protocol error)
+    topic: str | bytes
+    payload: bytes | bytearray
+    mid: int
+    qos: int
+    retain: bool
+    response_topic: str | None
+    correlation_data: bytes | None
+
+    @classmethod
+    def of(cls, raw: paho.MQTTMessage) -> _Arrival:
+        try:
+            topic: str | bytes = raw.topic
+        except UnicodeDecodeError as exc:
+            topic = exc.object
+        properties = raw.properties
+        return cls(topic, raw.payload, raw.mid, raw.qos, bool(raw.retain),
+                   getattr(properties, "ResponseTopic", None),
+                   getattr(properties, "CorrelationData", None))
 
     @property
-    def response_topic(self) -> str | None:
-        return getattr(self.properties, "ResponseTopic", None) if self.properties else None
-
-    @property
-    def correlation_data(self) -> bytes | None:
-        return getattr(self.properties, "CorrelationData", None) if self.properties else None
+    def topic_text(self) -> str:
+        return self.topic if isinstance(self.topic, str) else repr(self.topic)
 
 
 Handler = Callable[[Delivery], Awaitable[None]]
@@ -210,9 +236,30 @@ class _Subscription:
         return len(levels) == len(self._levels)
 
 
+@dataclass(frozen=True)
+class _Targets:
+    """The subscriptions a topic goes to and what delivering to them takes, worked out once
+    per topic rather than once per message."""
+
+    subs: tuple[_Subscription, ...] = ()
+    #: some of them take batches, of at most ``limit`` messages
+    batched: bool = False
+    limit: int = 1
+    #: delivered on the control connection: admission does not apply
+    control: bool = False
+
+    @classmethod
+    def of(cls, subs: list[_Subscription]) -> _Targets:
+        limits = [sub.max_batch for sub in subs if sub.batch_handler]
+        return cls(tuple(subs), bool(limits), min(limits, default=1),
+                   any(sub.control for sub in subs))
+
+
+_NOWHERE = _Targets()
+
 #: one incoming message on its way: what arrived, what it decoded to (None: it did not), and
-#: the subscriptions it goes to
-_Item = tuple[paho.MQTTMessage, Delivery | None, list[_Subscription]]
+#: where it goes
+_Item = tuple[_Arrival, Delivery | None, _Targets]
 
 
 @dataclass
@@ -234,7 +281,7 @@ class _Lane:
     """One connection's incoming side: its link, the queue its reader fills and who waits on it."""
 
     link: Link
-    queue: InflowQueue[paho.MQTTMessage]
+    queue: InflowQueue[_Arrival]
     control: bool
     arrived: asyncio.Event = field(default_factory=asyncio.Event)
 
@@ -252,6 +299,7 @@ class MqttClient:
         self.stats = ClientStats()
         self._subscriptions: list[_Subscription] = []
         self._matches: dict[str, list[_Subscription]] = {}
+        self._routes: dict[str, _Targets] = {}
         self._connect_hooks: list[ConnectHook] = []
         self._will = _Will(*will) if will else None
         self._admission = admission
@@ -263,6 +311,7 @@ class MqttClient:
         self._pending_requests: dict[bytes, asyncio.Future[ApiResponse]] = {}
         self._reply_topic = topics.api_response(settings.client_id)
         self._reply_subscription = _Subscription(self._reply_topic, self._on_reply, control=True)
+        self._reply_targets = _Targets.of([self._reply_subscription])
         # Only clients that make requests subscribe to their reply topic: a node's ACL has none.
         self._wants_replies = False
         self._backoff = Backoff(settings.backoff_initial, settings.backoff_max)
@@ -332,6 +381,7 @@ class MqttClient:
     def _add_subscription(self, subscription: _Subscription) -> None:
         self._subscriptions.append(subscription)
         self._matches.clear()
+        self._routes.clear()
         lane = self._control if subscription.control else self._data
         if lane is not None and self.connected:
             asyncio.ensure_future(self._subscribe_one(lane, subscription))
@@ -456,7 +506,7 @@ class MqttClient:
         will = None
         if self._will is not None and not control:
             will = (self._will.topic, encode(self._will.message, s.max_payload), self._will.retain)
-        queue: InflowQueue[paho.MQTTMessage] = InflowQueue(
+        queue: InflowQueue[_Arrival] = InflowQueue(
             s.control_high_water if control else s.incoming_high_water,
             Overflow.DROP if control else Overflow.PAUSE)
         lane: _Lane
@@ -479,12 +529,13 @@ class MqttClient:
 
     def _arrive(self, lane: _Lane, raw: paho.MQTTMessage) -> None:
         """A message came off the socket: queue it, stop reading when that filled the queue."""
-        if not lane.queue.push(raw):
+        arrival = _Arrival.of(raw)
+        if not lane.queue.push(arrival):
             self.stats.refused_overload += 1
-            lane.link.ack(raw.mid, raw.qos)  # refused for good: the broker may forget it
+            lane.link.ack(arrival.mid, arrival.qos)  # refused for good: the broker may forget it
             if lane.queue.dropped in (1, 10, 100) or lane.queue.dropped % 1000 == 0:
                 log.warning("control queue full (%d waiting): refused a request on %s (%d so far)",
-                            len(lane.queue), _topic_text(raw), lane.queue.dropped)
+                            len(lane.queue), arrival.topic_text, lane.queue.dropped)
             return
         if lane.queue.paused:
             lane.link.pause_reading()
@@ -602,55 +653,60 @@ class MqttClient:
                         lane.link.ack(raw.mid, raw.qos)
             self._redelivery_backoff.reset()
 
-    def _runs(self, window: list[paho.MQTTMessage]) -> Iterator[list[_Item]]:
+    def _runs(self, window: list[_Arrival]) -> Iterator[list[_Item]]:
         """Split a window into consecutive runs delivered together: messages for the same batch
         subscriptions stay together (up to the smallest ``max_batch``); every other message is
         a run of its own. A message that fails to decode, or that admission turned away, joins
         the run it sits in."""
         run: list[_Item] = []
-        run_subs: list[_Subscription] | None = None
+        run_subs: tuple[_Subscription, ...] | None = None
         for raw in window:
-            delivery, subs = self._decode(raw)
-            if delivery is None or not self._admitted(delivery, subs, raw):
-                run.append((raw, None, []))
+            delivery, targets = self._decode(raw)
+            if delivery is None or not self._admitted(delivery, targets, raw):
+                run.append((raw, None, _NOWHERE))
                 continue
-            batched = any(sub.batch_handler for sub in subs)
-            limit = min((sub.max_batch for sub in subs if sub.batch_handler), default=1)
-            if run and not (batched and subs == run_subs and len(run) < limit):
+            batched = targets.batched
+            if run and not (batched and targets.subs == run_subs and len(run) < targets.limit):
                 yield run
                 run = []
-            run.append((raw, delivery, subs))
-            run_subs = subs if batched else None
+            run.append((raw, delivery, targets))
+            run_subs = targets.subs if batched else None
         if run:
             yield run
 
-    def _admitted(self, delivery: Delivery, subs: list[_Subscription],
-                  raw: paho.MQTTMessage) -> bool:
-        if self._admission is None or any(sub.control for sub in subs):
+    def _admitted(self, delivery: Delivery, targets: _Targets, raw: _Arrival) -> bool:
+        if self._admission is None or targets.control:
             return True
         if self._admission.admit(delivery.topic, len(raw.payload)):
             return True
         self.stats.refused_budget += 1
         return False
 
-    def _decode(self, raw: paho.MQTTMessage) -> tuple[Delivery | None, list[_Subscription]]:
-        try:
-            topic = raw.topic
-        except UnicodeDecodeError as exc:
+    def _decode(self, raw: _Arrival) -> tuple[Delivery | None, _Targets]:
+        topic = raw.topic
+        if not isinstance(topic, str):
             self.stats.protocol_errors += 1
-            log.warning("dropped a message on a topic that is not UTF-8: %r", exc.object)
-            return None, []
-        payload = raw.payload
+            log.warning("dropped a message on a topic that is not UTF-8: %r", topic)
+            return None, _NOWHERE
         try:
-            message = decode(topic, payload, self.settings.max_payload)
+            message = decode(topic, raw.payload, self.settings.max_payload)
         except ProtocolError as exc:
             self.stats.protocol_errors += 1
             log.warning("dropped a message on %s: %s", topic, exc.reason)
-            return None, []
-        delivery = Delivery(topic, message, bool(raw.retain), getattr(raw, "properties", None))
+            return None, _NOWHERE
+        delivery = Delivery(topic, message, raw.retain, raw.response_topic, raw.correlation_data)
         if topic == self._reply_topic:
-            return delivery, [self._reply_subscription]
-        return delivery, self._matching(topic)
+            return delivery, self._reply_targets
+        return delivery, self._route(topic)
+
+    def _route(self, topic: str) -> _Targets:
+        """Where ``topic`` goes, remembered per topic as :meth:`_matching` is."""
+        targets = self._routes.get(topic)
+        if targets is None:
+            if len(self._routes) >= MATCHES_KEPT:
+                self._routes.clear()
+            targets = self._routes[topic] = _Targets.of(self._matching(topic))
+        return targets
 
     def _matching(self, topic: str) -> list[_Subscription]:
         """The subscriptions ``topic`` goes to, remembered per topic until the subscriptions
@@ -669,7 +725,7 @@ class MqttClient:
         deliveries = [delivery for _, delivery, _ in run if delivery is not None]
         if not deliveries:
             return
-        subscriptions = next(subs for _, delivery, subs in run if delivery is not None)
+        subscriptions = next(targets.subs for _, delivery, targets in run if delivery is not None)
         for subscription in subscriptions:
             if subscription.batch_handler is not None:
                 try:
@@ -691,13 +747,6 @@ class MqttClient:
                     self.stats.handler_errors += 1
                     log.exception("handler for %s failed on %s", subscription.topic_filter,
                                   delivery.topic)
-
-
-def _topic_text(raw: paho.MQTTMessage) -> str:
-    try:
-        return str(raw.topic)
-    except UnicodeDecodeError as exc:
-        return repr(exc.object)
 
 
 def new_client_id(prefix: str) -> str:

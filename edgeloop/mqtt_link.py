@@ -27,8 +27,10 @@ log = logging.getLogger("edgeloop.mqtt.link")
 
 #: how often paho's housekeeping (keep-alive pings, their timeouts) runs
 MISC_INTERVAL = 1.0
-#: most packets read in one readiness event before yielding to other tasks
-READS_PER_EVENT = 64
+#: most packets read in one readiness event before yielding to other tasks: more than the
+#: incoming queue holds (its reader pauses at ``incoming_high_water``), so that a batch is
+#: the whole window waiting, not a slice of it (fewer, larger transactions in a backlog)
+READS_PER_EVENT = 256
 _TCP_CORK: int | None = getattr(socket, "TCP_CORK", None)
 
 

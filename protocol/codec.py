@@ -115,18 +115,21 @@ def _decode(topic: str, payload: bytes | bytearray | memoryview, max_size: int) 
     return _check_route(route, message)
 
 
-def _field(message: Message, name: str) -> Any:
-    """A field's value, None for a kind without it. (``getattr`` with a default costs an
-    exception from pydantic for each kind that lacks the field: more than the validation.)"""
-    return getattr(message, name) if name in type(message).model_fields else None
+#: Which of the fields a topic also names (``node``, ``task_id``) each message model has, worked
+#: out once: asking the model on every message cost more than its validation. (``getattr`` with
+#: a default costs an exception from pydantic for each kind that lacks the field.)
+_ROUTED_FIELDS: dict[type[Message], tuple[bool, bool]] = {
+    model: ("node" in model.model_fields, "task_id" in model.model_fields)
+    for model in MESSAGE_FOR_KIND.values()}
 
 
 def _check_route(route: Route, message: Message) -> Message:
     """The topic and the payload must agree: a node cannot speak for another node."""
-    node = _field(message, "node")
+    has_node, has_task = _ROUTED_FIELDS[type(message)]
+    node = getattr(message, "node") if has_node else None
     if route.node is not None and node is not None and node != route.node:
         raise ProtocolError(f"node: {node!r} in the payload but {route.node!r} in the topic")
-    task_id = _field(message, "task_id")
+    task_id = getattr(message, "task_id") if has_task else None
     if route.task is not None and task_id is not None and task_id != route.task:
         raise ProtocolError(f"task_id: {task_id!r} in the payload but {route.task!r} in the topic")
     if isinstance(message, ApiRequest) and route.verb is not None and message.verb != route.verb:

@@ -221,7 +221,10 @@ async def test_reports_are_acknowledged_only_after_their_batch_committed(broker,
     # A new process on the same state: the broker sends the unacknowledged reports again.
     async with cloud(broker.url, state) as daemon:
         store = daemon.manager.store
-        await wait_for(lambda: all(store.dataset_samples(NS, n) for n in names))
+        # the handler's end, not the rows: a batch's rows show before its commit has returned
+        await wait_for(lambda: daemon.sample_stats.reports >= len(reports),
+                       "every report handled")
+        assert all(store.dataset_samples(NS, n) for n in names)
         assert [store.dataset_samples(NS, n).samples for n in names] == list(range(10, 22))
         assert daemon.sample_stats.reports == len(reports) and daemon.sample_stats.failed == 0
         assert daemon.client.stats.protocol_errors == 1  # the garbage came again, was dropped
@@ -246,7 +249,9 @@ async def test_a_batch_the_store_cannot_commit_is_sent_again(broker, tmp_path, m
         monkeypatch.setattr(daemon.manager, "on_sample_reports", disk_fails_once)
         await publish_reports(broker.url, reports)
         store = daemon.manager.store
-        await wait_for(lambda: all(store.dataset_samples(NS, n) for n in names), timeout=30)
+        await wait_for(lambda: daemon.sample_stats.reports >= len(reports),
+                       "every report handled", timeout=30)
+        assert all(store.dataset_samples(NS, n) for n in names)
         assert [store.dataset_samples(NS, n).samples for n in names] == list(range(20, 28))
         assert daemon.client.stats.redeliveries == 1
         assert daemon.sample_stats.deferred == calls[0] >= 1

@@ -141,8 +141,9 @@ async def test_a_status_batch_the_store_cannot_commit_is_sent_again(broker, tmp_
             for one in sent:
                 assert await sender.publish(topics.status(one.node), one)
         store = daemon.manager.store
-        await wait_for(lambda: all((row := store.node(n)) and row.status.seq == 3 for n in nodes),
-                       "every node's latest status stored")
+        await wait_for(lambda: daemon.status_stats.statuses == sum(calls[1:])
+                       and all((row := store.node(n)) and row.status.seq == 3 for n in nodes),
+                       "every node's latest status stored, its batch handled")
         assert daemon.client.stats.redeliveries == 1
         assert daemon.status_stats.deferred == calls[0] >= 1
         assert daemon.status_stats.statuses == sum(calls[1:]) >= len(sent)
