@@ -13,7 +13,8 @@ Three groups of variables (documented for users in docs/workers.md):
    ``BASE_MODEL_URL``, ``TRAIN_DATASET_URL``, ``TEST_DATASET_URL``, ``MODEL_URL``,
    ``MODEL_URLS``, ``HEM_NAME``, ``HEM_PARAMETERS``.
 3. edgeloop's own: ``EDGELOOP_TASK_ID``, ``EDGELOOP_RESULT``, ``EDGELOOP_CHANNEL``,
-   ``EDGELOOP_MODEL_VERSION``, ``EDGELOOP_REPLAY_INDEX``, ``EDGELOOP_BLIND_SPOT``.
+   ``EDGELOOP_MODEL_VERSION``, ``EDGELOOP_REPLAY_INDEX``, ``EDGELOOP_BLIND_SPOT``,
+   ``EDGELOOP_CAMERA``.
 """
 
 from __future__ import annotations
@@ -62,6 +63,10 @@ SEDNA_VARIABLES = (ORIGINAL_DATASET_URL, NAMESPACE, JOB_NAME, WORKER_NAME)
 #: inference: JSON of the job's ``blindSpotMining`` (camelCase keys); absent while HEM_NAME is
 #: set means its defaults, ``{"enabled": false}`` turns it off
 BLIND_SPOT = "EDGELOOP_BLIND_SPOT"
+#: inference: the name of the camera (from the agent's ``cameras:`` settings) whose stream
+#: ``video_url`` is; the worker writes it into each hard example's sidecar. Absent for the job's
+#: single ``video_url``.
+CAMERA = "EDGELOOP_CAMERA"
 #: The MODEL_VERSION of a job's initial model, served until a first version is deployed: frame
 #: logs, live views and reports name it so instead of by its file name.
 INITIAL_MODEL_VERSION = "initial"
@@ -82,6 +87,7 @@ LOCATION_VARIABLES = (
     EARLIER_TEST_URLS,
     *SEDNA_VARIABLES,
     BLIND_SPOT,
+    CAMERA,
 )
 
 #: Separator of MODEL_URLS.
@@ -308,6 +314,7 @@ class WorkerEnvironment(BaseModel):
     replay_index: str | None = None
     earlier_test_urls: dict[int, str] = Field(default_factory=dict)
     blind_spot: BlindSpotMining | None = None
+    camera: str | None = None
     parameters: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("channel")
@@ -344,6 +351,7 @@ class WorkerEnvironment(BaseModel):
             EARLIER_TEST_URLS: (earlier_test_urls_json(self.earlier_test_urls)
                                 if self.earlier_test_urls else None),
             BLIND_SPOT: blind_spot_json(self.blind_spot) if self.blind_spot else None,
+            CAMERA: self.camera,
         }
         env.update({k: v for k, v in pairs.items() if v})
         return env
@@ -376,6 +384,7 @@ class WorkerEnvironment(BaseModel):
                 replay_index=env.get(REPLAY_INDEX) or None,
                 earlier_test_urls=earlier,
                 blind_spot=parse_blind_spot(env.get(BLIND_SPOT) or ""),
+                camera=env.get(CAMERA) or None,
                 parameters={p.name: env[p.name] for p in PARAMETERS if p.name in env},
             )
         except ValidationError as exc:

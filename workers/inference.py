@@ -138,6 +138,7 @@ class InferenceLoop:
         on_detections: Callable[[Frame, Detections], None] | None = None,
         frame_log: Path | str | None = None,
         blind_spot: BlindSpotMonitor | None = None,
+        camera: str = "",
     ):
         self.slot = slot
         self.source = source
@@ -149,6 +150,7 @@ class InferenceLoop:
         self.on_detections = on_detections
         self.frame_log_path = Path(frame_log) if frame_log else None
         self.blind_spot = blind_spot
+        self.camera = camera  # the agent's name for the stream (EDGELOOP_CAMERA), for sidecars
         self.stats = LoopStats(frame_times=[] if record_times else None)
 
     def stop(self) -> None:
@@ -263,6 +265,7 @@ class InferenceLoop:
             frame_index=frame.index,
             time=frame.timestamp,
             source=self.source.url,
+            camera=self.camera,
             mining=repr(self.miner) if self.miner is not None else "",
             mining_reason=reason,
             width=w,
@@ -383,6 +386,7 @@ def run_inference(params: sdk.Parameters, session: sdk.WorkerSession) -> dict[st
         max_frames=params.int("max_frames", minimum=0),
         frame_log=params.get("frame_log"),
         blind_spot=blind_spot,
+        camera=env.camera or "",
     )
     session.subscribe("swap", lambda m: slot.request_swap(m.path, m.version, m.sha256))
     session.subscribe("rollback", lambda m: slot.request_rollback())
