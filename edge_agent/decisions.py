@@ -17,6 +17,8 @@ What it decides:
   its restart start with the new version;
 - which model version each inference task serves (its worker's ``hello``, ``stats``,
   ``swapped``; nothing after the worker dies or the task ends): the node status's ``serving``;
+  on a node with cameras, per camera (each its own worker, :mod:`edge_agent.cameras`), with its
+  frame rate or why it serves nothing: the status's ``cameras``;
 - when the status is published again: the backlog, the served versions or the restarts changed,
   at most every :data:`STATUS_MIN_INTERVAL_S`;
 - which final progress reports the cloud has not received yet: sent again at every connection.
@@ -32,12 +34,13 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
+from edge_agent import cameras
 from edge_agent.deployment import PreparedModel
 from protocol import topics
 from protocol import worker_channel as wc
 from protocol import worker_contract as contract
 from protocol.errors import ProtocolError
-from protocol.messages import DesiredState, Message, Task, TaskProgress
+from protocol.messages import CameraStatus, DesiredState, Message, Task, TaskProgress
 
 STATUS_MIN_INTERVAL_S = 2.0
 FINAL_STATES = ("Completed", "Failed")
@@ -53,6 +56,7 @@ class PublishedStatus:
     serving: dict[str, int]
     restarts: dict[str, int]
     at: float
+    cameras: dict[str, dict[str, CameraStatus]] = field(default_factory=dict)
 
 
 @dataclass
@@ -63,9 +67,13 @@ class NodeState:
     applied_generation: int = -1
     #: start tasks of the applied generation: a later one stops those it no longer lists
     desired_tasks: frozenset[str] = frozenset()
-    #: inference task id -> model version its worker serves
+    #: inference worker id (the task id, or ``<task id>@<camera>``) -> model version it serves
     serving: dict[str, int] = field(default_factory=dict)
     worker_stats: dict[str, wc.Stats] = field(default_factory=dict)
+    #: workers that said what they serve (the initial model too) and have not exited since
+    greeted: frozenset[str] = frozenset()
+    #: camera worker id -> why it serves nothing (it exited: its camera does not open, ...)
+    camera_errors: dict[str, str] = field(default_factory=dict)
     #: task id -> its final report, not received by the broker yet
     unsent_final: dict[str, TaskProgress] = field(default_factory=dict)
     published: PublishedStatus | None = None
@@ -98,6 +106,10 @@ class Context:
 
     def restarts(self) -> dict[str, int]:
         return {t: w.restarts for t, w in self.workers.items() if w.restarts is not None}
+
+    def workers_of(self, task_id: str) -> dict[str, WorkerView]:
+        """The task's live workers by id: the one, or one per camera."""
+        return {w: self.workers[w] for w in cameras.workers_of(task_id, self.workers)}
 
 
 # --- events ------------------------------------------------------------------------------------
@@ -146,6 +158,7 @@ class SwapSent:
     task: Task
     swap: wc.Swap
     delivered: bool  # False: the worker has no channel
+    camera: str | None = None
 
 
 @dataclass(frozen=True)
@@ -168,9 +181,10 @@ class WorkerSwapped:
 
 @dataclass(frozen=True)
 class WorkerExited:
-    """A service worker died and is about to be started again."""
+    """A service worker died and is about to be started again (``task_id``: its worker id)."""
 
     task_id: str
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -208,6 +222,7 @@ class StatusPublished:
     backlog: int
     serving: dict[str, int]
     restarts: dict[str, int]
+    cameras: dict[str, dict[str, CameraStatus]] = field(default_factory=dict)
 
 
 Event = (
@@ -269,10 +284,16 @@ class StartWorker:
 
 @dataclass(frozen=True)
 class SendSwap:
-    """Hand the new model to the task's running worker; answered by :class:`SwapSent`."""
+    """Hand the new model to the task's running worker (on ``camera``, on a node with
+    cameras); answered by :class:`SwapSent`."""
 
     task: Task
     swap: wc.Swap
+    camera: str | None = None
+
+    @property
+    def worker(self) -> str:
+        return cameras.worker_id(self.task.task_id, self.camera)
 
 
 @dataclass(frozen=True)
@@ -304,6 +325,7 @@ class PublishStatus:
     backlog: int
     serving: dict[str, int]
     restarts: dict[str, int]
+    cameras: dict[str, dict[str, CameraStatus]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -345,6 +367,7 @@ def handle(state: NodeState, event: Event, ctx: Context) -> Transition:
         state,
         serving=dict(state.serving),
         worker_stats=dict(state.worker_stats),
+        camera_errors=dict(state.camera_errors),
         unsent_final=dict(state.unsent_final),
     )
     return Transition(s, _decide(s, event, ctx))
@@ -362,7 +385,7 @@ def _decide(s: NodeState, event: Event, ctx: Context) -> list[Action]:
             return [HandleTask(task) if task.action == "stop" else PrepareModels(task, False)]
         case ModelReady(task, model, from_desired):
             return _model_ready(s, task, model, from_desired, ctx)
-        case SwapSent(task, swap, delivered):
+        case SwapSent(task, swap, delivered, _camera):
             return _swap_sent(task, swap.version, delivered)
         case WorkerHello() | WorkerStats() | WorkerSwapped() | WorkerExited():
             return _worker(s, event, ctx)
@@ -376,8 +399,9 @@ def _decide(s: NodeState, event: Event, ctx: Context) -> list[Action]:
             return _connected(s, ctx)
         case StatusDue():
             return _status_due(s, ctx)
-        case StatusPublished(backlog, serving, restarts):
-            s.published = PublishedStatus(backlog, dict(serving), dict(restarts), ctx.now)
+        case StatusPublished(backlog, serving, restarts, statuses):
+            s.published = PublishedStatus(backlog, dict(serving), dict(restarts), ctx.now,
+                                          dict(statuses))
     return []
 
 
@@ -427,18 +451,23 @@ def _desired(s: NodeState, desired: DesiredState) -> list[Action]:
 def _model_ready(
     s: NodeState, task: Task, model: PreparedModel | None, from_desired: bool, ctx: Context
 ) -> list[Action]:
-    """Start the task, or give its running attempt the new model version without a restart."""
-    run = ctx.workers.get(task.task_id)
-    if run is None or run.task.attempt != task.attempt or model is None:
+    """Start the task, or give its running attempt the new model version without a restart
+    (each of its workers, on a node with cameras)."""
+    runs = ctx.workers_of(task.task_id)
+    if not runs or any(r.task.attempt != task.attempt for r in runs.values()) or model is None:
         return [EnsureRunning(task) if from_desired else HandleTask(task)]
-    served = s.serving.get(task.task_id, run.started_version)
-    if served == model.version:
-        return []
-    if not run.alive:
-        return [Retarget(task, f"its worker is waiting to be restarted; it will start with "
-                               f"model version {model.version}")]
-    swap = wc.Swap(path=str(model.path), version=str(model.version), sha256=model.sha256)
-    return [SendSwap(task, swap)]
+    actions: list[Action] = []
+    for worker, run in sorted(runs.items()):
+        served = s.serving.get(worker, run.started_version)
+        if served == model.version:
+            continue
+        if not run.alive:
+            actions.append(Retarget(task, f"its worker is waiting to be restarted; it will "
+                                          f"start with model version {model.version}"))
+            continue
+        swap = wc.Swap(path=str(model.path), version=str(model.version), sha256=model.sha256)
+        actions.append(SendSwap(task, swap, cameras.camera_of(worker)))
+    return actions
 
 
 def _swap_sent(task: Task, version: str, delivered: bool) -> list[Action]:
@@ -462,17 +491,21 @@ def _worker(
             if run is not None and run.task.role == "inference" and task_id not in s.serving:
                 # the version it started with, before any swap or stats
                 _note_serving(s, task_id, version or run.task.env.get(contract.MODEL_VERSION), ctx)
+            _greeted(s, task_id, ctx)
         case WorkerStats(task_id, stats):
             s.worker_stats[task_id] = stats
             _note_serving(s, task_id, stats.model_version, ctx)
+            _greeted(s, task_id, ctx)
         case WorkerSwapped(task_id, swapped) if swapped.ok:
             _note_serving(s, task_id, swapped.version, ctx)
         case WorkerSwapped(task_id, swapped):
             return [ReportError("swap_failed", swapped.error or "the worker refused the model",
                                 task_id)]
-        case WorkerExited(task_id):
+        case WorkerExited(task_id, reason):
             # until its successor says hello (with the version it loaded), it serves nothing
             _forget_worker(s, task_id)
+            if cameras.camera_of(task_id) is not None:
+                s.camera_errors[task_id] = reason or "its worker exited"
     return []
 
 
@@ -481,9 +514,24 @@ def _note_serving(s: NodeState, task_id: str, version: str | None, ctx: Context)
         s.serving[task_id] = int(version)
 
 
-def _forget_worker(s: NodeState, task_id: str) -> None:
-    s.serving.pop(task_id, None)
-    s.worker_stats.pop(task_id, None)
+def _greeted(s: NodeState, worker: str, ctx: Context) -> None:
+    if worker in ctx.workers:
+        s.greeted |= {worker}
+        s.camera_errors.pop(worker, None)
+
+
+def _forget_worker(s: NodeState, worker: str) -> None:
+    s.serving.pop(worker, None)
+    s.worker_stats.pop(worker, None)
+    s.greeted -= {worker}
+
+
+def _forget_task(s: NodeState, task_id: str) -> None:
+    """The task ended: none of its workers serves anything any more."""
+    workers = set(s.serving) | set(s.worker_stats) | s.greeted | set(s.camera_errors)
+    for worker in cameras.workers_of(task_id, workers):
+        _forget_worker(s, worker)
+        s.camera_errors.pop(worker, None)
 
 
 # -- progress reports ---------------------------------------------------------------------------
@@ -492,7 +540,7 @@ def _forget_worker(s: NodeState, task_id: str) -> None:
 def _progress(s: NodeState, report: TaskProgress) -> list[Action]:
     if report.state not in FINAL_STATES:
         return [PublishProgress(report)]
-    _forget_worker(s, report.task_id)
+    _forget_task(s, report.task_id)
     return [CloseTask(report), PublishProgress(report)]
 
 
@@ -517,14 +565,33 @@ def _connected(s: NodeState, ctx: Context) -> list[Action]:
 
 
 def _publish_status(s: NodeState, ctx: Context) -> PublishStatus:
-    return PublishStatus(ctx.backlog, dict(s.serving), ctx.restarts())
+    return PublishStatus(ctx.backlog, cameras.serving_by_task(s.serving), ctx.restarts(),
+                         _camera_statuses(s, ctx))
+
+
+def _camera_statuses(s: NodeState, ctx: Context) -> dict[str, dict[str, CameraStatus]]:
+    return cameras.camera_statuses(
+        ctx.workers,
+        {w: s.serving.get(w) for w in s.greeted},
+        {w: stats.fps for w, stats in s.worker_stats.items()},
+        s.camera_errors,
+    )
+
+
+def _without_fps(statuses: dict[str, dict[str, CameraStatus]]) -> dict[str, dict[str, tuple]]:
+    """What of the cameras' statuses makes a new status worth publishing: not the frame rate,
+    which changes with every report."""
+    return {task: {camera: (c.version, c.serving, c.error) for camera, c in by_camera.items()}
+            for task, by_camera in statuses.items()}
 
 
 def _status_due(s: NodeState, ctx: Context) -> list[Action]:
     """Publish again when what the status says changed, at most every 2 s, when connected."""
     last = s.published
     if last is not None and (
-        (ctx.backlog, s.serving, ctx.restarts()) == (last.backlog, last.serving, last.restarts)
+        (ctx.backlog, cameras.serving_by_task(s.serving), ctx.restarts(),
+         _without_fps(_camera_statuses(s, ctx)))
+        == (last.backlog, last.serving, last.restarts, _without_fps(last.cameras))
         or ctx.now - last.at < STATUS_MIN_INTERVAL_S
     ):
         return []
