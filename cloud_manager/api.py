@@ -19,13 +19,13 @@ from cloud_manager import state_machine as sm
 from cloud_manager.hardex_inbox import HardExampleInbox
 from cloud_manager.outgoing import Outgoing
 from cloud_manager.store import Store
-from cloud_manager.task_builder import JobInputs
+from cloud_manager.task_builder import JobInputs, task_id
 from cloud_manager.versions import ModelVersion
 from protocol import topics
 from protocol.errors import ProtocolError
 from protocol.manifest_yaml import load_documents
 from protocol.manifests import IncrementalLearningJob, ManifestError, ObjectMeta
-from protocol.messages import ApiRequest, ApiResponse
+from protocol.messages import ApiRequest, ApiResponse, NodeStatus
 from protocol.topics import check_name
 
 JOB = "IncrementalLearningJob"
@@ -110,6 +110,23 @@ def _whole_number(value: Any, what: str) -> int:
     return value
 
 
+def serving_summary(status: NodeStatus) -> str:
+    """What ``get nodes`` shows a node serving: per inference task the version, and on a node
+    with cameras per camera (``helmet-infer-0: gate=3 crane=not serving``)."""
+    parts = []
+    for task in sorted(set(status.serving) | set(status.cameras)):
+        cameras = status.cameras.get(task)
+        if not cameras:
+            parts.append(f"{task}: {status.serving[task]}")
+            continue
+        shown = " ".join(
+            f"{name}=" + ("not serving" if c.error or not c.serving
+                          else "initial" if c.version is None else str(c.version))
+            for name, c in sorted(cameras.items()))
+        parts.append(f"{task}: {shown}")
+    return ", ".join(parts)
+
+
 def _summary(meta: dict[str, Any]) -> dict[str, Any]:
     """A hard example's sidecar with what ``hardex list`` shows in its columns."""
     sidecar = meta.get("sidecar") or {}
@@ -118,6 +135,7 @@ def _summary(meta: dict[str, Any]) -> dict[str, Any]:
         "id": meta.get("sha256", ""),
         "short_id": meta.get("sha256", "")[:12],
         "source": sidecar.get("source", ""),
+        "camera": sidecar.get("camera", ""),
         "boxes": len(sidecar.get("boxes") or []),
         "model_version": sidecar.get("model_version"),
         "time": sidecar.get("time") or meta.get("received"),
@@ -269,7 +287,7 @@ class ApiHandler:
                 "name": n.name, "state": n.state, "boot_id": n.boot_id,
                 "agent_version": n.status.agent_version,
                 "outbox_backlog": n.status.outbox_backlog, "updated": n.updated,
-                "labels": n.status.labels,
+                "labels": n.status.labels, "serving": serving_summary(n.status),
             } for n in store.nodes()]
         if kind == "ModelVersion":
             return [version_row(v.job, v.model) for v in store.every_model_version()
@@ -335,8 +353,11 @@ class ApiHandler:
         for name, target in sorted(state.nodes.items()):
             node = self.store.node(name)
             health = node.state if node else "never seen: no status from this node yet"
+            cameras = node.status.cameras.get(task_id(state.namespace, state.name, 0, "inference"),
+                                              {}) if node else {}
             rows.append({"node": name, "state": node.state if node else "unknown",
                          "desired": target.desired, "serving": target.serving,
+                         "cameras": {c: s.model_dump() for c, s in sorted(cameras.items())},
                          "health": health, "seen": node.updated if node else None,
                          "labels": node.status.labels if node else {}})
         return rows

@@ -36,12 +36,14 @@ _COLUMNS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
         [("URL", "url"), ("GENERATION", "generation")],
     ),
     "Node": (
-        [("NAME", "name"), ("STATE", "state"), ("LABELS", "labels"), ("SEEN", "updated")],
+        [("NAME", "name"), ("STATE", "state"), ("LABELS", "labels"), ("SERVING", "serving"),
+         ("SEEN", "updated")],
         [("BOOT", "boot_id"), ("AGENT", "agent_version"), ("OUTBOX", "outbox_backlog")],
     ),
     "Namespace": ([("NAME", "name")], []),
     "HardExample": (
-        [("ID", "short_id"), ("NODE", "node"), ("AGE", "time"), ("MODEL", "model_version"),
+        [("ID", "short_id"), ("NODE", "node"), ("CAMERA", "camera"), ("AGE", "time"),
+         ("MODEL", "model_version"),
          ("BOXES", "boxes"), ("REASON", "reason"), ("LABELLED", "labelled")],
         [("MINING", "mining"), ("SOURCE", "source"), ("SHA256", "id")],
     ),
@@ -161,7 +163,19 @@ def _targets_table(rows: list[dict[str, Any]], now: float | None) -> Table:
             _version(row["serving"])
         out.add_row(row["node"], _health(row, now), _version(row["desired"]), serving,
                     show_labels(row.get("labels") or {}) or "-")
+        for camera, status in (row.get("cameras") or {}).items():
+            out.add_row(f"  camera {camera}", *_camera_cells(status), "")
     return out
+
+
+def _camera_cells(status: dict[str, Any]) -> tuple[str, str, str]:
+    """STATE, DESIRED, SERVING of one camera's row under its node: what it serves at what
+    frame rate, or why it serves nothing."""
+    if status.get("error"):
+        return f"not serving: {status['error']}", "", "-"
+    if not status.get("serving"):
+        return "starting", "", "-"
+    return f"{status.get('fps', 0.0):.1f} FPS", "", _version(status.get("version"))
 
 
 def _target_warnings(manifest: dict[str, Any], rows: list[dict[str, Any]],
