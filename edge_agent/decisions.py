@@ -70,7 +70,8 @@ class NodeState:
     #: inference worker id (the task id, or ``<task id>@<camera>``) -> model version it serves
     serving: dict[str, int] = field(default_factory=dict)
     worker_stats: dict[str, wc.Stats] = field(default_factory=dict)
-    #: workers that said what they serve (the initial model too) and have not exited since
+    #: workers that reported frames served (with the initial model too) and have not exited
+    #: since: a worker's hello comes before its video source opens, its stats after
     greeted: frozenset[str] = frozenset()
     #: camera worker id -> why it serves nothing (it exited: its camera does not open, ...)
     camera_errors: dict[str, str] = field(default_factory=dict)
@@ -491,7 +492,6 @@ def _worker(
             if run is not None and run.task.role == "inference" and task_id not in s.serving:
                 # the version it started with, before any swap or stats
                 _note_serving(s, task_id, version or run.task.env.get(contract.MODEL_VERSION), ctx)
-            _greeted(s, task_id, ctx)
         case WorkerStats(task_id, stats):
             s.worker_stats[task_id] = stats
             _note_serving(s, task_id, stats.model_version, ctx)

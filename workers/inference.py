@@ -38,7 +38,7 @@ from workers.blind_spot import RULE, BlindSpotMonitor, MiningReason
 from workers.hardex_store import HardExampleStore
 from workers.hotswap import ModelSlot, SwapOutcome
 from workers.mining import Detections, Miner
-from workers.video import Frame, VideoSource
+from workers.video import Frame, VideoSource, check_source
 
 log = logging.getLogger("edgeloop.inference")
 
@@ -331,6 +331,7 @@ def run_inference(params: sdk.Parameters, session: sdk.WorkerSession) -> dict[st
     video_url = params.get("video_url")
     if not video_url:
         raise sdk.ParameterError("video_url is required (rtsp:// URL, video file or camera index)")
+    check_source(video_url)
     class_names = params.class_names
     settings = DecodeSettings(params.obj_threshold, params.nms_threshold)
     threads = params.threads or inference_threads()
