@@ -545,8 +545,13 @@ def _distinct_nodes(names: list[str]) -> list[str]:
     return names
 
 
+#: deploySpec.maxSourceShare when the manifest names none: one camera may hold at most half of
+#: a job's hard examples waiting for labels (once it holds a few; see cloud_manager.hardex_admission)
+DEFAULT_MAX_SOURCE_SHARE = 0.5
+
+
 class DeploySpec(StageSpec):
-    edgeloop_extensions = ("node_names", "node_selector", "blind_spot_mining")
+    edgeloop_extensions = ("node_names", "node_selector", "blind_spot_mining", "max_source_share")
 
     model: DeployModelRef
     trigger: DeployTrigger
@@ -558,6 +563,10 @@ class DeploySpec(StageSpec):
     hard_example_mining: HardExampleMining | None = None
     #: edgeloop extension (not in Sedna): None means the defaults, on
     blind_spot_mining: BlindSpotMining | None = None
+    #: edgeloop extension: the largest share of the job's hard examples waiting for labels that
+    #: one source (a node's camera) may hold, so that one busy camera cannot fill a round; 1
+    #: turns the cap off; None means DEFAULT_MAX_SOURCE_SHARE
+    max_source_share: Annotated[float, Field(gt=0, le=1)] | None = None
 
     @model_validator(mode="after")
     def _blind_spot_needs_mining(self) -> DeploySpec:
@@ -568,6 +577,9 @@ class DeploySpec(StageSpec):
                 path="blindSpotMining",
             )
         return self
+
+    def source_share(self) -> float:
+        return DEFAULT_MAX_SOURCE_SHARE if self.max_source_share is None else self.max_source_share
 
     def blind_spot(self) -> BlindSpotMining | None:
         """The blind-spot settings the inference worker gets: the manifest's, else the defaults
