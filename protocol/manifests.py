@@ -546,7 +546,7 @@ def _distinct_nodes(names: list[str]) -> list[str]:
 
 
 #: deploySpec.maxSourceShare when the manifest names none: one camera may hold at most half of
-#: a job's hard examples waiting for labels (once it holds a few; see cloud_manager.hardex_admission)
+#: a job's hard examples waiting for labels (once it holds a few; cloud_manager.hardex_admission)
 DEFAULT_MAX_SOURCE_SHARE = 0.5
 
 

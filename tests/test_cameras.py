@@ -175,7 +175,8 @@ async def test_an_agent_runs_every_camera_and_its_hard_examples_carry_node_and_c
         def two_serve_one_broken() -> bool:
             seen = cameras_in_cloud()
             return (all(seen.get(c, CameraStatus()).serving for c in ("gate", "crane"))
-                    and "no-such-camera.mp4 does not exist" in seen.get("broken", CameraStatus()).error)
+                    and "no-such-camera.mp4 does not exist"
+                    in seen.get("broken", CameraStatus()).error)
 
         await wait_for(two_serve_one_broken, "gate and crane serving, broken with its reason", 120)
         assert set(agent.runner.running) == {f"{INFERENCE_TASK}@{c}"
@@ -214,3 +215,83 @@ async def test_an_agent_runs_every_camera_and_its_hard_examples_carry_node_and_c
         assert f"{NODE}/gate:" in exported.stdout and f"{NODE}/crane:" in exported.stdout
         sources = json.loads((tmp_path / "export" / "sources.json").read_text())
         assert {(s["node"], s["camera"]) for s in sources} == {(NODE, "gate"), (NODE, "crane")}
+
+
+# --- the runner's camera workers, with tiny boot scripts (no TensorFlow) ------------------------
+
+#: Writes what it was started with, then serves (or fails at once on the camera named "broken").
+CAMERA_WORKER = """
+    import os, sys, time
+    from workers.sdk import WorkerSession
+
+    camera = os.environ.get("EDGELOOP_CAMERA", "")
+    with open("runs.txt", "a") as f:
+        f.write(f"{os.getpid()} {camera} {os.environ['video_url']} "
+                f"{os.environ.get('loop', '-')}\\n")
+    if camera == "broken":
+        print("cannot open video source", flush=True)
+        sys.exit(1)
+    session = WorkerSession.from_env(role="inference")
+    session.wait_connected(10)
+    session.report_stats(frames=1, fps=25.0)
+    time.sleep(120)
+"""
+
+
+@pytest.mark.broker
+async def test_each_camera_is_its_own_worker_and_the_task_ends_with_its_last(broker, tmp_path):
+    import textwrap
+
+    from agent_cloud import FakeCloud
+    from test_agent_restarts import gone, runs
+
+    from protocol import topics
+    from protocol.messages import DesiredState
+
+    scripts = tmp_path / "scripts"
+    scripts.mkdir()
+    (scripts / "camera.py").write_text(textwrap.dedent(CAMERA_WORKER))
+    config = agent_config(
+        broker.url, tmp_path / "state", restart_initial_s=0.2, restart_max_s=0.4,
+        cameras={"gate": "rtsp://gate/1", "crane": {"url": "rtsp://crane/1", "loop": "1"},
+                 "broken": "rtsp://broken/1"},
+    )
+    task = Task(task_id="inf", job="default/helmet", role="inference",
+                worker=WorkerSpec(script_dir=str(scripts), boot_file="camera.py",
+                                  parameters={"video_url": "rtsp://job/ignored", "loop": "0"}),
+                env={"EDGELOOP_MODEL_VERSION": "1"})
+    async with FakeCloud(broker.url) as cloud, Agent(config) as agent:
+        await cloud.wait_for(cloud.statuses)
+        desired = topics.desired("edge-1")
+        await cloud.client.publish(desired, DesiredState(node="edge-1", generation=1, tasks=[task]))
+
+        def camera_status() -> dict[str, CameraStatus]:
+            statuses = [s for s in cloud.statuses() if s.cameras.get("inf")]
+            return statuses[-1].cameras["inf"] if statuses else {}
+
+        await cloud.wait_for(lambda: camera_status().get("gate", CameraStatus()).serving
+                             and camera_status().get("crane", CameraStatus()).serving
+                             and camera_status().get("broken", CameraStatus()).error)
+        started = {tuple(r[1:]) for r in runs(scripts)}
+        # each camera's URL and options over the job's; the job's video_url is not used
+        assert {("gate", "rtsp://gate/1", "0"), ("crane", "rtsp://crane/1", "1")} <= started
+        assert ("broken", "rtsp://broken/1", "0") in started
+        assert "worker exited with code 1" in camera_status()["broken"].error
+        assert camera_status()["gate"] == CameraStatus(version=1, serving=True, fps=25.0)
+        assert cloud.statuses()[-1].serving == {"inf": 1}
+        assert set(agent.runner.running) == {"inf@gate", "inf@crane", "inf@broken"}
+        assert agent.runner.restart_counts()["inf@gate"] == 0
+        assert (tmp_path / "state" / "tasks" / "inf" / "attempt-1" / "camera-gate"
+                / "worker.log").exists()
+        progress = cloud.progress("inf")
+        assert [p.seq for p in progress] == sorted({p.seq for p in progress})  # one sequence
+        assert any(p.message.startswith("camera broken: worker exited with code 1")
+                   for p in progress)
+
+        pids = [int(r[0]) for r in runs(scripts) if r[1] in ("gate", "crane")]
+        await cloud.client.publish(desired, DesiredState(node="edge-1", generation=2, tasks=[]))
+        final = await cloud.wait_for(
+            lambda: [p for p in cloud.progress("inf") if p.state in ("Completed", "Failed")])
+        assert len(final) == 1 and final[0].message == "no longer in the desired state"
+        assert all([await gone(pid) for pid in pids])
+        assert agent.runner.running == {}

@@ -157,7 +157,7 @@ async def test_an_agent_sets_aside_what_the_cloud_refuses_for_good(broker, tmp_p
     assert not list((tmp_path / "agent" / "outbox").glob("*.msg"))
 
 
-# --- the share of one source (a node's camera) -----------------------------------------------------
+# --- the share of one source (a node's camera) ------------------------------------------------
 
 
 def test_one_source_holds_at_most_its_share_of_the_examples_waiting_for_labels():
