@@ -36,15 +36,18 @@ test: system-deps $(STAMP) $(EDGE_STAMP) typecheck
 typecheck: $(STAMP)
 	$(PY) -m mypy
 
-# The whole helmet loop on one machine (docs/demo.md); DEMO_FLAGS=--fast for the quick version.
+# The whole helmet loop on one machine (docs/demo.md); DEMO_FLAGS=--fast for the quick version,
+# ANNOTATOR=browser to label the hard examples yourself in the console.
+ANNOTATOR ?= simulated
 demo: $(STAMP)
 	@./.ci/system-deps mosquitto ffmpeg rtsp-server-perl
-	$(VENV)/bin/edgeloop demo $(DEMO_FLAGS)
+	$(VENV)/bin/edgeloop demo --annotator $(ANNOTATOR) $(DEMO_FLAGS)
 
 # Quick benchmarks (a few minutes in all). The learning benchmark trains the base model from
 # scratch and takes ~25 minutes on 2 cores: `make bench-learning`.
 QUICK_BENCH := bench/inference.py bench/swap_in_process.py bench/trigger_latency.py \
-               bench/ingest.py bench/agent_outbox.py bench/hotswap.py bench/cameras.py
+               bench/ingest.py bench/agent_outbox.py bench/hotswap.py bench/shadow.py \
+               bench/cameras.py
 
 bench: system-deps $(STAMP)
 	@for b in $(QUICK_BENCH); do echo "== $$b"; $(PY) $$b || exit 1; done

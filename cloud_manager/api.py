@@ -15,6 +15,7 @@ from typing import Any, Protocol
 
 from pydantic import BaseModel, JsonValue
 
+from cloud_manager import rollout as ro
 from cloud_manager import state_machine as sm
 from cloud_manager.hardex_inbox import HardExampleInbox
 from cloud_manager.outgoing import Outgoing
@@ -95,6 +96,37 @@ def version_row(job: str, version: ModelVersion) -> dict[str, Any]:
     return {"job": job, "name": f"{job}:{version.version}", **dataclasses.asdict(version)}
 
 
+_ROLLOUT_COMMANDS = {"pause": sm.RolloutCommand("pause"), "resume": sm.RolloutCommand("resume"),
+                     "abort": sm.RolloutCommand("abort")}
+
+
+def rollout_summary(state: sm.JobState) -> dict[str, Any] | None:
+    """The job's last staged rollout as ``rollout status`` and ``describe`` show it."""
+    rollout = state.rollout
+    if rollout is None:
+        return None
+    return {"version": rollout.version, "previous": rollout.previous, "phase": rollout.phase,
+            "paused": rollout.paused, "started": rollout.started, "ended": rollout.ended,
+            "bake_until": rollout.bake_until, "waves": rollout.waves, "reason": rollout.reason,
+            "canaries": rollout.canaries(), "summary": _phase(rollout)}
+
+
+def _phase(rollout: ro.RolloutState) -> str:
+    """``Canary (paused): ...`` in one line."""
+    sent = len(rollout.sent())
+    text = f"{rollout.phase}{' (paused)' if rollout.paused else ''}: version {rollout.version} " \
+           f"sent to {sent} of {len(rollout.nodes)} node(s)"
+    return f"{text}; {rollout.reason}" if rollout.reason else text
+
+
+def _rollout_role(state: sm.JobState, node: str) -> str:
+    """A node's part in the job's rollout: ``canary, serving``, ``wave, waiting``; "" when
+    none runs."""
+    rollout = state.rollout
+    record = rollout.nodes.get(node) if rollout is not None and rollout.active else None
+    return f"{record.role}, {record.phase}" if record is not None else ""
+
+
 def _listed_node(spec: dict[str, Any], stage: str) -> Any:
     """A job's node for a listing, from the manifest as applied, in either form: ``nodeName``
     (the guide's form) or the stage template's ``nodeName`` (Sedna's pod-template form)."""
@@ -110,21 +142,17 @@ def _whole_number(value: Any, what: str) -> int:
     return value
 
 
-def serving_summary(status: NodeStatus) -> str:
-    """What ``get nodes`` shows a node serving: per inference task the version, and on a node
-    with cameras per camera (``helmet-infer-0: gate=3 crane=not serving``)."""
+def camera_summary(status: NodeStatus) -> str | None:
+    """What ``get nodes`` shows a node's cameras serving, per inference task and camera
+    (``helmet-infer-0: gate=3 crane=not serving``); None for a node without cameras."""
     parts = []
-    for task in sorted(set(status.serving) | set(status.cameras)):
-        cameras = status.cameras.get(task)
-        if not cameras:
-            parts.append(f"{task}: {status.serving[task]}")
-            continue
+    for task, cameras in sorted(status.cameras.items()):
         shown = " ".join(
             f"{name}=" + ("not serving" if c.error or not c.serving
                           else "initial" if c.version is None else str(c.version))
             for name, c in sorted(cameras.items()))
         parts.append(f"{task}: {shown}")
-    return ", ".join(parts)
+    return ", ".join(parts) or None
 
 
 def _summary(meta: dict[str, Any]) -> dict[str, Any]:
@@ -287,7 +315,13 @@ class ApiHandler:
                 "name": n.name, "state": n.state, "boot_id": n.boot_id,
                 "agent_version": n.status.agent_version,
                 "outbox_backlog": n.status.outbox_backlog, "updated": n.updated,
-                "labels": n.status.labels, "serving": serving_summary(n.status),
+                "labels": n.status.labels,
+                # inference task -> the model version its worker serves (0: none deployed yet)
+                "serving": dict(n.status.serving) if n.state == "online" else {},
+                "cameras": camera_summary(n.status) if n.state == "online" else None,
+                "uploads": n.status.uploads.summary() if n.status.uploads else None,
+                "upload_counters": (n.status.uploads.model_dump() if n.status.uploads
+                                    else None),
             } for n in store.nodes()]
         if kind == "ModelVersion":
             return [version_row(v.job, v.model) for v in store.every_model_version()
@@ -335,9 +369,12 @@ class ApiHandler:
                 # the whole history, not the last conditions a status message carries
                 data["status"] = sm.status_fields(state) | {"conditions": state.conditions} \
                     if state else None
-                data["versions"] = [version_row(ref, v) for v in self.store.model_versions(ref)]
+                failed = state.failed_versions if state else {}
+                data["versions"] = [version_row(ref, v) | {"rollout": failed.get(v.version, "")}
+                                    for v in self.store.model_versions(ref)]
                 data["tasks"] = self.store.tasks(ref)
                 data["targets"] = self._target_rows(state) if state else []
+                data["rollout"] = rollout_summary(state) if state else None
             elif kind == "Dataset":
                 data["samples"] = self.store.dataset_samples(request.namespace, request.name)
             return 200, "", data, []
@@ -355,11 +392,17 @@ class ApiHandler:
             health = node.state if node else "never seen: no status from this node yet"
             cameras = node.status.cameras.get(task_id(state.namespace, state.name, 0, "inference"),
                                               {}) if node else {}
+            reported = target.health
             rows.append({"node": name, "state": node.state if node else "unknown",
                          "desired": target.desired, "serving": target.serving,
                          "cameras": {c: s.model_dump() for c, s in sorted(cameras.items())},
                          "health": health, "seen": node.updated if node else None,
-                         "labels": node.status.labels if node else {}})
+                         "labels": node.status.labels if node else {},
+                         "rollout": _rollout_role(state, name),
+                         "fps": reported.fps if reported else None,
+                         "agreement": reported.agreement if reported else None,
+                         "uploads": (node.status.uploads.summary()
+                                     if node and node.status.uploads else None)})
         return rows
 
     # -- hard examples and labels --
@@ -511,13 +554,43 @@ class ApiHandler:
         version = request.args.get("version")
         if version is not None and (isinstance(version, bool) or not isinstance(version, int)):
             raise ApiError(400, f"version must be a whole number, got {version!r}")
+        at_once = request.args.get("now", False)
+        if not isinstance(at_once, bool):
+            raise ApiError(400, f"now must be true or false, got {at_once!r}")
         try:
-            code, _, _, out = self._pause_resume(request, now, sm.RolledBack(version), "rolled back")
+            code, _, _, out = self._pause_resume(request, now, sm.RolledBack(version, at_once),
+                                                 "rolled back")
         except sm.RollbackError as exc:
             raise ApiError(409, str(exc)) from None
         state = self.store.load_job(request.namespace, request.name)
         serving = state.deployed_version if state else None
-        return code, f"serving version {serving}", {"deployed_version": serving}, out
+        rollout = state.rollout if state else None
+        if rollout is not None and rollout.active and rollout.version == serving:
+            message = f"rolling out version {serving}: {_phase(rollout)}"
+        else:
+            message = f"serving version {serving}"
+        return code, message, {"deployed_version": serving}, out
+
+    def verb_rollout(self, request: ApiRequest, now: float) -> VerbResult:
+        """``rollout status|pause|resume|abort``: the job's staged rollout, shown or steered."""
+        command = request.args.get("command", "status")
+        ns, name = request.namespace, request.name
+        out: list[Outgoing] = []
+        if command != "status":
+            event = _ROLLOUT_COMMANDS.get(command) if isinstance(command, str) else None
+            if event is None:
+                raise ApiError(400, "command must be status, pause, resume or abort, got "
+                               f"{command!r}")
+            try:
+                _, _, _, out = self._pause_resume(request, now, event, str(command))
+            except sm.RolloutError as exc:
+                raise ApiError(409, str(exc)) from None
+        state = self.store.load_job(ns, name)
+        if state is None:
+            raise ApiError(404, f"{JOB} {ns}/{name} not found")
+        summary = rollout_summary(state)
+        message = _phase(state.rollout) if state.rollout else "no rollout yet"
+        return 200, message, {"rollout": summary, "targets": self._target_rows(state)}, out
 
     def verb_pause(self, request: ApiRequest, now: float) -> VerbResult:
         return self._pause_resume(request, now, sm.Paused(), "paused")

@@ -316,14 +316,51 @@ def register(app: typer.Typer) -> None:
     def rollback(
         name: str = typer.Argument(..., help="Job name."),
         to: int = typer.Option(None, "--to", help="Version to serve (default: the previous one)."),
+        now: bool = typer.Option(False, "--now", help="Every node at once, not through the "
+                                 "job's staged rollout."),
         namespace: str = Namespace,
         timeout: float = Timeout,
         connection: ConnectionOptions = None,  # type: ignore[assignment]
     ) -> None:
-        """Serve an earlier model version of a job on its deploy node (every version is kept)."""
+        """Serve an earlier model version of a job on its deploy nodes (every version is kept).
+        A job with deploySpec.rollout goes through it, canaries first, unless --now."""
+        args: dict[str, object] = {"now": True} if now else {}
+        if to is not None:
+            args["version"] = to
         response = _request(connection, "rollback", timeout, resource="jobs", name=name,
-                            namespace=namespace, args={} if to is None else {"version": to})
+                            namespace=namespace, args=args)
         typer.echo(f"IncrementalLearningJob/{namespace}/{name} {response.message}")
+
+    @app.command("rollout")
+    @with_connection
+    def rollout(
+        command: str = typer.Argument(..., help="status, pause, resume or abort."),
+        name: str = typer.Argument(..., help="Job name."),
+        namespace: str = Namespace,
+        output: str = typer.Option("table", "-o", "--output", help="table or json."),
+        timeout: float = Timeout,
+        connection: ConnectionOptions = None,  # type: ignore[assignment]
+    ) -> None:
+        """A job's staged rollout: its stage and each node's part (status), or hold it
+        (pause), let it go on (resume), or stop it and send its nodes back to the previous
+        version (abort)."""
+        if command not in ("status", "pause", "resume", "abort"):
+            raise typer.BadParameter(f"{command!r}: use status, pause, resume or abort",
+                                     param_hint="COMMAND")
+        response = _request(connection, "rollout", timeout, resource="jobs", name=name,
+                            namespace=namespace, args={"command": command})
+        if output == "json":
+            typer.echo(json.dumps(response.data, indent=2, sort_keys=True))
+            return
+        typer.echo(f"IncrementalLearningJob/{namespace}/{name} rollout {response.message}")
+        data = response.data if isinstance(response.data, dict) else {}
+        targets = data.get("targets")
+        if command == "status" and isinstance(targets, list) and targets:
+            from rich.console import Console
+
+            from cloud_manager.render import targets_table
+
+            Console().print(targets_table(targets, None))
 
 
 def _register_labelling(hardex: typer.Typer, label: typer.Typer) -> None:

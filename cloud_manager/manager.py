@@ -21,6 +21,7 @@ from pathlib import Path
 from datetime import timezone, tzinfo
 from typing import TypeVar
 
+from cloud_manager import rollout as ro
 from cloud_manager import state_machine as sm
 from cloud_manager.api import ApiHandler
 from cloud_manager.hardex_inbox import HardExampleInbox
@@ -32,6 +33,7 @@ from cloud_manager.store import ResourceRow, Store
 from cloud_manager.task_builder import JobInputs, build_inference_task, task_id
 from cloud_manager.versions import Artifact
 from protocol import topics
+from protocol import worker_contract as contract
 from protocol.manifest_yaml import parse_manifest
 from protocol.manifests import Dataset, IncrementalLearningJob, Manifest, Model
 from protocol.targets import targets
@@ -125,6 +127,20 @@ class Pull:
     version: int
     node: str
     artifacts: tuple[Artifact, ...]
+
+
+def rollout_health(status: NodeStatus, task: str) -> ro.Health | None:
+    """What a node's status says about a job's inference worker, as a rollout reads it (None:
+    it runs none, or its agent does not report health)."""
+    health = status.health.get(task)
+    if health is None:
+        return None
+    return ro.Health(
+        version=health.version, up=health.up, restarts=status.worker_restarts.get(task, 0),
+        fps=health.fps if health.frames else None, agreement=health.agreement,
+        compared=health.compared, shadow=health.shadow,
+        hard_rate=round(health.hard_examples / health.frames, 4) if health.frames else None,
+        error=health.error)
 
 
 class Manager:
@@ -341,6 +357,11 @@ class Manager:
             target = state.nodes.get(node)
             version = target.desired if target is not None else state.deployed_version
             task = build_inference_task(inputs, state.version(version))
+            rollout = inputs.job.spec.deploy_spec.rollout
+            if rollout is not None and state.rollout is not None and state.rollout.shadows(node):
+                # a canary compares the new version with the one it replaces
+                env = {**task.env, contract.SHADOW_EVERY: str(rollout.shadow_every)}
+                task = task.model_copy(update={"env": env})
             tasks.append(task)
             models.extend(task.models)
         content = json.dumps({"tasks": [t.model_dump(mode="json") for t in tasks],
@@ -414,9 +435,10 @@ class Manager:
                 continue
             deploy = inputs.job.spec.deploy_targets()
             if status.node in nodes or deploy.may_target(status.node, status.labels):
-                serving = status.serving.get(task_id(namespace, name, 0, "inference"))
-                out += self.job_event(namespace, name, sm.ServingReported(serving, status.node),
-                                      now)
+                inference = task_id(namespace, name, 0, "inference")
+                serving = status.serving.get(inference)
+                out += self.job_event(namespace, name, sm.ServingReported(
+                    serving, status.node, rollout_health(status, inference)), now)
         return out
 
     def on_sample_reports(self, reports: Sequence[SampleReport], now: float) -> SampleIngest:

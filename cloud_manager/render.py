@@ -37,8 +37,9 @@ _COLUMNS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
     ),
     "Node": (
         [("NAME", "name"), ("STATE", "state"), ("LABELS", "labels"), ("SERVING", "serving"),
-         ("SEEN", "updated")],
-        [("BOOT", "boot_id"), ("AGENT", "agent_version"), ("OUTBOX", "outbox_backlog")],
+         ("CAMERAS", "cameras"), ("SEEN", "updated")],
+        [("BOOT", "boot_id"), ("AGENT", "agent_version"), ("OUTBOX", "outbox_backlog"),
+         ("UPLOADS", "uploads")],
     ),
     "Namespace": ([("NAME", "name")], []),
     "HardExample": (
@@ -50,7 +51,8 @@ _COLUMNS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
     "ModelVersion": (
         [("JOB", "job"), ("VERSION", "version"), ("ROUND", "round"), ("PRECISION", "precision"),
          ("AGE", "time")],
-        [("RECALL", "recall"), ("MAP50", "map50"), ("FILES", "collected")],
+        [("RECALL", "recall"), ("MAP50", "map50"), ("FILES", "collected"),
+         ("ROLLOUT FAILED", "rollout")],
     ),
 }
 
@@ -153,29 +155,44 @@ def _health(row: dict[str, Any], now: float | None) -> str:
     return f"{row['health']} (last status {age(row['seen'], now)} ago)"
 
 
-def _targets_table(rows: list[dict[str, Any]], now: float | None) -> Table:
+def targets_table(rows: list[dict[str, Any]], now: float | None) -> Table:
     """Per node the job deploys to: the version it should serve and the one it serves."""
     out = Table(title="Deploy nodes", box=None, header_style="bold", title_justify="left")
-    for column in ("NODE", "STATE", "DESIRED", "SERVING", "LABELS"):
+    for column in ("NODE", "STATE", "ROLLOUT", "FPS", "AGREEMENT", "DESIRED", "SERVING",
+                   "LABELS"):
         out.add_column(column, overflow="fold")
     for row in rows:
         serving = "-" if row["state"] != "online" and row["serving"] is None else \
             _version(row["serving"])
-        out.add_row(row["node"], _health(row, now), _version(row["desired"]), serving,
-                    show_labels(row.get("labels") or {}) or "-")
+        fps, agreement = row.get("fps"), row.get("agreement")
+        out.add_row(row["node"], _health(row, now), row.get("rollout") or "-",
+                    f"{fps:.1f}" if fps is not None else "-",
+                    f"{agreement:.2f}" if agreement is not None else "-",
+                    _version(row["desired"]), serving, show_labels(row.get("labels") or {}) or "-")
         for camera, status in (row.get("cameras") or {}).items():
-            out.add_row(f"  camera {camera}", *_camera_cells(status), "")
+            state, camera_fps, camera_serving = _camera_cells(status)
+            out.add_row(f"  camera {camera}", state, "", camera_fps, "", "", camera_serving, "")
+    return out
+
+
+def _uploads_table(rows: list[dict[str, Any]]) -> Table:
+    """Per deploy node: what waits, was sent, evicted and skipped, bytes against the caps."""
+    out = Table(title="Uploads", box=None, header_style="bold", title_justify="left")
+    for column in ("NODE", "UPLOADS"):
+        out.add_column(column, overflow="fold")
+    for row in rows:
+        out.add_row(row["node"], row.get("uploads") or "-")
     return out
 
 
 def _camera_cells(status: dict[str, Any]) -> tuple[str, str, str]:
-    """STATE, DESIRED, SERVING of one camera's row under its node: what it serves at what
-    frame rate, or why it serves nothing."""
+    """STATE, FPS, SERVING of one camera's row under its node: what it serves at what frame
+    rate, or why it serves nothing."""
     if status.get("error"):
-        return f"not serving: {status['error']}", "", "-"
+        return f"not serving: {status['error']}", "-", "-"
     if not status.get("serving"):
-        return "starting", "", "-"
-    return f"{status.get('fps', 0.0):.1f} FPS", "", _version(status.get("version"))
+        return "starting", "-", "-"
+    return "serving", f"{status.get('fps', 0.0):.1f}", _version(status.get("version"))
 
 
 def _target_warnings(manifest: dict[str, Any], rows: list[dict[str, Any]],
@@ -222,6 +239,7 @@ def describe_job(data: dict[str, Any], now: float | None = None) -> Group:
         ("Samples", status.get("samples")),
         ("Deployed version", status.get("deployed_version") or "-"),
         ("Paused", "yes" if status.get("paused") else "no"),
+        *([("Rollout", data["rollout"]["summary"])] if data.get("rollout") else []),
     ):
         head.add_row(f"{label}:", str(value))
     history = Table(title="Conditions", box=None, header_style="bold", title_justify="left")
@@ -231,7 +249,9 @@ def describe_job(data: dict[str, Any], now: float | None = None) -> Group:
         history.add_row(_clock(c["time"]), str(c["round"]), c["stage"], c["state"], c["reason"])
     parts: list[Any] = [head, Text(""), history]
     if data.get("targets") is not None:
-        parts += [Text(""), _targets_table(data["targets"], now)]
+        parts += [Text(""), targets_table(data["targets"], now)]
+        if any(row.get("uploads") for row in data["targets"]):
+            parts += [Text(""), _uploads_table(data["targets"])]
     warnings = _target_warnings(resource["manifest"], data.get("targets") or [], now)
     if warnings:
         parts += [Text(""), Text("Warnings:", style="bold"),

@@ -25,6 +25,12 @@ a node, its labels or the manifest change: a node that joins (or whose labels co
 gets the job's serving version, a node that stops matching loses its inference task, and a
 selector that matches no node is a condition of the job, never a stop.
 
+Staged rollout: with ``deploySpec.rollout`` a version (deployed or rolled back to) reaches the
+targets through :mod:`cloud_manager.rollout`, canaries first; the machine feeds it the nodes'
+health (in :class:`ServingReported`), ticks, joins and leaves and the ``rollout`` commands, and
+carries out what it decides. The rollout runs beside the rounds (the next round starts at once);
+one that fails puts the previous version back as the deployed one and marks its version failed.
+
 Failures: a task that fails, times out or whose node goes offline is retried with exponential
 backoff up to ``max_attempts`` (an exit code 2, bad input, is not retried). When attempts run out
 the stage is Failed with the reason and the job waits there until new samples arrive, the
@@ -46,6 +52,7 @@ from protocol import worker_contract as contract
 from protocol.messages import Task, TaskRole, TaskState
 from protocol.targets import DeployTargets, targets
 
+from cloud_manager import rollout as ro
 from cloud_manager import triggers
 from cloud_manager.task_builder import (
     JobInputs,
@@ -122,6 +129,15 @@ class NodeTarget:
 
     desired: int | None = None
     serving: int | None = None
+    #: what the node last said about the job's inference worker (FPS, restarts, shadow
+    #: agreement): the baseline and the evidence of a staged rollout
+    health: ro.Health | None = None
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> NodeTarget:
+        health = data.get("health")
+        return cls(desired=data.get("desired"), serving=data.get("serving"),
+                   health=ro.Health.from_dict(health) if health is not None else None)
 
 
 @dataclass
@@ -166,6 +182,10 @@ class JobState:
     #: ``[round, start, end]`` of every round that trained: eval also scores the held-out
     #: samples of the last few (forgetting check)
     trained_rounds: list[list[int]] = field(default_factory=list)
+    #: the staged rollout of the last deployed version (deploySpec.rollout), ended or not
+    rollout: ro.RolloutState | None = None
+    #: versions whose rollout failed, with the reason (a rollback never picks them by itself)
+    failed_versions: dict[int, str] = field(default_factory=dict)
     revision: int = 0
 
     @property
@@ -193,7 +213,10 @@ class JobState:
         if data.get("candidate") is not None:
             data["candidate"] = Candidate.from_dict(data["candidate"])
         data["versions"] = [ModelVersion.from_dict(v) for v in data.get("versions", [])]
-        data["nodes"] = {n: NodeTarget(**t) for n, t in data.get("nodes", {}).items()}
+        data["nodes"] = {n: NodeTarget.from_dict(t) for n, t in data.get("nodes", {}).items()}
+        if data.get("rollout") is not None:
+            data["rollout"] = ro.RolloutState.from_dict(data["rollout"])
+        data["failed_versions"] = {int(v): r for v, r in data.get("failed_versions", {}).items()}
         return cls(**data)
 
 
@@ -268,10 +291,12 @@ class ArtifactsCollected:
 
 @dataclass(frozen=True)
 class ServingReported:
-    """A node says which version of this job it serves (its status ``serving``)."""
+    """A node says which version of this job it serves (its status ``serving``) and, when it
+    runs the job's inference worker, how that worker does (its status ``health``)."""
 
     version: int | None
     node: str
+    health: ro.Health | None = None
 
 
 @dataclass(frozen=True)
@@ -281,13 +306,23 @@ class Retarget:
 
 @dataclass(frozen=True)
 class RolledBack:
-    """Serve an earlier registered version (None: the one before the deployed one)."""
+    """Serve an earlier registered version (None: the one before the deployed one); through
+    the staged rollout when the job has one, unless ``now``."""
 
     version: int | None = None
+    now: bool = False
+
+
+@dataclass(frozen=True)
+class RolloutCommand:
+    """``edgeloop rollout pause|resume|abort``."""
+
+    command: Literal["pause", "resume", "abort"]
 
 
 Event = (SamplesReported | Tick | TaskReported | NodeChanged | SpecChanged | Paused | Resumed
-         | Deleted | RolledBack | ServingReported | ArtifactsCollected | Retarget)
+         | Deleted | RolledBack | ServingReported | ArtifactsCollected | Retarget
+         | RolloutCommand)
 
 #: Events after which the target nodes may have changed: the job looks at them again (at the
 #: one node a node's event is about, at every node after the others).
@@ -296,6 +331,10 @@ _RETARGETING = (NodeChanged, ServingReported, SpecChanged, Retarget)
 
 class RollbackError(ValueError):
     """A rollback that names no registered version."""
+
+
+class RolloutError(ValueError):
+    """A rollout command with no rollout to act on."""
 
 
 # --- actions -----------------------------------------------------------------------------------
@@ -446,6 +485,7 @@ class _Step:
                     self.check_train_trigger()
             case Tick():
                 self.check_deadline()
+                self.rollout_event(ro.Tick())
                 if s.collect_deadline is not None and self.ctx.now >= s.collect_deadline \
                         and s.pending_version is not None:
                     self.on_collected(ArtifactsCollected(
@@ -461,8 +501,10 @@ class _Step:
                 if node_state != "online" and task and task.node == node and task.state in ACTIVE_TASK_STATES:
                     self.stop_current()
                     self.attempt_failed(f"node {node} went {node_state} during the task", retry=True)
+                self.rollout_event(ro.Tick())
             case SpecChanged():
                 s.revision += 1
+                self.unstage()
                 if s.state == "Failed":
                     self.next_round("the job's manifest changed after the failure")
                 self.check_train_trigger()
@@ -479,8 +521,11 @@ class _Step:
                 self.check_train_trigger()
             case ArtifactsCollected():
                 self.on_collected(event)
-            case ServingReported(version=version, node=node):
+            case ServingReported(version=version, node=node, health=health):
                 target = s.nodes.get(node)
+                if target is not None and health is not None:
+                    target.health = health
+                    self.rollout_event(ro.Reported(node, health))
                 if target is not None and version != target.serving:
                     target.serving = version
                     if version is not None and version == target.desired:
@@ -488,21 +533,24 @@ class _Step:
                     else:
                         s.revision += 1
                     self.summarise_serving()
-            case RolledBack(version=version):
-                self.roll_back(version)
+            case RolledBack(version=version, now=now):
+                self.roll_back(version, now)
+            case RolloutCommand(command=command):
+                self.rollout_command(command)
             case Deleted():
                 if s.task and s.task.state in ACTIVE_TASK_STATES:
                     self.stop_current()
                 s.deleted = True
                 s.revision += 1
 
-    def roll_back(self, version: int | None) -> None:
+    def roll_back(self, version: int | None, now: bool = False) -> None:
         """Point the deploy node back at a registered version. The stage is left alone: a round
         in progress carries on, and its candidate is compared with the version now serving."""
         s = self.s
         known = sorted(v.version for v in s.versions)
         if version is None:
-            usable = [v.version for v in s.versions if v.collected is not False]
+            usable = [v.version for v in s.versions
+                      if v.collected is not False and v.version not in s.failed_versions]
             earlier = [v for v in usable if s.deployed_version is not None and v < s.deployed_version]
             if not earlier:
                 raise RollbackError(f"job {s.ref} has no version before "
@@ -515,12 +563,116 @@ class _Step:
         if record is None or record.collected is False:
             raise RollbackError(f"job {s.ref} version {version} was never deployed: its files "
                                 "did not reach the registry")
-        if version == s.deployed_version:
+        if version == s.deployed_version and (s.rollout is None or not s.rollout.active):
             return
-        previous, s.deployed_version = s.deployed_version, version
-        nodes = self.deploy_everywhere(version)
-        self.note(s.stage, s.state,
-                  f"rolled back from version {previous} to {version} on {self.where_to(nodes)}")
+        previous = s.deployed_version
+        rolling = s.rollout if s.rollout is not None and s.rollout.active else None
+        if rolling is not None and version == rolling.previous and not now:
+            self.rollout_event(ro.Abort(f"rolled back to version {version}"), mark=False)
+            return
+        if now or self.policy() is None:
+            if s.rollout is not None and s.rollout.active:
+                s.rollout.phase, s.rollout.ended = "Aborted", self.ctx.now
+                s.rollout.reason = f"replaced by an immediate rollback to version {version}"
+            s.deployed_version = version
+            nodes = self.deploy_everywhere(version)
+            self.note(s.stage, s.state,
+                      f"rolled back from version {previous} to {version} on {self.where_to(nodes)}")
+            return
+        self.note(s.stage, s.state, f"rolling back from version {previous} to {version} "
+                  "through the staged rollout (--now: every node at once)")
+        self.deploy(version)
+
+    # -- staged rollout --
+
+    def policy(self) -> ro.Policy | None:
+        """The job's rollout policy; None: every target gets a version at once."""
+        spec = self.inputs.job.spec.deploy_spec.rollout
+        return ro.Policy.of(spec) if spec is not None else None
+
+    def rollout_context(self, policy: ro.Policy) -> ro.Context:
+        return ro.Context(self.ctx.now, policy, self.ctx.online_nodes)
+
+    def deploy(self, version: int) -> list[str]:
+        """Serve ``version``: every target at once, or through a staged rollout (canaries
+        first) when the manifest asks for one. Returns the nodes that get it now."""
+        s, policy = self.s, self.policy()
+        if policy is None:
+            s.deployed_version = version
+            return self.deploy_everywhere(version)
+        previous = s.deployed_version
+        current = s.rollout
+        if current is not None and current.active:
+            # the version it was rolling out is unproven: its nodes go back to the proven one
+            previous = current.previous
+            self.rollout_event(ro.Abort(f"superseded by model version {version}"), mark=False)
+        self.sync_targets()
+        s.deployed_version = version
+        baselines = {node: ro.Baseline(t.health.fps if t.health else None,
+                                       t.health.restarts if t.health else 0)
+                     for node, t in s.nodes.items()}
+        s.rollout, actions = ro.start(version, previous, baselines, self.rollout_context(policy))
+        return self.apply_rollout(actions, mark=True)
+
+    def rollout_event(self, event: ro.Event, mark: bool = True) -> None:
+        s, policy = self.s, self.policy()
+        if s.rollout is None or not s.rollout.active or policy is None:
+            return
+        s.rollout, actions = ro.handle(s.rollout, event, self.rollout_context(policy))
+        self.apply_rollout(actions, mark)
+
+    def apply_rollout(self, actions: list[ro.Action], mark: bool) -> list[str]:
+        """Carry out what the rollout decided; returns the nodes sent a version."""
+        s, sent = self.s, []
+        rollout = s.rollout
+        assert rollout is not None
+        for action in actions:
+            match action:
+                case ro.Send(node=node, version=version):
+                    target = s.nodes.get(node)
+                    if target is None:
+                        continue
+                    target.desired = version
+                    self.actions.append(DeployModel(node, version))
+                    sent.append(node)
+                case ro.Note(reason=reason):
+                    self.note(s.stage, s.state, reason)
+                case ro.Ended(ok=True, reason=reason):
+                    self.note(s.stage, s.state, f"rollout completed: {reason}")
+                case ro.Ended(ok=False, reason=reason):
+                    s.deployed_version = rollout.previous
+                    if mark and rollout.version is not None:
+                        s.failed_versions[rollout.version] = reason
+                        del_oldest(s.failed_versions)
+                    what = "failed" if rollout.phase == "Failed" else "stopped"
+                    marked = (f"; version {rollout.version} is marked failed"
+                              if mark and rollout.version is not None else "")
+                    self.note(s.stage, s.state, f"rollout of version {rollout.version} {what}: "
+                              f"{reason}{marked}")
+        self.summarise_serving()
+        return sent
+
+    def unstage(self) -> None:
+        """The manifest no longer asks for a staged rollout: the one under way ends, and every
+        target gets its version at once (a rollout never stays half-way)."""
+        s, rollout = self.s, self.s.rollout
+        if rollout is None or not rollout.active or self.policy() is not None:
+            return
+        rollout.phase, rollout.ended = "Completed", self.ctx.now
+        rollout.reason = "the manifest no longer has deploySpec.rollout"
+        if rollout.version is not None:
+            nodes = self.deploy_everywhere(rollout.version)
+            self.note(s.stage, s.state, f"rollout of version {rollout.version} ended: the "
+                      f"manifest no longer has deploySpec.rollout; sent to {self.where_to(nodes)}")
+
+    def rollout_command(self, command: str) -> None:
+        s = self.s
+        if s.rollout is None or not s.rollout.active:
+            raise RolloutError(f"job {s.ref} has no rollout in progress"
+                               + (f" (the last one: {s.rollout.phase})" if s.rollout else ""))
+        event: ro.Event = (ro.Pause() if command == "pause" else ro.Resume()
+                           if command == "resume" else ro.Abort())
+        self.rollout_event(event)
 
     # -- targets --
 
@@ -552,23 +704,29 @@ class _Step:
             others = frozenset(s.nodes) - {node}
             now = others | {node} if deploy.may_target(node, labels) else others
         quiet, s.placed = not s.placed, True
+        rolling = s.rollout if s.rollout is not None and s.rollout.active else None
         for node in sorted(s.nodes.keys() - now):
             del s.nodes[node]
             self.actions.append(RemoveInference(node))
+            if rolling is not None:
+                self.rollout_event(ro.Left(node))
             if not quiet:
                 why = ("its labels no longer match nodeSelector "
                        f"{deploy.selector.describe()}" if deploy.selector else "no longer named")
                 self.note(s.stage, s.state, f"node {node} left the job's targets ({why}); its "
                           "inference task is removed")
         for node in sorted(now - s.nodes.keys()):
-            s.nodes[node] = NodeTarget(desired=s.deployed_version)
-            self.actions.append(DeployModel(node, s.deployed_version))
+            # during a rollout a newcomer serves the proven version until its wave
+            version = rolling.previous if rolling is not None else s.deployed_version
+            s.nodes[node] = NodeTarget(desired=version)
+            self.actions.append(DeployModel(node, version))
+            if rolling is not None:
+                self.rollout_event(ro.Joined(node))
             if not quiet:
                 why = ("named in deploySpec" if node in deploy.names else
                        f"its labels match nodeSelector {deploy.selector.describe()}"
                        if deploy.selector else "")
-                serves = (f"model version {s.deployed_version}" if s.deployed_version
-                          else "the initial model")
+                serves = f"model version {version}" if version else "the initial model"
                 self.note(s.stage, s.state, f"node {node} joined the job's targets ({why}); it "
                           f"gets {serves}")
         self.check_selector(deploy)
@@ -843,12 +1001,23 @@ class _Step:
                             f"{s.deployed_version or '(initial model)'} keeps serving")
             self.check_train_trigger()
             return
-        s.deployed_version = number
-        nodes = self.deploy_everywhere(number)
-        self.note("Deploy", "Completed", f"model version {number} published to {self.where_to(nodes)}")
+        nodes = self.deploy(number)
+        staged = " (staged rollout: canaries first)" if self.policy() is not None else ""
+        self.note("Deploy", "Completed",
+                  f"model version {number} published to {self.where_to(nodes)}{staged}")
         self.next_round(f"version {number} deployed")
         # Samples that arrived during this round may already be enough for the next one.
         self.check_train_trigger()
+
+
+#: Failed versions remembered with their reason.
+MAX_FAILED_VERSIONS = 100
+
+
+def del_oldest(failed: dict[int, str]) -> None:
+    """Keep the reasons of the newest :data:`MAX_FAILED_VERSIONS` failed versions."""
+    for version in sorted(failed)[:-MAX_FAILED_VERSIONS]:
+        del failed[version]
 
 
 def _summary(result: dict[str, Any]) -> dict[str, Any]:
@@ -900,5 +1069,6 @@ __all__ = [
     "NodeChanged", "NodeTarget", "PublishStatus", "RegisterModel", "Paused", "Resumed", "Deleted",
     "RemoveInference", "Retarget",
     "SamplesReported", "SpecChanged", "StopTask", "TaskReported", "Tick", "Transition",
-    "ArtifactsCollected", "CollectArtifacts", "RolledBack", "RollbackError", "ServingReported", "handle", "new_job", "status_fields", "task_id",
+    "ArtifactsCollected", "CollectArtifacts", "RolledBack", "RollbackError", "RolloutCommand",
+    "RolloutError", "ServingReported", "handle", "new_job", "status_fields", "task_id",
 ]

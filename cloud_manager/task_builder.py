@@ -272,6 +272,10 @@ def build_inference_task(inputs: JobInputs, deployed: ModelVersion | None) -> Ta
     blind_spot = spec.blind_spot()
     if blind_spot is not None:
         env[contract.BLIND_SPOT] = contract.blind_spot_json(blind_spot)
+    for name, policy in ((contract.CAPTURE_POLICY, spec.capture_policy),
+                         (contract.UPLOAD_POLICY, spec.upload_policy)):
+        if policy is not None:
+            env[name] = contract.policy_json(policy)
     task = task_id(inputs.job.metadata.namespace, inputs.job.metadata.name, 0, "inference")
     env.update(sedna_identity(inputs, "inference", task, 1))
     return Task(

@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
 from starlette.middleware.sessions import SessionMiddleware
@@ -33,16 +33,18 @@ from starlette.staticfiles import StaticFiles
 from starlette.websockets import WebSocket, WebSocketDisconnect
 
 from cloud_manager.hardex_export import proposals
-from console import review
-from console.auth import Users, new_token, tokens_match
+from console import fleet, review
+from console.auth import TokenFile, Users, new_token, tokens_match
 from console.cloud import ApiFailed, CloudLink, JobRef
+from console.state import ConsoleState
 from edgeloop.mqtt import NotConnected, RequestTimeout
 from protocol.codec import describe_validation_error
 
 log = logging.getLogger("edgeloop.console")
 
 STATIC_DIR = Path(__file__).parent / "static"
-PAGES = {"/login": "login.html", "/jobs": "jobs.html", "/queue": "queue.html"}
+PAGES = {"/login": "login.html", "/jobs": "jobs.html", "/queue": "queue.html",
+         "/fleet": "fleet.html"}
 CSRF_HEADER = "x-csrf-token"
 #: How often the console asks the cloud whether a job moved, to tell open pages.
 DEFAULT_POLL_S = 2.0
@@ -57,8 +59,11 @@ class Refused(Exception):
 
 
 class LoginRequest(BaseModel):
-    user: str
-    password: str
+    """A user name and password, or a token from ``edgeloop console token``."""
+
+    user: str = Field(default="", max_length=256)
+    password: str = Field(default="", max_length=1024)
+    token: str = Field(default="", max_length=256)
 
 
 @dataclass
@@ -97,12 +102,15 @@ class Hub:
 class Console:
     """The application's state and handlers; :attr:`app` is the ASGI app."""
 
-    def __init__(self, cloud: CloudLink, users: Users, secret: str, *,
-                 settings: ConsoleSettings | None = None, https: bool = False) -> None:
+    def __init__(self, cloud: CloudLink, users: Users, state: ConsoleState, *,
+                 tokens: TokenFile | None = None, settings: ConsoleSettings | None = None,
+                 https: bool = False) -> None:
         self.cloud = cloud
         self.users = users
+        self.tokens = tokens
+        self.state = state
         self.settings = settings or ConsoleSettings()
-        self.ledger = review.Ledger()
+        self.ledger = state.ledger()
         self.hub = Hub()
         self.refused = Counters()
         routes = [
@@ -113,6 +121,7 @@ class Console:
             Route("/api/me", self.me),
             Route("/api/jobs", self.jobs),
             Route("/api/job", self.job),
+            Route("/api/fleet", self.fleet),
             Route("/api/queue", self.queue),
             Route("/api/example", self.example),
             Route("/api/image", self.image),
@@ -125,7 +134,7 @@ class Console:
         ]
         self.app = Starlette(
             routes=routes,
-            middleware=[Middleware(SessionMiddleware, secret_key=secret,
+            middleware=[Middleware(SessionMiddleware, secret_key=state.secret(),
                                    session_cookie="edgeloop_console",
                                    max_age=int(self.settings.session_s), same_site="strict",
                                    https_only=https)],
@@ -161,6 +170,11 @@ class Console:
         if self.settings.clock() - since > self.settings.session_s:
             session.clear()
             raise Refused(401, "your session expired: log in again")
+        token = session.get("token")
+        if token is not None and (self.tokens is None
+                                  or not self.tokens.holds(str(user), str(token))):
+            session.clear()
+            raise Refused(401, "your token was revoked or replaced: log in again")
         return str(user)
 
     def _same_origin(self, connection: HTTPConnection) -> None:
@@ -216,17 +230,32 @@ class Console:
     async def login(self, request: Request) -> Response:
         self._same_origin(request)
         body = await self._body(request, LoginRequest)
-        if not self.users.check(body.user, body.password):
-            self.refused.add("login")
-            log.warning("failed login for %r from %s", body.user[:64],
-                        request.client.host if request.client else "?")
-            raise Refused(401, "wrong user name or password")
+        user, token = self._who(body, request)
         request.session.clear()
-        request.session.update({"user": body.user, "since": self.settings.clock(),
+        request.session.update({"user": user, "since": self.settings.clock(),
                                 "csrf": new_token()})
-        log.info("%s logged in", body.user)
-        return JSONResponse({"user": body.user, "csrf": request.session["csrf"],
+        if token is not None:  # checked again at every request: revoking ends the session
+            request.session["token"] = token
+        log.info("%s logged in%s", user, " with a token" if token else "")
+        return JSONResponse({"user": user, "csrf": request.session["csrf"],
                              "default_job": self.settings.default_job})
+
+    def _who(self, body: LoginRequest, request: Request) -> tuple[str, str | None]:
+        """The user a login names and, for a token login, the token's fingerprint; 401 when
+        the password or token is wrong (the same message whether the user exists or not)."""
+        if body.token:
+            found = self.tokens.user_of(body.token) if self.tokens is not None else None
+            if found is not None:
+                return found
+            what, message = "token", "unknown or revoked token"
+        elif body.user and self.users.check(body.user, body.password):
+            return body.user, None
+        else:
+            what, message = repr(body.user[:64]), "wrong user name or password"
+        self.refused.add("login")
+        log.warning("failed login for %s from %s", what,
+                    request.client.host if request.client else "?")
+        raise Refused(401, message)
 
     async def logout(self, request: Request) -> Response:
         self._changing(request)
@@ -253,6 +282,32 @@ class Console:
         self._user(request)
         job = self._job(request.query_params.get("job"))
         return JSONResponse(await self._ask(self.cloud.describe(job)))
+
+    async def fleet(self, request: Request) -> Response:
+        """Every node with each job's version on it, and each job's rollout as the cloud
+        describes it."""
+        self._user(request)
+        nodes, jobs = await asyncio.gather(self._ask(self.cloud.nodes()),
+                                           self._ask(self.cloud.jobs()))
+        refs = [JobRef(str(j.get("namespace")), str(j.get("name"))) for j in jobs]
+        described = await asyncio.gather(*(self._described(r) for r in refs))
+        return JSONResponse({
+            "nodes": [row.to_dict() for row in fleet.fleet(
+                nodes, {str(r): d.get("targets") or [] for r, d in zip(refs, described,
+                                                                       strict=True)})],
+            "jobs": [fleet.job_summary(str(r), d) for r, d in zip(refs, described, strict=True)],
+        })
+
+    async def _described(self, job: JobRef) -> dict[str, Any]:
+        """A job's ``describe`` answer for the fleet page; a job deleted since the listing (or
+        one the cloud cannot describe now) shows without targets instead of failing the page."""
+        try:
+            return dict(await self._ask(self.cloud.describe(job)))
+        except Refused as exc:
+            if exc.status == 503:
+                raise
+            log.info("fleet: describe %s: %s", job, exc.message)
+            return {}
 
     # -- the review queue --
 
@@ -358,12 +413,14 @@ class Console:
         user = self._changing(request)
         body: review.MarkRequest = await self._body(request, review.MarkRequest)
         self.ledger.skip(body.id, user)
+        self.state.record_skip(body.id, user)  # a small commit: before the answer
         return JSONResponse({"ok": True})
 
     async def difficult(self, request: Request) -> Response:
         user = self._changing(request)
         body: review.MarkRequest = await self._body(request, review.MarkRequest)
         self.ledger.mark_difficult(body.id, user, body.difficult)
+        self.state.record_difficult(body.id, user, body.difficult)
         await self.hub.tell({"type": "queue", "job": body.job, "id": body.id,
                              "state": "difficult" if body.difficult else "todo", "by": user})
         return JSONResponse({"ok": True})
@@ -388,19 +445,21 @@ class Console:
             self.hub.sockets.discard(socket)
 
     async def _watch_jobs(self) -> None:
-        """Tell open pages when any job's status changed (stage, round, samples, versions)."""
-        last: str | None = None
+        """Tell open pages when any job's status changed (stage, round, samples, versions) or
+        any node's (online, seen, serving)."""
+        last: dict[str, str] = {}
         while True:
             if self.hub.sockets:
-                try:
-                    jobs = await self.cloud.jobs()
-                except (ApiFailed, NotConnected, RequestTimeout, ValueError) as exc:
-                    log.debug("job watch: %s", exc)
-                else:
-                    digest = json.dumps(jobs, sort_keys=True, default=str)
-                    if digest != last:
-                        last = digest
-                        await self.hub.tell({"type": "jobs", "items": jobs})
+                for kind, ask in (("jobs", self.cloud.jobs), ("nodes", self.cloud.nodes)):
+                    try:
+                        items = await ask()
+                    except (ApiFailed, NotConnected, RequestTimeout, ValueError) as exc:
+                        log.debug("%s watch: %s", kind, exc)
+                        continue
+                    digest = json.dumps(items, sort_keys=True, default=str)
+                    if digest != last.get(kind):
+                        last[kind] = digest
+                        await self.hub.tell({"type": kind, "items": items})
             await asyncio.sleep(self.settings.poll_s)
 
 

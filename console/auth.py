@@ -158,3 +158,114 @@ def bind_problem(host: str, tls: bool, insecure_bind: bool) -> str | None:
     return (f"--host {host} is reachable from other machines: give --tls-cert and --tls-key, "
             "or --insecure-bind if a TLS proxy stands in front (passwords and session cookies "
             "would otherwise travel in clear text)")
+
+
+# --- token files -------------------------------------------------------------------------------
+
+TOKEN_SCHEME = "sha256"
+
+
+class TokenFileError(ValueError):
+    """The token file cannot be used; the message names the file and the line."""
+
+
+def token_fingerprint(token: str) -> str:
+    """What a token file stores for a token: its SHA-256. A token is 32 random bytes, so a fast
+    hash is enough (no password to guess); the file never holds the token itself."""
+    return hashlib.sha256(token.encode("utf-8")).hexdigest()
+
+
+def read_token_file(path: Path) -> dict[str, str]:
+    """user -> token fingerprint, from ``user:sha256$<hex>`` lines (blank lines and ``#``
+    comments skipped; anything else is an error naming its line). A missing file holds no
+    tokens: every one was revoked, or none was made yet."""
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return {}
+    except OSError as exc:
+        raise TokenFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
+    tokens: dict[str, str] = {}
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if not line or line.startswith("#"):
+            continue
+        user, _, stored = line.partition(":")
+        scheme, _, digest = stored.partition("$")
+        if scheme != TOKEN_SCHEME or len(digest) != 64 or not _is_hex(digest):
+            raise TokenFileError(f"{path}:{line_no}: expected user:{TOKEN_SCHEME}$<64 hex "
+                                 "digits>, as written by `edgeloop console token`")
+        tokens[user] = digest
+    return tokens
+
+
+def _is_hex(text: str) -> bool:
+    return all(c in "0123456789abcdef" for c in text)
+
+
+def _write_token_file(path: Path, tokens: dict[str, str]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    text = "".join(f"{user}:{TOKEN_SCHEME}${digest}\n" for user, digest in tokens.items())
+    write_atomically(path, text.encode("utf-8"))
+    os.chmod(path, 0o600)
+
+
+def issue_token(path: Path, user: str) -> str:
+    """A fresh token for ``user``, whose fingerprint replaces the user's previous one in the
+    file (so the old token stops working). The token is returned once and stored nowhere."""
+    check_user_name(user)
+    path = Path(path)
+    tokens = read_token_file(path)
+    token = secrets.token_urlsafe(32)
+    tokens[user] = token_fingerprint(token)
+    _write_token_file(path, tokens)
+    return token
+
+
+def revoke_token(path: Path, user: str) -> bool:
+    """Remove ``user``'s token; True when there was one."""
+    path = Path(path)
+    tokens = read_token_file(path)
+    if tokens.pop(user, None) is None:
+        return False
+    _write_token_file(path, tokens)
+    return True
+
+
+class TokenFile:
+    """The token file as the running console sees it: read again whenever it changed on disk,
+    so a token issued or revoked while the console runs counts at once, sessions included."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+        self._seen: tuple[int, int, int] | None = None
+        self._tokens: dict[str, str] = {}
+        self.tokens()  # a malformed file is an error at start, not at the first login
+
+    def tokens(self) -> dict[str, str]:
+        try:
+            stat = self.path.stat()
+            # a rewrite is a new file (written aside, renamed): the inode says it changed even
+            # when the size and the clock's tick are the same
+            seen: tuple[int, int, int] | None = (stat.st_ino, stat.st_mtime_ns, stat.st_size)
+        except FileNotFoundError:
+            seen = None
+        if seen != self._seen or seen is None:
+            self._tokens = read_token_file(self.path) if seen is not None else {}
+            self._seen = seen
+        return self._tokens
+
+    def user_of(self, token: str) -> tuple[str, str] | None:
+        """(user, fingerprint) of a valid token, or None; every line is compared, so the time
+        taken does not say which user a near-miss belongs to."""
+        given = token_fingerprint(token)
+        found = None
+        for user, digest in self.tokens().items():
+            if hmac.compare_digest(digest, given):
+                found = (user, digest)
+        return found
+
+    def holds(self, user: str, fingerprint: str) -> bool:
+        """Whether ``user``'s token is still this one (not revoked or replaced)."""
+        current = self.tokens().get(user)
+        return current is not None and hmac.compare_digest(current, fingerprint)

@@ -67,7 +67,7 @@ class SaveOutcome:
 
 
 class JobList(Answer):
-    """A ``get jobs`` answer: one row per job, as ``edgeloop get il`` shows them."""
+    """A ``get`` answer (jobs, nodes): one row per resource, as ``edgeloop get`` shows them."""
 
     items: list[dict[str, Any]]
 
@@ -100,6 +100,11 @@ class CloudLink:
         """Every incremental-learning job with its status, as ``edgeloop get il -A`` lists it."""
         response = await self.session.ask("get", resource="jobs",
                                           args={"all_namespaces": True})
+        return JobList.of(response).items
+
+    async def nodes(self) -> list[dict[str, Any]]:
+        """Every node the cloud has heard of, as ``edgeloop get nodes`` lists them."""
+        response = await self.session.ask("get", resource="nodes")
         return JobList.of(response).items
 
     async def describe(self, job: JobRef) -> dict[str, Any]:

@@ -7,7 +7,7 @@
 from __future__ import annotations
 
 import asyncio
-import secrets
+import contextlib
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -16,8 +16,9 @@ from pathlib import Path
 import uvicorn
 
 from console.app import Console, ConsoleSettings
-from console.auth import Users, bind_problem
+from console.auth import TokenFile, Users, bind_problem
 from console.cloud import CloudLink
+from console.state import ConsoleState
 from edgeloop.connection import ConnectionOptions
 
 DEFAULT_PORT = 8090
@@ -51,11 +52,16 @@ class Listen:
 
 @asynccontextmanager
 async def running(connection: ConnectionOptions, users: Users, listen: Listen, cache: Path,
-                  settings: ConsoleSettings | None = None) -> AsyncIterator[Console]:
-    """The console, serving at ``listen.url`` while the block runs."""
+                  state_dir: Path, settings: ConsoleSettings | None = None,
+                  tokens: TokenFile | None = None) -> AsyncIterator[Console]:
+    """The console, serving at ``listen.url`` while the block runs; its skips, flags and
+    session key are kept in ``state_dir`` (:mod:`console.state`)."""
     listen.check()
-    async with CloudLink(connection, cache) as cloud:
-        console = Console(cloud, users, secrets.token_urlsafe(32), settings=settings,
+    state = ConsoleState(state_dir)
+    async with contextlib.AsyncExitStack() as stack:
+        stack.callback(state.close)
+        cloud = await stack.enter_async_context(CloudLink(connection, cache))
+        console = Console(cloud, users, state, tokens=tokens, settings=settings,
                           https=listen.tls)
         config = uvicorn.Config(
             console.app, host=listen.host, port=listen.port, log_level="warning",

@@ -47,17 +47,31 @@ def register(app: typer.Typer) -> None:
         deadline: float = typer.Option(
             None, "--deadline", min=60, show_default=False,
             help="Seconds the loop may take before the demo gives up (default 600 with --fast, "
-                 "2700 without); a slow machine may need more."),
+                 "2700 without, 14400 with --annotator browser); a slow machine may need more."),
+        annotator: str = typer.Option(
+            "simulated", "--annotator",
+            help="Who labels the hard examples: simulated (the demo's annotator, from the "
+                 "videos' ground truth) or browser (you, in the labelling console the demo "
+                 "starts on loopback; the terminal says where and prints a password)."),
+        console_port: int = typer.Option(
+            8090, "--console-port", min=0, max=65535,
+            help="Port of the labelling console with --annotator browser (0: any free port)."),
     ) -> None:
         """Run the seed's helmet loop on one machine: broker, cloud, agents cloud0 and edge0,
         an RTSP camera, a simulated annotator; two rounds of learning and a report."""
         from edgeloop.cli import require_extra
 
+        if annotator not in ("simulated", "browser"):
+            raise typer.BadParameter(f"{annotator!r}: use simulated or browser",
+                                     param_hint="--annotator")
         require_extra("demo", "tensorflow", "cv2", "matplotlib")
+        if annotator == "browser":
+            require_extra("console", "starlette", "uvicorn", "itsdangerous")
         from demo.run import DemoSettings, run_demo
 
         code = run_demo(DemoSettings(workdir=workdir, fast=fast, live_view_port=live_view_port,
-                                     deadline=deadline))
+                                     deadline=deadline, annotator=annotator,
+                                     console_port=console_port))
         raise typer.Exit(code)
 
     @app.command("synth")

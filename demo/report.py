@@ -423,7 +423,10 @@ def write_report(run: ReportInputs, console: Console) -> dict[str, Any]:
         "durations": outcome.durations,
         "cached": outcome.cached,
         "adaptations": outcome.changes,
-        "simulated": list(SIMULATED),
+        # with --annotator browser a person labelled in the console: the annotator is real
+        "simulated": [line for line in SIMULATED
+                      if not (outcome.console_url and line.startswith("the annotator:"))],
+        "console": outcome.console_url,
         "live_view": outcome.live_view_url,
         "plots": plots,
     }

@@ -25,6 +25,7 @@ change video to feed the trigger.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import shutil
@@ -32,6 +33,7 @@ import signal
 import socket
 import sys
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -41,6 +43,7 @@ from rich.console import Console
 from rich.live import Live
 
 from demo import data
+from edgeloop.cancellation import cancel_and_wait
 from edgeloop.ports import free_port, port_is_free
 from demo.camera import CAPTURE_OPTIONS, Camera
 from demo.manifests import (
@@ -66,6 +69,8 @@ DAY_SECONDS = 8.0
 PIDS_FILE = "children.pids"
 #: Seconds edge0 keeps serving the last version before the demo stops everything.
 FINAL_SECONDS = 5.0
+#: How long the loop waits with a person labelling: a round needs its threshold of labels.
+BROWSER_DEADLINE_S = 4 * 3600.0
 
 
 class DemoInterrupted(BaseException):
@@ -78,8 +83,13 @@ class DemoSettings:
     workdir: Path
     fast: bool = False
     live_view_port: int = 8080
-    #: seconds the loop may take once the processes are up (None: 600 fast, 2700 full)
+    #: seconds the loop may take once the processes are up (None: 600 fast, 2700 full; with
+    #: a person labelling, BROWSER_DEADLINE_S)
     deadline: float | None = None
+    #: who labels the hard examples: "simulated" (the demo's annotator) or "browser" (a person
+    #: in the labelling console)
+    annotator: str = "simulated"
+    console_port: int = 8090
 
     @property
     def sizes(self) -> data.DemoSizes:
@@ -91,6 +101,8 @@ class DemoSettings:
         slower machine than the defaults assume can ask for more."""
         if self.deadline is not None:
             return self.deadline
+        if self.annotator == "browser":
+            return BROWSER_DEADLINE_S
         return 600.0 if self.fast else 2700.0
 
 
@@ -396,6 +408,49 @@ class Demo:
         except Exception as exc:  # the report says what it lacks
             self.say(f"  [dim](edgeloop describe il: {exc})[/]")
 
+    @contextlib.asynccontextmanager
+    async def labelling(self) -> AsyncIterator[None]:
+        """Who labels the hard examples while the block runs: the simulated annotator, or with
+        ``--annotator browser`` a person in the labelling console the demo starts."""
+        if self.settings.annotator != "browser":
+            task = asyncio.create_task(self.annotate_forever(), name="demo-annotator")
+            try:
+                yield
+            finally:
+                await cancel_and_wait(task)
+            return
+        from demo.browser_annotator import LabelTally, console_for_a_person, watch_labels
+
+        port = self.settings.console_port or free_port()
+        if not port_is_free(port):
+            free = free_port()
+            self.say(f"  port {port} is taken; the labelling console uses {free} instead")
+            port = free
+        tally = LabelTally()
+
+        def counted(labels: list[Any]) -> None:
+            self.plan.add_labels([(time.time(), label.domain) for label in labels
+                                  if label.domain])
+            self.view.labelled = dict(tally.per_domain)
+            self.view.notify()
+
+        async with console_for_a_person(self.connection(), self.paths.run / "console", port,
+                                        f"{NAMESPACE}/{JOB}") as (console, account):
+            self.outcome.console_url = account.url + "/"
+            self.say(f"  [bold]labelling console: open {account.url}/ and log in as "
+                     f"{account.user}, password {account.password}[/] (shown once; a new one "
+                     "each run)")
+            self.say(f"  [bold]the demo waits for you[/]: each round trains once "
+                     f"{self.sizes.threshold} new labelled samples are in data.txt (keys: a "
+                     "accept, 1-4 class, Delete, e no objects, s skip)")
+            task = asyncio.create_task(watch_labels(
+                console, NAMESPACE, JOB, tally, lambda: self.outcome.camera_switches, counted),
+                name="demo-label-watch")
+            try:
+                yield
+            finally:
+                await cancel_and_wait(task)
+
     async def annotate_forever(self) -> None:
         while True:
             try:
@@ -454,9 +509,11 @@ class Demo:
         from demo.annotator import SimulatedAnnotator
 
         inference_task = task_id(NAMESPACE, JOB, 0, "inference")
-        self.annotator = SimulatedAnnotator(self.paths.inbox, self.paths.dataset_index,
-                                            self.paths.run / "annotator.jsonl")
-        self.annotator.add_video("day", self.videos["day"].video, self.videos["day"].ground_truth)
+        if self.settings.annotator != "browser":
+            self.annotator = SimulatedAnnotator(self.paths.inbox, self.paths.dataset_index,
+                                                self.paths.run / "annotator.jsonl")
+            self.annotator.add_video("day", self.videos["day"].video,
+                                     self.videos["day"].ground_truth)
         pending: set[asyncio.Task] = set()
 
         def on_transition(t: Transition) -> None:
@@ -475,12 +532,11 @@ class Demo:
                                 ca_file=identity.ca, cert_file=identity.cert,
                                 key_file=identity.key, session_expiry=0)
         async with JobWatch(settings, NAMESPACE, JOB, EDGE_NODE, inference_task, self.view,
-                            on_transition, dataset_node=CLOUD_NODE):
+                            on_transition, dataset_node=CLOUD_NODE), self.labelling():
             await self.apply_manifests()
             port = self.outcome.live_view_url.rsplit(":", 1)[1].strip("/")
             background = [
                 asyncio.create_task(follow_live_view(f"ws://127.0.0.1:{port}/ws", self.view)),
-                asyncio.create_task(self.annotate_forever()),
             ]
             try:
                 deadline = self.settings.deadline_s
@@ -527,7 +583,8 @@ class Demo:
                 await asyncio.gather(*background, return_exceptions=True)
                 if pending:
                     await asyncio.gather(*pending, return_exceptions=True)
-        self.view.labelled = self.annotator.counts()
+        if self.annotator is not None:
+            self.view.labelled = self.annotator.counts()
 
     def report_inputs(self) -> ReportInputs:
         return ReportInputs(

@@ -63,6 +63,8 @@ class Outcome:
     base_train: dict[str, Any] = field(default_factory=dict)
     cached: dict[str, bool] = field(default_factory=dict)
     live_view_url: str = ""
+    #: the labelling console's address, with ``--annotator browser``
+    console_url: str = ""
     camera_switches: list[dict[str, Any]] = field(default_factory=list)
     #: ``edgeloop describe il`` data at the end: status, conditions, versions, tasks
     job: dict[str, Any] = field(default_factory=dict)

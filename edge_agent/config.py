@@ -14,6 +14,17 @@ line)::
     hardex_dirs:                    # HE_SAVED_URL folders to drain, per job
       default/helmet-job: /var/lib/edgeloop/hardex
     outbox_quota_mb: 1024
+    outbox_eviction: oldest          # none (default), oldest or lowest-score
+    upload_policy:                  # when and how much is sent (a job's uploadPolicy overrides)
+      windows: ["22:00-06:00"]
+      timezone: Europe/Paris
+      bytes_per_second: 200000
+      bytes_per_day: 500000000
+      bytes_per_month: 2000000000
+      condition_file: /run/edgeloop/on-wifi
+    retention:                      # pruning of held hard examples and finished workers' logs
+      held_max_age_days: 7
+      task_logs_max_mb: 200
     live_view_port: 8080            # the live-view page; null turns it off
     labels:                         # jobs select nodes by these (deploySpec.nodeSelector)
       site: north
@@ -39,7 +50,9 @@ from edge_agent.restart_policy import (
     DEFAULT_MAXIMUM_S,
     RestartPolicy,
 )
+from edge_agent.retention import RetentionSettings
 from edgeloop.fairness import Budget
+from protocol.data_policies import EvictionOrder, UploadPolicy
 from protocol.codec import describe_validation_error
 from protocol.messages import JobRef, Name
 from protocol.targets import LabelKey, LabelValue
@@ -113,6 +126,13 @@ class AgentConfig(BaseModel):
     #: Classes a valid index line may use (the watcher skips lines with a larger class index)
     num_classes: int = Field(default=4, ge=1)
     outbox_quota_mb: float = Field(default=1024, gt=0)
+    #: what the outbox gives up when over its quota: none (it refuses new examples, which
+    #: wait in their folder), oldest, or lowest-score (the mining score); each one counted
+    outbox_eviction: EvictionOrder = "none"
+    #: when and how much the node sends (protocol.data_policies.UploadPolicy); default: at once
+    upload_policy: UploadPolicy = Field(default_factory=UploadPolicy)
+    #: pruning of held hard examples and finished workers' logs (edge_agent.retention)
+    retention: RetentionSettings = Field(default_factory=RetentionSettings)
     #: Load every downloaded .tflite with LiteRT before a worker may use it (off only where the
     #: workers are stand-ins that never load a model)
     check_models: bool = True

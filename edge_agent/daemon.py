@@ -24,6 +24,7 @@ import contextlib
 import json
 import logging
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Self
 
@@ -40,7 +41,9 @@ from edge_agent.label_intake import LabelIntake
 from edge_agent.live_view import LiveView
 from edge_agent.outbox import DiskOutbox
 from edge_agent.round_indexes import RoundIndexError, write_round_indexes
+from edge_agent.retention import prune_held, prune_task_logs
 from edge_agent.runner import TaskSetupError, WorkerRunner
+from edge_agent.upload_policy import UploadGate
 from edge_agent.watcher import DatasetWatcher
 from edgeloop.cancellation import cancel_and_wait
 from edgeloop.durable import write_atomically
@@ -49,6 +52,8 @@ from edgeloop.mqtt import Delivery, MqttClient, MqttSettings, NotConnected
 from edgeloop.reliable import ReliableSender
 from protocol import topics
 from protocol import worker_channel as wc
+from protocol import worker_contract as contract
+from protocol.data_policies import UploadStatus
 from protocol.messages import (
     DatasetSamples,
     DesiredState,
@@ -66,6 +71,8 @@ HARDEX_FOLDERS_NAME = "hardex_dirs.json"
 HE_SAVED_URL = "HE_SAVED_URL"
 #: How often the agent looks whether its status must be published again.
 STATUS_CHECK_S = 0.5
+#: How often upload conditions are refreshed and the sender asked to look at the outbox again.
+UPLOAD_CHECK_S = 1.0
 CLOSE_TIMEOUT_S = 5.0
 
 
@@ -109,8 +116,12 @@ def worker_views(runner: WorkerRunner) -> dict[str, d.WorkerView]:
 class Agent:
     """Use as ``async with Agent(config) as agent: ...``; leaving stops it cleanly."""
 
-    def __init__(self, config: AgentConfig, identity: NodeIdentity | None = None) -> None:
+    def __init__(self, config: AgentConfig, identity: NodeIdentity | None = None, *,
+                 clock: Callable[[], float] = time.time) -> None:
+        """``clock``: the wall clock the upload policy and retention read (tests and
+        benchmarks pass one they move)."""
         self.config = config
+        self.clock = clock
         self.node = config.node
         self.identity = identity or NodeIdentity(config.node, labels=dict(config.labels))
         self.state_dir = Path(config.state_dir)
@@ -122,10 +133,15 @@ class Agent:
             mqtt_settings(config), will=(topics.status(self.node), self.identity.last_will()),
             admission=self.budgets,
         )
+        self.uploads = UploadGate(config.upload_policy, self.state_dir,
+                                  meta=lambda key: self.outbox.meta(key), clock=clock)
         self.outbox = DiskOutbox(self.state_dir / "outbox", config.outbox_quota_bytes,
-                                 rejected_dir=self.state_dir / "rejected")
+                                 rejected_dir=self.state_dir / "rejected",
+                                 eviction=config.outbox_eviction, on_evict=self.uploads.evicted,
+                                 in_flight=lambda: self.sender.in_flight)
         self.sender = ReliableSender(self.client, topics.ack(self.node), self.outbox,
-                                     on_refused=lambda key, why: self.outbox.set_aside(key, why.reason))
+                                     on_refused=lambda key, why: self.outbox.set_aside(key, why.reason),
+                                     gate=self.uploads)
         self.intake = HardExampleIntake(self.node, self.sender, self.state_dir / "rejected")
         for job, folder in {**self._load_hardex_folders(), **config.hardex_dirs}.items():
             self.intake.add_folder(folder, job)
@@ -191,6 +207,7 @@ class Agent:
             self.channel,
             node=self.node,
             backlog=lambda: len(self.outbox),
+            uploads=lambda: self.upload_status().summary(),
             host=self.config.live_view_host,
             port=self.config.live_view_port,
             max_fps=self.config.live_view_max_fps,
@@ -224,6 +241,8 @@ class Agent:
             ("watcher", self.watcher.run()),
             ("intake", self._scan_hardex()),
             ("status", self._refresh_status()),
+            ("upload conditions", self._check_upload_conditions()),
+            ("retention", self._retain()),
         ):
             self._background.append(asyncio.create_task(coro, name=f"agent:{name}"))
         return self
@@ -251,6 +270,7 @@ class Agent:
                     timeout=3,
                 )
         await self._close_connection()
+        self.uploads.close()
 
     async def _close_connection(self) -> None:
         # A cancellation can be lost inside the MQTT layer on Python 3.11 (see cancel_and_wait):
@@ -289,6 +309,7 @@ class Agent:
             workers=worker_views(self.runner),
             backlog=len(self.outbox),
             connected=self.client.connected,
+            uploads=self.upload_status(),
         )
         transition = d.handle(self.state, event, ctx)
         self.state = transition.state
@@ -345,11 +366,12 @@ class Agent:
             outbox_backlog=action.backlog,
             serving=action.serving,
             worker_restarts=action.restarts,
+            health=action.health,
             cameras=action.cameras,
-        )
+        ).model_copy(update={"uploads": action.uploads})
         if await self.client.publish(topics.status(self.node), status, retain=True):
             self._decide(d.StatusPublished(action.backlog, action.serving, action.restarts,
-                                           action.cameras))
+                                           action.health, action.uploads, action.cameras))
 
     async def _refresh_status(self) -> None:
         """Republish the status when what it says changed (the decisions say when)."""
@@ -446,7 +468,49 @@ class Agent:
 
     # -- hard examples ----------------------------------------------------------------------
 
+    def upload_status(self) -> UploadStatus:
+        """What the status and the live view say of the node's uploads."""
+        skipped: dict[str, int] = {}
+        held = 0
+        for stats in self.state.worker_stats.values():
+            capture = stats.extra.get("capture")
+            if not isinstance(capture, dict):
+                continue
+            for rule, count in (capture.get("skipped") or {}).items():  # type: ignore[union-attr]
+                if isinstance(count, int):
+                    skipped[rule] = skipped.get(rule, 0) + count
+            waiting = capture.get("held_waiting")
+            held += waiting if isinstance(waiting, int) else 0
+        return self.uploads.status(len(self.outbox), self.outbox.used_bytes, skipped, held)
+
+    async def _check_upload_conditions(self) -> None:
+        """Keep the answers of the upload condition commands fresh; let the sender look again
+        when the policy may have changed its mind (a window opened, a day began)."""
+        while True:
+            try:
+                await self.uploads.check_conditions()
+            except Exception:
+                log.exception("upload condition check failed")
+            if self.uploads.limited:
+                self.sender.nudge()
+            await asyncio.sleep(UPLOAD_CHECK_S)
+
+    async def _retain(self) -> None:
+        """Prune held hard examples and finished workers' logs (the ``retention`` settings)."""
+        settings = self.config.retention
+        while True:
+            try:
+                now = self.clock()
+                self.uploads.pruned(prune_held(self.intake.folders, settings, now))
+                running = [run.log_path.parent for run in self.runner.running.values()]
+                prune_task_logs(self.state_dir, running, settings, now)
+            except Exception:
+                log.exception("retention pass failed")
+            await asyncio.sleep(settings.check_s)
+
     def _note_hardex_folder(self, task: Task) -> None:
+        if task.role == "inference" and task.action == "start":
+            self._note_upload_policy(task)
         folder = hardex_folder_of(task)
         if folder is None or task.action != "start":
             return
@@ -457,6 +521,15 @@ class Agent:
         known[task.job] = folder
         path = self.state_dir / HARDEX_FOLDERS_NAME
         write_atomically(path, json.dumps({k: str(v) for k, v in known.items()}).encode())
+
+    def _note_upload_policy(self, task: Task) -> None:
+        """The job's ``uploadPolicy`` over the node's, for its examples from now on."""
+        try:
+            override = contract.parse_upload_policy(task.env.get(contract.UPLOAD_POLICY, ""))
+        except ValueError as exc:
+            log.error("task %s: %s; the node's upload policy applies", task.task_id, exc)
+            override = None
+        self.uploads.set_job_policy(task.job, override)
 
     def _load_hardex_folders(self) -> dict[str, Path]:
         """Folders of earlier tasks: drained at start-up even before any task runs again."""

@@ -20,7 +20,8 @@ What it decides:
   on a node with cameras, per camera (each its own worker, :mod:`edge_agent.cameras`), with its
   frame rate or why it serves nothing: the status's ``cameras``;
 - when the status is published again: the backlog, the served versions or the restarts changed,
-  at most every :data:`STATUS_MIN_INTERVAL_S`;
+  at most every :data:`STATUS_MIN_INTERVAL_S`; the health of an inference worker (its FPS, its
+  shadow comparison, a model it refused) changed, at most every :data:`HEALTH_INTERVAL_S`;
 - which final progress reports the cloud has not received yet: sent again at every connection.
 
 Some actions ask the daemon for a fact only it can learn, and it answers with an event:
@@ -39,10 +40,14 @@ from edge_agent.deployment import PreparedModel
 from protocol import topics
 from protocol import worker_channel as wc
 from protocol import worker_contract as contract
+from protocol.data_policies import UploadStatus
 from protocol.errors import ProtocolError
-from protocol.messages import CameraStatus, DesiredState, Message, Task, TaskProgress
+from protocol.messages import CameraStatus, DesiredState, Message, Task, TaskHealth, TaskProgress
 
 STATUS_MIN_INTERVAL_S = 2.0
+#: A status whose only news is a worker's health (a canary's shadow comparison growing) waits
+#: this long after the last one: FPS changes with every stats report.
+HEALTH_INTERVAL_S = 10.0
 FINAL_STATES = ("Completed", "Failed")
 
 # --- state -------------------------------------------------------------------------------------
@@ -56,6 +61,8 @@ class PublishedStatus:
     serving: dict[str, int]
     restarts: dict[str, int]
     at: float
+    health: dict[str, TaskHealth] = field(default_factory=dict)
+    uploads: UploadStatus | None = None
     cameras: dict[str, dict[str, CameraStatus]] = field(default_factory=dict)
 
 
@@ -75,6 +82,8 @@ class NodeState:
     greeted: frozenset[str] = frozenset()
     #: camera worker id -> why it serves nothing (it exited: its camera does not open, ...)
     camera_errors: dict[str, str] = field(default_factory=dict)
+    #: inference worker id -> why the last model it was given would not load
+    swap_errors: dict[str, str] = field(default_factory=dict)
     #: task id -> its final report, not received by the broker yet
     unsent_final: dict[str, TaskProgress] = field(default_factory=dict)
     published: PublishedStatus | None = None
@@ -104,6 +113,7 @@ class Context:
     workers: Mapping[str, WorkerView] = field(default_factory=dict)
     backlog: int = 0  # hard examples waiting in the outbox
     connected: bool = True
+    uploads: UploadStatus | None = None  # the upload counters, as the status reports them
 
     def restarts(self) -> dict[str, int]:
         return {t: w.restarts for t, w in self.workers.items() if w.restarts is not None}
@@ -223,6 +233,8 @@ class StatusPublished:
     backlog: int
     serving: dict[str, int]
     restarts: dict[str, int]
+    health: dict[str, TaskHealth] = field(default_factory=dict)
+    uploads: UploadStatus | None = None
     cameras: dict[str, dict[str, CameraStatus]] = field(default_factory=dict)
 
 
@@ -326,6 +338,8 @@ class PublishStatus:
     backlog: int
     serving: dict[str, int]
     restarts: dict[str, int]
+    health: dict[str, TaskHealth] = field(default_factory=dict)
+    uploads: UploadStatus | None = None
     cameras: dict[str, dict[str, CameraStatus]] = field(default_factory=dict)
 
 
@@ -369,6 +383,7 @@ def handle(state: NodeState, event: Event, ctx: Context) -> Transition:
         serving=dict(state.serving),
         worker_stats=dict(state.worker_stats),
         camera_errors=dict(state.camera_errors),
+        swap_errors=dict(state.swap_errors),
         unsent_final=dict(state.unsent_final),
     )
     return Transition(s, _decide(s, event, ctx))
@@ -400,9 +415,9 @@ def _decide(s: NodeState, event: Event, ctx: Context) -> list[Action]:
             return _connected(s, ctx)
         case StatusDue():
             return _status_due(s, ctx)
-        case StatusPublished(backlog, serving, restarts, statuses):
+        case StatusPublished(backlog, serving, restarts, health, uploads, statuses):
             s.published = PublishedStatus(backlog, dict(serving), dict(restarts), ctx.now,
-                                          dict(statuses))
+                                          dict(health), uploads, dict(statuses))
     return []
 
 
@@ -458,6 +473,7 @@ def _model_ready(
     if not runs or any(r.task.attempt != task.attempt for r in runs.values()) or model is None:
         return [EnsureRunning(task) if from_desired else HandleTask(task)]
     actions: list[Action] = []
+    shadow = task.env.get(contract.SHADOW_EVERY, "")
     for worker, run in sorted(runs.items()):
         served = s.serving.get(worker, run.started_version)
         if served == model.version:
@@ -466,7 +482,8 @@ def _model_ready(
             actions.append(Retarget(task, f"its worker is waiting to be restarted; it will "
                                           f"start with model version {model.version}"))
             continue
-        swap = wc.Swap(path=str(model.path), version=str(model.version), sha256=model.sha256)
+        swap = wc.Swap(path=str(model.path), version=str(model.version), sha256=model.sha256,
+                       shadow_every=int(shadow) if shadow.isdigit() else 0)
         actions.append(SendSwap(task, swap, cameras.camera_of(worker)))
     return actions
 
@@ -489,6 +506,7 @@ def _worker(
     match event:
         case WorkerHello(task_id, version):
             run = ctx.workers.get(task_id)
+            s.swap_errors.pop(task_id, None)  # a new worker loaded its model
             if run is not None and run.task.role == "inference" and task_id not in s.serving:
                 # the version it started with, before any swap or stats
                 _note_serving(s, task_id, version or run.task.env.get(contract.MODEL_VERSION), ctx)
@@ -498,9 +516,11 @@ def _worker(
             _greeted(s, task_id, ctx)
         case WorkerSwapped(task_id, swapped) if swapped.ok:
             _note_serving(s, task_id, swapped.version, ctx)
+            s.swap_errors.pop(task_id, None)
         case WorkerSwapped(task_id, swapped):
-            return [ReportError("swap_failed", swapped.error or "the worker refused the model",
-                                task_id)]
+            error = swapped.error or "the worker refused the model"
+            s.swap_errors[task_id] = error[:1024]
+            return [ReportError("swap_failed", error, task_id)]
         case WorkerExited(task_id, reason):
             # until its successor says hello (with the version it loaded), it serves nothing
             _forget_worker(s, task_id)
@@ -566,7 +586,7 @@ def _connected(s: NodeState, ctx: Context) -> list[Action]:
 
 def _publish_status(s: NodeState, ctx: Context) -> PublishStatus:
     return PublishStatus(ctx.backlog, cameras.serving_by_task(s.serving), ctx.restarts(),
-                         _camera_statuses(s, ctx))
+                         _health(s, ctx), ctx.uploads, _camera_statuses(s, ctx))
 
 
 def _camera_statuses(s: NodeState, ctx: Context) -> dict[str, dict[str, CameraStatus]]:
@@ -585,14 +605,86 @@ def _without_fps(statuses: dict[str, dict[str, CameraStatus]]) -> dict[str, dict
             for task, by_camera in statuses.items()}
 
 
+def _health(s: NodeState, ctx: Context) -> dict[str, TaskHealth]:
+    """How each inference task's worker does, from its last stats and the runner's view; on a
+    node with cameras, its cameras' workers together (:func:`_together`)."""
+    out: dict[str, TaskHealth] = {}
+    for task_id, run in ctx.workers.items():
+        if run.task.role != "inference":
+            continue
+        stats = s.worker_stats.get(task_id)
+        if stats is not None and task_id in s.serving and \
+                stats.model_version != str(s.serving[task_id]):
+            stats = None  # the version it served before a swap: says nothing of this one
+        extra = stats.extra if stats is not None else {}
+        fps = extra.get("version_fps")
+        agreement = extra.get("shadow_agreement")
+        compared = extra.get("shadow_compared")
+        out[task_id] = TaskHealth(
+            version=s.serving.get(task_id),
+            up=run.alive,
+            frames=stats.frames if stats is not None else 0,
+            fps=round(float(fps if isinstance(fps, int | float) else
+                            stats.fps if stats is not None else 0.0), 2),
+            hard_examples=stats.hard_examples if stats is not None else 0,
+            agreement=(round(float(agreement), 4)
+                       if isinstance(agreement, int | float) and 0 <= agreement <= 1 else None),
+            compared=compared if isinstance(compared, int) and compared >= 0 else 0,
+            shadow=extra.get("shadow_active") is True,
+            error=s.swap_errors.get(task_id, ""),
+        )
+    return _together(out)
+
+
+def _together(by_worker: dict[str, TaskHealth]) -> dict[str, TaskHealth]:
+    """Worker id -> health, as task id -> health. A task on several cameras is judged on the
+    cameras that serve (a camera whose URL does not open says nothing of the model): the oldest
+    version, the slowest FPS, the lowest agreement, up only when each of them is."""
+    grouped: dict[str, list[TaskHealth]] = {}
+    for worker, health in sorted(by_worker.items()):
+        grouped.setdefault(cameras.task_of(worker), []).append(health)
+    out: dict[str, TaskHealth] = {}
+    for task, healths in grouped.items():
+        if len(healths) == 1:
+            out[task] = healths[0]
+            continue
+        judged = [h for h in healths if h.up and h.frames] or healths
+        versions = [h.version for h in judged]
+        agreements = [h.agreement for h in judged if h.agreement is not None]
+        out[task] = TaskHealth(
+            version=None if None in versions else min(v for v in versions if v is not None),
+            up=all(h.up for h in judged),
+            frames=sum(h.frames for h in judged),
+            fps=min(h.fps for h in judged),
+            hard_examples=sum(h.hard_examples for h in judged),
+            agreement=min(agreements) if agreements else None,
+            compared=sum(h.compared for h in judged),
+            shadow=any(h.shadow for h in judged),
+            error="; ".join(h.error for h in judged if h.error)[:1024],
+        )
+    return out
+
+
+def _health_news(now: dict[str, TaskHealth], last: dict[str, TaskHealth]) -> bool:
+    """Whether the health says something new beyond FPS jitter: a version, a worker up or
+    down, a refused model, a shadow comparison that started or grew, the first frames of the
+    version."""
+    def gist(health: dict[str, TaskHealth]) -> dict[str, tuple[object, ...]]:
+        return {t: (h.version, h.up, h.error, h.compared, h.shadow, h.frames > 0)
+                for t, h in health.items()}
+    return gist(now) != gist(last)
+
+
 def _status_due(s: NodeState, ctx: Context) -> list[Action]:
-    """Publish again when what the status says changed, at most every 2 s, when connected."""
+    """Publish again when what the status says changed, at most every 2 s (every 10 s when
+    only a worker's health changed), when connected."""
     last = s.published
-    if last is not None and (
-        (ctx.backlog, cameras.serving_by_task(s.serving), ctx.restarts(),
-         _without_fps(_camera_statuses(s, ctx)))
-        == (last.backlog, last.serving, last.restarts, _without_fps(last.cameras))
-        or ctx.now - last.at < STATUS_MIN_INTERVAL_S
-    ):
-        return []
+    if last is not None:
+        since = ctx.now - last.at
+        changed = (ctx.backlog, cameras.serving_by_task(s.serving), ctx.restarts(), ctx.uploads,
+                   _without_fps(_camera_statuses(s, ctx))) != (
+            last.backlog, last.serving, last.restarts, last.uploads, _without_fps(last.cameras))
+        if since < STATUS_MIN_INTERVAL_S or not changed and (
+                since < HEALTH_INTERVAL_S or not _health_news(_health(s, ctx), last.health)):
+            return []
     return [_publish_status(s, ctx)] if ctx.connected else []

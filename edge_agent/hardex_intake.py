@@ -179,8 +179,9 @@ class HardExampleIntake:
             return False
         try:
             message = hard_example_from_files(self.node, job, text, image, image_path.name)
-            if message.key not in self.sender.store:  # type: ignore[operator]
-                await self.sender.send(topics.hardex(self.node), message)
+            if message.key not in self.sender.store:
+                meta = {"job": job, "score": message.sidecar.score}
+                await self.sender.send(topics.hardex(self.node), message, meta)
         except RejectedExample as exc:
             self._reject(sidecar_path, image_path, str(exc))
             return False

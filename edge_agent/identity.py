@@ -16,7 +16,7 @@ from importlib import metadata
 from pydantic import JsonValue
 
 from edgeloop import __version__
-from protocol.messages import CameraStatus, NodeStatus
+from protocol.messages import CameraStatus, NodeStatus, TaskHealth
 
 
 def new_boot_id() -> str:
@@ -71,6 +71,7 @@ class NodeIdentity:
         serving: dict[str, int] | None = None,
         worker_restarts: dict[str, int] | None = None,
         cameras: dict[str, dict[str, CameraStatus]] | None = None,
+        health: dict[str, TaskHealth] | None = None,
     ) -> NodeStatus:
         self._seq += 1
         return NodeStatus(
@@ -83,6 +84,7 @@ class NodeIdentity:
             serving=serving or {},
             outbox_backlog=outbox_backlog,
             worker_restarts=worker_restarts or {},
+            health=health or {},
             labels=self.labels,
             cameras=cameras or {},
         )

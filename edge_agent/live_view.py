@@ -10,7 +10,8 @@ messages to every open page:
   the worker's ``stats``);
 - ``swapped``: a hot-swap outcome, pushed at once so the page shows the new version without
   waiting for a frame;
-- ``node``: the node name, the hard-example upload backlog (outbox) and the number of viewers;
+- ``node``: the node name, the hard-example upload backlog (outbox), the upload counters (sent,
+  evicted, skipped by rule, bytes against the caps) and the number of viewers;
 - ``gone``: the task ended, its panel goes.
 
 It costs nothing while nobody watches: the workers are told ``View(enabled=True)`` when the first
@@ -151,6 +152,7 @@ class LiveView:
         *,
         node: str = "",
         backlog: Callable[[], int] = lambda: 0,
+        uploads: Callable[[], str] = lambda: "",
         host: str = "127.0.0.1",
         port: int = DEFAULT_PORT,
         max_fps: float = DEFAULT_MAX_FPS,
@@ -158,6 +160,7 @@ class LiveView:
         self.workers = workers
         self.node = node
         self.backlog = backlog
+        self.uploads = uploads
         self.host = host
         self.port = port
         self.max_fps = max_fps
@@ -317,10 +320,12 @@ class LiveView:
     def _node_message(self) -> dict[str, Any]:
         try:
             backlog: int | None = self.backlog()
+            uploads = self.uploads()
         except Exception:  # the page must not die with the outbox's trouble
             log.exception("cannot read the upload backlog")
-            backlog = None
-        return {"type": "node", "node": self.node, "backlog": backlog, "viewers": len(self.viewers)}
+            backlog, uploads = None, ""
+        return {"type": "node", "node": self.node, "backlog": backlog, "uploads": uploads,
+                "viewers": len(self.viewers)}
 
     async def _refresh_node(self) -> None:
         while True:

@@ -11,6 +11,10 @@ now) and the sender holds it for ``retry_refused_after`` seconds before sending 
 good, and the sender hands it to its ``on_refused`` hook (the agent's outbox sets it aside with
 the reason) instead of sending it again. Either way it is counted and logged, never dropped
 silently.
+
+A :class:`SendGate` (the edge agent's upload policy) may hold messages back: it is asked before
+each message's first send, and the messages it holds stay in the store, in order, until it lets
+them go.
 """
 
 from __future__ import annotations
@@ -20,7 +24,7 @@ import contextlib
 import logging
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -35,15 +39,37 @@ log = logging.getLogger("edgeloop.reliable")
 
 class OutboxStore(Protocol):
     """Where a sender keeps messages until they are acknowledged. A durable implementation
-    (the edge agent's on-disk outbox) makes them survive a restart too."""
+    (the edge agent's on-disk outbox) makes them survive a restart too. ``meta`` is what the
+    caller said about the message (for a gate, for an eviction order)."""
 
-    def put(self, key: str, topic: str, payload: bytes) -> None: ...
+    def put(self, key: str, topic: str, payload: bytes,
+            meta: Mapping[str, object] | None = None) -> None: ...
 
     def remove(self, key: str) -> bool: ...
 
     def items(self) -> Iterator[tuple[str, str, bytes]]: ...
 
     def __len__(self) -> int: ...
+
+    def __contains__(self, key: object) -> bool: ...
+
+
+class SendGate(Protocol):
+    """Says when stored messages may go (an upload policy: windows, bandwidth caps)."""
+
+    def begin(self) -> bool:
+        """A pass over the store, oldest message first, starts; False when no message may go
+        now at all (the pass only resends what is in flight)."""
+
+    def admit(self, key: str, topic: str, size: int) -> bool:
+        """Whether the message may be sent for the first time now."""
+
+    def more_may_go(self) -> bool:
+        """After a refusal: whether a later message of this pass may still be admitted (False
+        ends the pass without reading the rest of the store)."""
+
+    def sent(self, key: str, size: int) -> None:
+        """The message went (its first send was confirmed by the broker)."""
 
 
 class MemoryOutbox:
@@ -52,8 +78,12 @@ class MemoryOutbox:
     def __init__(self) -> None:
         self._items: OrderedDict[str, tuple[str, bytes]] = OrderedDict()
 
-    def put(self, key: str, topic: str, payload: bytes) -> None:
+    def put(self, key: str, topic: str, payload: bytes,
+            meta: Mapping[str, object] | None = None) -> None:
         self._items[key] = (topic, payload)
+
+    def __contains__(self, key: object) -> bool:
+        return key in self._items
 
     def remove(self, key: str) -> bool:
         return self._items.pop(key, None) is not None
@@ -101,6 +131,7 @@ class ReliableSender:
         resend_after: float = 5.0,
         retry_refused_after: float = 60.0,
         on_refused: RefusedHook | None = None,
+        gate: SendGate | None = None,
     ) -> None:
         self.client = client
         self.ack_topic = ack_topic
@@ -109,6 +140,7 @@ class ReliableSender:
         self.resend_after = resend_after
         self.retry_refused_after = retry_refused_after
         self.on_refused = on_refused
+        self.gate = gate
         self.stats = SenderStats()
         self._in_flight: dict[str, float] = {}  # key -> time last sent
         self._held: dict[str, float] = {}  # key -> when a temporary refusal lets it go again
@@ -131,16 +163,27 @@ class ReliableSender:
         """Messages not yet acknowledged (stored, in flight or waiting for the window)."""
         return len(self.store)
 
-    async def send(self, topic: str, message: Message) -> str:
+    async def send(self, topic: str, message: Message,
+                   meta: Mapping[str, object] | None = None) -> str:
         """Keep ``message`` until acknowledged and send it as soon as the window allows.
 
         Returns its key. Raises ``PayloadTooLarge`` before storing an oversize message.
         """
         payload = encode(message, self.client.settings.max_payload)
-        self.store.put(message.key, topic, payload)
+        self.store.put(message.key, topic, payload, meta)
         self._drained.clear()
         self._wake.set()
         return message.key
+
+    @property
+    def in_flight(self) -> frozenset[str]:
+        """Keys sent and not acknowledged yet (an outbox must not give these up: the cloud
+        may hold them already)."""
+        return frozenset(self._in_flight)
+
+    def nudge(self) -> None:
+        """Look at the store again now (a gate may let messages go: a window opened)."""
+        self._wake.set()
 
     async def wait_drained(self, timeout: float | None = None) -> None:
         """Wait until every message sent so far has been acknowledged."""
@@ -205,6 +248,10 @@ class ReliableSender:
     async def _send_due(self) -> None:
         if not self.client.connected:
             return
+        for gone in [k for k in self._in_flight if k not in self.store]:
+            del self._in_flight[gone]  # evicted while in flight: no acknowledgement will come
+        if self.gate is not None and not self.gate.begin() and not self._in_flight:
+            return  # nothing may go: no need to read the stored messages
         now = time.monotonic()
         for key, topic, payload in self.store.items():
             if self._held.get(key, now) > now:
@@ -215,6 +262,12 @@ class ReliableSender:
                 continue
             if sent_at is None and len(self._in_flight) >= self.window:
                 break
+            if sent_at is None and self.gate is not None and not self.gate.admit(
+                key, topic, len(payload)
+            ):
+                if not self.gate.more_may_go():
+                    break  # everything after it is held too
+                continue  # held back by the gate; it keeps each job's order
             # A short publish timeout: a send caught by an outage must not hold the queue for
             # long; it is resent under the same key anyway.
             if not await self.client.publish_bytes(
@@ -223,6 +276,8 @@ class ReliableSender:
                 return  # not confirmed; the next round tries again under the same key
             if sent_at is None:
                 self.stats.sent += 1
+                if self.gate is not None:
+                    self.gate.sent(key, len(payload))
             else:
                 self.stats.resent += 1
             self._in_flight[key] = time.monotonic()

@@ -18,6 +18,7 @@ pydantic ``ValidationError`` into ``path: message`` lines.
 
 from __future__ import annotations
 
+import math
 import operator
 import re
 from collections.abc import Callable
@@ -32,6 +33,7 @@ from pydantic import (
     model_validator,
 )
 
+from protocol.data_policies import CapturePolicy, UploadPolicy
 from protocol.manifest_base import ManifestPart, NonEmpty, extension_paths, invalid, show
 from protocol.metrics_names import NUM_OF_SAMPLES, MetricRef, check_selector, parse_metric
 from protocol.pod_template import PodTemplate, StageRuntime
@@ -478,6 +480,59 @@ class BlindSpotMining(ManifestPart):
         return self
 
 
+_SHARE = re.compile(r"^(\d+(?:\.\d+)?)%$")
+
+
+def _share(value: object) -> int | str:
+    """A node count (``1``) or a share of the targets (``"10%"``), checked."""
+    if isinstance(value, bool) or not isinstance(value, int | str):
+        raise invalid(f"must be a node count (1) or a percentage (\"10%\"), not {show(value)}")
+    if isinstance(value, int):
+        if value < 1:
+            raise invalid(f"must be at least 1 node, not {value}")
+        return value
+    match = _SHARE.match(value.strip())
+    if match is None or not 0 < float(match.group(1)) <= 100:
+        raise invalid(f"must be a node count (1) or a percentage between 0 and 100 (\"10%\"), "
+                      f"not {show(value)}")
+    return value.strip()
+
+
+Share = Annotated[int | str, BeforeValidator(_share)]
+
+
+def share_of(share: int | str, total: int) -> int:
+    """How many of ``total`` nodes a share names: a count as is, a percentage rounded up, at
+    least one node and at most ``total``."""
+    if total <= 0:
+        return 0
+    if isinstance(share, int):
+        count = share
+    else:
+        count = math.ceil(float(share.rstrip("%")) * total / 100 - 1e-9)
+    return max(1, min(total, count))
+
+
+class Rollout(ManifestPart):
+    """edgeloop's extension under ``deploySpec``: how a deployed version reaches the nodes.
+
+    ``canary`` nodes get it first (a count or a share of the targets) and run the previous
+    version beside it on one frame in ``shadowEvery``; after ``bakeSeconds`` of healthy reports
+    (worker up, no crash, FPS within ``maxFpsDrop`` of the previous version's, agreement with
+    the previous version at least ``minAgreement``) the rest follows in waves of ``waveSize``.
+    A canary that reports nothing of the new version within ``healthTimeoutSeconds`` while
+    online fails the rollout; one that is offline is replaced by another node.
+    """
+
+    canary: Share = 1
+    bake_seconds: Annotated[float, Field(ge=0.0, allow_inf_nan=False)] = 300.0
+    wave_size: Share = "25%"
+    min_agreement: Annotated[float, Field(ge=0.0, le=1.0)] = 0.6
+    max_fps_drop: Annotated[float, Field(ge=0.0, le=1.0)] = 0.2
+    health_timeout_seconds: Annotated[float, Field(gt=0.0, allow_inf_nan=False)] = 600.0
+    shadow_every: Annotated[int, Field(ge=1)] = 10
+
+
 class StageSpec(ManifestPart):
     """A stage's worker, in either of Sedna's forms: the guide's ``workerSpec`` or the
     ``template`` (a Kubernetes pod template, :mod:`protocol.pod_template`) Sedna uses today."""
@@ -551,7 +606,10 @@ DEFAULT_MAX_SOURCE_SHARE = 0.5
 
 
 class DeploySpec(StageSpec):
-    edgeloop_extensions = ("node_names", "node_selector", "blind_spot_mining", "max_source_share")
+    edgeloop_extensions = (
+        "node_names", "node_selector", "blind_spot_mining", "rollout", "capture_policy",
+        "upload_policy", "max_source_share",
+    )
 
     model: DeployModelRef
     trigger: DeployTrigger
@@ -563,6 +621,12 @@ class DeploySpec(StageSpec):
     hard_example_mining: HardExampleMining | None = None
     #: edgeloop extension (not in Sedna): None means the defaults, on
     blind_spot_mining: BlindSpotMining | None = None
+    #: edgeloop extension: staged rollout (canaries, bake, waves); None: every target at once
+    rollout: Rollout | None = None
+    #: edgeloop extension: what the inference worker saves of what it mines (protocol.data_policies)
+    capture_policy: CapturePolicy | None = None
+    #: edgeloop extension: when and how much this job's examples are sent (over the node's)
+    upload_policy: UploadPolicy | None = None
     #: edgeloop extension: the largest share of the job's hard examples waiting for labels that
     #: one source (a node's camera) may hold, so that one busy camera cannot fill a round; 1
     #: turns the cap off; None means DEFAULT_MAX_SOURCE_SHARE
@@ -570,12 +634,14 @@ class DeploySpec(StageSpec):
 
     @model_validator(mode="after")
     def _blind_spot_needs_mining(self) -> DeploySpec:
-        if self.blind_spot_mining is not None and self.hard_example_mining is None:
-            raise invalid(
-                "blindSpotMining extends hardExampleMining, which is not set: add "
-                "hardExampleMining (e.g. name: IBT) or remove blindSpotMining",
-                path="blindSpotMining",
-            )
+        for name, value in (("blindSpotMining", self.blind_spot_mining),
+                            ("capturePolicy", self.capture_policy)):
+            if value is not None and self.hard_example_mining is None:
+                raise invalid(
+                    f"{name} extends hardExampleMining, which is not set: add "
+                    f"hardExampleMining (e.g. name: IBT) or remove {name}",
+                    path=name,
+                )
         return self
 
     def source_share(self) -> float:

@@ -17,6 +17,7 @@ from typing import Annotated, ClassVar, Final, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, JsonValue, model_validator
 
+from protocol.data_policies import UploadStatus
 from protocol.topics import NAME_PATTERN, Kind
 
 SCHEMA_VERSION: Final = 1
@@ -63,6 +64,29 @@ class CameraStatus(BaseModel):
     error: str = Field(default="", max_length=1024)
 
 
+class TaskHealth(BaseModel):
+    """How a node's inference worker of a task does: the evidence of a staged rollout."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    #: the model version it serves (None: the initial model, or not known yet)
+    version: int | None = None
+    #: False while the worker waits to be started again
+    up: bool = True
+    frames: Count = 0
+    #: frames per second of the version serving now
+    fps: Annotated[float, Field(ge=0.0)] = 0.0
+    hard_examples: Count = 0
+    #: agreement of the serving version with the previous one on the frames compared beside
+    #: it: F1 of their boxes matched at IoU 0.5 (None: no frame compared)
+    agreement: Fraction | None = None
+    compared: Count = 0
+    #: whether a comparison runs (asked for, with a previous model beside the serving one)
+    shadow: bool = False
+    #: why the last model the worker was given would not load ("" when none)
+    error: str = Field(default="", max_length=1024)
+
+
 class NodeStatus(Message):
     """Retained on ``node/{node}/status``; the broker publishes the ``offline``/``lost`` form as
     the node's last will."""
@@ -80,8 +104,12 @@ class NodeStatus(Message):
     #: task id -> restarts of its inference worker since the task started (a camera or model
     #: that keeps crashing shows up here before anyone reads a log)
     worker_restarts: dict[str, Count] = Field(default_factory=dict)
+    #: inference task id -> how its worker does (FPS, shadow agreement): staged rollouts read it
+    health: dict[str, TaskHealth] = Field(default_factory=dict)
     #: the labels the node's settings declare (``site: north``): jobs select nodes by them
     labels: dict[str, str] = Field(default_factory=dict)
+    #: the node's uploads: waiting, sent, evicted, skipped by rule, bytes against the caps
+    uploads: UploadStatus | None = None
     #: task id -> camera name -> what that camera's inference stream does, on a node whose
     #: settings declare cameras (``serving`` then holds the oldest version among them)
     cameras: dict[str, dict[str, CameraStatus]] = Field(default_factory=dict)
@@ -250,6 +278,9 @@ class HardExampleSidecar(BaseModel):
     mining_reason: str = Field(default="", max_length=64)
     width: Count = 0
     height: Count = 0
+    #: how much the frame is worth labelling, in [0, 1] (workers.capture_policy.example_score):
+    #: the outbox's ``lowest-score`` eviction drops the lowest first
+    score: float | None = Field(default=None, ge=0.0, le=1.0)
 
     @model_validator(mode="after")
     def _same_lengths(self) -> HardExampleSidecar:

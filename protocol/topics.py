@@ -101,6 +101,7 @@ API_VERBS = (
     "pause",
     "resume",
     "rollback",
+    "rollout",
     "hardex_list",
     "hardex_export",
     "label_import",

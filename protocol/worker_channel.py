@@ -111,6 +111,9 @@ class Swap(ChannelMessage):
     path: str
     version: str
     sha256: Sha256 | None = None
+    #: run the model it replaces beside it on one frame in this many and report their
+    #: agreement in ``stats`` (0: no comparison); a rollout's canaries ask for it
+    shadow_every: int = Field(default=0, ge=0)
 
 
 class Rollback(ChannelMessage):

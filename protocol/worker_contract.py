@@ -21,10 +21,11 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
-from typing import Literal
+from typing import Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from protocol.data_policies import CapturePolicy, UploadPolicy
 from protocol.manifests import BlindSpotMining
 
 Role = Literal["train", "eval", "inference"]
@@ -63,10 +64,17 @@ SEDNA_VARIABLES = (ORIGINAL_DATASET_URL, NAMESPACE, JOB_NAME, WORKER_NAME)
 #: inference: JSON of the job's ``blindSpotMining`` (camelCase keys); absent while HEM_NAME is
 #: set means its defaults, ``{"enabled": false}`` turns it off
 BLIND_SPOT = "EDGELOOP_BLIND_SPOT"
+#: inference on a rollout's canary: run the previous model beside the new one on one frame in
+#: this many after a swap and report their agreement (absent or 0: no comparison)
+SHADOW_EVERY = "EDGELOOP_SHADOW_EVERY"
 #: inference: the name of the camera (from the agent's ``cameras:`` settings) whose stream
-#: ``video_url`` is; the worker writes it into each hard example's sidecar. Absent for the job's
-#: single ``video_url``.
+#: ``video_url`` is; the worker writes it into each hard example's sidecar and applies the
+#: capture policy's settings for it. Absent for the job's single ``video_url``.
 CAMERA = "EDGELOOP_CAMERA"
+#: inference: JSON of the job's ``capturePolicy`` (camelCase keys); absent: save every mined frame
+CAPTURE_POLICY = "EDGELOOP_CAPTURE_POLICY"
+#: inference: JSON of the job's ``uploadPolicy``, read by the agent (over its own upload_policy)
+UPLOAD_POLICY = "EDGELOOP_UPLOAD_POLICY"
 #: The MODEL_VERSION of a job's initial model, served until a first version is deployed: frame
 #: logs, live views and reports name it so instead of by its file name.
 INITIAL_MODEL_VERSION = "initial"
@@ -88,6 +96,8 @@ LOCATION_VARIABLES = (
     *SEDNA_VARIABLES,
     BLIND_SPOT,
     CAMERA,
+    CAPTURE_POLICY,
+    UPLOAD_POLICY,
 )
 
 #: Separator of MODEL_URLS.
@@ -408,3 +418,32 @@ def parse_blind_spot(text: str) -> BlindSpotMining | None:
         first = exc.errors()[0]
         where = ".".join(str(x) for x in first["loc"]) or "value"
         raise ValueError(f"{BLIND_SPOT}: {where}: {first['msg']}") from None
+
+
+def policy_json(policy: CapturePolicy | UploadPolicy) -> str:
+    """The value of :data:`CAPTURE_POLICY` or :data:`UPLOAD_POLICY`: the manifest's spelling."""
+    return policy.model_dump_json(by_alias=True, exclude_unset=True)
+
+
+def parse_capture_policy(text: str) -> CapturePolicy | None:
+    """:data:`CAPTURE_POLICY` read back (None when empty); a bad value is a ValueError naming it."""
+    return _parse_policy(CapturePolicy, CAPTURE_POLICY, text)
+
+
+def parse_upload_policy(text: str) -> UploadPolicy | None:
+    """:data:`UPLOAD_POLICY` read back (None when empty); a bad value is a ValueError naming it."""
+    return _parse_policy(UploadPolicy, UPLOAD_POLICY, text)
+
+
+_Policy = TypeVar("_Policy", CapturePolicy, UploadPolicy)
+
+
+def _parse_policy(kind: type[_Policy], name: str, text: str) -> _Policy | None:
+    if not text.strip():
+        return None
+    try:
+        return kind.model_validate_json(text)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(x) for x in first["loc"]) or "value"
+        raise ValueError(f"{name}: {where}: {first['msg']}") from None

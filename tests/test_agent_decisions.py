@@ -11,7 +11,14 @@ from edge_agent.deployment import PreparedModel
 from protocol import topics
 from protocol import worker_channel as wc
 from protocol import worker_contract as contract
-from protocol.messages import DesiredState, SampleReport, Task, TaskProgress, WorkerSpec
+from protocol.messages import (
+    DesiredState,
+    SampleReport,
+    Task,
+    TaskHealth,
+    TaskProgress,
+    WorkerSpec,
+)
 
 NODE = "edge-1"
 SHA = "ab" * 32
@@ -72,7 +79,8 @@ class Driver:
             return None
         (status,) = actions
         assert isinstance(status, d.PublishStatus)
-        self.send(d.StatusPublished(status.backlog, status.serving, status.restarts))
+        self.send(d.StatusPublished(status.backlog, status.serving, status.restarts,
+                                    status.health))
         return status
 
 
@@ -257,7 +265,7 @@ def test_status_is_published_at_each_connection_with_what_it_says():
     drv.send(d.WorkerHello("inf", None))
     drv.backlog = 4
     actions = drv.send(d.Connected())
-    assert actions == [d.PublishStatus(4, {"inf": 1}, {"inf": 2})]
+    assert actions == [d.PublishStatus(4, {"inf": 1}, {"inf": 2}, {"inf": TaskHealth(version=1)})]
 
 
 def test_status_republished_when_it_changed_at_most_every_two_seconds():
@@ -273,13 +281,74 @@ def test_status_republished_when_it_changed_at_most_every_two_seconds():
 
     drv.run(task("inf", version=1))
     drv.send(d.WorkerHello("inf", None))
-    assert drv.publish_status(after=d.STATUS_MIN_INTERVAL_S) == d.PublishStatus(3, {"inf": 1}, {})
+    assert drv.publish_status(after=d.STATUS_MIN_INTERVAL_S) == d.PublishStatus(
+        3, {"inf": 1}, {}, {"inf": TaskHealth(version=1)})
 
     drv.run(task("inf", version=1), alive=False, restarts=1)
     drv.connected = False
     assert drv.publish_status(after=5) is None  # nobody to tell
     drv.connected = True
-    assert drv.publish_status(after=0.5) == d.PublishStatus(3, {"inf": 1}, {"inf": 1})
+    assert drv.publish_status(after=0.5) == d.PublishStatus(
+        3, {"inf": 1}, {"inf": 1}, {"inf": TaskHealth(version=1, up=False)})
+
+
+def test_health_alone_is_news_every_ten_seconds_and_fps_jitter_is_not():
+    drv = Driver()
+    drv.run(task("inf", version=1))
+    drv.send(d.WorkerHello("inf", None))
+    assert drv.publish_status() is not None
+    stats = wc.Stats(model_version="1", frames=100, fps=9.0, hard_examples=5,
+                     extra={"version_fps": 9.5})
+    drv.send(d.WorkerStats("inf", stats))
+    first = drv.publish_status(after=d.HEALTH_INTERVAL_S)  # the version's first frames: news
+    assert first is not None and first.health["inf"].fps == 9.5
+    jitter = stats.model_copy(update={"frames": 200, "extra": {"version_fps": 9.1}})
+    drv.send(d.WorkerStats("inf", jitter))
+    assert drv.publish_status(after=d.HEALTH_INTERVAL_S) is None  # FPS alone: no news
+    # stats of the version served before a swap say nothing of the one serving now
+    drv.send(d.WorkerSwapped("inf", wc.Swapped(ok=True, version="2")))
+    swapped = drv.publish_status(after=d.STATUS_MIN_INTERVAL_S)
+    assert swapped is not None and swapped.health["inf"] == TaskHealth(version=2)
+    stats = stats.model_copy(update={"model_version": "2"})
+    drv.send(d.WorkerStats("inf", stats))
+    assert drv.publish_status(after=d.HEALTH_INTERVAL_S) is not None
+    shadow = stats.model_copy(update={"extra": {"version_fps": 9.4, "shadow_agreement": 0.83,
+                                                "shadow_compared": 7, "shadow_active": True}})
+    drv.send(d.WorkerStats("inf", shadow))
+    assert drv.publish_status(after=d.STATUS_MIN_INTERVAL_S) is None  # not 10 s yet
+    status = drv.publish_status(after=d.HEALTH_INTERVAL_S)
+    assert status is not None and status.health == {"inf": TaskHealth(
+        version=2, frames=100, fps=9.4, hard_examples=5, agreement=0.83, compared=7, shadow=True)}
+    more = shadow.model_copy(update={"extra": {"shadow_agreement": 0.8, "shadow_compared": 9,
+                                               "shadow_active": True}})
+    drv.send(d.WorkerStats("inf", more))
+    assert drv.publish_status(after=d.STATUS_MIN_INTERVAL_S) is None  # not 10 s yet
+    status = drv.publish_status(after=d.HEALTH_INTERVAL_S)
+    assert status is not None and status.health["inf"].compared == 9
+
+
+def test_a_model_the_worker_refused_is_in_its_health_until_a_swap_succeeds():
+    drv = Driver()
+    drv.run(task("inf", version=1))
+    drv.send(d.WorkerHello("inf", None))
+    drv.send(d.WorkerSwapped("inf", wc.Swapped(ok=False, error="v2: not a TFLite model")))
+    status = drv.publish_status()
+    assert status is not None and status.health["inf"].error == "v2: not a TFLite model"
+    drv.send(d.WorkerSwapped("inf", wc.Swapped(ok=True, version="3")))
+    status = drv.publish_status(after=d.STATUS_MIN_INTERVAL_S)
+    assert status is not None and status.health["inf"] == TaskHealth(version=3)
+
+
+def test_a_canary_task_asks_its_worker_for_the_shadow_comparison():
+    drv = Driver()
+    drv.run(task("inf", version=1))
+    v2 = task("inf", version=2)
+    v2 = v2.model_copy(update={"env": {**v2.env, contract.SHADOW_EVERY: "10"}})
+    (send,) = drv.send(d.ModelReady(v2, model(2), True))
+    assert isinstance(send, d.SendSwap) and send.swap.shadow_every == 10
+    plain = task("inf", version=3)
+    (send,) = drv.send(d.ModelReady(plain, model(3), True))
+    assert isinstance(send, d.SendSwap) and send.swap.shadow_every == 0
 
 
 def test_a_status_the_broker_did_not_take_is_published_again():

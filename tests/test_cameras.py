@@ -17,7 +17,7 @@ from test_cloud_daemon import JOB, NODE, NS, wait_for
 from test_loop_integration import INFERENCE_TASK
 from test_real_workers_loop import make_initial_model, seed_manifests_for_workers
 
-from cloud_manager.api import serving_summary
+from cloud_manager.api import camera_summary
 from edge_agent import cameras
 from edge_agent import decisions as d
 from edge_agent.config import ConfigError, load_config
@@ -84,9 +84,9 @@ def test_camera_statuses_say_version_fps_or_why_not():
     }}
     status = NodeStatus(node="edge-1", state="online", boot_id="b", serving={"t": 2},
                         cameras=statuses)
-    assert serving_summary(status) == "t: a=2 b=not serving c=initial"
-    assert serving_summary(NodeStatus(node="n", state="online", boot_id="b",
-                                      serving={"t": 4})) == "t: 4"
+    assert camera_summary(status) == "t: a=2 b=not serving c=initial"
+    assert camera_summary(NodeStatus(node="n", state="online", boot_id="b",
+                                     serving={"t": 4})) is None
 
 
 def inference_task(version: int = 1) -> Task:

@@ -15,6 +15,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from agent_cloud import agent_config
@@ -23,18 +24,25 @@ from test_cloud_daemon import DATASET, JOB, NODE, NS, setup_job, wait_for
 from test_cloud_hardex import fill_inbox_through_an_agent
 from test_live_view import CHROMIUM, CHROMIUM_ARGS
 
-from console import review
+from console import fleet, review
 from console.app import ConsoleSettings
 from console.auth import (
     PasswordFileError,
+    TokenFile,
+    TokenFileError,
     Users,
     bind_problem,
     hash_password,
+    issue_token,
     read_password_file,
+    read_token_file,
+    revoke_token,
     set_password,
     verify_password,
 )
 from console.server import Listen, running
+from console.state import ConsoleState
+from cloud_manager.versions import ModelVersion
 from edge_agent.daemon import Agent
 from edge_agent.label_intake import LABELLED_FOLDER
 from edgeloop.connection import ConnectionOptions
@@ -143,6 +151,75 @@ def test_the_first_accept_wins_and_skips_go_to_the_end_of_ones_own_queue():
     assert review.choices(items)["cameras"] == ["rtsp://cam0", "rtsp://cam1"]
 
 
+def test_skips_flags_and_the_session_key_outlive_a_restart(tmp_path):
+    state = ConsoleState(tmp_path)
+    key = state.secret()
+    state.record_skip("e0", "ana")
+    state.record_skip("e2", "ana")
+    state.record_skip("e0", "ana")  # skipped again: last again
+    state.record_difficult("e1", "ben", True)
+    state.record_difficult("e3", "ben", True)
+    state.record_difficult("e3", "ben", False)
+    state.close()
+    assert oct((tmp_path / "console.sqlite").stat().st_mode & 0o777) == "0o600"
+
+    again = ConsoleState(tmp_path)
+    assert again.secret() == key
+    ledger = again.ledger()
+    assert ledger.skipped == {"ana": ["e2", "e0"]}
+    assert ledger.difficult == {"e1": "ben"}
+    assert again.rotate_secret() != key and again.secret() != key
+    again.close()
+    (tmp_path / "console.sqlite").unlink()  # deleting the file also makes a new key
+    fresh = ConsoleState(tmp_path)
+    assert fresh.secret() != key and fresh.ledger().skipped == {}
+    fresh.close()
+
+
+def test_the_fleet_view_shows_fields_the_cloud_adds_without_knowing_them():
+    nodes = [{"name": "edge1", "state": "online", "updated": 5.0, "labels": {"site": "n"},
+              "agent_version": "0.3", "outbox_backlog": 0,
+              "cameras": {"gate": {"serving": 3, "fps": 9.5}},
+              "live_view_url": "http://10.0.0.5:8080/", "disk_free": "2 GB"},
+             {"name": "edge0", "state": "offline", "live_view": "javascript:alert(1)"}]
+    targets = {"ns/job": [{"node": "edge1", "desired": 3, "serving": 2, "health": "online",
+                           "rollout_stage": "canary"},
+                          {"node": "edge7", "desired": 3, "serving": None}]}
+    rows = {row.name: row for row in fleet.fleet(nodes, targets)}
+    assert list(rows) == ["edge0", "edge1", "edge7"]
+    edge1 = rows["edge1"]
+    assert edge1.live_view == "http://10.0.0.5:8080/" and rows["edge0"].live_view is None
+    assert edge1.cameras == {"gate": {"serving": 3, "fps": 9.5}}
+    assert edge1.extra == {"disk_free": "2 GB"}
+    assert [(j.job, j.desired, j.serving, j.extra) for j in edge1.jobs] == \
+        [("ns/job", 3, 2, {"rollout_stage": "canary"})]
+    assert rows["edge7"].state == "never seen"
+    summary = fleet.job_summary("ns/job", {"status": {"stage": "Deploy", "rollout": "50%"},
+                                           "rollout_nodes": ["edge1"]})
+    assert summary["rollout"] == {"rollout": "50%", "rollout_nodes": ["edge1"]}
+
+
+def test_tokens_are_stored_hashed_replaced_and_revoked(tmp_path):
+    path = tmp_path / "console.tokens"
+    tokens = TokenFile(path)  # no file yet: no tokens, not an error
+    assert tokens.user_of("anything") is None
+    first = issue_token(path, "cam")
+    assert first not in path.read_text() and oct(path.stat().st_mode & 0o777) == "0o600"
+    user, fingerprint = tokens.user_of(first) or ("", "")
+    assert user == "cam" and tokens.holds("cam", fingerprint)
+    second = issue_token(path, "cam")  # a new token replaces the old one
+    assert tokens.user_of(first) is None and not tokens.holds("cam", fingerprint)
+    assert tokens.user_of(second) is not None
+    issue_token(path, "dee")
+    assert revoke_token(path, "cam") and not revoke_token(path, "cam")
+    assert tokens.user_of(second) is None and list(read_token_file(path)) == ["dee"]
+    with pytest.raises(ValueError, match="letters, digits"):
+        issue_token(path, "a:b")
+    path.write_text(path.read_text() + "eve:plain-token\n")
+    with pytest.raises(TokenFileError, match=r"console.tokens:2: expected user:sha256\$"):
+        TokenFile(path)
+
+
 # --- a running console over a real broker, cloud manager and dataset node ---------------------
 
 
@@ -153,29 +230,55 @@ class Loop:
     daemon: object
     ids: list[str]
     clock: list[float]
+    broker_url: str
+    tmp: Path
+    settings: ConsoleSettings
+    tokens: TokenFile | None = None
+
+
+USERS = Users({USER: hash_password(PASSWORD), "ben": hash_password(PASSWORD)})
 
 
 @asynccontextmanager
-async def console_over_a_loop(broker_url: str, tmp: Path) -> AsyncIterator[Loop]:
+async def another_console(loop: Loop) -> AsyncIterator[str]:
+    """A console started afresh on the loop's state folder (as after a restart): its URL."""
+    listen = Listen(port=free_port())
+    async with running(ConnectionOptions(broker=loop.broker_url), USERS, listen,
+                       loop.tmp / "console-cache", loop.tmp / "console-state", loop.settings,
+                       loop.tokens):
+        yield listen.url
+
+
+@asynccontextmanager
+async def console_over_a_loop(broker_url: str, tmp: Path,
+                              tokens: TokenFile | None = None) -> AsyncIterator[Loop]:
     """The cloud manager with a job and three hard examples from a real agent, the dataset's
     node online, and the console logged into the cloud's API."""
+    clock = [1_000_000.0]
+    settings = ConsoleSettings(session_s=3600, poll_s=0.2, default_job=f"{NS}/{JOB}",
+                               clock=lambda: clock[0])
+    async with hard_examples_and_a_dataset_node(broker_url, tmp) as (daemon, ids, data):
+        loop = Loop("", data, daemon, ids, clock, broker_url, tmp, settings, tokens)
+        async with another_console(loop) as url:
+            loop.url = url
+            yield loop
+
+
+@asynccontextmanager
+async def hard_examples_and_a_dataset_node(broker_url: str,
+                                           tmp: Path) -> AsyncIterator[tuple[Any, list[str], Path]]:
+    """The cloud manager with a job and three hard examples from a real agent, and the dataset's
+    node online: (the cloud daemon, the examples' ids, the Dataset's index)."""
     data = tmp / "data" / "data.txt"
     data.parent.mkdir()
     data.touch()
-    clock = [1_000_000.0]
-    users = Users({USER: hash_password(PASSWORD), "ben": hash_password(PASSWORD)})
-    settings = ConsoleSettings(session_s=3600, poll_s=0.2, default_job=f"{NS}/{JOB}",
-                               clock=lambda: clock[0])
     async with cloud(broker_url, tmp / "state") as daemon:
         await setup_job(broker_url, tmp)
         ids = await fill_inbox_through_an_agent(broker_url, tmp, daemon)
         config = agent_config(broker_url, tmp / "node", node=NODE, datasets={DATASET: data})
         async with Agent(config):
             await wait_for(lambda: NODE in daemon.manager.online_nodes())
-            listen = Listen(port=free_port())
-            async with running(ConnectionOptions(broker=broker_url), users, listen,
-                               tmp / "console-cache", settings):
-                yield Loop(listen.url, data, daemon, ids, clock)
+            yield daemon, ids, data
 
 
 def sample_count(daemon) -> int | None:
@@ -352,8 +455,6 @@ async def test_a_person_corrects_three_examples_in_the_browser(broker, tmp_path)
             await page.goto(f"{loop.url}/jobs?job={NS}/{JOB}")
             await page.wait_for_function(
                 f"document.querySelector('[data-job=\"{NS}/{JOB}\"] .stage')?.textContent")
-            if SCREENSHOTS:
-                await page.screenshot(path=str(DOCS / "jobs.png"), full_page=True)
         finally:
             await browser.close()
         await wait_for(lambda: sample_count(loop.daemon) == 3, what="three samples counted")
@@ -364,3 +465,142 @@ async def test_a_person_corrects_three_examples_in_the_browser(broker, tmp_path)
     assert not index.problems
     assert {s.image.parent.name for s in index.samples} == {LABELLED_FOLDER}
     assert {s.image.stem: s.boxes.tolist() for s in index.samples} == saved
+
+
+@pytest.mark.broker
+@pytest.mark.timeout(180)
+async def test_a_restart_keeps_sessions_skips_and_flags_and_a_token_logs_in(broker, tmp_path):
+    token_path = tmp_path / "console.tokens"
+    token = issue_token(token_path, "cam")
+    async with console_over_a_loop(broker.url, tmp_path, TokenFile(token_path)) as loop:
+        job = f"{NS}/{JOB}"
+        ana, cam = Visitor(loop.url), Visitor(loop.url)
+
+        def ask(visitor: Visitor, *args, **kwargs):
+            return asyncio.to_thread(visitor.call, *args, **kwargs)
+
+        async def queue_ids(visitor: Visitor, show: str = "todo") -> list[str]:
+            status, listing = await ask(visitor, f"/api/queue?job={job}&show={show}")
+            assert status == 200, listing
+            return [item["id"] for item in listing["items"]]
+
+        assert (await asyncio.to_thread(ana.login))[0] == 200
+        first, second, third = await queue_ids(ana)
+        assert (await ask(ana, "/api/skip", {"job": job, "id": first}))[0] == 200
+        assert (await ask(ana, "/api/difficult", {"job": job, "id": second}))[0] == 200
+
+        # a token logs in as its user, under the same request-token rules
+        assert (await ask(cam, "/api/login", {"token": "not-a-token"})) == \
+            (401, {"error": "unknown or revoked token", "problems": []})
+        status, answer = await ask(cam, "/api/login", {"token": token})
+        assert (status, answer["user"]) == (200, "cam"), answer
+        cam.csrf = answer["csrf"]
+        status, answer = await ask(cam, "/api/skip", {"job": job, "id": third}, csrf="")
+        assert status == 403, answer
+
+        async with another_console(loop) as url:  # the console restarts
+            ana.base = cam.base = url
+            assert await queue_ids(ana) == [third, first]  # still logged in, skip kept
+            assert await queue_ids(ana, "difficult") == [second]
+            assert await queue_ids(cam) == [first, third]  # ana's skip is hers only
+            assert revoke_token(token_path, "cam")
+            assert (await ask(cam, f"/api/queue?job={job}")) == \
+                (401, {"error": "your token was revoked or replaced: log in again",
+                       "problems": []})
+            assert (await ask(cam, "/api/login", {"token": token}))[0] == 401
+
+        state = ConsoleState(tmp_path / "console-state")
+        state.rotate_secret()  # what `edgeloop console rotate-key` does
+        state.close()
+        async with another_console(loop) as url:
+            ana.base = url
+            assert (await ask(ana, f"/api/queue?job={job}")) == \
+                (401, {"error": "not logged in: log in first", "problems": []})
+
+
+def test_the_token_and_rotate_key_commands(tmp_path):
+    from typer.testing import CliRunner
+
+    from edgeloop.cli import app
+
+    runner = CliRunner()
+    path = tmp_path / "console.tokens"
+    made = runner.invoke(app, ["console", "token", "cam", "--token-file", str(path)])
+    assert made.exit_code == 0, made.output
+    token = made.stdout.strip().splitlines()[-1]
+    assert TokenFile(path).user_of(token) == ("cam", read_token_file(path)["cam"])
+    revoked = runner.invoke(app, ["console", "token", "cam", "--token-file", str(path),
+                                  "--revoke"])
+    assert revoked.exit_code == 0 and "revoked cam's token" in revoked.output
+    assert TokenFile(path).user_of(token) is None
+
+    state = ConsoleState(tmp_path)
+    key = state.secret()
+    state.close()
+    rotated = runner.invoke(app, ["console", "rotate-key", "--state-dir", str(tmp_path)])
+    assert rotated.exit_code == 0, rotated.output
+    state = ConsoleState(tmp_path)
+    assert state.secret() != key
+    state.close()
+
+
+async def log_in(page, url: str) -> None:
+    await page.goto(url + "/login")
+    await page.fill("#user", USER)
+    await page.fill("#password", PASSWORD)
+    await page.click("button[type=submit]")
+    await page.wait_for_selector("body[data-ready='1']")
+
+
+async def cell_text(page, selector: str) -> str:
+    return (await page.text_content(selector) or "").strip()
+
+
+@pytest.mark.broker
+@pytest.mark.timeout(240)
+@pytest.mark.skipif(not CHROMIUM.exists(),
+                    reason="Debian's chromium is not installed (/usr/bin/chromium)")
+async def test_the_fleet_page_follows_nodes_live_and_the_jobs_page_plots_versions(broker,
+                                                                                  tmp_path):
+    playwright_api = pytest.importorskip("playwright.async_api")
+    async with console_over_a_loop(broker.url, tmp_path) as loop, \
+            playwright_api.async_playwright() as pw:
+        store = loop.daemon.manager.store  # two registered versions, as two rounds leave them
+        for version, f1 in ((1, 0.61), (2, 0.74)):
+            store.add_model_version(f"{NS}/{JOB}", ModelVersion(
+                version=version, round=version, artifacts=(), time=1_000_000.0 + version,
+                metrics={"precision": f1 + 0.05, "recall": f1 - 0.04, "f1": f1,
+                         "map50": f1 - 0.1, "map": f1 - 0.3},
+                decision="deployed"), now=1_000_000.0)
+        browser = await pw.chromium.launch(executable_path=str(CHROMIUM), args=CHROMIUM_ARGS)
+        try:
+            page = await browser.new_page(viewport={"width": 1400, "height": 700})
+            await log_in(page, loop.url)
+            await page.goto(loop.url + "/fleet")
+            await page.wait_for_selector(f"[data-node='{NODE}'] td.state.online")
+            assert await cell_text(page, f"[data-node='{NODE}'] .live") == "-"  # no address
+            serving = await cell_text(page, f"[data-node='{NODE}'] .serving")
+            assert serving.startswith(f"{NS}/{JOB}: "), serving
+            assert await cell_text(page, f"#rollouts [data-job='{NS}/{JOB}'] .stage")
+
+            # a node comes online while the page is open, then goes: the page follows
+            extra = "edge9"
+            config = agent_config(broker.url, tmp_path / "edge9", node=extra,
+                                  labels={"site": "north"})
+            async with Agent(config):
+                await page.wait_for_selector(f"[data-node='{extra}'] td.state.online")
+                assert await cell_text(page, f"[data-node='{extra}'] .labels") == "site north"
+                if SCREENSHOTS:
+                    await page.screenshot(path=str(DOCS / "fleet.png"))
+            await page.wait_for_selector(f"[data-node='{extra}'] td.state.offline")
+
+            await page.goto(f"{loop.url}/jobs?job={NS}/{JOB}")
+            await page.wait_for_selector("#metrics-plot polyline[data-metric='f1']")
+            metrics = await page.eval_on_selector_all(
+                "#metrics-plot polyline", "ls => ls.map(l => l.dataset.metric)")
+            assert metrics == ["f1", "map", "map50", "precision", "recall"]
+            assert await page.locator("#metrics-plot circle").count() == 10
+            if SCREENSHOTS:
+                await page.screenshot(path=str(DOCS / "jobs.png"), full_page=True)
+        finally:
+            await browser.close()

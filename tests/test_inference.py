@@ -237,6 +237,34 @@ def test_blind_spot_mining_keeps_frames_the_rule_cannot_judge_and_says_why(
 
 
 @pytest.mark.ml
+def test_capture_policy_thins_caps_and_shrinks_what_the_loop_saves(
+    models: dict[str, Path], video: Path, tmp_path: Path
+) -> None:
+    """Every frame is mined (Random 1.0); the policy keeps one in two, three a minute (the
+    clock stands still: one minute), at 48 pixels wide with the boxes scaled alike."""
+    from protocol.data_policies import CaptureSettings
+    from workers.capture_policy import Capture
+    from workers.mining import make_miner
+
+    settings = CaptureSettings.model_validate(
+        {"sampleRate": 0.5, "perMinute": 3, "maxSide": 48, "jpegQuality": 60})
+    store = HardExampleStore(tmp_path / "he", quota_bytes=64 * 2**20, dedup_distance=0,
+                             jpeg_quality=60)
+    capture = Capture(settings, tmp_path / "he", clock=lambda: 1_800_000_000.0)
+    loop, _ = make_loop(models, video, miner=make_miner("Random", {"random_ratio": "1"}),
+                        store=store, capture=capture)
+    stats = loop.run()
+    saved = [json.loads(p.read_text()) for p in (tmp_path / "he").glob("*.json")]
+    counters = loop.mining_stats()["capture"]
+    assert stats.mined == 30 and counters["skipped"]["sampled-out"] == 15
+    assert 1 <= len(saved) == counters["saved"] == stats.hard_examples <= 3
+    assert counters["skipped"]["cap:minute"] == 15 - 3
+    assert all((s["width"], s["height"]) == (48, 32) for s in saved)
+    assert all(0 <= b[2] <= 48 and 0 <= b[3] <= 32 for s in saved for b in s["boxes"])
+    assert all(0.0 <= s["score"] <= 1.0 for s in saved)
+
+
+@pytest.mark.ml
 def test_load_errors_name_the_file(models: dict[str, Path], tmp_path: Path) -> None:
     from workers.predictor import ModelLoadError, load_predictor
 

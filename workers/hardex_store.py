@@ -1,4 +1,4 @@
-"""Hard examples on disk: the raw frame (JPEG q95) and a JSON sidecar under ``HE_SAVED_URL``.
+"""Hard examples on disk: the raw frame (JPEG q95, or the capture policy's quality) and a JSON sidecar under ``HE_SAVED_URL``.
 
 Files are named ``<UTC time>-f<frame>-<sha256[:12]>.jpg`` / ``.json``. The image is written first
 and the sidecar last, each through a temporary name and a rename, so a ``.json`` file always
@@ -81,7 +81,8 @@ def folder_bytes(root: Path) -> int:
 class HardExampleStore:
     """Saves hard examples under ``root``; not thread-safe (one inference loop owns it)."""
 
-    def __init__(self, root: Path | str, quota_bytes: int, dedup_distance: int = 4):
+    def __init__(self, root: Path | str, quota_bytes: int, dedup_distance: int = 4,
+                 jpeg_quality: int = JPEG_QUALITY):
         if quota_bytes <= 0:
             raise ValueError(f"hard-example quota must be > 0 bytes, got {quota_bytes}")
         if dedup_distance < 0:
@@ -93,6 +94,7 @@ class HardExampleStore:
             raise ValueError(f"HE_SAVED_URL {self.root}: cannot create the folder: {exc}") from exc
         self.quota_bytes = quota_bytes
         self.dedup_distance = dedup_distance
+        self.jpeg_quality = jpeg_quality
         self.counters = StoreCounters()
         self._recent: deque[int] = deque(maxlen=DEDUP_WINDOW)
         self._used = folder_bytes(self.root)
@@ -111,7 +113,7 @@ class HardExampleStore:
         if self.is_near_duplicate(frame_hash):
             self.counters.skipped_duplicate += 1
             return None
-        ok, encoded = cv2.imencode(".jpg", frame_bgr, [cv2.IMWRITE_JPEG_QUALITY, JPEG_QUALITY])
+        ok, encoded = cv2.imencode(".jpg", frame_bgr, [cv2.IMWRITE_JPEG_QUALITY, self.jpeg_quality])
         if not ok:
             self.counters.failed += 1
             log.error("cannot encode hard example of frame %d as JPEG", sidecar.frame_index)

@@ -30,14 +30,17 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from protocol import worker_channel as wc
 from protocol import worker_contract as contract
 from protocol.manifests import BlindSpotMining
 from protocol.messages import HardExampleSidecar
 from workers import sdk
 from workers.blind_spot import RULE, BlindSpotMonitor, MiningReason
-from workers.hardex_store import HardExampleStore
+from workers.capture_policy import Capture, example_score
+from workers.hardex_store import JPEG_QUALITY, HardExampleStore
 from workers.hotswap import ModelSlot, SwapOutcome
 from workers.mining import Detections, Miner
+from workers.shadow import ShadowComparison
 from workers.video import Frame, VideoSource, check_source
 
 log = logging.getLogger("edgeloop.inference")
@@ -138,6 +141,8 @@ class InferenceLoop:
         on_detections: Callable[[Frame, Detections], None] | None = None,
         frame_log: Path | str | None = None,
         blind_spot: BlindSpotMonitor | None = None,
+        shadow: ShadowComparison | None = None,
+        capture: Capture | None = None,
         camera: str = "",
     ):
         self.slot = slot
@@ -150,6 +155,8 @@ class InferenceLoop:
         self.on_detections = on_detections
         self.frame_log_path = Path(frame_log) if frame_log else None
         self.blind_spot = blind_spot
+        self.shadow = shadow
+        self.capture = capture
         self.camera = camera  # the agent's name for the stream (EDGELOOP_CAMERA), for sidecars
         self.stats = LoopStats(frame_times=[] if record_times else None)
 
@@ -181,6 +188,10 @@ class InferenceLoop:
                     raise
                 model = self.slot.current  # the previous model, which served before
                 det = model.predict(frame.image, prepared=frame.prepared)
+            if self.shadow is not None:
+                previous = self.slot.previous if model is self.slot.current else None
+                self.shadow.observe(frame.index, frame.image, frame.prepared, det, model.version,
+                                    previous)
             if frame_log is not None:
                 frame_log.add(
                     frame.index, frame.timestamp, time.time(), model.version, len(det.scores)
@@ -192,6 +203,12 @@ class InferenceLoop:
                 stats.mined += 1
                 _count(stats.mined_by_reason, reason)
                 self._save_hard_example(frame, det, model.version, reason)
+            if self.capture is not None:
+                for held in self.capture.release_due():
+                    if self.session is not None:
+                        self.session.emit_hard_example(
+                            held.image_path, held.sidecar_path, held.sha256
+                        )
             if self.on_detections is not None:
                 self.on_detections(frame, det)
             now = time.monotonic()
@@ -255,9 +272,15 @@ class InferenceLoop:
     ) -> None:
         if self.store is None:
             return
-        h, w = frame.image.shape[:2]
+        store, image, scale = self.store, frame.image, 1.0
+        if self.capture is not None:  # the job's capture policy: sampling, caps, size
+            placed = self.capture.place(reason, frame.image, self.store)
+            if placed is None:
+                return
+            store, image, scale = placed
+        h, w = image.shape[:2]
         sidecar = HardExampleSidecar(
-            boxes=[[round(float(v), 1) for v in box] for box in det.boxes],
+            boxes=[[round(float(v) * scale, 1) for v in box] for box in det.boxes],
             scores=[round(float(s), 4) for s in det.scores],
             classes=[int(c) for c in det.classes],
             class_names=self.class_names,
@@ -270,9 +293,10 @@ class InferenceLoop:
             mining_reason=reason,
             width=w,
             height=h,
+            score=example_score(det.scores),
         )
-        saved = self.store.save(frame.image, sidecar)
-        if saved is None:
+        saved = store.save(image, sidecar)
+        if saved is None or (self.capture is not None and not self.capture.saved(saved, reason)):
             return
         self.stats.hard_examples += 1
         _count(self.stats.hard_examples_by_reason, reason)
@@ -291,6 +315,7 @@ class InferenceLoop:
             skipped_quota=counters.skipped_quota if counters else 0,
             source_frames_read=self.source.frames_read,
             **self.mining_stats(),
+            **(self.shadow.stats() if self.shadow is not None else {}),
         )
 
     def mining_stats(self) -> dict[str, Any]:
@@ -299,6 +324,8 @@ class InferenceLoop:
             "mined_by_reason": dict(self.stats.mined_by_reason),
             "hard_examples_by_reason": dict(self.stats.hard_examples_by_reason),
         }
+        if self.capture is not None:
+            out["capture"] = self.capture.counters()
         monitor = self.blind_spot
         if monitor is not None:
             rate, baseline = monitor.recent_rate, monitor.baseline
@@ -343,11 +370,13 @@ def run_inference(params: sdk.Parameters, session: sdk.WorkerSession) -> dict[st
             f"{contract.HEM_NAME} is set but HE_SAVED_URL (where to save) is not"
         )
     store = None
+    capture = capture_of(params)
     if he_dir:
         store = HardExampleStore(
             he_dir,
             quota_bytes=int(params.float("he_quota_mb", minimum=0.001) * 2**20),
             dedup_distance=params.int("he_dedup_distance", minimum=0),
+            jpeg_quality=capture.settings.jpeg_quality if capture else JPEG_QUALITY,
         )
     configure_runtime(threads)
     version = env.model_version or Path(env.model_url).stem
@@ -387,9 +416,16 @@ def run_inference(params: sdk.Parameters, session: sdk.WorkerSession) -> dict[st
         max_frames=params.int("max_frames", minimum=0),
         frame_log=params.get("frame_log"),
         blind_spot=blind_spot,
+        shadow=(shadow := ShadowComparison()),
+        capture=capture,
         camera=env.camera or "",
     )
-    session.subscribe("swap", lambda m: slot.request_swap(m.path, m.version, m.sha256))
+
+    def on_swap(message: wc.Swap) -> None:
+        shadow.request(message.shadow_every)  # a canary compares the new model with this one
+        slot.request_swap(message.path, message.version, message.sha256)
+
+    session.subscribe("swap", on_swap)
     session.subscribe("rollback", lambda m: slot.request_rollback())
     session.subscribe("stop", lambda m: loop.stop())
     if session.stop_requested.is_set():
@@ -420,6 +456,20 @@ def run_inference(params: sdk.Parameters, session: sdk.WorkerSession) -> dict[st
         "source": video_url,
         "parameters": params.as_dict(),
     }
+
+
+def capture_of(params: sdk.Parameters) -> Capture | None:
+    """The job's capture policy for this worker's camera (``EDGELOOP_CAMERA``; none: the
+    node's one camera), or None when the job sets none: every mined frame is saved."""
+    try:
+        policy = contract.parse_capture_policy(params.get(contract.CAPTURE_POLICY) or "")
+    except ValueError as exc:
+        raise sdk.ParameterError(str(exc)) from None
+    he_dir = params.get("HE_SAVED_URL")
+    if policy is None or not he_dir:
+        return None
+    settings = policy.for_camera(params.get(contract.CAMERA) or "")
+    return Capture(settings, Path(he_dir))
 
 
 def blind_spot_monitor(

@@ -37,6 +37,58 @@ function table(headers, rows) {
   return t;
 }
 
+// Each version's metrics against its round, one line per metric (nested per-domain metrics,
+// when an eval gives them, become lines of their own: "domain.metric"). Plain SVG, no library.
+function flatMetrics(metrics, prefix = "") {
+  const out = {};
+  for (const [k, v] of Object.entries(metrics || {})) {
+    if (typeof v === "number") out[prefix + k] = v;
+    else if (v && typeof v === "object") Object.assign(out, flatMetrics(v, `${prefix}${k}.`));
+  }
+  return out;
+}
+
+const SVG = "http://www.w3.org/2000/svg";
+function svg(tag, attrs, content) {
+  const element = document.createElementNS(SVG, tag);
+  for (const [k, v] of Object.entries(attrs)) element.setAttribute(k, v);
+  if (content !== undefined) element.textContent = content;
+  return element;
+}
+
+function metricsPlot(versions) {
+  const points = versions.map((v) => ({ round: v.round, version: v.version, m: flatMetrics(v.metrics) }));
+  const names = [...new Set(points.flatMap((p) => Object.keys(p.m)))].sort();
+  if (!points.length || !names.length) return text("p", "No version with metrics yet.", { class: "keys" });
+  const W = 560, H = 220, L = 40, R = 130, T = 10, B = 30;
+  const rounds = points.map((p) => p.round);
+  const x0 = Math.min(...rounds), x1 = Math.max(...rounds);
+  const top = Math.max(1, ...points.flatMap((p) => Object.values(p.m)));
+  const x = (r) => L + (x1 === x0 ? (W - L - R) / 2 : ((r - x0) / (x1 - x0)) * (W - L - R));
+  const y = (v) => T + (1 - v / top) * (H - T - B);
+  const plot = svg("svg", { class: "plot", id: "metrics-plot", width: W, height: H, viewBox: `0 0 ${W} ${H}` });
+  plot.append(svg("line", { x1: L, y1: y(0), x2: W - R, y2: y(0), stroke: "#999" }),
+              svg("line", { x1: L, y1: T, x2: L, y2: y(0), stroke: "#999" }),
+              svg("text", { x: 4, y: y(top) + 4 }, top.toFixed(top > 1 ? 0 : 1)), svg("text", { x: 4, y: y(0) }, "0"),
+              svg("text", { x: (W - R) / 2, y: H - 4 }, "round"));
+  for (const r of [...new Set(rounds)]) plot.append(svg("text", { x: x(r) - 3, y: y(0) + 14 }, r));
+  const colours = ["#1f77b4", "#d62728", "#2ca02c", "#9467bd", "#ff7f0e", "#8c564b", "#17becf", "#7f7f7f"];
+  names.forEach((name, i) => {
+    const colour = colours[i % colours.length];
+    const mine = points.filter((p) => typeof p.m[name] === "number");
+    plot.append(svg("polyline", { fill: "none", stroke: colour, "stroke-width": 2, "data-metric": name,
+                                  points: mine.map((p) => `${x(p.round)},${y(p.m[name])}`).join(" ") }));
+    for (const p of mine) {
+      const dot = svg("circle", { cx: x(p.round), cy: y(p.m[name]), r: 3, fill: colour });
+      dot.append(svg("title", {}, `version ${p.version} (round ${p.round}): ${name} ${p.m[name].toFixed(3)}`));
+      plot.append(dot);
+    }
+    plot.append(svg("rect", { x: W - R + 10, y: T + i * 16, width: 10, height: 10, fill: colour }),
+                svg("text", { x: W - R + 26, y: T + i * 16 + 9 }, name));
+  });
+  return plot;
+}
+
 async function renderDetail() {
   const detail = document.querySelector("#detail");
   if (!shownJob) { detail.replaceChildren(); return; }
@@ -58,6 +110,7 @@ async function renderDetail() {
       ["Deployed version", status.deployed_version || "-"],
     ]),
     text("h4", "Versions"),
+    metricsPlot(data.versions || []),
     table(["Version", "Round", "Metrics", "Deploy decision"], (data.versions || []).map(
       (v) => [v.version, v.round, v.metrics, v.decision])),
     text("h4", "Conditions"),

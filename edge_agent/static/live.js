@@ -58,6 +58,7 @@ function handle(msg) {
     document.getElementById("node").textContent = msg.node;
     document.getElementById("backlog").textContent = msg.backlog ?? "?";
     document.getElementById("viewers").textContent = msg.viewers;
+    document.getElementById("uploads").textContent = msg.uploads ? "uploads: " + msg.uploads : "";
     return;
   }
   if (msg.type === "gone") {
