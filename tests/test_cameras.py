@@ -207,7 +207,7 @@ async def test_an_agent_runs_every_camera_and_its_hard_examples_carry_node_and_c
         assert target["cameras"]["gate"]["serving"] and target["cameras"]["crane"]["serving"]
         text = await asyncio.to_thread(edgeloop, "describe", "il", JOB, *base)
         assert text.returncode == 0, text.stderr
-        assert "camera broken" in text.stdout and "does not exist" in text.stdout
+        assert "camera broken" in text.stdout and "not serving: VideoSourceError" in text.stdout
 
         exported = await asyncio.to_thread(edgeloop, "hardex", "export", JOB, *base,
                                            "--out", str(tmp_path / "export"))
