@@ -295,3 +295,24 @@ async def test_each_camera_is_its_own_worker_and_the_task_ends_with_its_last(bro
         assert len(final) == 1 and final[0].message == "no longer in the desired state"
         assert all([await gone(pid) for pid in pids])
         assert agent.runner.running == {}
+
+
+def test_a_task_on_several_cameras_is_judged_on_the_cameras_that_serve():
+    """The staged rollout reads one health per task: a node's cameras together (the oldest
+    version, the slowest FPS, the lowest agreement), leaving out a camera that does not open."""
+    task = inference_task(2)
+    workers = {w: d.WorkerView(task, alive=True, restarts=0) for w in ("inf@a", "inf@b", "inf@c")}
+    ctx = d.Context(now=100.0, workers=workers)
+    state = d.NodeState("edge-1")
+    for worker, fps, agreement in (("inf@a", 24.0, 0.9), ("inf@b", 12.5, 0.7)):
+        stats = wc.Stats(model_version="2", frames=100, fps=fps, hard_examples=3,
+                         extra={"shadow_agreement": agreement, "shadow_compared": 10})
+        state = d.handle(state, d.WorkerStats(worker, stats), ctx).state
+    state = d.handle(state, d.WorkerExited("inf@c", "cannot open video source 'x'"), ctx).state
+    [status] = d.handle(state, d.Connected(), ctx).actions
+    assert isinstance(status, d.PublishStatus)
+    health = status.health["inf"]
+    assert (health.version, health.up, health.frames, health.fps, health.agreement,
+            health.compared, health.hard_examples) == (2, True, 200, 12.5, 0.7, 20, 6)
+    assert set(status.health) == {"inf"}
+    assert status.cameras["inf"]["c"].error == "cannot open video source 'x'"
