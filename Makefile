@@ -10,9 +10,10 @@ EDGE_STAMP := $(EDGE_VENV)/.installed
 
 .PHONY: demo test typecheck bench bench-learning system-deps venv clean
 
-# Debian packages the project runs against: a real broker, and for the demo a camera mock.
+# Debian packages the project runs against: a real broker and a PostgreSQL server (the tests
+# start their own), and for the demo a camera mock.
 system-deps:
-	@./.ci/system-deps mosquitto
+	@./.ci/system-deps mosquitto postgresql
 
 venv: $(STAMP)
 

@@ -83,7 +83,11 @@ def register(app: typer.Typer) -> None:
     @with_connection
     def cloud(
         state: Path = typer.Option(Path("edgeloop-state"), "--state", envvar="EDGELOOP_STATE",
-                                   help="Directory of the cloud manager's SQLite store."),
+                                   help="Directory of the cloud manager's files: its SQLite "
+                                        "store (unless --store), hard-example inbox, registry."),
+        store_url: str = typer.Option(None, "--store", envvar="EDGELOOP_STORE",
+                                      help="Keep the state in PostgreSQL instead of SQLite: "
+                                           "postgresql://user:password@host:port/database."),
         tz: str = typer.Option("UTC", "--timezone", envvar="EDGELOOP_TIMEZONE",
                                help="IANA timezone in which train trigger timer windows are read."),
         client_id: str = typer.Option("edgeloop-cloud", "--client-id",
@@ -105,6 +109,10 @@ def register(app: typer.Typer) -> None:
                                            help="Most MB of hard-example images kept per node."),
         hardex_node_count: int = typer.Option(40000, "--hardex-node-count", min=1,
                                               help="Most hard examples kept per node."),
+        leader_lease: bool = typer.Option(
+            False, "--leader-lease", envvar="EDGELOOP_LEADER_LEASE",
+            help="Several managers share the --store database: the one holding its lease "
+                 "serves, the others stand by and take over when it stops renewing."),
         connection: ConnectionOptions = None,  # type: ignore[assignment]
     ) -> None:
         """Run the cloud manager: job state machine, triggers, API, node registry.
@@ -112,6 +120,7 @@ def register(app: typer.Typer) -> None:
         Hard examples beyond a quota are refused for now: the node keeps them and sends them
         again later."""
         import signal
+        import time
         from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
         from cloud_manager.daemon import CloudDaemon
@@ -119,6 +128,8 @@ def register(app: typer.Typer) -> None:
         from cloud_manager.hardex_inbox import INBOX_DIR, HardExampleInbox
         from cloud_manager.manager import Manager
         from cloud_manager.registry import REGISTRY_DIR, ModelRegistry
+        from cloud_manager.leadership import LeaseSettings
+        from cloud_manager.replicas import LeaseShell, replica_name, serve_while_leader
         from cloud_manager.store import Store, StoreError
 
         try:
@@ -126,32 +137,47 @@ def register(app: typer.Typer) -> None:
         except (ZoneInfoNotFoundError, ValueError):
             raise typer.BadParameter(f"{tz!r} is not a known IANA timezone (e.g. UTC, "
                                      "Asia/Shanghai)", param_hint="--timezone") from None
+        if leader_lease and not store_url:
+            raise typer.BadParameter("managers share a lease in a PostgreSQL store: give "
+                                     "--store postgresql://...", param_hint="--leader-lease")
         try:
-            store = Store(state)
+            store = Store(url=store_url) if store_url else Store(state)
+            lease_store = Store(url=store_url) if leader_lease and store_url else None
         except StoreError as exc:
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(1) from None
-        manager = Manager(store, tz=zone, inbox=HardExampleInbox(state / INBOX_DIR),
-                          registry=ModelRegistry(state / REGISTRY_DIR),
-                          read_node_paths=not always_pull)
         budget = Budget(messages=node_budget_messages, bytes=int(node_budget_mb * 2**20))
         quotas = HardexQuotas(job_bytes=hardex_job_mb * MB, job_count=hardex_job_count,
                               node_bytes=hardex_node_mb * MB, node_count=hardex_node_count)
-        daemon = CloudDaemon(connection.settings(client_id), manager, budget=budget,
-                             hardex_quotas=quotas)
+
+        async def serve(stop: asyncio.Event) -> None:
+            manager = Manager(store, tz=zone, inbox=HardExampleInbox(state / INBOX_DIR),
+                              registry=ModelRegistry(state / REGISTRY_DIR),
+                              read_node_paths=not always_pull)
+            daemon = CloudDaemon(connection.settings(client_id), manager, budget=budget,
+                                 hardex_quotas=quotas)
+            await daemon.run(stop)
 
         async def main() -> None:
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
-            await daemon.run(stop)
+            if lease_store is None:
+                await serve(stop)
+                return
+            lease = LeaseShell(lease_store, replica_name(), LeaseSettings(), time.time)
+            typer.echo(f"cloud manager {lease.state.me}: standing by for the leader lease",
+                       err=True)
+            await serve_while_leader(lease, store, serve, stop)
 
-        typer.echo(f"cloud manager: state {store.path}, broker {connection.broker}, timers in {tz}", err=True)
+        typer.echo(f"cloud manager: state {store.location}, broker {connection.broker}, timers in {tz}", err=True)
         try:
             asyncio.run(main())
         finally:
             store.close()
+            if lease_store is not None:
+                lease_store.close()
 
     @app.command("apply")
     @with_connection

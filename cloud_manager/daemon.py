@@ -32,6 +32,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from cloud_manager.artifact_pull import ArtifactPuller, PullError
+from cloud_manager.database import StoreUnavailable
 from cloud_manager.distribution import FanoutPolicy, ModelDistribution
 from cloud_manager.hardex_admission import HardexAdmission, HardexQuotas
 from cloud_manager.labels import LabelForwarder
@@ -39,6 +40,7 @@ from cloud_manager.manager import Manager, Pull
 from cloud_manager.outgoing import Outgoing
 from cloud_manager.registry import RegistryError
 from cloud_manager.retained_sweeper import SWEEP_PERIOD_S, RetainedSweeper
+from cloud_manager.store import NotLeader
 from edgeloop.fairness import Budget, NodeBudgets
 from edgeloop.mqtt import Delivery, MqttClient, MqttSettings, NotConnected, Redeliver
 from edgeloop.reliable import Acknowledger
@@ -168,10 +170,18 @@ class CloudDaemon:
                 log.info("not connected: %s will be re-sent on reconnect", out.topic)
                 return
 
-    async def _run(self, what: str, work: Callable[[], list[Outgoing]]) -> None:
+    async def _run(self, what: str, work: Callable[[], list[Outgoing]],
+                   message: bool = False) -> None:
+        """``message``: the work handles a broker message, which a store that is not ours to
+        write any more (:class:`NotLeader`) leaves unacknowledged, for the leader."""
         async with self._lock:
             try:
                 messages = work()
+            except NotLeader as exc:
+                log.warning("%s not handled: %s", what, exc)
+                if message:
+                    raise Redeliver(str(exc)) from exc
+                return
             except Exception:
                 log.exception("handling %s failed; state unchanged", what)
                 return
@@ -240,7 +250,7 @@ class CloudDaemon:
         async with self._lock:
             try:
                 ingest = self.manager.on_statuses(statuses, self.clock())
-            except (sqlite3.Error, OSError) as exc:
+            except (sqlite3.Error, StoreUnavailable, NotLeader, OSError) as exc:
                 # Nothing committed, so nothing is acknowledged: the broker sends them again.
                 stats.deferred += len(statuses)
                 raise Redeliver(f"a batch of {len(statuses)} node statuses was not committed "
@@ -265,7 +275,7 @@ class CloudDaemon:
         async with self._lock:
             try:
                 ingest = self.manager.on_sample_reports(reports, self.clock())
-            except (sqlite3.Error, OSError) as exc:
+            except (sqlite3.Error, StoreUnavailable, NotLeader, OSError) as exc:
                 # Nothing committed, so nothing is acknowledged: the broker sends them again.
                 stats.deferred += len(reports)
                 raise Redeliver(f"a batch of {len(reports)} sample reports was not committed "
@@ -284,7 +294,7 @@ class CloudDaemon:
         if isinstance(delivery.message, TaskProgress):
             progress = delivery.message
             await self._run(f"progress of {progress.task_id}",
-                            lambda: self.manager.on_progress(progress, self.clock()))
+                            lambda: self.manager.on_progress(progress, self.clock()), message=True)
 
     async def _on_hardex(self, delivery: Delivery) -> None:
         example = delivery.message

@@ -29,6 +29,7 @@ from cloud_manager.registry import ModelRegistry, RegistryError
 from cloud_manager.sample_batch import DatasetUpdate, coalesce
 from cloud_manager.status_batch import Known, Settled, by_node, settle
 from cloud_manager.outgoing import Outgoing
+from cloud_manager.database import StoreUnavailable
 from cloud_manager.store import ResourceRow, Store
 from cloud_manager.task_builder import JobInputs, build_inference_task, task_id
 from cloud_manager.versions import Artifact
@@ -449,7 +450,8 @@ class Manager:
         :mod:`cloud_manager.sample_batch`): one store write and one trigger evaluation per
         dataset and job. A dataset update that fails is logged, counted and rolled back alone
         while the rest of the batch commits; a failure of the store itself
-        (:class:`sqlite3.OperationalError`: disk, lock) rolls the whole batch back and is raised.
+        (:class:`sqlite3.OperationalError`: disk, lock; :class:`StoreUnavailable`: the database
+        server) rolls the whole batch back and is raised.
         """
         result = SampleIngest()
         with self.store.transaction():
@@ -488,7 +490,7 @@ class Manager:
         try:
             with self.store.savepoint():
                 return [out for part in parts for out in apply(part)], []
-        except sqlite3.OperationalError:
+        except (sqlite3.OperationalError, StoreUnavailable):
             raise  # the store itself (disk, lock), not one part: the whole batch waits
         except Exception:
             del self._pulls[pulls:]
@@ -500,7 +502,7 @@ class Manager:
             try:
                 with self.store.savepoint():
                     messages += apply(part)
-            except sqlite3.OperationalError:
+            except (sqlite3.OperationalError, StoreUnavailable):
                 raise
             except Exception:
                 del self._pulls[pulls:]

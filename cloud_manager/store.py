@@ -1,4 +1,5 @@
-"""The cloud manager's durable state: one SQLite file under ``--state DIR``.
+"""The cloud manager's durable state: one SQLite file under ``--state DIR`` (the default), or a
+PostgreSQL database (``--store postgresql://...``) that outlives the machine.
 
 The store is the truth (the broker is not a database): namespaces, applied manifests with their
 generation, each job's state machine state and condition history, the tasks sent, the keys of
@@ -10,9 +11,10 @@ reports that arrived together (group commit: one commit, one fsync, for the whol
 event's effects and its message key commit together or not at all, so a crash at any point either
 redoes the event after restart (the broker redelivers what was not acknowledged, and nothing is
 acknowledged before its commit) or finds it already done. Inside a batch, :meth:`Store.savepoint`
-lets one failing part roll back alone. WAL mode keeps readers (the API) from blocking the writer;
-``synchronous=FULL`` makes every commit durable before the message is acknowledged, which costs
-one fsync per batch, not per message.
+lets one failing part roll back alone. SQLite runs in WAL mode, which keeps readers (the API) from
+blocking the writer, with ``synchronous=FULL``, which makes every commit durable before the
+message is acknowledged (one fsync per batch, not per message); PostgreSQL's commit is durable
+by default.
 """
 
 from __future__ import annotations
@@ -26,43 +28,31 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+from cloud_manager.database import (
+    POSTGRESQL,
+    SQLITE,
+    Connection,
+    StoreUnavailable,
+    is_postgresql_url,
+    open_sqlite,
+    redacted,
+)
+from cloud_manager.leadership import Lease
+from cloud_manager.migrations import SchemaTooNew, migrate
 from cloud_manager.state_machine import JobState
 from cloud_manager.versions import ModelVersion
 from protocol.messages import NodeStatus, Task, TaskRole, TaskState
 
 DB_NAME = "cloud.sqlite3"
-SCHEMA_VERSION = 1
 DEFAULT_NAMESPACE = "default"
+#: the lease row of the managers that share this store
+LEASE = "cloud-manager"
 #: well under SQLite's limit on bound parameters in one statement
 _KEYS_PER_QUERY = 500
 
-_SCHEMA = """
-CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
-CREATE TABLE IF NOT EXISTS namespaces (name TEXT PRIMARY KEY, created REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS resources (
-    kind TEXT NOT NULL, namespace TEXT NOT NULL, name TEXT NOT NULL,
-    manifest TEXT NOT NULL, generation INTEGER NOT NULL, created REAL NOT NULL, updated REAL NOT NULL,
-    PRIMARY KEY (kind, namespace, name));
-CREATE TABLE IF NOT EXISTS jobs (
-    namespace TEXT NOT NULL, name TEXT NOT NULL, state TEXT NOT NULL, updated REAL NOT NULL,
-    PRIMARY KEY (namespace, name));
-CREATE TABLE IF NOT EXISTS tasks (
-    task_id TEXT NOT NULL, attempt INTEGER NOT NULL, job TEXT NOT NULL, role TEXT NOT NULL,
-    round INTEGER NOT NULL, node TEXT NOT NULL, state TEXT NOT NULL, message TEXT NOT NULL,
-    updated REAL NOT NULL, PRIMARY KEY (task_id, attempt));
-CREATE TABLE IF NOT EXISTS processed (key TEXT PRIMARY KEY, time REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS model_versions (
-    job TEXT NOT NULL, version INTEGER NOT NULL, record TEXT NOT NULL, time REAL NOT NULL,
-    PRIMARY KEY (job, version));
-CREATE TABLE IF NOT EXISTS nodes (
-    name TEXT PRIMARY KEY, state TEXT NOT NULL, boot_id TEXT NOT NULL, status TEXT NOT NULL,
-    updated REAL NOT NULL);
-CREATE TABLE IF NOT EXISTS dataset_samples (
-    namespace TEXT NOT NULL, name TEXT NOT NULL, samples INTEGER NOT NULL, error TEXT,
-    node TEXT NOT NULL, updated REAL NOT NULL, PRIMARY KEY (namespace, name));
-CREATE TABLE IF NOT EXISTS desired (
-    node TEXT PRIMARY KEY, generation INTEGER NOT NULL, content TEXT NOT NULL);
-"""
+
+class NotLeader(RuntimeError):
+    """A decision was taken under an epoch of the lease that is no longer the current one."""
 
 
 class StoreError(RuntimeError):
@@ -144,23 +134,49 @@ class DesiredRow:
 
 
 class Store:
-    def __init__(self, state_dir: Path) -> None:
-        try:
-            state_dir.mkdir(parents=True, exist_ok=True)
+    """The manager's state in SQLite (``Store(state_dir)``: one file in the directory) or in
+    PostgreSQL (``Store(url="postgresql://...")``). Both read and write through the same SQL
+    (:mod:`cloud_manager.database`); the schema is brought up to date on opening
+    (:mod:`cloud_manager.migrations`)."""
+
+    def __init__(self, state_dir: Path | None = None, *, url: str | None = None) -> None:
+        if (state_dir is None) == (url is None):
+            raise ValueError("a store is a state directory or a database URL, one of the two")
+        self.db: Connection
+        if url is not None:
+            if not is_postgresql_url(url):
+                raise StoreError(f"{redacted(url)}: not a postgresql:// URL")
+            self.dialect = POSTGRESQL
+            self.location = redacted(url)
+            self.path: Path | None = None
+            self.db = _open_postgresql(url)
+        else:
+            assert state_dir is not None
+            self.dialect = SQLITE
             self.path = state_dir / DB_NAME
-            self.db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        except (OSError, sqlite3.Error) as exc:
-            raise StoreError(f"state directory {state_dir}: {exc}") from None
-        self.db.row_factory = sqlite3.Row
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=FULL")
-        self.db.executescript(_SCHEMA)
-        row = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-        if row is None:
-            self.db.execute("INSERT INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-        elif int(row["value"]) > SCHEMA_VERSION:
-            raise StoreError(f"{self.path} has schema {row['value']}, newer than this build's")
+            self.location = str(self.path)
+            try:
+                state_dir.mkdir(parents=True, exist_ok=True)
+                self.db = open_sqlite(self.path)
+            except (OSError, sqlite3.Error) as exc:
+                raise StoreError(f"state directory {state_dir}: {exc}") from None
+        try:
+            migrate(self.db, self.dialect)
+        except SchemaTooNew as exc:
+            self.db.close()
+            raise StoreError(f"{self.location} has {exc}") from None
+        except (sqlite3.Error, StoreUnavailable) as exc:
+            self.db.close()
+            raise StoreError(f"{self.location}: {exc}") from None
         self._depth = 0
+        #: when set, every transaction first checks that the leader lease is still at this
+        #: epoch (:meth:`fence`): the writes of a manager that serves under a lease
+        self.epoch: int | None = None
+
+    @property
+    def schema_version(self) -> int:
+        row = self.db.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        return int(row["value"])
 
     def close(self) -> None:
         self.db.close()
@@ -175,17 +191,26 @@ class Store:
             finally:
                 self._depth -= 1
             return
-        self.db.execute("BEGIN IMMEDIATE")
+        self.db.execute(self.dialect.begin)
         self._depth = 1
         try:
+            if self.epoch is not None:
+                self.fence(self.epoch)
             yield
         except BaseException:
-            self.db.execute("ROLLBACK")
+            self._rollback()
             raise
         else:
             self.db.execute("COMMIT")
         finally:
             self._depth = 0
+
+    def _rollback(self) -> None:
+        """End a failed transaction; a server already gone has ended it on its side."""
+        try:
+            self.db.execute("ROLLBACK")
+        except StoreUnavailable:
+            pass
 
     @contextmanager
     def savepoint(self) -> Iterator[None]:
@@ -197,11 +222,11 @@ class Store:
         try:
             yield
         except BaseException:
-            self.db.execute("ROLLBACK TO part")
-            self.db.execute("RELEASE part")
+            self.db.execute("ROLLBACK TO SAVEPOINT part")
+            self.db.execute("RELEASE SAVEPOINT part")
             raise
         else:
-            self.db.execute("RELEASE part")
+            self.db.execute("RELEASE SAVEPOINT part")
 
     # -- dedupe --
 
@@ -220,10 +245,11 @@ class Store:
         return found
 
     def mark_processed(self, key: str, now: float | None = None) -> None:
-        self.db.execute("INSERT OR IGNORE INTO processed VALUES (?, ?)", (key, now or time.time()))
+        self.db.execute("INSERT INTO processed VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
+                        (key, now or time.time()))
 
     def mark_processed_many(self, keys: Iterable[str], now: float) -> None:
-        self.db.executemany("INSERT OR IGNORE INTO processed VALUES (?, ?)",
+        self.db.executemany("INSERT INTO processed VALUES (?, ?) ON CONFLICT (key) DO NOTHING",
                             ((key, now) for key in keys))
 
     def forget_processed_before(self, cutoff: float) -> int:
@@ -239,7 +265,7 @@ class Store:
     def create_namespace(self, name: str, now: float) -> bool:
         """True when created, False when it already existed."""
         return self.db.execute(
-            "INSERT OR IGNORE INTO namespaces VALUES (?, ?)", (name, now)
+            "INSERT INTO namespaces VALUES (?, ?) ON CONFLICT (name) DO NOTHING", (name, now)
         ).rowcount == 1
 
     def namespaces(self) -> list[str]:
@@ -260,7 +286,7 @@ class Store:
         row = self.db.execute(
             "SELECT generation, updated FROM resources WHERE kind=? AND namespace=? AND name=?",
             (kind, namespace, name)).fetchone()
-        return (row[0], row[1]) if row else None
+        return (row["generation"], row["updated"]) if row else None
 
     def put_resource(self, kind: str, namespace: str, name: str, manifest: dict[str, Any],
                      now: float) -> PutOutcome:
@@ -303,7 +329,8 @@ class Store:
         return JobState.from_dict(json.loads(row["state"])) if row else None
 
     def save_job(self, state: JobState, now: float) -> None:
-        self.db.execute("INSERT OR REPLACE INTO jobs VALUES (?, ?, ?, ?)",
+        self.db.execute("INSERT INTO jobs VALUES (?, ?, ?, ?) ON CONFLICT (namespace, name) "
+                        "DO UPDATE SET state=excluded.state, updated=excluded.updated",
                         (state.namespace, state.name, json.dumps(state.to_dict()), now))
 
     def delete_job(self, namespace: str, name: str) -> None:
@@ -318,7 +345,10 @@ class Store:
     def record_task(self, task: Task, node: str, state: TaskState, now: float) -> None:
         """Remember a task message as sent."""
         self.db.execute(
-            "INSERT OR REPLACE INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO tasks VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (task_id, attempt) "
+            "DO UPDATE SET job=excluded.job, role=excluded.role, round=excluded.round, "
+            "node=excluded.node, state=excluded.state, message=excluded.message, "
+            "updated=excluded.updated",
             (task.task_id, task.attempt, task.job, task.role, task.round, node, state,
              json.dumps(task.model_dump(mode="json")), now))
 
@@ -330,7 +360,7 @@ class Store:
         query = ("SELECT task_id, attempt, job, role, round, node, state, updated FROM tasks"
                  + (" WHERE job=?" if job else "") + " ORDER BY updated")
         rows = self.db.execute(query, (job,) if job else ()).fetchall()
-        return [TaskRow(*r) for r in rows]
+        return [TaskRow(**r) for r in rows]
 
     def task_message(self, task_id: str, attempt: int) -> Task | None:
         """The message of one attempt of a task, as it was sent."""
@@ -341,7 +371,8 @@ class Store:
     # -- model versions --
 
     def add_model_version(self, job: str, version: ModelVersion, now: float) -> None:
-        self.db.execute("INSERT OR IGNORE INTO model_versions VALUES (?, ?, ?, ?)",
+        self.db.execute("INSERT INTO model_versions VALUES (?, ?, ?, ?) "
+                        "ON CONFLICT (job, version) DO NOTHING",
                         (job, version.version, json.dumps(version.to_dict()), now))
 
     def set_collected(self, job: str, version: int, ok: bool, error: str | None = None) -> None:
@@ -367,8 +398,10 @@ class Store:
 
     def put_node(self, status: NodeStatus, now: float) -> None:
         # pydantic's own JSON: a third of the cost of json.dumps over model_dump, once per
-        # status of a backlog; read back by model_validate_json and json_extract alike
-        self.db.execute("INSERT OR REPLACE INTO nodes VALUES (?, ?, ?, ?, ?)",
+        # status of a backlog; read back by model_validate_json and the dialect's JSON field read alike
+        self.db.execute("INSERT INTO nodes VALUES (?, ?, ?, ?, ?) ON CONFLICT (name) DO UPDATE "
+                        "SET state=excluded.state, boot_id=excluded.boot_id, "
+                        "status=excluded.status, updated=excluded.updated",
                         (status.node, status.state, status.boot_id, status.model_dump_json(), now))
 
     def node(self, name: str) -> NodeRow | None:
@@ -384,8 +417,8 @@ class Store:
             part = names[start:start + _KEYS_PER_QUERY]
             marks = ",".join("?" * len(part))
             rows = self.db.execute(
-                "SELECT name, boot_id, COALESCE(json_extract(status, '$.seq'), 0) AS seq, state "
-                f"FROM nodes WHERE name IN ({marks})", part)
+                f"SELECT name, boot_id, COALESCE({self.dialect.json_field('status', 'seq')}, '0') "
+                f"AS seq, state FROM nodes WHERE name IN ({marks})", part)
             found.update((r["name"], (r["boot_id"], int(r["seq"]), r["state"])) for r in rows)
         return found
 
@@ -396,13 +429,14 @@ class Store:
         """Every known node's labels, as its last status declared them (what job selectors
         match), read without parsing whole statuses."""
         rows = self.db.execute(
-            "SELECT name, json_extract(status, '$.labels') AS labels FROM nodes ORDER BY name")
+            f"SELECT name, {self.dialect.json_field('status', 'labels')} AS labels FROM nodes "
+            "ORDER BY name")
         return {r["name"]: json.loads(r["labels"]) if r["labels"] else {} for r in rows}
 
     def labels_of(self, node: str) -> dict[str, str] | None:
         """One node's labels; None when the node never reported."""
-        row = self.db.execute("SELECT json_extract(status, '$.labels') AS labels FROM nodes "
-                              "WHERE name=?", (node,)).fetchone()
+        row = self.db.execute(f"SELECT {self.dialect.json_field('status', 'labels')} AS labels "
+                              "FROM nodes WHERE name=?", (node,)).fetchone()
         if row is None:
             return None
         return json.loads(row["labels"]) if row["labels"] else {}
@@ -416,14 +450,16 @@ class Store:
 
     def put_dataset_samples(self, namespace: str, name: str, samples: int, error: str | None,
                             node: str, now: float) -> None:
-        self.db.execute("INSERT OR REPLACE INTO dataset_samples VALUES (?, ?, ?, ?, ?, ?)",
+        self.db.execute("INSERT INTO dataset_samples VALUES (?, ?, ?, ?, ?, ?) "
+                        "ON CONFLICT (namespace, name) DO UPDATE SET samples=excluded.samples, "
+                        "error=excluded.error, node=excluded.node, updated=excluded.updated",
                         (namespace, name, samples, error, node, now))
 
     def dataset_samples(self, namespace: str, name: str) -> SampleCountRow | None:
         row = self.db.execute(
             "SELECT namespace, name, samples, error, node, updated FROM dataset_samples "
             "WHERE namespace=? AND name=?", (namespace, name)).fetchone()
-        return SampleCountRow(*row) if row else None
+        return SampleCountRow(**row) if row else None
 
     # -- desired state --
 
@@ -437,14 +473,64 @@ class Store:
         if current is not None and current.content == content:
             return current.generation
         generation = (current.generation if current else 0) + 1
-        self.db.execute("INSERT OR REPLACE INTO desired VALUES (?, ?, ?)", (node, generation, content))
+        self.db.execute("INSERT INTO desired VALUES (?, ?, ?) ON CONFLICT (node) DO UPDATE "
+                        "SET generation=excluded.generation, content=excluded.content",
+                        (node, generation, content))
         return generation
 
     def desired_nodes(self) -> list[str]:
         return [r["node"] for r in self.db.execute("SELECT node FROM desired ORDER BY node")]
 
+    # -- the leader lease (cloud_manager.leadership decides; these are its conditional writes) --
 
-def _resource(row: sqlite3.Row) -> ResourceRow:
+    def lease(self, name: str = LEASE) -> Lease | None:
+        row = self.db.execute("SELECT holder, epoch, expires FROM leader_lease WHERE name=?",
+                              (name,)).fetchone()
+        return Lease(row["holder"], row["epoch"], row["expires"]) if row else None
+
+    def claim_lease(self, holder: str, seen_epoch: int | None, expires: float,
+                    name: str = LEASE) -> bool:
+        """Take the lease if its epoch is still ``seen_epoch`` (None: if nobody ever held it),
+        with the next epoch: of several managers claiming at once, one gets it."""
+        if seen_epoch is None:
+            return self.db.execute(
+                "INSERT INTO leader_lease VALUES (?, ?, 1, ?) ON CONFLICT (name) DO NOTHING",
+                (name, holder, expires)).rowcount == 1
+        return self.db.execute(
+            "UPDATE leader_lease SET holder=?, epoch=epoch + 1, expires=? WHERE name=? AND epoch=?",
+            (holder, expires, name, seen_epoch)).rowcount == 1
+
+    def renew_lease(self, holder: str, epoch: int, expires: float, name: str = LEASE) -> bool:
+        return self.db.execute(
+            "UPDATE leader_lease SET expires=? WHERE name=? AND holder=? AND epoch=?",
+            (expires, name, holder, epoch)).rowcount == 1
+
+    def fence(self, epoch: int, name: str = LEASE) -> None:
+        """Inside a decision's transaction: raise :class:`NotLeader` unless ``epoch`` is the
+        lease's current one. The row stays locked until the transaction ends, so a claim by
+        another manager waits for this decision to commit and the next one sees its epoch."""
+        if not self._depth:
+            raise RuntimeError("a fence needs an open transaction")
+        row = self.db.execute(f"SELECT epoch FROM leader_lease WHERE name=?"
+                              f"{self.dialect.lock_shared}", (name,)).fetchone()
+        if row is None or row["epoch"] != epoch:
+            current = row["epoch"] if row else None
+            raise NotLeader(f"decision under epoch {epoch}; the lease is at epoch {current}")
+
+
+def _open_postgresql(url: str) -> Connection:
+    from cloud_manager.database import PostgresConnection
+
+    try:
+        return PostgresConnection(url)
+    except ImportError:
+        raise StoreError("a PostgreSQL store needs psycopg: pip install 'edgeloop[postgresql]'"
+                         ) from None
+    except StoreUnavailable as exc:
+        raise StoreError(str(exc)) from None
+
+
+def _resource(row: Any) -> ResourceRow:
     return ResourceRow(
         kind=row["kind"],
         namespace=row["namespace"],
@@ -456,6 +542,6 @@ def _resource(row: sqlite3.Row) -> ResourceRow:
     )
 
 
-def _node(row: sqlite3.Row) -> NodeRow:
+def _node(row: Any) -> NodeRow:
     return NodeRow(name=row["name"], state=row["state"], boot_id=row["boot_id"],
                    updated=row["updated"], status=NodeStatus.model_validate_json(row["status"]))

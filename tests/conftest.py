@@ -1,12 +1,17 @@
-"""Shared fixtures: real mosquitto brokers (dev and production) and raw MQTT probes."""
+"""Shared fixtures: real mosquitto brokers (dev and production), raw MQTT probes, and the
+cloud manager's store on SQLite and on a real PostgreSQL."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
 
+from cloud_manager.store import Store
+from edgeloop.postgres_server import PostgresServer, PostgresUnavailable
 from mosquitto.creds import Credentials, generate_credentials
 from mosquitto.launcher import Broker
 from mqtt_probe import Probe
@@ -55,3 +60,50 @@ def mqtt_probe() -> Iterator[Callable[..., Probe]]:
     yield make
     for probe in made:
         probe.close()
+
+
+# --- the cloud manager's store -------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def postgres() -> Iterator[PostgresServer]:
+    """One PostgreSQL server for the session (``initdb`` + ``pg_ctl`` in a temporary directory,
+    on a free port, without fsync); tests take a fresh database each. Where PostgreSQL cannot run the tests
+    that need it are skipped with the reason, except in CI, where that is a failure."""
+    try:
+        server = PostgresServer(durable=False).start()
+    except PostgresUnavailable as exc:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip(str(exc))
+    yield server
+    server.stop()
+
+
+@dataclass
+class StoreAt:
+    """Where a test's store lives: a state directory (SQLite) or a fresh PostgreSQL database.
+    :meth:`open` opens it (again): each call a new connection, as a restarted manager makes."""
+
+    kind: str
+    state_dir: Path
+    url: str | None = None
+    opened: list[Store] = field(default_factory=list)
+
+    def open(self) -> Store:
+        store = Store(url=self.url) if self.url else Store(self.state_dir)
+        self.opened.append(store)
+        return store
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def store_at(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[StoreAt]:
+    """The store under test, once on SQLite and once on PostgreSQL."""
+    url = None
+    if request.param == "postgresql":
+        server: PostgresServer = request.getfixturevalue("postgres")
+        url = server.create_database()
+    at = StoreAt(request.param, tmp_path / "state", url)
+    yield at
+    for store in at.opened:
+        store.close()

@@ -25,10 +25,12 @@ from protocol.messages import ApiResponse
 @asynccontextmanager
 async def cloud(url: str, state: Path, *, read_node_paths: bool = True,
                 hardex_quotas: HardexQuotas | None = None,
-                fanout: FanoutPolicy | None = None) -> AsyncIterator[CloudDaemon]:
+                fanout: FanoutPolicy | None = None,
+                store_url: str | None = None) -> AsyncIterator[CloudDaemon]:
     """Fast retries and ticks for tests. ``read_node_paths=False`` makes it behave as if on
-    another machine: every trained file must be pulled from its node."""
-    store = Store(state)
+    another machine: every trained file must be pulled from its node. ``store_url``: the store
+    in that PostgreSQL database instead of the state directory."""
+    store = Store(url=store_url) if store_url else Store(state)
     manager = Manager(store, settings=sm.MachineSettings(retry_initial_s=0.2, retry_max_s=1),
                       inbox=HardExampleInbox(state / "hardex"),
                       registry=ModelRegistry(state / "models"), read_node_paths=read_node_paths)

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import queue
 import shutil
 import ssl
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -396,3 +399,25 @@ def test_password_mode_refuses_bad_logins(password_broker, mqtt_probe, username,
     broker, _ = password_broker
     outcome = mqtt_probe(broker, None, username=username, password=password).try_connect()
     assert isinstance(outcome, ReasonCode) and outcome.value == NOT_AUTHORIZED
+
+
+@pytest.mark.broker
+def test_cloud_managers_split_a_topic_with_a_shared_subscription(production_broker, mqtt_probe,
+                                                                  node_a) -> None:
+    """What several cloud managers rely on (docs/scaling.md): MQTT 5 shared subscriptions
+    (``$share/GROUP/FILTER``) are granted to the cloud identity by the generated ACL, and each
+    message goes to one member of the group."""
+    broker, creds = production_broker
+    shared = f"$share/edgeloop/{topics.node_filter(Kind.SAMPLES)}"
+    members = [mqtt_probe(broker, creds.client("cloud")).connect() for _ in range(2)]
+    assert [m.subscribe(shared).value for m in members] == [1, 1]
+    sent = [f"report-{i}".encode() for i in range(20)]
+    for payload in sent:
+        node_a.publish(_topic(Kind.SAMPLES, "node-a"), payload)
+    got: dict[int, list[bytes]] = {0: [], 1: []}
+    deadline = time.monotonic() + 10
+    while sum(map(len, got.values())) < len(sent) and time.monotonic() < deadline:
+        for i, member in enumerate(members):  # each message reaches one member or the other
+            with contextlib.suppress(queue.Empty):
+                got[i].append(member.messages.get(timeout=0.1).payload)
+    assert sorted(got[0] + got[1]) == sorted(sent)  # each exactly once across the group

@@ -26,9 +26,9 @@ def edgeloop(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
 
 
 class CloudProcess:
-    def __init__(self, broker_url: str, state: Path, log: Path) -> None:
+    def __init__(self, broker_url: str, state: Path, log: Path, store: str | None = None) -> None:
         self.args = [sys.executable, "-m", "edgeloop", "cloud", "--broker", broker_url,
-                     "--state", str(state)]
+                     "--state", str(state), *(["--store", store] if store else [])]
         self.log = log
         self.proc: subprocess.Popen | None = None
         self._ready_count = 0
@@ -68,8 +68,9 @@ class CloudProcess:
 
 
 @pytest.fixture
-def cloud_process(broker, tmp_path) -> Iterator[CloudProcess]:
-    process = CloudProcess(broker.url, tmp_path / "state", tmp_path / "cloud.log")
+def cloud_process(broker, tmp_path, store_at) -> Iterator[CloudProcess]:
+    """``edgeloop cloud`` with its store in the state directory, then in PostgreSQL."""
+    process = CloudProcess(broker.url, tmp_path / "state", tmp_path / "cloud.log", store_at.url)
     process.start()
     yield process
     process.stop()

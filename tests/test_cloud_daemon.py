@@ -215,11 +215,11 @@ async def test_pause_holds_the_round_and_resume_starts_it(broker, tmp_path):
         await wait_for(lambda: job_state(daemon).deployed_version == 1)
 
 
-async def test_restarted_manager_resumes_and_nothing_runs_twice(broker, tmp_path):
+async def test_restarted_manager_resumes_and_nothing_runs_twice(broker, tmp_path, store_at):
     state_dir = tmp_path / "state"
     node = ScriptedNode(broker.url, NODE, answer=False)  # takes tasks, answers later
     async with node:
-        async with cloud(broker.url, state_dir) as daemon:
+        async with cloud(broker.url, state_dir, store_url=store_at.url) as daemon:
             await setup_job(broker.url, tmp_path)
             await wait_for(lambda: NODE in daemon.manager.online_nodes())
             await node.report_samples(DATASET, "x", 200)
@@ -230,7 +230,7 @@ async def test_restarted_manager_resumes_and_nothing_runs_twice(broker, tmp_path
         node.answer = True
         train = node.tasks[0]
         await node.play(train)
-        async with cloud(broker.url, state_dir) as daemon:
+        async with cloud(broker.url, state_dir, store_url=store_at.url) as daemon:
             await wait_for(lambda: job_state(daemon).deployed_version == 1)
             state = job_state(daemon)
             assert (state.stage, state.state, state.round) == ("Train", "Waiting", 2)

@@ -41,10 +41,10 @@ def apply(manager: Manager, body: str) -> None:
 
 
 @pytest.fixture
-def manager(tmp_path: Path):
-    """The seed's job (train threshold 100) on a real SQLite file, its node online, and a second
-    dataset that no job uses."""
-    store = Store(tmp_path / "state")
+def manager(tmp_path: Path, store_at):
+    """The seed's job (train threshold 100) on a real store (SQLite, then PostgreSQL), its node
+    online, and a second dataset that no job uses."""
+    store = store_at.open()
     manager = Manager(store)
     manager.on_api(ApiRequest(request_id="ns", verb="create_namespace", name=NS), NOW)
     for text in seed_manifests(tmp_path):
@@ -52,7 +52,6 @@ def manager(tmp_path: Path):
     apply(manager, dataset_body("second-dataset"))
     manager.on_status(NodeStatus(node=NODE, state="online", boot_id="b1"), NOW)
     yield manager
-    store.close()
 
 
 def train_tasks(messages: list[Outgoing]) -> list[Task]:

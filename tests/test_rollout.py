@@ -14,7 +14,6 @@ from cloud_manager import rollout as ro
 from cloud_manager import state_machine as sm
 from cloud_manager.api import rollout_summary
 from cloud_manager.render import describe_job
-from cloud_manager.store import Store
 from cloud_manager.task_builder import JobInputs
 from edgeloop.cli import app
 from protocol.manifests import share_of
@@ -429,16 +428,16 @@ def test_without_a_rollout_every_target_gets_the_version_at_once():
     assert deployed_to(d.actions) == {"edge1": 1, "edge2": 1} and d.state.rollout is None
 
 
-def test_a_manager_restart_resumes_the_rollout_from_the_store(tmp_path):
+def test_a_manager_restart_resumes_the_rollout_from_the_store(store_at):
     d = fleet(canary=1, bakeSeconds=30, waveSize=3)
     deploy_version(d)
     health(d, "edge1", 1, agreement=0.9, compared=4)
-    store = Store(tmp_path)
+    store = store_at.open()  # SQLite, then PostgreSQL
     with store.transaction():
         store.save_job(d.state, d.now)
     store.close()
 
-    again = Store(tmp_path)  # the manager starts again
+    again = store_at.open()  # the manager starts again
     loaded = again.load_job(d.state.namespace, d.state.name)
     again.close()
     assert loaded == d.state and loaded.rollout is not None and loaded.rollout.phase == "Canary"

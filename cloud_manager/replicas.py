@@ -1,0 +1,127 @@
+"""Several cloud managers on one PostgreSQL store: the one holding the lease serves, the others
+stand by and take over when it stops renewing (the shell of :mod:`cloud_manager.leadership`).
+
+The serving manager is the whole daemon: MQTT session, ingest, API, decisions. A standby holds
+no MQTT connection; when it wins the lease it starts a daemon with the same client id, so the
+broker hands it the persistent session, with every message the old leader had not
+acknowledged: nothing accepted is lost, and the stored message keys make repeats harmless. Every
+transaction of a term checks that term's epoch (:meth:`cloud_manager.store.Store.fence`), so a
+leader that was paused past its lease and wakes up cannot write: its messages stay
+unacknowledged for the new leader, and it stops serving at its next lease check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import socket
+import uuid
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from cloud_manager import leadership as ld
+from cloud_manager.database import StoreUnavailable
+from cloud_manager.store import Store
+
+log = logging.getLogger(__name__)
+
+#: how often the lease is read and renewed
+LEASE_TICK_S = 1.0
+
+
+def replica_name() -> str:
+    """A name no other manager process has, readable in the lease row."""
+    return f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}"
+
+
+class LeaseShell:
+    """Carries out the lease decisions on its own store connection (never fenced)."""
+
+    def __init__(self, store: Store, me: str, settings: ld.LeaseSettings,
+                 clock: Callable[[], float]) -> None:
+        self.store = store
+        self.state = ld.LeaderState(me)
+        self.settings = settings
+        self.clock = clock
+
+    def tick(self) -> list[ld.Action]:
+        """Read the lease and act on it; returns what the caller does: start or stop serving."""
+        now = self.clock()
+        try:
+            with self.store.transaction():
+                lease = self.store.lease()
+        except StoreUnavailable as exc:
+            log.warning("lease not read: %s", exc)
+            return self._apply(ld.Tick(now))
+        return self._apply(ld.LeaseRead(lease, now))
+
+    def _apply(self, event: ld.Event) -> list[ld.Action]:
+        self.state, actions = ld.handle(self.state, event, self.settings)
+        out: list[ld.Action] = []
+        for action in actions:
+            if isinstance(action, ld.Claim):
+                out += self._claim(action)
+            elif isinstance(action, ld.Renew):
+                out += self._renew(action)
+            else:
+                out.append(action)
+        return out
+
+    def _claim(self, claim: ld.Claim) -> list[ld.Action]:
+        now = self.clock()
+        try:
+            with self.store.transaction():
+                won = self.store.claim_lease(self.state.me, claim.seen_epoch, claim.expires)
+                lease = self.store.lease()
+        except StoreUnavailable as exc:
+            log.warning("lease not claimed: %s", exc)
+            return self._apply(ld.Tick(now))
+        return self._apply(ld.ClaimDone(won, lease, now))
+
+    def _renew(self, renew: ld.Renew) -> list[ld.Action]:
+        now = self.clock()
+        try:
+            with self.store.transaction():
+                ok = self.store.renew_lease(self.state.me, renew.epoch, renew.expires)
+        except StoreUnavailable as exc:
+            log.warning("lease not renewed: %s", exc)
+            return self._apply(ld.Tick(now))  # the margin decides when to give up
+        return self._apply(ld.RenewDone(ok, renew.expires, now))
+
+
+async def serve_while_leader(lease: LeaseShell, store: Store,
+                             serve: Callable[[asyncio.Event], Coroutine[Any, Any, None]],
+                             stop: asyncio.Event, tick_s: float = LEASE_TICK_S) -> None:
+    """Until ``stop``: stand by, and ``serve(demoted)`` for each term this manager wins, with
+    ``store`` fenced by the term's epoch; ``demoted`` is set when the term ends."""
+    term: asyncio.Task[None] | None = None
+    demoted = asyncio.Event()
+    try:
+        while not stop.is_set():
+            for action in lease.tick():
+                if isinstance(action, ld.StartLeading):
+                    if term is not None:  # the last term's daemon is gone before the next
+                        await term
+                    store.epoch = action.epoch
+                    demoted = asyncio.Event()
+                    log.info("leading under epoch %d as %s", action.epoch, lease.state.me)
+                    term = asyncio.create_task(serve(demoted), name=f"term-{action.epoch}")
+                elif isinstance(action, ld.StopLeading):
+                    # store.epoch stays: a write still in flight is checked against the row
+                    log.warning("no longer leading: %s", action.reason)
+                    demoted.set()
+            if term is not None and term.done():
+                await term  # a term's error ends the manager
+                term = None
+                if not demoted.is_set():
+                    log.error("the daemon stopped by itself; the manager stops")
+                    return
+            try:
+                await asyncio.wait_for(stop.wait(), tick_s)
+            except TimeoutError:
+                pass
+    finally:
+        demoted.set()
+        if term is not None:
+            await term
