@@ -47,7 +47,8 @@ demo: $(STAMP)
 # Quick benchmarks (a few minutes in all). The learning benchmark trains the base model from
 # scratch and takes ~25 minutes on 2 cores: `make bench-learning`.
 QUICK_BENCH := bench/inference.py bench/swap_in_process.py bench/trigger_latency.py \
-               bench/ingest.py bench/agent_outbox.py bench/hotswap.py bench/shadow.py
+               bench/ingest.py bench/agent_outbox.py bench/hotswap.py bench/shadow.py \
+               bench/cameras.py
 
 bench: system-deps $(STAMP)
 	@for b in $(QUICK_BENCH); do echo "== $$b"; $(PY) $$b || exit 1; done

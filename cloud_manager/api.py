@@ -20,13 +20,13 @@ from cloud_manager import state_machine as sm
 from cloud_manager.hardex_inbox import HardExampleInbox
 from cloud_manager.outgoing import Outgoing
 from cloud_manager.store import Store
-from cloud_manager.task_builder import JobInputs
+from cloud_manager.task_builder import JobInputs, task_id
 from cloud_manager.versions import ModelVersion
 from protocol import topics
 from protocol.errors import ProtocolError
 from protocol.manifest_yaml import load_documents
 from protocol.manifests import IncrementalLearningJob, ManifestError, ObjectMeta
-from protocol.messages import ApiRequest, ApiResponse
+from protocol.messages import ApiRequest, ApiResponse, NodeStatus
 from protocol.topics import check_name
 
 JOB = "IncrementalLearningJob"
@@ -142,6 +142,19 @@ def _whole_number(value: Any, what: str) -> int:
     return value
 
 
+def camera_summary(status: NodeStatus) -> str | None:
+    """What ``get nodes`` shows a node's cameras serving, per inference task and camera
+    (``helmet-infer-0: gate=3 crane=not serving``); None for a node without cameras."""
+    parts = []
+    for task, cameras in sorted(status.cameras.items()):
+        shown = " ".join(
+            f"{name}=" + ("not serving" if c.error or not c.serving
+                          else "initial" if c.version is None else str(c.version))
+            for name, c in sorted(cameras.items()))
+        parts.append(f"{task}: {shown}")
+    return ", ".join(parts) or None
+
+
 def _summary(meta: dict[str, Any]) -> dict[str, Any]:
     """A hard example's sidecar with what ``hardex list`` shows in its columns."""
     sidecar = meta.get("sidecar") or {}
@@ -150,6 +163,7 @@ def _summary(meta: dict[str, Any]) -> dict[str, Any]:
         "id": meta.get("sha256", ""),
         "short_id": meta.get("sha256", "")[:12],
         "source": sidecar.get("source", ""),
+        "camera": sidecar.get("camera", ""),
         "boxes": len(sidecar.get("boxes") or []),
         "model_version": sidecar.get("model_version"),
         "time": sidecar.get("time") or meta.get("received"),
@@ -304,6 +318,7 @@ class ApiHandler:
                 "labels": n.status.labels,
                 # inference task -> the model version its worker serves (0: none deployed yet)
                 "serving": dict(n.status.serving) if n.state == "online" else {},
+                "cameras": camera_summary(n.status) if n.state == "online" else None,
                 "uploads": n.status.uploads.summary() if n.status.uploads else None,
                 "upload_counters": (n.status.uploads.model_dump() if n.status.uploads
                                     else None),
@@ -375,9 +390,12 @@ class ApiHandler:
         for name, target in sorted(state.nodes.items()):
             node = self.store.node(name)
             health = node.state if node else "never seen: no status from this node yet"
+            cameras = node.status.cameras.get(task_id(state.namespace, state.name, 0, "inference"),
+                                              {}) if node else {}
             reported = target.health
             rows.append({"node": name, "state": node.state if node else "unknown",
                          "desired": target.desired, "serving": target.serving,
+                         "cameras": {c: s.model_dump() for c, s in sorted(cameras.items())},
                          "health": health, "seen": node.updated if node else None,
                          "labels": node.status.labels if node else {},
                          "rollout": _rollout_role(state, name),

@@ -478,6 +478,9 @@ def _register_labelling(hardex: typer.Typer, label: typer.Typer) -> None:
         typer.echo(f"{result.images} hard examples, {result.boxes} proposed boxes -> {result.path}"
                    + (f" ({skipped} already labelled not exported; --all includes them)"
                       if skipped else ""))
+        if result.sources:
+            typer.echo("from " + ", ".join(f"{where or '?'}: {count}" for where, count
+                                           in sorted(result.sources.items())))
 
     @label.command("import")
     @with_connection

@@ -132,7 +132,7 @@ class CloudDaemon:
         self.admission: HardexAdmission | None = None
         if manager.inbox is not None:
             self.admission = HardexAdmission(manager.inbox, hardex_quotas or HardexQuotas(),
-                                             manager.target_nodes)
+                                             manager.target_nodes, manager.max_source_share)
             self.client.subscribe(topics.node_filter(topics.Kind.HARDEX), self._on_hardex)
         self.puller: ArtifactPuller | None = None
         self.distribution: ModelDistribution | None = None

@@ -4,7 +4,9 @@ Every node may publish on its own ``hardex`` topic, so without a gate any node c
 cloud's disk with any bytes for any job name. :func:`admit` is the pure decision: an example is
 kept only for a job that exists, from one of the nodes the job deploys to (they run its
 inference and mine its hard examples), when its bytes are the image they claim to be (see
-:mod:`protocol.image_format`), and while the job's and the node's quotas have room. A refusal
+:mod:`protocol.image_format`), while the job's and the node's quotas have room, and while its
+source (a node's camera) holds no more than its share of the job's examples waiting for labels
+(:func:`share_refusal`: one busy camera cannot fill a round). A refusal
 says why and whether it is temporary (a full quota: the node holds the example and tries again
 later) or not (the node sets it aside); the node learns it from its acknowledgement topic.
 
@@ -16,16 +18,19 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 
-from cloud_manager.hardex_inbox import HardExampleInbox, Stored
+from cloud_manager.hardex_inbox import HardExampleInbox, Stored, source_of
 from protocol.image_format import image_problem
 from protocol.messages import HardExample, Refusal
 
 log = logging.getLogger("edgeloop.cloud.hardex")
 
 MB = 1024 * 1024
+#: A source holding fewer examples waiting for labels than this is never held back by the
+#: share cap: a share means something once there is a round's worth to share.
+SHARE_FLOOR = 20
 
 
 @dataclass(frozen=True)
@@ -85,6 +90,27 @@ def admit(example: HardExample, target_nodes: Collection[str] | None, job_usage:
     return None
 
 
+def share_refusal(source: str, waiting: Mapping[str, int], max_share: float,
+                  floor: int = SHARE_FLOOR) -> Refused | None:
+    """None when ``source`` may add an example: it holds no more than ``max_share`` of the
+    job's examples waiting for labels (``waiting``: per source); else a temporary refusal (the
+    node holds the example and sends it again later, when labels or other cameras made room).
+
+    A source holding fewer than ``floor``, and the only source that sent any, are never held
+    back: a camera that sends nothing does not stop the others. The cap is never below an even
+    split between the sources (``1/k``), so that some source can always add one."""
+    held = waiting.get(source, 0)
+    total = sum(waiting.values())
+    sources = len(set(waiting) | {source})
+    if max_share >= 1.0 or held < floor or sources == 1:
+        return None
+    if held <= max(max_share, 1.0 / sources) * total:
+        return None
+    return _refuse("source_share", f"{source} already holds {held} of the job's {total} hard "
+                   f"examples waiting for labels; one source may hold at most {max_share:.0%} "
+                   "(deploySpec.maxSourceShare)", temporary=True)
+
+
 def _refuse(cause: str, reason: str, *, temporary: bool) -> Refused:
     return Refused(cause, Refusal(reason=reason, temporary=temporary))
 
@@ -93,10 +119,13 @@ class HardexAdmission:
     """The usage the quotas count, and the refusals by cause since start."""
 
     def __init__(self, inbox: HardExampleInbox, quotas: HardexQuotas,
-                 target_nodes_of: Callable[[str], Collection[str] | None]) -> None:
+                 target_nodes_of: Callable[[str], Collection[str] | None],
+                 max_share_of: Callable[[str], float] | None = None) -> None:
+        """``max_share_of``: a job's ``deploySpec.maxSourceShare`` (None: no share cap)."""
         self.inbox = inbox
         self.quotas = quotas
         self.target_nodes_of = target_nodes_of
+        self.max_share_of = max_share_of
         self.refused: Counter[str] = Counter()
         self._jobs: dict[str, Usage] = {}
         self._nodes: dict[str, Usage] = {}
@@ -110,6 +139,10 @@ class HardexAdmission:
             return None
         refused = admit(example, self.target_nodes_of(example.job), self.job_usage(example.job),
                         self.node_usage(example.node), self.quotas)
+        if refused is None and self.max_share_of is not None:
+            refused = share_refusal(source_of(example.node, example.sidecar.model_dump()),
+                                    self.inbox.waiting_by_source(example.job),
+                                    self.max_share_of(example.job))
         if refused is None:
             return None
         self.refused[refused.cause] += 1

@@ -7,12 +7,16 @@ as proposals to correct: ``OUT/data.txt`` in the seed's index format (``index``)
 Label Studio tasks with the boxes as predictions (``label-studio``). Each is written by the one
 writer of its format (``protocol.dataset_index.append_samples``,
 ``protocol.label_formats.write_coco``, ``write_label_studio``) and ``edgeloop label import``
-reads it back (for Label Studio: the JSON export of the corrected tasks).
+reads it back (for Label Studio: the JSON export of the corrected tasks). ``OUT/sources.json``
+says where each image comes from (node, camera, model version, why it was kept), which none of
+the three formats has a field for.
 """
 
 from __future__ import annotations
 
+import json
 import os
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,6 +33,7 @@ COCO_NAME = "annotations.json"
 LABEL_STUDIO_NAME = "tasks.json"
 _FILE_NAMES = {"index": INDEX_NAME, "coco": COCO_NAME, "label-studio": LABEL_STUDIO_NAME}
 IMAGES_DIR = "images"
+SOURCES_NAME = "sources.json"
 
 
 @dataclass
@@ -38,6 +43,8 @@ class ExportResult:
     boxes: int = 0
     #: boxes left out, and why (a class the job does not know, no area inside the frame)
     dropped: list[str] = field(default_factory=list)
+    #: images per ``node/camera`` (``node`` alone for a node without cameras)
+    sources: Counter[str] = field(default_factory=Counter)
 
 
 def image_path(out: Path, item: dict[str, Any]) -> Path:
@@ -67,6 +74,23 @@ def proposals(item: dict[str, Any], width: int, height: int, num_classes: int
     return boxes, scores, dropped
 
 
+def source_of(item: dict[str, Any]) -> dict[str, Any]:
+    """Where one exported image comes from."""
+    sidecar = item.get("sidecar") or {}
+    return {"image": f"{IMAGES_DIR}/{Path(item['image']).name}", "sha256": item["id"],
+            "node": item.get("node", ""), "camera": sidecar.get("camera", ""),
+            "model_version": sidecar.get("model_version"),
+            "reason": sidecar.get("mining_reason", ""), "time": sidecar.get("time")}
+
+
+def write_sources(out: Path, items: Sequence[dict[str, Any]], result: ExportResult) -> None:
+    sources = [source_of(item) for item in items]
+    result.sources.update("/".join(filter(None, (s["node"], s["camera"]))) for s in sources)
+    tmp = out / f".{SOURCES_NAME}.tmp"
+    tmp.write_text(json.dumps(sources, indent=1), encoding="utf-8")
+    os.replace(tmp, out / SOURCES_NAME)
+
+
 def write_export(out: Path, items: Sequence[dict[str, Any]], fmt: str,
                  class_names: Sequence[str]) -> ExportResult:
     """Write the pre-annotations of ``items``, whose images are already under ``out/images``."""
@@ -86,6 +110,7 @@ def write_export(out: Path, items: Sequence[dict[str, Any]], fmt: str,
         result.dropped += dropped
         result.boxes += len(boxes)
     result.images = len(samples)
+    write_sources(out, items, result)
     if fmt == "coco":
         write_coco(result.path, samples, class_names, all_scores)
     elif fmt == "label-studio":

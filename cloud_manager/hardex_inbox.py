@@ -13,7 +13,8 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,13 @@ def _is_sha256(value: str) -> bool:
     return isinstance(value, str) and bool(_SHA256.match(value))
 
 
+def source_of(node: str, sidecar: Mapping[str, Any]) -> str:
+    """Where an example comes from, as the share cap counts it: ``node/camera``, or the node
+    alone for a node that runs the job's single ``video_url``."""
+    camera = sidecar.get("camera") or ""
+    return f"{node}/{camera}" if camera else node
+
+
 @dataclass(frozen=True)
 class Stored:
     path: Path
@@ -40,6 +48,9 @@ class HardExampleInbox:
     def __init__(self, root: Path) -> None:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
+        #: job -> source -> examples waiting for labels; read from disk when first asked, kept
+        #: up to date as examples arrive, read again after labels came
+        self._waiting: dict[str, Counter[str]] = {}
 
     def job_dir(self, job: str) -> Path:
         namespace, name = job.split("/", 1)
@@ -65,7 +76,20 @@ class HardExampleInbox:
         }
         write_atomically(sidecar, json.dumps(meta, sort_keys=True).encode())
         fsync_dir(folder)
+        waiting = self._waiting.get(example.job)
+        if waiting is not None:
+            waiting[source_of(example.node, meta["sidecar"])] += 1
         return Stored(image, new=True)
+
+    def waiting_by_source(self, job: str) -> Counter[str]:
+        """The job's examples not labelled yet, per source (:func:`source_of`): what the next
+        round's new samples will be made of."""
+        waiting = self._waiting.get(job)
+        if waiting is None:
+            waiting = Counter(source_of(str(meta.get("node", "")), meta.get("sidecar") or {})
+                              for meta in self.examples(job) if not meta.get("labelled"))
+            self._waiting[job] = waiting
+        return waiting
 
     def examples(self, job: str) -> Iterator[dict[str, Any]]:
         """The sidecars of a job's examples, in sha256 order, each with ``bytes``, the size of
@@ -117,6 +141,7 @@ class HardExampleInbox:
         folder = self.job_dir(job)
         write_atomically(folder / f"{sha256}.json", json.dumps(meta, sort_keys=True).encode())
         fsync_dir(folder)
+        self._waiting.pop(job, None)  # counted again when next asked (labels come in batches)
         return True
 
     def has(self, job: str, sha256: str) -> bool:

@@ -232,6 +232,13 @@ class Manager:
             return frozenset(state.nodes)
         return targets(manifest.spec.deploy_targets(), NodeLabels(self.store))
 
+    def max_source_share(self, job: str) -> float:
+        """The share of a job's hard examples waiting for labels one camera may hold
+        (``deploySpec.maxSourceShare``); 1 (no cap) for a job that does not exist."""
+        namespace, _, name = job.partition("/")
+        manifest = self.manifest(IncrementalLearningJob, namespace, name)
+        return 1.0 if manifest is None else manifest.spec.deploy_spec.source_share()
+
     def inputs(self, namespace: str, name: str) -> JobInputs | None:
         """The job's manifest and the resources it references, or None if any is missing."""
         job = self.manifest(IncrementalLearningJob, namespace, name)

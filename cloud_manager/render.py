@@ -37,13 +37,14 @@ _COLUMNS: dict[str, tuple[list[tuple[str, str]], list[tuple[str, str]]]] = {
     ),
     "Node": (
         [("NAME", "name"), ("STATE", "state"), ("LABELS", "labels"), ("SERVING", "serving"),
-         ("SEEN", "updated")],
+         ("CAMERAS", "cameras"), ("SEEN", "updated")],
         [("BOOT", "boot_id"), ("AGENT", "agent_version"), ("OUTBOX", "outbox_backlog"),
          ("UPLOADS", "uploads")],
     ),
     "Namespace": ([("NAME", "name")], []),
     "HardExample": (
-        [("ID", "short_id"), ("NODE", "node"), ("AGE", "time"), ("MODEL", "model_version"),
+        [("ID", "short_id"), ("NODE", "node"), ("CAMERA", "camera"), ("AGE", "time"),
+         ("MODEL", "model_version"),
          ("BOXES", "boxes"), ("REASON", "reason"), ("LABELLED", "labelled")],
         [("MINING", "mining"), ("SOURCE", "source"), ("SHA256", "id")],
     ),
@@ -168,6 +169,9 @@ def targets_table(rows: list[dict[str, Any]], now: float | None) -> Table:
                     f"{fps:.1f}" if fps is not None else "-",
                     f"{agreement:.2f}" if agreement is not None else "-",
                     _version(row["desired"]), serving, show_labels(row.get("labels") or {}) or "-")
+        for camera, status in (row.get("cameras") or {}).items():
+            state, camera_fps, camera_serving = _camera_cells(status)
+            out.add_row(f"  camera {camera}", state, "", camera_fps, "", "", camera_serving, "")
     return out
 
 
@@ -179,6 +183,16 @@ def _uploads_table(rows: list[dict[str, Any]]) -> Table:
     for row in rows:
         out.add_row(row["node"], row.get("uploads") or "-")
     return out
+
+
+def _camera_cells(status: dict[str, Any]) -> tuple[str, str, str]:
+    """STATE, FPS, SERVING of one camera's row under its node: what it serves at what frame
+    rate, or why it serves nothing."""
+    if status.get("error"):
+        return f"not serving: {status['error']}", "-", "-"
+    if not status.get("serving"):
+        return "starting", "-", "-"
+    return "serving", f"{status.get('fps', 0.0):.1f}", _version(status.get("version"))
 
 
 def _target_warnings(manifest: dict[str, Any], rows: list[dict[str, Any]],

@@ -112,8 +112,11 @@ class QueueFilter:
 
 
 def camera_of(item: dict[str, Any]) -> str:
-    """The camera a hard example came from: the stream its worker read (``video_url``)."""
-    return str((item.get("sidecar") or {}).get("source") or item.get("source") or "")
+    """The camera a hard example came from: its node's name for it, else (a node without
+    cameras in its settings, an older sidecar) the stream its worker read (``video_url``)."""
+    sidecar = item.get("sidecar") or {}
+    return str(sidecar.get("camera") or item.get("camera") or sidecar.get("source")
+               or item.get("source") or "")
 
 
 def day_of(item: dict[str, Any]) -> dt.date | None:

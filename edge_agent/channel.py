@@ -20,6 +20,7 @@ from typing import Self
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
+from edge_agent import cameras
 from protocol import worker_channel as wc
 from protocol.errors import ProtocolError
 
@@ -145,7 +146,7 @@ class WorkerChannel:
 
     async def _dispatch(self, peer: _Peer, message) -> None:
         if isinstance(message, wc.Hello):
-            if message.task_id and message.task_id != peer.task_id:
+            if message.task_id and message.task_id != cameras.task_of(peer.task_id):
                 log.warning("worker of task %s says it is task %s", peer.task_id, message.task_id)
             peer.hello = message
         handler = getattr(self.handlers, message.type, None)

@@ -29,6 +29,11 @@ line)::
     labels:                         # jobs select nodes by these (deploySpec.nodeSelector)
       site: north
       line: "2"
+    cameras:                        # every inference job runs each of them (one worker each)
+      gate: rtsp://viewer:secret@192.168.1.64:554/stream1
+      crane:
+        url: rtsp://192.168.1.65/live
+        realtime: "0"               # options: inference parameters for this camera only
 """
 
 from __future__ import annotations
@@ -57,6 +62,50 @@ DEFAULT_STATE_DIR = Path("/var/lib/edgeloop")
 
 class ConfigError(ValueError):
     """The configuration is unusable; the message names the key and the file."""
+
+
+#: Inference parameters a camera may set for itself; the rest (the model, mining, where hard
+#: examples go) is the job's.
+CAMERA_OPTIONS = frozenset(
+    {"loop", "realtime", "frame_log", "max_frames", "threads", "obj_threshold", "nms_threshold"}
+)
+
+
+class Camera(BaseModel):
+    """One camera of the node: its stream and the inference parameters it sets for itself."""
+
+    model_config = ConfigDict(extra="allow", frozen=True)
+
+    url: str = Field(min_length=1)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _url_alone(cls, value: object) -> object:
+        """``name: rtsp://...`` is short for ``name: {url: rtsp://...}``."""
+        if isinstance(value, int):  # a camera index, ``0``
+            return {"url": str(value)}
+        if isinstance(value, dict) and isinstance(value.get("url"), int):
+            return {**value, "url": str(value["url"])}
+        return {"url": value} if isinstance(value, str) else value
+
+    @model_validator(mode="after")
+    def _known_options(self) -> Self:
+        unknown = sorted(set(self.model_extra or {}) - CAMERA_OPTIONS)
+        if unknown:
+            raise ValueError(
+                f"unknown camera option(s) {', '.join(unknown)}; a camera may set "
+                f"{', '.join(sorted(CAMERA_OPTIONS))}"
+            )
+        return self
+
+    @property
+    def options(self) -> dict[str, str]:
+        """The camera's own inference parameters, as strings (as a manifest gives them)."""
+        return {k: str(v) for k, v in (self.model_extra or {}).items()}
+
+    def parameters(self) -> dict[str, str]:
+        """What this camera's worker gets over the job's parameters."""
+        return {**self.options, "video_url": str(self.url)}
 
 
 class AgentConfig(BaseModel):
@@ -116,6 +165,10 @@ class AgentConfig(BaseModel):
     #: Labels (Kubernetes syntax) sent in every status: a job whose deploySpec.nodeSelector
     #: matches them runs its inference worker here
     labels: dict[LabelKey, LabelValue] = Field(default_factory=dict)
+    #: Camera name -> its stream (an OpenCV source: rtsp:// URL, file, camera index) or
+    #: ``{url: ..., <option>: ...}``: each inference task runs one worker per camera, instead of
+    #: one on the job's ``video_url``
+    cameras: dict[Name, Camera] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _restart_pauses_ordered(self) -> Self:
@@ -125,6 +178,10 @@ class AgentConfig(BaseModel):
                 f"({self.restart_max_s})"
             )
         return self
+
+    def camera_parameters(self) -> dict[str, dict[str, str]]:
+        """Camera name -> the parameters its inference worker gets over the job's."""
+        return {name: camera.parameters() for name, camera in self.cameras.items()}
 
     def restart_policy(self) -> RestartPolicy:
         """A fresh restart policy for one inference worker."""

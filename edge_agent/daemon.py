@@ -28,6 +28,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Self
 
+from edge_agent import cameras
 from edge_agent import decisions as d
 from edge_agent.artifact_upload import ArtifactUploader
 from edge_agent.channel import ChannelHandlers, WorkerChannel
@@ -103,12 +104,12 @@ def hardex_folder_of(task: Task) -> Path | None:
 
 
 def worker_views(runner: WorkerRunner) -> dict[str, d.WorkerView]:
-    """The live attempts as the decisions need to see them."""
+    """The live workers, by worker id, as the decisions need to see them."""
     return {
-        task_id: d.WorkerView(
+        worker: d.WorkerView(
             run.task, run.alive, run.restarts.restarts if run.restarts is not None else None
         )
-        for task_id, run in runner.running.items()
+        for worker, run in runner.running.items()
     }
 
 
@@ -182,6 +183,7 @@ class Agent:
             prepare=self._prepare_task,
             restart_policy=self.config.restart_policy,
             on_worker_exit=self._on_worker_exit,
+            camera_parameters=self.config.camera_parameters(),
         )
 
     def _make_channel(self) -> WorkerChannel:
@@ -335,9 +337,9 @@ class Agent:
                 await self.runner.start(task)
             case d.PrepareModels(task, from_desired):
                 await self._prepare_models(task, from_desired)
-            case d.SendSwap(task, swap):
-                delivered = await self.channel.send(task.task_id, swap)
-                await self._act(d.SwapSent(task, swap, delivered))
+            case d.SendSwap(task, swap, camera):
+                delivered = await self.channel.send(action.worker, swap)
+                await self._act(d.SwapSent(task, swap, delivered, camera))
             case d.Retarget(task, why):
                 log.info("task %s: %s", task.task_id, why)
                 self.runner.retarget(task)
@@ -365,10 +367,11 @@ class Agent:
             serving=action.serving,
             worker_restarts=action.restarts,
             health=action.health,
+            cameras=action.cameras,
         ).model_copy(update={"uploads": action.uploads})
         if await self.client.publish(topics.status(self.node), status, retain=True):
             self._decide(d.StatusPublished(action.backlog, action.serving, action.restarts,
-                                           action.health, action.uploads))
+                                           action.health, action.uploads, action.cameras))
 
     async def _refresh_status(self) -> None:
         """Republish the status when what it says changed (the decisions say when)."""
@@ -404,7 +407,8 @@ class Agent:
     def _close_task(self, report: TaskProgress) -> None:
         self.uploader.note(report)
         if self.live_view is not None:
-            self.live_view.forget(report.task_id)
+            for worker in cameras.workers_of(report.task_id, list(self.live_view.tasks)):
+                self.live_view.forget(worker)
 
     async def _report_error(self, code: str, reason: str, about: str = "") -> None:
         log.error("%s: %s", code, reason)
@@ -585,10 +589,10 @@ class Agent:
             log.info("task %s now serves model %s", task_id, message.version)
         await self._act(d.WorkerSwapped(task_id, message))
 
-    def _on_worker_exit(self, task_id: str) -> None:
+    def _on_worker_exit(self, worker: str, reason: str) -> None:
         """An inference worker died and will be started again: until its successor says hello
-        (with the version it loaded), the node serves nothing for that task."""
-        self._decide(d.WorkerExited(task_id))
+        (with the version it loaded), the node serves nothing for that task (or camera)."""
+        self._decide(d.WorkerExited(worker, reason))
 
 
 async def run_agent(config: AgentConfig, stop: asyncio.Event) -> None:

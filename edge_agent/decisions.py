@@ -17,6 +17,8 @@ What it decides:
   its restart start with the new version;
 - which model version each inference task serves (its worker's ``hello``, ``stats``,
   ``swapped``; nothing after the worker dies or the task ends): the node status's ``serving``;
+  on a node with cameras, per camera (each its own worker, :mod:`edge_agent.cameras`), with its
+  frame rate or why it serves nothing: the status's ``cameras``;
 - when the status is published again: the backlog, the served versions or the restarts changed,
   at most every :data:`STATUS_MIN_INTERVAL_S`; the health of an inference worker (its FPS, its
   shadow comparison, a model it refused) changed, at most every :data:`HEALTH_INTERVAL_S`;
@@ -33,13 +35,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
 
+from edge_agent import cameras
 from edge_agent.deployment import PreparedModel
 from protocol import topics
 from protocol import worker_channel as wc
 from protocol import worker_contract as contract
 from protocol.data_policies import UploadStatus
 from protocol.errors import ProtocolError
-from protocol.messages import DesiredState, Message, Task, TaskHealth, TaskProgress
+from protocol.messages import CameraStatus, DesiredState, Message, Task, TaskHealth, TaskProgress
 
 STATUS_MIN_INTERVAL_S = 2.0
 #: A status whose only news is a worker's health (a canary's shadow comparison growing) waits
@@ -60,6 +63,7 @@ class PublishedStatus:
     at: float
     health: dict[str, TaskHealth] = field(default_factory=dict)
     uploads: UploadStatus | None = None
+    cameras: dict[str, dict[str, CameraStatus]] = field(default_factory=dict)
 
 
 @dataclass
@@ -70,10 +74,15 @@ class NodeState:
     applied_generation: int = -1
     #: start tasks of the applied generation: a later one stops those it no longer lists
     desired_tasks: frozenset[str] = frozenset()
-    #: inference task id -> model version its worker serves
+    #: inference worker id (the task id, or ``<task id>@<camera>``) -> model version it serves
     serving: dict[str, int] = field(default_factory=dict)
     worker_stats: dict[str, wc.Stats] = field(default_factory=dict)
-    #: inference task id -> why the last model its worker was given would not load
+    #: workers that reported frames served (with the initial model too) and have not exited
+    #: since: a worker's hello comes before its video source opens, its stats after
+    greeted: frozenset[str] = frozenset()
+    #: camera worker id -> why it serves nothing (it exited: its camera does not open, ...)
+    camera_errors: dict[str, str] = field(default_factory=dict)
+    #: inference worker id -> why the last model it was given would not load
     swap_errors: dict[str, str] = field(default_factory=dict)
     #: task id -> its final report, not received by the broker yet
     unsent_final: dict[str, TaskProgress] = field(default_factory=dict)
@@ -108,6 +117,10 @@ class Context:
 
     def restarts(self) -> dict[str, int]:
         return {t: w.restarts for t, w in self.workers.items() if w.restarts is not None}
+
+    def workers_of(self, task_id: str) -> dict[str, WorkerView]:
+        """The task's live workers by id: the one, or one per camera."""
+        return {w: self.workers[w] for w in cameras.workers_of(task_id, self.workers)}
 
 
 # --- events ------------------------------------------------------------------------------------
@@ -156,6 +169,7 @@ class SwapSent:
     task: Task
     swap: wc.Swap
     delivered: bool  # False: the worker has no channel
+    camera: str | None = None
 
 
 @dataclass(frozen=True)
@@ -178,9 +192,10 @@ class WorkerSwapped:
 
 @dataclass(frozen=True)
 class WorkerExited:
-    """A service worker died and is about to be started again."""
+    """A service worker died and is about to be started again (``task_id``: its worker id)."""
 
     task_id: str
+    reason: str = ""
 
 
 @dataclass(frozen=True)
@@ -220,6 +235,7 @@ class StatusPublished:
     restarts: dict[str, int]
     health: dict[str, TaskHealth] = field(default_factory=dict)
     uploads: UploadStatus | None = None
+    cameras: dict[str, dict[str, CameraStatus]] = field(default_factory=dict)
 
 
 Event = (
@@ -281,10 +297,16 @@ class StartWorker:
 
 @dataclass(frozen=True)
 class SendSwap:
-    """Hand the new model to the task's running worker; answered by :class:`SwapSent`."""
+    """Hand the new model to the task's running worker (on ``camera``, on a node with
+    cameras); answered by :class:`SwapSent`."""
 
     task: Task
     swap: wc.Swap
+    camera: str | None = None
+
+    @property
+    def worker(self) -> str:
+        return cameras.worker_id(self.task.task_id, self.camera)
 
 
 @dataclass(frozen=True)
@@ -318,6 +340,7 @@ class PublishStatus:
     restarts: dict[str, int]
     health: dict[str, TaskHealth] = field(default_factory=dict)
     uploads: UploadStatus | None = None
+    cameras: dict[str, dict[str, CameraStatus]] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -359,6 +382,7 @@ def handle(state: NodeState, event: Event, ctx: Context) -> Transition:
         state,
         serving=dict(state.serving),
         worker_stats=dict(state.worker_stats),
+        camera_errors=dict(state.camera_errors),
         swap_errors=dict(state.swap_errors),
         unsent_final=dict(state.unsent_final),
     )
@@ -377,7 +401,7 @@ def _decide(s: NodeState, event: Event, ctx: Context) -> list[Action]:
             return [HandleTask(task) if task.action == "stop" else PrepareModels(task, False)]
         case ModelReady(task, model, from_desired):
             return _model_ready(s, task, model, from_desired, ctx)
-        case SwapSent(task, swap, delivered):
+        case SwapSent(task, swap, delivered, _camera):
             return _swap_sent(task, swap.version, delivered)
         case WorkerHello() | WorkerStats() | WorkerSwapped() | WorkerExited():
             return _worker(s, event, ctx)
@@ -391,9 +415,9 @@ def _decide(s: NodeState, event: Event, ctx: Context) -> list[Action]:
             return _connected(s, ctx)
         case StatusDue():
             return _status_due(s, ctx)
-        case StatusPublished(backlog, serving, restarts, health, uploads):
+        case StatusPublished(backlog, serving, restarts, health, uploads, statuses):
             s.published = PublishedStatus(backlog, dict(serving), dict(restarts), ctx.now,
-                                          dict(health), uploads)
+                                          dict(health), uploads, dict(statuses))
     return []
 
 
@@ -443,20 +467,25 @@ def _desired(s: NodeState, desired: DesiredState) -> list[Action]:
 def _model_ready(
     s: NodeState, task: Task, model: PreparedModel | None, from_desired: bool, ctx: Context
 ) -> list[Action]:
-    """Start the task, or give its running attempt the new model version without a restart."""
-    run = ctx.workers.get(task.task_id)
-    if run is None or run.task.attempt != task.attempt or model is None:
+    """Start the task, or give its running attempt the new model version without a restart
+    (each of its workers, on a node with cameras)."""
+    runs = ctx.workers_of(task.task_id)
+    if not runs or any(r.task.attempt != task.attempt for r in runs.values()) or model is None:
         return [EnsureRunning(task) if from_desired else HandleTask(task)]
-    served = s.serving.get(task.task_id, run.started_version)
-    if served == model.version:
-        return []
-    if not run.alive:
-        return [Retarget(task, f"its worker is waiting to be restarted; it will start with "
-                               f"model version {model.version}")]
+    actions: list[Action] = []
     shadow = task.env.get(contract.SHADOW_EVERY, "")
-    swap = wc.Swap(path=str(model.path), version=str(model.version), sha256=model.sha256,
-                   shadow_every=int(shadow) if shadow.isdigit() else 0)
-    return [SendSwap(task, swap)]
+    for worker, run in sorted(runs.items()):
+        served = s.serving.get(worker, run.started_version)
+        if served == model.version:
+            continue
+        if not run.alive:
+            actions.append(Retarget(task, f"its worker is waiting to be restarted; it will "
+                                          f"start with model version {model.version}"))
+            continue
+        swap = wc.Swap(path=str(model.path), version=str(model.version), sha256=model.sha256,
+                       shadow_every=int(shadow) if shadow.isdigit() else 0)
+        actions.append(SendSwap(task, swap, cameras.camera_of(worker)))
+    return actions
 
 
 def _swap_sent(task: Task, version: str, delivered: bool) -> list[Action]:
@@ -484,6 +513,7 @@ def _worker(
         case WorkerStats(task_id, stats):
             s.worker_stats[task_id] = stats
             _note_serving(s, task_id, stats.model_version, ctx)
+            _greeted(s, task_id, ctx)
         case WorkerSwapped(task_id, swapped) if swapped.ok:
             _note_serving(s, task_id, swapped.version, ctx)
             s.swap_errors.pop(task_id, None)
@@ -491,9 +521,11 @@ def _worker(
             error = swapped.error or "the worker refused the model"
             s.swap_errors[task_id] = error[:1024]
             return [ReportError("swap_failed", error, task_id)]
-        case WorkerExited(task_id):
+        case WorkerExited(task_id, reason):
             # until its successor says hello (with the version it loaded), it serves nothing
             _forget_worker(s, task_id)
+            if cameras.camera_of(task_id) is not None:
+                s.camera_errors[task_id] = reason or "its worker exited"
     return []
 
 
@@ -502,9 +534,24 @@ def _note_serving(s: NodeState, task_id: str, version: str | None, ctx: Context)
         s.serving[task_id] = int(version)
 
 
-def _forget_worker(s: NodeState, task_id: str) -> None:
-    s.serving.pop(task_id, None)
-    s.worker_stats.pop(task_id, None)
+def _greeted(s: NodeState, worker: str, ctx: Context) -> None:
+    if worker in ctx.workers:
+        s.greeted |= {worker}
+        s.camera_errors.pop(worker, None)
+
+
+def _forget_worker(s: NodeState, worker: str) -> None:
+    s.serving.pop(worker, None)
+    s.worker_stats.pop(worker, None)
+    s.greeted -= {worker}
+
+
+def _forget_task(s: NodeState, task_id: str) -> None:
+    """The task ended: none of its workers serves anything any more."""
+    workers = set(s.serving) | set(s.worker_stats) | s.greeted | set(s.camera_errors)
+    for worker in cameras.workers_of(task_id, workers):
+        _forget_worker(s, worker)
+        s.camera_errors.pop(worker, None)
 
 
 # -- progress reports ---------------------------------------------------------------------------
@@ -513,7 +560,7 @@ def _forget_worker(s: NodeState, task_id: str) -> None:
 def _progress(s: NodeState, report: TaskProgress) -> list[Action]:
     if report.state not in FINAL_STATES:
         return [PublishProgress(report)]
-    _forget_worker(s, report.task_id)
+    _forget_task(s, report.task_id)
     return [CloseTask(report), PublishProgress(report)]
 
 
@@ -538,12 +585,29 @@ def _connected(s: NodeState, ctx: Context) -> list[Action]:
 
 
 def _publish_status(s: NodeState, ctx: Context) -> PublishStatus:
-    return PublishStatus(ctx.backlog, dict(s.serving), ctx.restarts(), _health(s, ctx),
-                         ctx.uploads)
+    return PublishStatus(ctx.backlog, cameras.serving_by_task(s.serving), ctx.restarts(),
+                         _health(s, ctx), ctx.uploads, _camera_statuses(s, ctx))
+
+
+def _camera_statuses(s: NodeState, ctx: Context) -> dict[str, dict[str, CameraStatus]]:
+    return cameras.camera_statuses(
+        ctx.workers,
+        {w: s.serving.get(w) for w in s.greeted},
+        {w: stats.fps for w, stats in s.worker_stats.items()},
+        s.camera_errors,
+    )
+
+
+def _without_fps(statuses: dict[str, dict[str, CameraStatus]]) -> dict[str, dict[str, tuple]]:
+    """What of the cameras' statuses makes a new status worth publishing: not the frame rate,
+    which changes with every report."""
+    return {task: {camera: (c.version, c.serving, c.error) for camera, c in by_camera.items()}
+            for task, by_camera in statuses.items()}
 
 
 def _health(s: NodeState, ctx: Context) -> dict[str, TaskHealth]:
-    """How each inference worker does, from its last stats and the runner's view."""
+    """How each inference task's worker does, from its last stats and the runner's view; on a
+    node with cameras, its cameras' workers together (:func:`_together`)."""
     out: dict[str, TaskHealth] = {}
     for task_id, run in ctx.workers.items():
         if run.task.role != "inference":
@@ -569,6 +633,35 @@ def _health(s: NodeState, ctx: Context) -> dict[str, TaskHealth]:
             shadow=extra.get("shadow_active") is True,
             error=s.swap_errors.get(task_id, ""),
         )
+    return _together(out)
+
+
+def _together(by_worker: dict[str, TaskHealth]) -> dict[str, TaskHealth]:
+    """Worker id -> health, as task id -> health. A task on several cameras is judged on the
+    cameras that serve (a camera whose URL does not open says nothing of the model): the oldest
+    version, the slowest FPS, the lowest agreement, up only when each of them is."""
+    grouped: dict[str, list[TaskHealth]] = {}
+    for worker, health in sorted(by_worker.items()):
+        grouped.setdefault(cameras.task_of(worker), []).append(health)
+    out: dict[str, TaskHealth] = {}
+    for task, healths in grouped.items():
+        if len(healths) == 1:
+            out[task] = healths[0]
+            continue
+        judged = [h for h in healths if h.up and h.frames] or healths
+        versions = [h.version for h in judged]
+        agreements = [h.agreement for h in judged if h.agreement is not None]
+        out[task] = TaskHealth(
+            version=None if None in versions else min(v for v in versions if v is not None),
+            up=all(h.up for h in judged),
+            frames=sum(h.frames for h in judged),
+            fps=min(h.fps for h in judged),
+            hard_examples=sum(h.hard_examples for h in judged),
+            agreement=min(agreements) if agreements else None,
+            compared=sum(h.compared for h in judged),
+            shadow=any(h.shadow for h in judged),
+            error="; ".join(h.error for h in judged if h.error)[:1024],
+        )
     return out
 
 
@@ -588,8 +681,9 @@ def _status_due(s: NodeState, ctx: Context) -> list[Action]:
     last = s.published
     if last is not None:
         since = ctx.now - last.at
-        changed = (ctx.backlog, s.serving, ctx.restarts(), ctx.uploads) != (
-            last.backlog, last.serving, last.restarts, last.uploads)
+        changed = (ctx.backlog, cameras.serving_by_task(s.serving), ctx.restarts(), ctx.uploads,
+                   _without_fps(_camera_statuses(s, ctx))) != (
+            last.backlog, last.serving, last.restarts, last.uploads, _without_fps(last.cameras))
         if since < STATUS_MIN_INTERVAL_S or not changed and (
                 since < HEALTH_INTERVAL_S or not _health_news(_health(s, ctx), last.health)):
             return []

@@ -16,7 +16,7 @@ from importlib import metadata
 from pydantic import JsonValue
 
 from edgeloop import __version__
-from protocol.messages import NodeStatus, TaskHealth
+from protocol.messages import CameraStatus, NodeStatus, TaskHealth
 
 
 def new_boot_id() -> str:
@@ -70,6 +70,7 @@ class NodeIdentity:
         outbox_backlog: int = 0,
         serving: dict[str, int] | None = None,
         worker_restarts: dict[str, int] | None = None,
+        cameras: dict[str, dict[str, CameraStatus]] | None = None,
         health: dict[str, TaskHealth] | None = None,
     ) -> NodeStatus:
         self._seq += 1
@@ -85,6 +86,7 @@ class NodeIdentity:
             worker_restarts=worker_restarts or {},
             health=health or {},
             labels=self.labels,
+            cameras=cameras or {},
         )
 
     def last_will(self) -> NodeStatus:

@@ -117,7 +117,9 @@ def prune_task_logs(state_dir: Path, running: Iterable[Path], settings: Retentio
         return 0
     live = {p.resolve() for p in running}
     items = {}
-    for path in Path(state_dir).glob(f"tasks/*/attempt-*/{LOG_NAME}"):
+    logs = Path(state_dir).glob(f"tasks/*/attempt-*/{LOG_NAME}")
+    camera_logs = Path(state_dir).glob(f"tasks/*/attempt-*/camera-*/{LOG_NAME}")  # one per camera
+    for path in (*logs, *camera_logs):
         if path.parent.resolve() in live:
             continue
         try:

@@ -6,6 +6,11 @@ contract defines (:mod:`protocol.worker_contract`): the manifest parameters, the
 locations (``task.env``) and edgeloop's own variables. Output goes to one log file per task
 attempt; the worker's JSON result file becomes ``TaskProgress.result``.
 
+On a node whose settings declare cameras, an inference task runs one worker per camera
+(:mod:`edge_agent.cameras`), each supervised, restarted and stopped on its own under the id
+``<task id>@<camera>``, in ``attempt-<n>/camera-<name>/``; the task's progress reports are one
+sequence for all of them, and the task ends when its last camera worker ends.
+
 An inference worker is a service: when it dies or fails (a crash, a kill, a source it cannot
 open: any exit but 0), the same attempt starts it again after a backoff pause
 (:mod:`edge_agent.restart_policy`), with the task as it stands then, so with the model version
@@ -35,6 +40,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from edge_agent import cameras
 from edge_agent.restart_policy import RestartPolicy
 from edgeloop.durable import write_atomically
 from protocol import worker_contract as contract
@@ -46,8 +52,9 @@ ProgressSink = Callable[[TaskProgress], Awaitable[None]]
 ChannelUrlFor = Callable[[str], "str | None"]
 #: Called (in a thread) before a task's worker starts; raises TaskSetupError to fail the task.
 PrepareTask = Callable[[Task], None]
-#: Called when a service worker (inference) exited by itself and is about to be started again.
-OnWorkerExit = Callable[[str], None]
+#: Called with the worker's id and why, when a service worker (inference) exited by itself and is
+#: about to be started again.
+OnWorkerExit = Callable[[str, str], None]
 
 LOG_NAME = "worker.log"
 RESULT_NAME = "result.json"
@@ -64,12 +71,28 @@ class TaskSetupError(ValueError):
 
 
 @dataclass
+class ProgressSequence:
+    """The ``seq`` of one task attempt's progress reports, shared by its camera workers, and
+    the cameras that ended badly before the last one."""
+
+    seq: int = 0
+    failed: dict[str, str] = field(default_factory=dict)  # camera -> why it ended
+
+    def next(self) -> int:
+        self.seq += 1
+        return self.seq
+
+
+@dataclass
 class WorkerAttempt:
-    """One attempt of one task while its process lives."""
+    """One worker process of one task attempt while it lives (one per camera, or the one)."""
 
     task: Task
     directory: Path
-    seq: int = 0
+    progress: ProgressSequence = field(default_factory=ProgressSequence)
+    camera: str | None = None
+    #: the camera's parameters over the job's (its ``video_url`` and options)
+    camera_parameters: dict[str, str] = field(default_factory=dict)
     process: asyncio.subprocess.Process | None = None
     stop_reason: str | None = None
     supervisor: asyncio.Task[None] | None = None
@@ -81,6 +104,15 @@ class WorkerAttempt:
     #: the restarts of a service worker; None for a worker that runs once
     restarts: RestartPolicy | None = None
     started_at: float = 0.0
+
+    @property
+    def worker_id(self) -> str:
+        return cameras.worker_id(self.task.task_id, self.camera)
+
+    @property
+    def attempt_directory(self) -> Path:
+        """Where the attempt's ``state.json`` is (a camera worker's directory is inside)."""
+        return self.directory if self.camera is None else self.directory.parent
 
     @property
     def alive(self) -> bool:
@@ -127,21 +159,35 @@ def read_result(path: Path) -> tuple[dict, str | None]:
     return result, None
 
 
-def worker_environment(task: Task, result_path: Path, channel: str | None) -> dict[str, str]:
+def worker_environment(
+    task: Task,
+    result_path: Path,
+    channel: str | None,
+    camera: str | None = None,
+    camera_parameters: dict[str, str] | None = None,
+) -> dict[str, str]:
     """The variables added to the agent's environment for this task's worker.
 
-    Precedence: manifest parameters < ``task.env`` (locations the cloud injects) < edgeloop's
-    own variables, which nothing may override.
+    Precedence: manifest parameters < the camera's (its ``video_url`` and options) <
+    ``task.env`` (locations the cloud injects) < edgeloop's own variables, which nothing may
+    override.
     """
     assert task.worker is not None
     own = {contract.TASK_ID: task.task_id, contract.RESULT: str(result_path)}
     if channel:
         own[contract.CHANNEL] = channel
+    if camera is not None:
+        own[contract.CAMERA] = camera
+    parameters = {**task.worker.parameters, **(camera_parameters or {})}
     try:
-        base = contract.WorkerEnvironment(parameters=dict(task.worker.parameters)).to_env()
+        base = contract.WorkerEnvironment(parameters=parameters).to_env()
     except ValidationError as exc:
         raise TaskSetupError(f"workerSpec.parameters: {exc.errors()[0]['msg']}") from None
     return {**base, **task.env, **own}
+
+
+def _camera_prefix(run: WorkerAttempt) -> str:
+    return "" if run.camera is None else f"camera {run.camera}: "
 
 
 def _stop_leftover(pid_file: Path, grace_s: float = 2.0) -> bool:
@@ -179,7 +225,10 @@ class WorkerRunner:
         prepare: PrepareTask | None = None,
         restart_policy: Callable[[], RestartPolicy] = RestartPolicy,
         on_worker_exit: OnWorkerExit | None = None,
+        camera_parameters: dict[str, dict[str, str]] | None = None,
     ) -> None:
+        """``camera_parameters``: camera name -> the parameters its worker gets over the
+        job's (``video_url``, options); each inference task runs one worker per camera."""
         self.node = node
         self.state_dir = Path(state_dir)
         self.publish = publish
@@ -189,7 +238,9 @@ class WorkerRunner:
         self.prepare = prepare
         self.restart_policy = restart_policy
         self.on_worker_exit = on_worker_exit
-        self.running: dict[str, WorkerAttempt] = {}  # task id -> its live attempt
+        self.camera_parameters = dict(camera_parameters or {})
+        #: worker id (the task id, or ``<task id>@<camera>``) -> its live worker
+        self.running: dict[str, WorkerAttempt] = {}
         self._seen: set[str] = set()  # task keys handled during this run of the agent
 
     # -- entry points ---------------------------------------------------------------------
@@ -202,8 +253,7 @@ class WorkerRunner:
             self._seen.add(task.key)
             await self.stop(task.task_id, "stopped on request")
             return
-        run = self.running.get(task.task_id)
-        if run is not None and run.task.attempt == task.attempt:
+        if self._runs_attempt(task):
             return  # already running this attempt
         if task.key in self._seen or (task_directory(self.state_dir, task) / STATE_NAME).exists():
             await self._report_again(task)
@@ -216,45 +266,83 @@ class WorkerRunner:
         Unlike :meth:`handle` this restarts an attempt that ran before the agent restarted:
         the desired state says what must be running, not what must be run once.
         """
-        run = self.running.get(task.task_id)
-        if run is not None and run.task.attempt == task.attempt:
+        if self._runs_attempt(task):
             return
         await self.start(task)
 
     async def start(self, task: Task) -> WorkerAttempt:
-        """Start ``task`` (stopping another attempt of it first) and supervise it."""
+        """Start ``task`` (stopping another attempt of it first) and supervise it: one worker,
+        or one per camera for an inference task on a node with cameras."""
         if task.worker is None:
             raise TaskSetupError("worker: required to start a task")
-        previous = self.running.get(task.task_id)
-        if previous is not None:
+        if self.workers_of(task.task_id):
             await self.stop(task.task_id, f"replaced by attempt {task.attempt}")
         self._seen.add(task.key)
         directory = task_directory(self.state_dir, task)
         directory.mkdir(parents=True, exist_ok=True)
-        run = WorkerAttempt(task, directory, seq=self._last_seq(directory))
-        if task.role in SERVICE_ROLES:
-            run.restarts = self.restart_policy()
-        self.running[task.task_id] = run
-        await self._report(run, "Starting")
-        try:
-            await self._spawn(run)
-        except (TaskSetupError, OSError) as exc:
-            self.running.pop(task.task_id, None)
-            await self._report(run, "Failed", message=f"cannot start the worker: {exc}")
+        progress = ProgressSequence(self._last_seq(directory))
+        runs = [
+            WorkerAttempt(task, directory if camera is None else directory / f"camera-{camera}",
+                          progress, camera, parameters)
+            for camera, parameters in self._streams(task)
+        ]
+        for run in runs:
+            run.directory.mkdir(parents=True, exist_ok=True)
+            if task.role in SERVICE_ROLES:
+                run.restarts = self.restart_policy()
+            self.running[run.worker_id] = run
+        await self._report(runs[0], "Starting")
+        for run in runs:
+            try:
+                await self._spawn(run)
+            except (TaskSetupError, OSError) as exc:
+                await self._abandon(runs, f"cannot start the worker: {exc}")
+                return runs[0]
+            # supervised before anything else can be awaited: a cancellation must not leave a
+            # process that nobody waits for (a later stop would wait for it forever)
+            run.supervisor = asyncio.create_task(
+                self._supervise(run), name=f"task:{run.worker_id}"
+            )
+        await self._report(runs[0], "Running", progress=0.0)
+        return runs[0]
+
+    def _streams(self, task: Task) -> list[tuple[str | None, dict[str, str]]]:
+        """The workers a task runs: one per camera for inference on a node with cameras, else
+        the one (camera None) on the job's own parameters."""
+        if task.role != "inference" or not self.camera_parameters:
+            return [(None, {})]
+        return sorted(self.camera_parameters.items())
+
+    async def _abandon(self, runs: list[WorkerAttempt], message: str) -> None:
+        """A worker of the attempt could not start: the attempt fails, its started workers
+        are stopped."""
+        for run in runs:
+            run.stop_reason = message
+            run.stopping.set()
+            self._signal(run, signal.SIGKILL)
+        for run in runs:
+            if run.supervisor is not None:
+                await run.finished.wait()
+        for run in runs:
+            self.running.pop(run.worker_id, None)
             run.finished.set()
-            return run
-        # supervised before anything else can be awaited: a cancellation must not leave a
-        # process that nobody waits for (a later stop would wait for it forever)
-        run.supervisor = asyncio.create_task(self._supervise(run), name=f"task:{task.task_id}")
-        await self._report(run, "Running", progress=0.0)
-        return run
+        await self._report(runs[0], "Failed", message=message)
+
+    def workers_of(self, task_id: str) -> list[WorkerAttempt]:
+        """The task's live workers (several on a node with cameras)."""
+        return [self.running[w] for w in cameras.workers_of(task_id, self.running)]
+
+    def _runs_attempt(self, task: Task) -> bool:
+        return any(run.task.attempt == task.attempt for run in self.workers_of(task.task_id))
 
     async def stop(self, task_id: str, reason: str) -> bool:
-        """Stop the task's process group (SIGTERM, then SIGKILL after the grace period), for
-        good: a service worker waiting to be restarted is not restarted."""
-        run = self.running.get(task_id)
-        if run is None or run.process is None:
-            return False
+        """Stop the task's workers (SIGTERM to each process group, then SIGKILL after the grace
+        period), for good: a service worker waiting to be restarted is not restarted."""
+        runs = [run for run in self.workers_of(task_id) if run.process is not None]
+        stopped = await asyncio.gather(*(self._stop_worker(run, reason) for run in runs))
+        return any(stopped)
+
+    async def _stop_worker(self, run: WorkerAttempt, reason: str) -> bool:
         run.stop_reason = reason
         run.stopping.set()
         if run.alive:  # a dead leader's pid may already belong to someone else
@@ -269,13 +357,14 @@ class WorkerRunner:
         return True
 
     async def stop_all(self, reason: str) -> None:
-        await asyncio.gather(*(self.stop(task_id, reason) for task_id in list(self.running)))
+        await asyncio.gather(*(self._stop_worker(run, reason) for run in list(self.running.values())
+                               if run.process is not None))
 
     def restart_counts(self) -> dict[str, int]:
-        """Task id -> how many times its running service worker was started again."""
+        """Worker id -> how many times that running service worker was started again."""
         return {
-            task_id: run.restarts.restarts
-            for task_id, run in self.running.items()
+            worker: run.restarts.restarts
+            for worker, run in self.running.items()
             if run.restarts is not None
         }
 
@@ -295,7 +384,8 @@ class WorkerRunner:
             if last.state in ("Completed", "Failed"):
                 continue
             directory = state_file.parent
-            stopped = _stop_leftover(directory / PID_NAME)
+            stopped = any([_stop_leftover(pid_file) for pid_file in
+                           (directory / PID_NAME, *directory.glob(f"camera-*/{PID_NAME}"))])
             report = last.model_copy(
                 update={
                     "seq": last.seq + 1,
@@ -317,21 +407,23 @@ class WorkerRunner:
         directory = task_directory(self.state_dir, task)
         directory.mkdir(parents=True, exist_ok=True)
         await self._report(
-            WorkerAttempt(task, directory, seq=self._last_seq(directory)), "Failed", message=message
+            WorkerAttempt(task, directory, ProgressSequence(self._last_seq(directory))),
+            "Failed",
+            message=message,
         )
 
     def retarget(self, task: Task) -> None:
         """The running attempt of ``task`` now stands for this version of it (after a
         hot-swap changed its model without a restart)."""
-        run = self.running.get(task.task_id)
-        if run is not None and run.task.attempt == task.attempt:
-            run.task = task
-            self._seen.add(task.key)
+        for run in self.workers_of(task.task_id):
+            if run.task.attempt == task.attempt:
+                run.task = task
+                self._seen.add(task.key)
 
-    async def report_progress(self, task_id: str, fraction: float, message: str = "") -> None:
+    async def report_progress(self, worker: str, fraction: float, message: str = "") -> None:
         """Progress a worker sent over the local channel, at most one report per
         :data:`PROGRESS_MIN_INTERVAL_S` (a later report supersedes a skipped one)."""
-        run = self.running.get(task_id)
+        run = self.running.get(worker)
         if run is None:
             return
         now = time.monotonic()
@@ -340,9 +432,9 @@ class WorkerRunner:
         run.last_progress_at = now
         await self._report(run, "Running", progress=fraction, message=message)
 
-    def note_result(self, task_id: str, result: dict) -> None:
+    def note_result(self, worker: str, result: dict) -> None:
         """A result a worker sent over the channel; used when it writes no result file."""
-        run = self.running.get(task_id)
+        run = self.running.get(worker)
         if run is not None:
             run.channel_result = result
 
@@ -357,8 +449,9 @@ class WorkerRunner:
             raise TaskSetupError(f"boot file {boot} not found (scriptDir/scriptBootFile)")
         if self.prepare is not None:
             await asyncio.to_thread(self.prepare, task)
-        channel = self.channel_url_for(task.task_id) if self.channel_url_for else None
-        env = {**os.environ, **worker_environment(task, run.result_path, channel)}
+        channel = self.channel_url_for(run.worker_id) if self.channel_url_for else None
+        env = {**os.environ, **worker_environment(task, run.result_path, channel, run.camera,
+                                                  run.camera_parameters)}
         run.result_path.unlink(missing_ok=True)
         with open(run.log_path, "ab") as log_file:
             log_file.write(f"--- edgeloop: starting {boot} (attempt {task.attempt})\n".encode())
@@ -376,7 +469,7 @@ class WorkerRunner:
             )
         run.started_at = time.monotonic()
         (run.directory / PID_NAME).write_text(f"{run.process.pid}\n{boot.resolve()}\n")
-        log.info("task %s attempt %d: pid %d", task.task_id, task.attempt, run.process.pid)
+        log.info("task %s attempt %d: pid %d", run.worker_id, task.attempt, run.process.pid)
 
     async def _supervise(self, run: WorkerAttempt) -> None:
         timeout = run.task.timeout_s
@@ -422,13 +515,17 @@ class WorkerRunner:
         ran_for = time.monotonic() - run.started_at
         delay = run.restarts.next_delay(ran_for)
         why = f"worker exited with code {exit_code} after {ran_for:.1f} s"
+        error = read_result(run.result_path)[0].get("error")
+        if error:
+            why += f": {error}"
         log.warning(
-            "task %s: %s; restart %d in %.1f s", run.task.task_id, why, run.restarts.restarts, delay
+            "task %s: %s; restart %d in %.1f s", run.worker_id, why, run.restarts.restarts, delay
         )
         if self.on_worker_exit is not None:
-            self.on_worker_exit(run.task.task_id)
+            self.on_worker_exit(run.worker_id, str(error or why))
         await self._report(
-            run, "Running", message=f"{why}; restart {run.restarts.restarts} in {delay:.1f} s"
+            run, "Running", message=f"{_camera_prefix(run)}{why}; restart "
+                                    f"{run.restarts.restarts} in {delay:.1f} s"
         )
         await self._pause(run, delay)
         while not run.stop_reason:
@@ -461,7 +558,8 @@ class WorkerRunner:
                 await run.stopping.wait()
 
     async def _finish(self, run: WorkerAttempt, exit_code: int | None) -> None:
-        """The final report of the attempt: Completed, or Failed with why."""
+        """The final report of the attempt (Completed, or Failed with why), once its last
+        worker ended; a camera worker that ends before the others is reported as such."""
         result, problem = read_result(run.result_path)
         if not result and run.channel_result:
             result = run.channel_result
@@ -477,7 +575,22 @@ class WorkerRunner:
             state, message = "Failed", problem
         else:
             state, message = "Completed", ""
-        self.running.pop(run.task.task_id, None)
+        self.running.pop(run.worker_id, None)
+        if run.camera is not None:
+            if state == "Failed":
+                run.progress.failed[run.camera] = message
+            if any(other.task.attempt == run.task.attempt
+                   for other in self.workers_of(run.task.task_id)):
+                try:  # the task runs on with its other cameras
+                    await self._report(run, "Running", message=f"{_camera_prefix(run)}ended: "
+                                                               f"{message or 'completed'}")
+                finally:
+                    run.finished.set()
+                return
+            if run.progress.failed and not run.stop_reason:
+                state = "Failed"
+                message = "; ".join(f"camera {c}: {m}" for c, m in
+                                    sorted(run.progress.failed.items()))
         try:
             await self._report(
                 run,
@@ -509,14 +622,14 @@ class WorkerRunner:
         exit_code: int | None = None,
         result: dict | None = None,
     ) -> None:
-        run.seq += 1
+        seq = run.progress.next()
         final = state in ("Completed", "Failed")
         try:
             report = TaskProgress(
                 node=self.node,
                 task_id=run.task.task_id,
                 attempt=run.task.attempt,
-                seq=run.seq,
+                seq=seq,
                 state=state,
                 progress=progress,
                 message=message[-4096:],
@@ -529,13 +642,13 @@ class WorkerRunner:
                 node=self.node,
                 task_id=run.task.task_id,
                 attempt=run.task.attempt,
-                seq=run.seq,
+                seq=seq,
                 state="Failed",
                 message=f"unusable result: {exc.errors()[0]['msg']}"[:4096],
                 log_tail=log_tail(run.log_path),
                 exit_code=exit_code,
             )
-        self._save_state(run.directory, report)
+        self._save_state(run.attempt_directory, report)
         try:
             await self.publish(report)
         except Exception:  # reporting must never break supervision

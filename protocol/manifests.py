@@ -600,10 +600,15 @@ def _distinct_nodes(names: list[str]) -> list[str]:
     return names
 
 
+#: deploySpec.maxSourceShare when the manifest names none: one camera may hold at most half of
+#: a job's hard examples waiting for labels (once it holds a few; cloud_manager.hardex_admission)
+DEFAULT_MAX_SOURCE_SHARE = 0.5
+
+
 class DeploySpec(StageSpec):
     edgeloop_extensions = (
         "node_names", "node_selector", "blind_spot_mining", "rollout", "capture_policy",
-        "upload_policy",
+        "upload_policy", "max_source_share",
     )
 
     model: DeployModelRef
@@ -622,6 +627,10 @@ class DeploySpec(StageSpec):
     capture_policy: CapturePolicy | None = None
     #: edgeloop extension: when and how much this job's examples are sent (over the node's)
     upload_policy: UploadPolicy | None = None
+    #: edgeloop extension: the largest share of the job's hard examples waiting for labels that
+    #: one source (a node's camera) may hold, so that one busy camera cannot fill a round; 1
+    #: turns the cap off; None means DEFAULT_MAX_SOURCE_SHARE
+    max_source_share: Annotated[float, Field(gt=0, le=1)] | None = None
 
     @model_validator(mode="after")
     def _blind_spot_needs_mining(self) -> DeploySpec:
@@ -634,6 +643,9 @@ class DeploySpec(StageSpec):
                     path=name,
                 )
         return self
+
+    def source_share(self) -> float:
+        return DEFAULT_MAX_SOURCE_SHARE if self.max_source_share is None else self.max_source_share
 
     def blind_spot(self) -> BlindSpotMining | None:
         """The blind-spot settings the inference worker gets: the manifest's, else the defaults

@@ -52,6 +52,18 @@ class Message(BaseModel):
 # --- node lifecycle -------------------------------------------------------------------------
 
 
+class CameraStatus(BaseModel):
+    """One camera's inference stream on a node: the model version it serves and its frame rate,
+    or why it serves nothing (its URL does not open, its worker is restarting)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    version: int | None = None  # None: the job's initial model, or nothing when ``error`` is set
+    serving: bool = False  # its worker said which model it serves and has not exited since
+    fps: float = Field(default=0.0, ge=0.0)
+    error: str = Field(default="", max_length=1024)
+
+
 class TaskHealth(BaseModel):
     """How a node's inference worker of a task does: the evidence of a staged rollout."""
 
@@ -98,6 +110,9 @@ class NodeStatus(Message):
     labels: dict[str, str] = Field(default_factory=dict)
     #: the node's uploads: waiting, sent, evicted, skipped by rule, bytes against the caps
     uploads: UploadStatus | None = None
+    #: task id -> camera name -> what that camera's inference stream does, on a node whose
+    #: settings declare cameras (``serving`` then holds the oldest version among them)
+    cameras: dict[str, dict[str, CameraStatus]] = Field(default_factory=dict)
     ts: float = Field(default_factory=now)
 
     @property
@@ -254,6 +269,9 @@ class HardExampleSidecar(BaseModel):
     frame_index: Count = 0
     time: float = Field(default_factory=now)
     source: str = ""
+    #: the camera (a name from the node's settings) whose stream the frame is from; empty for
+    #: a node that runs the job's single ``video_url``
+    camera: str = Field(default="", max_length=63)
     mining: str = ""
     #: why the frame was kept: ``rule`` (the hardExampleMining rule judged it hard),
     #: ``empty-frame`` or ``detection-drop`` (blind-spot mining); empty in older sidecars

@@ -13,7 +13,8 @@ Three groups of variables (documented for users in docs/workers.md):
    ``BASE_MODEL_URL``, ``TRAIN_DATASET_URL``, ``TEST_DATASET_URL``, ``MODEL_URL``,
    ``MODEL_URLS``, ``HEM_NAME``, ``HEM_PARAMETERS``.
 3. edgeloop's own: ``EDGELOOP_TASK_ID``, ``EDGELOOP_RESULT``, ``EDGELOOP_CHANNEL``,
-   ``EDGELOOP_MODEL_VERSION``, ``EDGELOOP_REPLAY_INDEX``, ``EDGELOOP_BLIND_SPOT``.
+   ``EDGELOOP_MODEL_VERSION``, ``EDGELOOP_REPLAY_INDEX``, ``EDGELOOP_BLIND_SPOT``,
+   ``EDGELOOP_CAMERA``.
 """
 
 from __future__ import annotations
@@ -66,7 +67,9 @@ BLIND_SPOT = "EDGELOOP_BLIND_SPOT"
 #: inference on a rollout's canary: run the previous model beside the new one on one frame in
 #: this many after a swap and report their agreement (absent or 0: no comparison)
 SHADOW_EVERY = "EDGELOOP_SHADOW_EVERY"
-#: inference: the name of the camera the worker reads (absent: the node's one camera)
+#: inference: the name of the camera (from the agent's ``cameras:`` settings) whose stream
+#: ``video_url`` is; the worker writes it into each hard example's sidecar and applies the
+#: capture policy's settings for it. Absent for the job's single ``video_url``.
 CAMERA = "EDGELOOP_CAMERA"
 #: inference: JSON of the job's ``capturePolicy`` (camelCase keys); absent: save every mined frame
 CAPTURE_POLICY = "EDGELOOP_CAPTURE_POLICY"
@@ -321,6 +324,7 @@ class WorkerEnvironment(BaseModel):
     replay_index: str | None = None
     earlier_test_urls: dict[int, str] = Field(default_factory=dict)
     blind_spot: BlindSpotMining | None = None
+    camera: str | None = None
     parameters: dict[str, str] = Field(default_factory=dict)
 
     @field_validator("channel")
@@ -357,6 +361,7 @@ class WorkerEnvironment(BaseModel):
             EARLIER_TEST_URLS: (earlier_test_urls_json(self.earlier_test_urls)
                                 if self.earlier_test_urls else None),
             BLIND_SPOT: blind_spot_json(self.blind_spot) if self.blind_spot else None,
+            CAMERA: self.camera,
         }
         env.update({k: v for k, v in pairs.items() if v})
         return env
@@ -389,6 +394,7 @@ class WorkerEnvironment(BaseModel):
                 replay_index=env.get(REPLAY_INDEX) or None,
                 earlier_test_urls=earlier,
                 blind_spot=parse_blind_spot(env.get(BLIND_SPOT) or ""),
+                camera=env.get(CAMERA) or None,
                 parameters={p.name: env[p.name] for p in PARAMETERS if p.name in env},
             )
         except ValidationError as exc:

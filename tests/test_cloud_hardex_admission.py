@@ -6,6 +6,8 @@ aside in its ``rejected`` folder."""
 from __future__ import annotations
 
 import hashlib
+import json
+from pathlib import Path
 
 import msgpack
 import numpy as np
@@ -15,7 +17,7 @@ from image_files import image_bytes
 from running_cloud import cloud
 from test_cloud_daemon import JOB, NODE, NS, setup_job, wait_for
 
-from cloud_manager.hardex_admission import HardexQuotas, Usage, admit
+from cloud_manager.hardex_admission import SHARE_FLOOR, HardexQuotas, Usage, admit, share_refusal
 from edge_agent.daemon import Agent
 from edgeloop.mqtt import MqttClient, MqttSettings
 from edgeloop.reliable import ReliableSender
@@ -153,3 +155,85 @@ async def test_an_agent_sets_aside_what_the_cloud_refuses_for_good(broker, tmp_p
     assert len(reasons) == 2 and all("ghost-ns/ghost-job-1 does not exist" in r for r in reasons)
     assert len(list(rejected.glob("*.msg"))) == 2
     assert not list((tmp_path / "agent" / "outbox").glob("*.msg"))
+
+
+# --- the share of one source (a node's camera) ------------------------------------------------
+
+
+def test_one_source_holds_at_most_its_share_of_the_examples_waiting_for_labels():
+    waiting = {"edge-1/busy": 20, "edge-1/quiet": 4}
+    refused = share_refusal("edge-1/busy", waiting, 0.5)
+    assert refused is not None and refused.cause == "source_share"
+    assert refused.refusal.temporary  # held by the node, sent again later
+    assert "edge-1/busy already holds 20 of the job's 24 hard examples waiting for labels" \
+        in refused.refusal.reason and "at most 50%" in refused.refusal.reason
+    assert share_refusal("edge-1/quiet", waiting, 0.5) is None  # the other camera gets in
+    assert share_refusal("edge-2", waiting, 0.5) is None  # so does a new source
+    even = {"edge-1/busy": 12, "edge-1/quiet": 12}
+    assert share_refusal("edge-1/busy", even, 0.5, floor=0) is None
+    assert share_refusal("edge-1/busy", {**even, "edge-1/busy": 13}, 0.5, floor=0) is not None
+    # never below an even split: with two sources, a cap of 30% is 50%
+    assert share_refusal("edge-1/busy", even, 0.3, floor=0) is None
+    # under the floor, the only source, or no cap: never held back
+    assert share_refusal("edge-1/busy", {"edge-1/busy": 19, "edge-1/quiet": 1}, 0.5) is None
+    assert share_refusal("edge-1/busy", {"edge-1/busy": 5000}, 0.5) is None
+    assert share_refusal("edge-1/busy", waiting, 1.0) is None
+    assert share_refusal("edge-1/busy", {"edge-1/busy": 3, "edge-1/quiet": 1}, 0.5, floor=2) \
+        is not None
+
+
+def test_max_source_share_is_a_checked_manifest_extension():
+    from test_cloud_daemon import seed_manifests
+
+    from protocol.manifests import DEFAULT_MAX_SOURCE_SHARE, IncrementalLearningJob
+
+    [job] = [json.loads(t) for t in seed_manifests(Path("/tmp/x"))
+             if json.loads(t)["kind"] == "IncrementalLearningJob"]
+    assert IncrementalLearningJob.model_validate(job).spec.deploy_spec.source_share() == \
+        DEFAULT_MAX_SOURCE_SHARE == 0.5
+    job["spec"]["deploySpec"]["maxSourceShare"] = 0.3
+    assert IncrementalLearningJob.model_validate(job).spec.deploy_spec.source_share() == 0.3
+    for bad in (0, 1.5):
+        job["spec"]["deploySpec"]["maxSourceShare"] = bad
+        with pytest.raises(ValueError, match="maxSourceShare"):
+            IncrementalLearningJob.model_validate(job)
+
+
+def camera_example(seed: int, camera: str) -> HardExample:
+    image = image_bytes(seed)
+    return HardExample(node=NODE, job=JOB_REF, sha256=hashlib.sha256(image).hexdigest(),
+                       image=image, image_format="png",
+                       sidecar=HardExampleSidecar(frame_index=seed, mining="IBT", camera=camera))
+
+
+async def test_a_busy_camera_waits_for_labels_while_a_quiet_one_gets_in(broker, tmp_path):
+    """The seed's job (default maxSourceShare 0.5): a quiet camera's 3 examples and a busy
+    camera's 25 over the broker. The busy camera gets in up to the floor, then waits (held by
+    its node); once 10 of its examples are labelled, the held ones get in. None is lost."""
+    async with cloud(broker.url, tmp_path / "state") as daemon:
+        await setup_job(broker.url, tmp_path)
+        inbox = daemon.manager.inbox
+        assert inbox is not None
+        settings = MqttSettings(url=broker.url, client_id=NODE, backoff_max=0.5)
+        async with MqttClient(settings) as client:
+            # the pump wakes every resend_after / 2: a held example goes again within 1 s
+            sender = ReliableSender(client, topics.ack(NODE), resend_after=2.0,
+                                    retry_refused_after=0.5)
+            async with sender:
+                await client.wait_connected(10)
+                quiet = [camera_example(100 + i, "quiet") for i in range(3)]
+                busy = [camera_example(200 + i, "busy") for i in range(25)]
+                for message in quiet:
+                    await sender.send(topics.hardex(NODE), message)
+                await wait_for(lambda: sender.stats.acked == 3, "the quiet camera's examples")
+                for message in busy:
+                    await sender.send(topics.hardex(NODE), message)
+                await wait_for(lambda: sender.stats.acked == 3 + SHARE_FLOOR
+                               and sender.stats.refused_temporary >= 5, "the busy camera held")
+                assert inbox.waiting_by_source(JOB_REF) == {f"{NODE}/quiet": 3,
+                                                            f"{NODE}/busy": SHARE_FLOOR}
+                for message in busy[:10]:  # labelled, as label import marks them
+                    assert inbox.mark_labelled(JOB_REF, message.sha256, "ns/ds", 0.0)
+                await wait_for(lambda: sender.stats.acked == 28, "the held examples admitted")
+        assert inbox.count(JOB_REF) == 28
+        assert daemon.admission is not None and daemon.admission.refused["source_share"] >= 5

@@ -41,7 +41,7 @@ from workers.hardex_store import JPEG_QUALITY, HardExampleStore
 from workers.hotswap import ModelSlot, SwapOutcome
 from workers.mining import Detections, Miner
 from workers.shadow import ShadowComparison
-from workers.video import Frame, VideoSource
+from workers.video import Frame, VideoSource, check_source
 
 log = logging.getLogger("edgeloop.inference")
 
@@ -143,6 +143,7 @@ class InferenceLoop:
         blind_spot: BlindSpotMonitor | None = None,
         shadow: ShadowComparison | None = None,
         capture: Capture | None = None,
+        camera: str = "",
     ):
         self.slot = slot
         self.source = source
@@ -156,6 +157,7 @@ class InferenceLoop:
         self.blind_spot = blind_spot
         self.shadow = shadow
         self.capture = capture
+        self.camera = camera  # the agent's name for the stream (EDGELOOP_CAMERA), for sidecars
         self.stats = LoopStats(frame_times=[] if record_times else None)
 
     def stop(self) -> None:
@@ -286,6 +288,7 @@ class InferenceLoop:
             frame_index=frame.index,
             time=frame.timestamp,
             source=self.source.url,
+            camera=self.camera,
             mining=repr(self.miner) if self.miner is not None else "",
             mining_reason=reason,
             width=w,
@@ -355,6 +358,7 @@ def run_inference(params: sdk.Parameters, session: sdk.WorkerSession) -> dict[st
     video_url = params.get("video_url")
     if not video_url:
         raise sdk.ParameterError("video_url is required (rtsp:// URL, video file or camera index)")
+    check_source(video_url)
     class_names = params.class_names
     settings = DecodeSettings(params.obj_threshold, params.nms_threshold)
     threads = params.threads or inference_threads()
@@ -414,6 +418,7 @@ def run_inference(params: sdk.Parameters, session: sdk.WorkerSession) -> dict[st
         blind_spot=blind_spot,
         shadow=(shadow := ShadowComparison()),
         capture=capture,
+        camera=env.camera or "",
     )
 
     def on_swap(message: wc.Swap) -> None:

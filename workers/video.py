@@ -50,6 +50,14 @@ def parse_source(url: str) -> str | int:
     return int(text) if text.isdigit() else text
 
 
+def check_source(url: str) -> None:
+    """Fail at once on a source that cannot be there (an empty URL, a missing file), before
+    anything slow (loading the model) runs."""
+    source = parse_source(url)
+    if isinstance(source, str) and not is_stream(source) and not Path(source).is_file():
+        raise VideoSourceError(f"video file {source} does not exist")
+
+
 def is_stream(source: str | int) -> bool:
     return isinstance(source, str) and "://" in source
 
