@@ -155,6 +155,9 @@ class AgentConfig(BaseModel):
     live_view_port: int | None = Field(default=8080, ge=0, le=65535)
     #: Address the live-view page listens on (0.0.0.0 to reach it from other machines)
     live_view_host: str = "127.0.0.1"
+    #: The live view's address as people reach it (a proxy, the machine's public name); the
+    #: node reports it and the console's fleet page links to it. Default: where it listens
+    live_view_url: str | None = Field(default=None, pattern=r"^https?://")
     #: Frames per second sent to the live view, per inference worker
     live_view_max_fps: float = Field(default=5.0, gt=0, le=30)
     #: Messages per second the node's topics may bring in; more are turned away and counted

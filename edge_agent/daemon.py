@@ -291,6 +291,8 @@ class Agent:
             return
         try:
             await self.live_view.__aenter__()
+            # in every status from the first: the console links a node to its page
+            self.identity.capabilities["live_view"] = self.config.live_view_url or self.live_view.url
         except OSError as exc:
             log.error(
                 "live view off: cannot listen on %s:%s: %s",
