@@ -71,8 +71,16 @@ def make_data(work: Path, base_images: int, round_images: int, test_images: int)
 
 
 def run_worker(script: str, env: dict[str, str], log: Path) -> tuple[dict, float]:
-    """Run a boot file as the agent would; returns (result, wall seconds)."""
+    """Run a boot file as the agent would; returns (result, wall seconds).
+
+    A training step whose model and result a previous run of the same work folder left is not
+    run again (an interrupted benchmark resumes where it stopped)."""
     result_path = log.with_suffix(".result.json")
+    model_dir = env.get(contract.MODEL_URL)
+    if script == "train.py" and model_dir and (Path(model_dir) / "model.tflite").is_file():
+        if result_path.is_file():
+            done = json.loads(result_path.read_text())
+            return done, float(done.get("wall_s", done.get("duration_s", 0.0)))
     full = {k: v for k, v in os.environ.items() if k not in contract.LOCATION_VARIABLES}
     full |= {
         contract.RESULT: str(result_path),
@@ -89,6 +97,8 @@ def run_worker(script: str, env: dict[str, str], log: Path) -> tuple[dict, float
     result = json.loads(result_path.read_text()) if result_path.exists() else {}
     if code != 0:
         raise SystemExit(f"{script} failed ({code}): {result.get('error')}; see {log}")
+    if script == "train.py":
+        result_path.write_text(json.dumps(result | {"wall_s": seconds}))
     return result, seconds
 
 
@@ -185,11 +195,11 @@ def spread(values: list[float]) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--base-images", type=int, default=600)
-    parser.add_argument("--round-images", type=int, default=200)
-    parser.add_argument("--test-images", type=int, default=200)
-    parser.add_argument("--base-epochs", type=int, default=12)
-    parser.add_argument("--round-epochs", type=int, default=8)
+    parser.add_argument("--base-images", type=int, default=400)
+    parser.add_argument("--round-images", type=int, default=150)
+    parser.add_argument("--test-images", type=int, default=150)
+    parser.add_argument("--base-epochs", type=int, default=10)
+    parser.add_argument("--round-epochs", type=int, default=5)
     parser.add_argument("--input-shape", default="192,320")
     parser.add_argument("--backbone", default=None, help="worker parameter (default: the worker's)")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run (minutes)")
