@@ -253,21 +253,61 @@ def deploy_cost(model, backbone: str, calibration, video: Path, work: Path, labe
     }
 
 
+def table(report: dict, sizes: list[int]) -> list[tuple]:
+    """Print the comparison, one column per backbone; returns its lines."""
+    labels = list(report["backbones"])
+    lines = [("line", *labels)]
+    for n in sizes:
+        lines.append((f"day mAP@0.5, {n} images", *(f"{report['backbones'][b]['day_map50'][str(n)]:.3f}" for b in labels)))
+    get = lambda f: [f(report["backbones"][b]) for b in labels]  # noqa: E731
+    fmt = lambda v, spec=".3f": "-" if v is None else format(v, spec)  # noqa: E731
+    lines += [
+        ("night round: night precision gained", *(fmt(v, "+.3f") for v in get(lambda r: r["round"]["night_precision_gain"]))),
+        ("night round: day mAP@0.5 lost", *(fmt(v, "+.3f") for v in get(lambda r: r["round"]["day_map50_lost"]))),
+        ("fog (never trained): precision", *(fmt(v) for v in get(lambda r: r["base"]["fog"]["precision"]))),
+        ("fog (never trained): mAP@0.5", *(fmt(v) for v in get(lambda r: r["base"]["fog"]["map50"]))),
+        ("real photos: person recall", *(f"{fmt(r['photos']['person_recall'], '.2f')} of {r['photos']['person_instances']}" for r in report["backbones"].values())),
+        ("real photos: boxes per image without people", *(fmt(v, ".2f") for v in get(lambda r: r["photos"]["boxes_per_image_without_people"]))),
+        ("int8 - float day mAP@0.5", *(fmt(v, "+.3f") for v in get(lambda r: r["int8_minus_float_map50"]))),
+        ("training images/s", *(fmt(v, ".1f") for v in get(lambda r: r["train_images_per_s"]))),
+        ("round time (s)", *(fmt(v, ".0f") for v in get(lambda r: r["round_s"]))),
+        ("int8 ms per frame, 352x640", *(fmt(v, ".1f") for v in get(lambda r: r["deploy"]["int8_ms"]))),
+        ("end-to-end FPS, 720p, int8", *(fmt(v, ".0f") for v in get(lambda r: r["deploy"]["fps_720p"]))),
+        ("model size int8 (KiB) / parameters", *(f"{r['deploy']['size_kib']:.0f} / {r['deploy']['params']:,}" for r in report["backbones"].values())),
+    ]
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(lines[0]))]
+    print()
+    for line in lines:
+        print("  ".join(str(c).ljust(w) for c, w in zip(line, widths)))
+    return lines
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=150, help="optimizer steps per training run")
-    parser.add_argument("--round-steps", type=int, default=60)
+    parser.add_argument("--steps", type=int, default=120, help="optimizer steps per training run")
+    parser.add_argument("--round-steps", type=int, default=50)
     parser.add_argument("--sizes", default="100,300,1000")
-    parser.add_argument("--test-images", type=int, default=150)
-    parser.add_argument("--round-images", type=int, default=150)
+    parser.add_argument("--test-images", type=int, default=100)
+    parser.add_argument("--round-images", type=int, default=100)
     parser.add_argument("--input-shape", default="192,320")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run")
+    parser.add_argument("--only", default=None, help="run one backbone (label), e.g. to run two side by side")
+    parser.add_argument(
+        "--merge", nargs="*", default=[], help="JSON files of other --only runs to tabulate with this one"
+    )
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "edgeloop-backbones")
     parser.add_argument("--out", type=Path, default=RESULTS / "backbones.json")
     args = parser.parse_args()
     if args.quick:
         args.steps, args.round_steps, args.sizes = 3, 2, "16,32"
         args.test_images, args.round_images, args.input_shape = 8, 16, "96,160"
+
+    if args.only == "none":  # tabulate earlier --only runs
+        report = {"backbones": {}}
+        for extra in args.merge:
+            report["backbones"] |= json.loads(Path(extra).read_text())["backbones"]
+        table(report, [int(s) for s in args.sizes.split(",")])
+        return 0
 
     from bench.inference import make_video
     from workers.detector import DetectorSpec, build_detector, parse_input_shape
@@ -306,6 +346,8 @@ def main() -> int:
     report: dict = {"benchmark": "backbones", "settings": {k: str(v) for k, v in vars(args).items()},
                     "photos": [str(p) for p, _ in photos], "backbones": {}}
     for label, backbone, weights in backbones_to_run():
+        if args.only and label != args.only:
+            continue
         row: dict = {"backbone": backbone, "weights": weights, "day_map50": {}}
         lr = LR_FROM_SCRATCH if backbone == "scratch" else LR_FROM_PRETRAINED
         model = None
@@ -313,9 +355,9 @@ def main() -> int:
             model = build_detector(spec, seed=0, backbone=backbone)
             copy_trunk_weights(model, weights) if backbone != "scratch" else None
             cost = train_model(model, day_train[:n], input_hw, args.steps, lr)
-            row["day_map50"][n] = score(model, tests["day"], work, f"{label}-{n}")["map50"]
+            row["day_map50"][str(n)] = score(model, tests["day"], work, f"{label}-{n}")["map50"]
             row["train_images_per_s"] = cost["images_per_s"]
-            print(f"  {label}: {n} images -> day mAP@0.5 {row['day_map50'][n]:.3f} "
+            print(f"  {label}: {n} images -> day mAP@0.5 {row['day_map50'][str(n)]:.3f} "
                   f"({cost['images_per_s']:.1f} img/s)", flush=True)
         assert model is not None
         base = {d: score(model, tests[d], work, f"{label}-base") for d in tests}
@@ -350,36 +392,16 @@ def main() -> int:
         print(f"  {label}: round {row['round']}", flush=True)
         report["backbones"][label] = row
 
-    labels = list(report["backbones"])
-    lines = [("line", *labels)]
-    for n in sizes:
-        lines.append((f"day mAP@0.5, {n} images", *(f"{report['backbones'][b]['day_map50'][n]:.3f}" for b in labels)))
-    get = lambda f: [f(report["backbones"][b]) for b in labels]  # noqa: E731
-    fmt = lambda v, spec=".3f": "-" if v is None else format(v, spec)  # noqa: E731
-    lines += [
-        ("night round: night precision gained", *(fmt(v, "+.3f") for v in get(lambda r: r["round"]["night_precision_gain"]))),
-        ("night round: day mAP@0.5 lost", *(fmt(v, "+.3f") for v in get(lambda r: r["round"]["day_map50_lost"]))),
-        ("fog (never trained): precision", *(fmt(v) for v in get(lambda r: r["base"]["fog"]["precision"]))),
-        ("fog (never trained): mAP@0.5", *(fmt(v) for v in get(lambda r: r["base"]["fog"]["map50"]))),
-        ("real photos: person recall", *(f"{fmt(r['photos']['person_recall'], '.2f')} of {r['photos']['person_instances']}" for r in report["backbones"].values())),
-        ("real photos: boxes per image without people", *(fmt(v, ".2f") for v in get(lambda r: r["photos"]["boxes_per_image_without_people"]))),
-        ("int8 - float day mAP@0.5", *(fmt(v, "+.3f") for v in get(lambda r: r["int8_minus_float_map50"]))),
-        ("training images/s", *(fmt(v, ".1f") for v in get(lambda r: r["train_images_per_s"]))),
-        ("round time (s)", *(fmt(v, ".0f") for v in get(lambda r: r["round_s"]))),
-        ("int8 ms per frame, 352x640", *(fmt(v, ".1f") for v in get(lambda r: r["deploy"]["int8_ms"]))),
-        ("end-to-end FPS, 720p, int8", *(fmt(v, ".0f") for v in get(lambda r: r["deploy"]["fps_720p"]))),
-        ("model size int8 (KiB) / parameters", *(f"{r['deploy']['size_kib']:.0f} / {r['deploy']['params']:,}" for r in report["backbones"].values())),
-    ]
-    report["table"] = lines
-    widths = [max(len(str(line[i])) for line in lines) for i in range(len(lines[0]))]
-    print()
-    for line in lines:
-        print("  ".join(str(c).ljust(w) for c, w in zip(line, widths)))
+    if args.merge:
+        for extra in args.merge:
+            report["backbones"] |= json.loads(Path(extra).read_text())["backbones"]
     report["wall_s"] = time.monotonic() - started
     print(f"\ntotal {report['wall_s'] / 60:.1f} min; goal {GOAL_FPS:.0f} FPS end to end")
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(report, indent=2, default=str))
     print(f"wrote {args.out}")
+    report["table"] = table(report, sizes)
+    args.out.write_text(json.dumps(report, indent=2, default=str))
     return 0
 
 

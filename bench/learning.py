@@ -21,8 +21,8 @@ often a replay round misses the deploy gate (precision on the round's domain up 
 
     .venv/bin/python bench/learning.py [--seeds 0,1,2] [--quick] [--work DIR]
 
-Default budget: about 35-45 minutes on 2 shared cores (input 192x320, 600 day images, 200 per
-round); ``--quick`` is a smoke run of a few minutes. Writes bench/results/learning.json.
+Default budget: under an hour on 2 busy shared cores (input 192x320, 300 day images, 100 per
+round, the three seeds side by side); ``--quick`` is a smoke run of a few minutes. Writes bench/results/learning.json.
 """
 
 from __future__ import annotations
@@ -195,11 +195,14 @@ def spread(values: list[float]) -> dict:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--base-images", type=int, default=400)
-    parser.add_argument("--round-images", type=int, default=150)
-    parser.add_argument("--test-images", type=int, default=150)
-    parser.add_argument("--base-epochs", type=int, default=10)
+    parser.add_argument("--base-images", type=int, default=300)
+    parser.add_argument("--round-images", type=int, default=100)
+    parser.add_argument("--test-images", type=int, default=100)
+    parser.add_argument("--base-epochs", type=int, default=8)
     parser.add_argument("--round-epochs", type=int, default=5)
+    parser.add_argument(
+        "--jobs", type=int, default=3, help="seeds trained side by side (each a chain of steps)"
+    )
     parser.add_argument("--input-shape", default="192,320")
     parser.add_argument("--backbone", default=None, help="worker parameter (default: the worker's)")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run (minutes)")
@@ -223,13 +226,21 @@ def main() -> int:
         "input_shape": args.input_shape,
         "batch_size": "16",
         "train_crop": "0",  # whole images: the input is already small
+        # fp32 files: the comparison is about learning, and an int8 calibration per model would
+        # double the export time (docs/workers.md measures int8 against fp32 separately).
+        "export_precision": "fp32",
     }
     if args.backbone:
         common["backbone"] = args.backbone
 
-    trained = {}
-    for seed in seeds:
-        trained[seed] = train_seed(args, seed, data, common, models_dir, logs)
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:  # each seed's steps are subprocesses
+        futures = {
+            seed: pool.submit(train_seed, args, seed, data, common, models_dir, logs)
+            for seed in seeds
+        }
+        trained = {seed: future.result() for seed, future in futures.items()}
 
     # One eval worker per held-out set, every model of every seed at once.
     models = {
