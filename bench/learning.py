@@ -130,11 +130,10 @@ def concat_indexes(indexes: list[Path], out: Path) -> Path:
     return out
 
 
-def train_seed(args, seed: int, data: dict, common: dict, models_dir: Path, logs: Path) -> dict:
-    """Base model and both rounds of both trained variants for one seed; returns model paths."""
-    timings: dict[str, float] = {}
+def train_base(args, seed: int, data: dict, common: dict, models_dir: Path, logs: Path) -> dict:
+    """The base model of one seed; returns its path and wall time."""
     base_dir = models_dir / f"s{seed}-base"
-    _, timings["base"] = run_worker(
+    _, seconds = run_worker(
         "train.py",
         common
         | {
@@ -145,33 +144,40 @@ def train_seed(args, seed: int, data: dict, common: dict, models_dir: Path, logs
         },
         logs / f"train-s{seed}-base.log",
     )
-    print(f"  seed {seed}: base in {timings['base'] / 60:.1f} min", flush=True)
-    paths = {("base", "no-update"): base_dir / "model.tflite"}
-    for variant, ratio in (("replay", "1.0"), ("no-replay", "0")):
-        previous = base_dir
-        earlier = [data["day-train"]]
-        for domain in ROUNDS:
-            out = models_dir / f"s{seed}-{domain}-{variant}"
-            replay = concat_indexes(earlier, models_dir / f"s{seed}-{domain}-replay-index.txt")
-            _, seconds = run_worker(
-                "train.py",
-                common
-                | {
-                    "epochs": str(args.round_epochs),
-                    "seed": str(seed),
-                    "replay_ratio": ratio,
-                    contract.BASE_MODEL_URL: str(previous / "model.keras"),
-                    contract.TRAIN_DATASET_URL: str(data[f"{domain}-train"]),
-                    contract.REPLAY_INDEX: str(replay),
-                    contract.MODEL_URL: str(out),
-                },
-                logs / f"train-s{seed}-{domain}-{variant}.log",
-            )
-            timings[f"{domain}-{variant}"] = seconds
-            print(f"  seed {seed}: {domain} round, {variant}: {seconds / 60:.1f} min", flush=True)
-            paths[(domain, variant)] = out / "model.tflite"
-            earlier.append(data[f"{domain}-train"])
-            previous = out
+    print(f"  seed {seed}: base in {seconds / 60:.1f} min", flush=True)
+    return {"dir": base_dir, "seconds": seconds}
+
+
+def train_rounds(
+    args, seed: int, variant: str, data: dict, common: dict, models_dir: Path, logs: Path
+) -> dict:
+    """Both rounds of one trained variant, each from the model before it."""
+    ratio = "1.0" if variant == "replay" else "0"
+    previous = models_dir / f"s{seed}-base"
+    earlier = [data["day-train"]]
+    paths, timings = {}, {}
+    for domain in ROUNDS:
+        out = models_dir / f"s{seed}-{domain}-{variant}"
+        replay = concat_indexes(earlier, models_dir / f"s{seed}-{domain}-{variant}-replay.txt")
+        _, seconds = run_worker(
+            "train.py",
+            common
+            | {
+                "epochs": str(args.round_epochs),
+                "seed": str(seed),
+                "replay_ratio": ratio,
+                contract.BASE_MODEL_URL: str(previous / "model.keras"),
+                contract.TRAIN_DATASET_URL: str(data[f"{domain}-train"]),
+                contract.REPLAY_INDEX: str(replay),
+                contract.MODEL_URL: str(out),
+            },
+            logs / f"train-s{seed}-{domain}-{variant}.log",
+        )
+        timings[f"{domain}-{variant}"] = seconds
+        print(f"  seed {seed}: {domain} round, {variant}: {seconds / 60:.1f} min", flush=True)
+        paths[(domain, variant)] = out / "model.tflite"
+        earlier.append(data[f"{domain}-train"])
+        previous = out
     return {"paths": paths, "timings": timings}
 
 
@@ -201,7 +207,7 @@ def main() -> int:
     parser.add_argument("--base-epochs", type=int, default=8)
     parser.add_argument("--round-epochs", type=int, default=5)
     parser.add_argument(
-        "--jobs", type=int, default=3, help="seeds trained side by side (each a chain of steps)"
+        "--jobs", type=int, default=6, help="chains of training steps run side by side"
     )
     parser.add_argument("--input-shape", default="192,320")
     parser.add_argument("--backbone", default=None, help="worker parameter (default: the worker's)")
@@ -235,12 +241,28 @@ def main() -> int:
 
     from concurrent.futures import ThreadPoolExecutor
 
-    with ThreadPoolExecutor(max(1, args.jobs)) as pool:  # each seed's steps are subprocesses
-        futures = {
-            seed: pool.submit(train_seed, args, seed, data, common, models_dir, logs)
-            for seed in seeds
+    # Each chain of steps is a sequence of subprocesses; chains run side by side: first the
+    # seeds' base models, then the (seed, variant) chains of rounds.
+    with ThreadPoolExecutor(max(1, args.jobs)) as pool:
+        bases = dict(
+            zip(seeds, pool.map(lambda s: train_base(args, s, data, common, models_dir, logs), seeds))
+        )
+        chains = [(s, v) for s in seeds for v in ("replay", "no-replay")]
+        done = list(
+            pool.map(
+                lambda sv: train_rounds(args, sv[0], sv[1], data, common, models_dir, logs), chains
+            )
+        )
+    trained: dict[int, dict] = {
+        s: {
+            "paths": {("base", "no-update"): bases[s]["dir"] / "model.tflite"},
+            "timings": {"base": bases[s]["seconds"]},
         }
-        trained = {seed: future.result() for seed, future in futures.items()}
+        for s in seeds
+    }
+    for (seed, _), chain in zip(chains, done):
+        trained[seed]["paths"] |= chain["paths"]
+        trained[seed]["timings"] |= chain["timings"]
 
     # One eval worker per held-out set, every model of every seed at once.
     models = {
