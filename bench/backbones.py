@@ -257,10 +257,15 @@ def table(report: dict, sizes: list[int]) -> list[tuple]:
     """Print the comparison, one column per backbone; returns its lines."""
     labels = list(report["backbones"])
     lines = [("line", *labels)]
-    for n in sizes:
-        lines.append((f"day mAP@0.5, {n} images", *(f"{report['backbones'][b]['day_map50'][str(n)]:.3f}" for b in labels)))
-    get = lambda f: [f(report["backbones"][b]) for b in labels]  # noqa: E731
     fmt = lambda v, spec=".3f": "-" if v is None else format(v, spec)  # noqa: E731
+    for n in sizes:
+        lines.append(
+            (
+                f"day mAP@0.5, {n} images",
+                *(fmt(report["backbones"][b]["day_map50"].get(str(n))) for b in labels),
+            )
+        )
+    get = lambda f: [f(report["backbones"][b]) for b in labels]  # noqa: E731
     lines += [
         ("night round: night precision gained", *(fmt(v, "+.3f") for v in get(lambda r: r["round"]["night_precision_gain"]))),
         ("night round: day mAP@0.5 lost", *(fmt(v, "+.3f") for v in get(lambda r: r["round"]["day_map50_lost"]))),
