@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -177,6 +178,8 @@ class Store:
         self.epoch: int | None = None
         #: transactions end without their commit, left to :meth:`commit_pending`
         self._defer = False
+        #: held while :meth:`commit_pending` runs (in a worker thread): :meth:`close` waits
+        self._committing = threading.Lock()
         #: a transaction that ended waits for :meth:`commit_pending`
         self._uncommitted = False
 
@@ -186,7 +189,8 @@ class Store:
         return int(row["value"])
 
     def close(self) -> None:
-        self.db.close()
+        with self._committing:  # a commit running in a worker thread ends first
+            self.db.close()
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -246,6 +250,10 @@ class Store:
         fails it is rolled back and the error raised (nothing of it stays)."""
         if not self._uncommitted:
             return
+        with self._committing:
+            self._commit_now()
+
+    def _commit_now(self) -> None:
         try:
             self.db.execute("COMMIT")
         except BaseException:
