@@ -51,6 +51,7 @@ from edge_agent.launchers import (
     BUILTIN_LAUNCHERS,
     LauncherError,
     WorkerLauncher,
+    check_launcher_class,
     check_template,
     make_launcher,
 )
@@ -286,7 +287,8 @@ def load_config(file: Path | None, overrides: dict[str, object]) -> AgentConfig:
     except ValidationError as exc:
         raise ConfigError(where + describe_validation_error(exc)) from None
     try:  # a launcher class that cannot be loaded is a setting error, said before starting
-        settings.make_launcher()
+        if settings.launcher not in BUILTIN_LAUNCHERS:
+            check_launcher_class(settings.launcher, settings.launcher_options)
     except LauncherError as exc:
         raise ConfigError(where + str(exc)) from None
     return settings

@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import importlib
+import inspect
 import os
 import signal
 import sys
@@ -237,6 +238,18 @@ def make_launcher(
         return ProcessLauncher(python)
     if kind == "command":
         return CommandLauncher(command, python)
+    cls = check_launcher_class(kind, options)
+    try:
+        launcher: WorkerLauncher = cls(**dict(options or {}))
+    except TypeError as exc:
+        raise LauncherError(f"launcher {kind!r}: launcher_options do not fit: {exc}") from None
+    return launcher
+
+
+def check_launcher_class(kind: str, options: Mapping[str, Any] | None = None) -> type:
+    """The launcher class ``package.module:ClassName`` names, checked without building it (a
+    launcher may connect to a cluster when built): it loads, has ``start``, and takes
+    ``options`` as keyword arguments."""
     module_name, sep, class_name = kind.partition(":")
     if not sep or not module_name or not class_name:
         raise LauncherError(
@@ -247,11 +260,10 @@ def make_launcher(
         cls = getattr(importlib.import_module(module_name), class_name)
     except (ImportError, AttributeError) as exc:
         raise LauncherError(f"launcher: cannot load {kind!r}: {exc}") from None
+    if not isinstance(cls, type) or not callable(getattr(cls, "start", None)):
+        raise LauncherError(f"launcher {kind!r}: not a class with a start(spec) method")
     try:
-        launcher = cls(**dict(options or {}))
+        inspect.signature(cls).bind(**dict(options or {}))
     except TypeError as exc:
         raise LauncherError(f"launcher {kind!r}: launcher_options do not fit: {exc}") from None
-    if not callable(getattr(launcher, "start", None)):
-        raise LauncherError(f"launcher {kind!r}: has no start(spec) method")
-    return launcher
-
+    return cls

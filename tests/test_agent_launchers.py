@@ -78,6 +78,7 @@ def test_command_template_expands_the_command_and_the_task(tmp_path):
         ({"launcher": "kubernetes"}, "launcher"),
         ({"launcher": "no_such_module:Launcher"}, "cannot load 'no_such_module:Launcher'"),
         ({"launcher": "launcher_classes:RecordingLauncher"}, "launcher_options do not fit"),
+        ({"launcher": "launcher_classes:RemoteHandle"}, "not a class with a start(spec) method"),
     ],
 )
 def test_launcher_settings_are_checked_before_the_agent_starts(tmp_path, settings, complaint):
