@@ -476,7 +476,13 @@ class WorkerRunner:
             directory=run.directory,
             log_path=run.log_path,
         )
-        run.process = await self.launcher.start(spec)
+        try:
+            run.process = await self.launcher.start(spec)
+        except (LauncherError, OSError):
+            raise
+        except Exception as exc:  # a launcher class's own failure (a cluster API's error...)
+            log.exception("task %s: the launcher failed", run.worker_id)
+            raise LauncherError(f"the launcher failed: {type(exc).__name__}: {exc}") from exc
         run.started_at = time.monotonic()
         pid = run.process.pid
         if pid is not None:  # lets a restarted agent stop a worker it left behind

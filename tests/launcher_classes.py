@@ -55,3 +55,10 @@ class RecordingLauncher:
                 stderr=asyncio.subprocess.STDOUT,
             )
         return RemoteHandle(process)
+
+
+class FailingLauncher:
+    """A launcher whose cluster refuses every worker."""
+
+    async def start(self, spec: LaunchSpec) -> WorkerHandle:
+        raise RuntimeError(f"quota exceeded for {spec.worker_id}")

@@ -153,3 +153,19 @@ async def test_a_launcher_class_named_in_the_settings_runs_the_workers(broker, t
     assert "PATH" not in env  # the contract's variables only, none of the agent's own
     assert not (Path(launches[0]["directory"]) / PID_NAME).exists()  # no local process to record
     assert stopped.state == "Failed" and stopped.message == "stopped on request"
+
+
+@pytest.mark.broker
+async def test_a_failing_launcher_class_fails_the_task_with_its_error(broker, tmp_path, scripts):
+    config = load_config(None, {
+        "node": "edge-1", "broker": broker.url, "state_dir": str(tmp_path / "s"),
+        "live_view_port": 0, "launcher": "launcher_classes:FailingLauncher",
+    })
+    async with FakeCloud(broker.url) as cloud, Agent(config) as agent:
+        await agent.client.wait_connected(10)
+        await cloud.client.publish(topics.task("edge-1", "t1"), make_task(scripts, "ok.py"))
+        failed = (await cloud.wait_for(lambda: final(cloud, "t1")))[0]
+        assert agent.runner.running == {}  # nothing left behind; the agent goes on
+    assert failed.state == "Failed"
+    assert failed.message == ("cannot start the worker: the launcher failed: RuntimeError: "
+                              "quota exceeded for t1")
