@@ -184,6 +184,7 @@ class Agent:
             restart_policy=self.config.restart_policy,
             on_worker_exit=self._on_worker_exit,
             camera_parameters=self.config.camera_parameters(),
+            launcher=self.config.make_launcher(),
         )
 
     def _make_channel(self) -> WorkerChannel:
