@@ -32,11 +32,10 @@ from pathlib import Path
 
 import numpy as np
 
+from workers.detector import TRUNK_TAPS, backbone_of
+
 log = logging.getLogger(__name__)
 
-BACKBONES = ("scratch", "mobilenetv2")
-#: The trunk's last layer and the feature taps at strides 4, 8 and 16.
-TRUNK_TAPS = ("block_3_expand_relu", "block_6_expand_relu", "block_13_expand_relu")
 TRUNK_END = TRUNK_TAPS[-1]
 #: The first (RGB) convolution: its kernel is flipped to BGR when weights are copied in.
 FIRST_CONV = "Conv1"
@@ -318,8 +317,6 @@ FROZEN_THROUGH_BLOCK = 5
 def frozen_layers(model) -> tuple[str, ...]:
     """The layers of ``model`` to keep fixed in training: none for the scratch trunk, the early
     MobileNetV2 blocks (:data:`FROZEN_THROUGH_BLOCK`) for the pretrained one."""
-    from workers.detector import backbone_of
-
     if backbone_of(model) != "mobilenetv2":
         return ()
     early = re.compile(

@@ -113,8 +113,6 @@ def build_detector(spec: DetectorSpec, seed: int | None = None, backbone: str = 
     import keras
     from keras import layers
 
-    from workers.backbones import BACKBONES
-
     if backbone not in BACKBONES:
         raise ValueError(f"backbone {backbone!r}: expected one of {', '.join(BACKBONES)}")
     if seed is not None:
@@ -146,6 +144,10 @@ def build_detector(spec: DetectorSpec, seed: int | None = None, backbone: str = 
     return keras.Model(image, out, name=MODEL_NAMES[backbone])
 
 
+#: The trunks a detector can be built on (their weights: workers/backbones.py).
+BACKBONES = ("scratch", "mobilenetv2")
+#: MobileNetV2's layers the detector taps, at strides 4, 8 and 16 (the last ends the trunk).
+TRUNK_TAPS = ("block_3_expand_relu", "block_6_expand_relu", "block_13_expand_relu")
 #: Model name per backbone: how a loaded checkpoint tells which trunk it has.
 MODEL_NAMES = {"scratch": "edgeloop_centernet", "mobilenetv2": "edgeloop_centernet_mobilenetv2"}
 
@@ -222,8 +224,6 @@ def _mobilenetv2_trunk(image):
     (the BGR -> RGB flip lives in the first kernel, see workers/backbones.py)."""
     import keras
     from keras import layers
-
-    from workers.backbones import TRUNK_TAPS
 
     x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="scale")(image)
     trunk = keras.applications.MobileNetV2(

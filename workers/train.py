@@ -132,7 +132,7 @@ def train(params: sdk.Parameters, session: sdk.WorkerSession) -> dict[str, Any]:
     seed = params.int("seed")
     backbone = params.get("backbone") or "scratch"
     backbone_weights = params.get("backbone_weights") or None
-    from workers.backbones import BACKBONES
+    from workers.detector import BACKBONES
 
     if backbone not in BACKBONES:
         raise sdk.ParameterError(f"backbone={backbone!r}: expected one of {', '.join(BACKBONES)}")
