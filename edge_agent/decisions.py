@@ -20,8 +20,9 @@ What it decides:
   on a node with cameras, per camera (each its own worker, :mod:`edge_agent.cameras`), with its
   frame rate or why it serves nothing: the status's ``cameras``;
 - when the status is published again: the backlog, the served versions or the restarts changed,
-  at most every :data:`STATUS_MIN_INTERVAL_S`; the health of an inference worker (its FPS, its
-  shadow comparison, a model it refused) changed, at most every :data:`HEALTH_INTERVAL_S`;
+  or an inference worker's version, up or down, or a model it refused changed, at most every
+  :data:`STATUS_MIN_INTERVAL_S`; the rest of its health (its FPS, its shadow comparison)
+  changed, at most every :data:`HEALTH_INTERVAL_S`;
 - which final progress reports the cloud has not received yet: sent again at every connection.
 
 Some actions ask the daemon for a fact only it can learn, and it answers with an event:
@@ -660,7 +661,8 @@ def _together(by_worker: dict[str, TaskHealth]) -> dict[str, TaskHealth]:
             agreement=min(agreements) if agreements else None,
             compared=sum(h.compared for h in judged),
             shadow=any(h.shadow for h in judged),
-            error="; ".join(h.error for h in judged if h.error)[:1024],
+            # cameras refusing the same model say it once
+            error="; ".join(dict.fromkeys(h.error for h in judged if h.error))[:1024],
         )
     return out
 
@@ -675,16 +677,25 @@ def _health_news(now: dict[str, TaskHealth], last: dict[str, TaskHealth]) -> boo
     return gist(now) != gist(last)
 
 
+def _health_verdict(health: dict[str, TaskHealth]) -> dict[str, tuple[object, ...]]:
+    """What of the health a rollout decides on at once: the version, the worker up or down, a
+    model it refused. A swap refused on its first frame puts the served version back within the
+    two seconds between statuses, so the refusal would otherwise wait for the health interval."""
+    return {t: (h.version, h.up, h.error) for t, h in health.items()}
+
+
 def _status_due(s: NodeState, ctx: Context) -> list[Action]:
     """Publish again when what the status says changed, at most every 2 s (every 10 s when
     only a worker's health changed), when connected."""
     last = s.published
     if last is not None:
         since = ctx.now - last.at
+        health = _health(s, ctx)
         changed = (ctx.backlog, cameras.serving_by_task(s.serving), ctx.restarts(), ctx.uploads,
-                   _without_fps(_camera_statuses(s, ctx))) != (
-            last.backlog, last.serving, last.restarts, last.uploads, _without_fps(last.cameras))
+                   _without_fps(_camera_statuses(s, ctx)), _health_verdict(health)) != (
+            last.backlog, last.serving, last.restarts, last.uploads, _without_fps(last.cameras),
+            _health_verdict(last.health))
         if since < STATUS_MIN_INTERVAL_S or not changed and (
-                since < HEALTH_INTERVAL_S or not _health_news(_health(s, ctx), last.health)):
+                since < HEALTH_INTERVAL_S or not _health_news(health, last.health)):
             return []
     return [_publish_status(s, ctx)] if ctx.connected else []

@@ -339,6 +339,23 @@ def test_a_model_the_worker_refused_is_in_its_health_until_a_swap_succeeds():
     assert status is not None and status.health["inf"] == TaskHealth(version=3)
 
 
+def test_a_refused_model_is_published_within_two_seconds_though_the_version_is_back():
+    """A swap that fails on its first frame puts the served version back before the next
+    status: the refusal itself is what the rollout must hear, without the health interval."""
+    drv = Driver()
+    drv.run(task("inf", version=1))
+    drv.send(d.WorkerHello("inf", None))
+    assert drv.publish_status() is not None
+    drv.send(d.WorkerSwapped("inf", wc.Swapped(ok=True, version="2", previous="1")))
+    drv.send(d.WorkerSwapped("inf", wc.Swapped(ok=False, version="1",
+                                               error="model 2 failed on its first frame")))
+    drv.send(d.WorkerStats("inf", wc.Stats(model_version="1", frames=5, fps=9.0)))
+    assert drv.state.serving == {"inf": 1}
+    assert drv.publish_status(after=1.0) is None  # at most every two seconds still
+    status = drv.publish_status(after=d.STATUS_MIN_INTERVAL_S - 1.0)
+    assert status is not None and status.health["inf"].error == "model 2 failed on its first frame"
+
+
 def test_a_canary_task_asks_its_worker_for_the_shadow_comparison():
     drv = Driver()
     drv.run(task("inf", version=1))

@@ -316,3 +316,17 @@ def test_a_task_on_several_cameras_is_judged_on_the_cameras_that_serve():
             health.compared, health.hard_examples) == (2, True, 200, 12.5, 0.7, 20, 6)
     assert set(status.health) == {"inf"}
     assert status.cameras["inf"]["c"].error == "cannot open video source 'x'"
+
+
+def test_cameras_refusing_the_same_model_name_the_reason_once():
+    task = inference_task(1)
+    workers = {w: d.WorkerView(task, alive=True, restarts=0) for w in ("inf@a", "inf@b")}
+    ctx = d.Context(now=100.0, workers=workers)
+    state = d.NodeState("edge-1")
+    refused = wc.Swapped(ok=False, version="1", error="model 2 failed on its first frame")
+    for worker in workers:
+        state = d.handle(state, d.WorkerHello(worker, "1"), ctx).state
+        state = d.handle(state, d.WorkerSwapped(worker, refused), ctx).state
+    [status] = d.handle(state, d.Connected(), ctx).actions
+    assert isinstance(status, d.PublishStatus)
+    assert status.health["inf"].error == "model 2 failed on its first frame"
