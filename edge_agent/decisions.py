@@ -166,6 +166,15 @@ class ModelReady:
 
 
 @dataclass(frozen=True)
+class ModelUnavailable:
+    """The models of a start task could not be had (a download failed, the model check
+    discarded the file)."""
+
+    task: Task
+    reason: str
+
+
+@dataclass(frozen=True)
 class SwapSent:
     task: Task
     swap: wc.Swap
@@ -240,8 +249,8 @@ class StatusPublished:
 
 
 Event = (
-    ControlReceived | DesiredReceived | GenerationApplied | TaskReceived | ModelReady | SwapSent
-    | WorkerHello | WorkerStats | WorkerSwapped | WorkerExited | Recovered | ProgressReported
+    ControlReceived | DesiredReceived | GenerationApplied | TaskReceived | ModelReady
+    | ModelUnavailable | SwapSent | WorkerHello | WorkerStats | WorkerSwapped | WorkerExited | Recovered | ProgressReported
     | ProgressSent | Connected | StatusDue | StatusPublished
 )
 
@@ -281,6 +290,14 @@ class PrepareModels:
 
     task: Task
     from_desired: bool
+
+
+@dataclass(frozen=True)
+class FailTask:
+    """Report that ``task`` could not start (its models could not be had)."""
+
+    task: Task
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -362,8 +379,8 @@ class RecordGeneration:
 
 
 Action = (
-    QueueControl | ReportError | StopWorker | HandleTask | PrepareModels | EnsureRunning
-    | StartWorker | SendSwap | Retarget | CloseTask | PublishProgress | PublishStatus
+    QueueControl | ReportError | StopWorker | HandleTask | PrepareModels | FailTask
+    | EnsureRunning | StartWorker | SendSwap | Retarget | CloseTask | PublishProgress | PublishStatus
     | PublishSamples | RecordGeneration
 )
 
@@ -402,6 +419,8 @@ def _decide(s: NodeState, event: Event, ctx: Context) -> list[Action]:
             return [HandleTask(task) if task.action == "stop" else PrepareModels(task, False)]
         case ModelReady(task, model, from_desired):
             return _model_ready(s, task, model, from_desired, ctx)
+        case ModelUnavailable(task, reason):
+            return _model_unavailable(s, task, reason, ctx)
         case SwapSent(task, swap, delivered, _camera):
             return _swap_sent(task, swap.version, delivered)
         case WorkerHello() | WorkerStats() | WorkerSwapped() | WorkerExited():
@@ -528,6 +547,18 @@ def _worker(
             if cameras.camera_of(task_id) is not None:
                 s.camera_errors[task_id] = reason or "its worker exited"
     return []
+
+
+def _model_unavailable(s: NodeState, task: Task, reason: str, ctx: Context) -> list[Action]:
+    """A new version for inference workers that run: they serve the old one on, and the
+    version's refusal goes into their health as a model they refused would, so a rollout
+    hears of it at once. Anything else could not start: the task fails."""
+    running = [w for w in cameras.workers_of(task.task_id, ctx.workers) if ctx.workers[w].alive]
+    if task.role != "inference" or not running:
+        return [FailTask(task, reason)]
+    for worker in running:
+        s.swap_errors[worker] = reason[:1024]
+    return [ReportError("model_unavailable", reason, task.task_id)]
 
 
 def _note_serving(s: NodeState, task_id: str, version: str | None, ctx: Context) -> None:
