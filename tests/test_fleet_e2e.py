@@ -33,6 +33,8 @@ from test_cloud_daemon import DATASET, JOB, NS, job_state, seed_manifests, wait_
 from test_loop_integration import EVAL_PY, append_samples
 from test_real_workers_loop import CLASS_NAMES, INPUT_SHAPE, SCRIPTS
 
+from model_files import truncated
+
 from cloud_manager.task_builder import task_id
 from edge_agent.daemon import Agent
 
@@ -107,6 +109,7 @@ def prepare_code(tmp_path: Path) -> tuple[Path, Path]:
     shutil.copyfile(initial, code / "models" / "1.tflite")  # good: the same detections
     detector_tflite(code / "models" / "2.tflite", -30.0)  # collapse: no detections at all
     unreadable_tflite(code / "models" / "3.tflite")
+    (code / "models" / "4.tflite").write_bytes(truncated(initial.read_bytes()))
     return code, initial
 
 
@@ -241,9 +244,20 @@ async def test_real_workers_a_good_version_reaches_four_cameras_bad_ones_stop_at
         await until(lambda: camera_versions() == dict.fromkeys(four, 1),
                     "edge1's cameras serve version 1 again")
 
+        # v4: a corrupt file; the agent's model check discards it before any worker sees it
+        append_samples(data, 30, 10)
+        await until(lambda: 4 in job_state(daemon).failed_versions, "version 4 fails")
+        reason = job_state(daemon).failed_versions[4]
+        assert reason.startswith("node edge1 could not load model version 4: model not "
+                                 "available: "), reason
+        assert "was discarded: LiteRT cannot load it" in reason
+        assert camera_versions() == dict.fromkeys(four, 1)
+        assert not (version_dir(tmp_path, "edge1", 4) / "model.tflite").exists()
+
         # the rest of the fleet never received either
         for version in (2, 3):
-            assert version_dir(tmp_path, "edge1", version).exists()
+            assert (version_dir(tmp_path, "edge1", version) / "model.tflite").exists()
+        for version in (2, 3, 4):
             for node in ("edge2", "edge3"):
                 assert not version_dir(tmp_path, node, version).exists()
         for node in edges.values():
@@ -252,6 +266,7 @@ async def test_real_workers_a_good_version_reaches_four_cameras_bad_ones_stop_at
         rows = {r["version"]: r["rollout"] for r in described.data["versions"]}
         assert rows[1] == "" and rows[2].startswith("canary node edge1: agreement")
         assert rows[3].startswith("node edge1 could not load model version 3")
+        assert rows[4].startswith("node edge1 could not load model version 4")
         assert described.data["rollout"]["phase"] == "Failed"
         observe()
         print("\nrollout timeline (seconds since the agents started):\n" + timeline.text())
