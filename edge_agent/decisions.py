@@ -81,6 +81,8 @@ class NodeState:
     #: workers that reported frames served (with the initial model too) and have not exited
     #: since: a worker's hello comes before its video source opens, its stats after
     greeted: frozenset[str] = frozenset()
+    #: camera workers that ever reported frames: only their restarts are crashes of the task
+    served_once: frozenset[str] = frozenset()
     #: camera worker id -> why it serves nothing (it exited: its camera does not open, ...)
     camera_errors: dict[str, str] = field(default_factory=dict)
     #: inference worker id -> why the last model it was given would not load
@@ -569,6 +571,7 @@ def _note_serving(s: NodeState, task_id: str, version: str | None, ctx: Context)
 def _greeted(s: NodeState, worker: str, ctx: Context) -> None:
     if worker in ctx.workers:
         s.greeted |= {worker}
+        s.served_once |= {worker}
         s.camera_errors.pop(worker, None)
 
 
@@ -617,8 +620,21 @@ def _connected(s: NodeState, ctx: Context) -> list[Action]:
 
 
 def _publish_status(s: NodeState, ctx: Context) -> PublishStatus:
-    return PublishStatus(ctx.backlog, cameras.serving_by_task(s.serving), ctx.restarts(),
+    return PublishStatus(ctx.backlog, cameras.serving_by_task(s.serving), _restarts(s, ctx),
                          _health(s, ctx), ctx.uploads, _camera_statuses(s, ctx))
+
+
+def _restarts(s: NodeState, ctx: Context) -> dict[str, int]:
+    """Worker restarts per task, as the status's ``worker_restarts`` says them (the cloud reads
+    a task's crashes there): on a node with cameras, the sum over the cameras that have served
+    frames, so a camera that never opened does not count as a crashing model."""
+    out: dict[str, int] = {}
+    for worker, restarts in ctx.restarts().items():
+        if cameras.camera_of(worker) is not None and worker not in s.served_once:
+            continue
+        task = cameras.task_of(worker)
+        out[task] = out.get(task, 0) + restarts
+    return out
 
 
 def _camera_statuses(s: NodeState, ctx: Context) -> dict[str, dict[str, CameraStatus]]:
@@ -722,7 +738,7 @@ def _status_due(s: NodeState, ctx: Context) -> list[Action]:
     if last is not None:
         since = ctx.now - last.at
         health = _health(s, ctx)
-        changed = (ctx.backlog, cameras.serving_by_task(s.serving), ctx.restarts(), ctx.uploads,
+        changed = (ctx.backlog, cameras.serving_by_task(s.serving), _restarts(s, ctx), ctx.uploads,
                    _without_fps(_camera_statuses(s, ctx)), _health_verdict(health)) != (
             last.backlog, last.serving, last.restarts, last.uploads, _without_fps(last.cameras),
             _health_verdict(last.health))

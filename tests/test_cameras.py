@@ -330,3 +330,21 @@ def test_cameras_refusing_the_same_model_name_the_reason_once():
     [status] = d.handle(state, d.Connected(), ctx).actions
     assert isinstance(status, d.PublishStatus)
     assert status.health["inf"].error == "model 2 failed on its first frame"
+
+
+def test_restarts_are_counted_per_task_over_the_cameras_that_served():
+    """The cloud reads a task's crashes by task id: the camera workers' restarts add up, but a
+    camera that never served a frame (its URL does not open) is not a crashing model."""
+    task = inference_task(2)
+    workers = {"inf@a": d.WorkerView(task, alive=True, restarts=2),
+               "inf@b": d.WorkerView(task, alive=True, restarts=1),
+               "inf@broken": d.WorkerView(task, alive=False, restarts=7)}
+    ctx = d.Context(now=100.0, workers=workers)
+    state = d.NodeState("edge-1")
+    for worker in ("inf@a", "inf@b"):
+        stats = wc.Stats(model_version="2", frames=10, fps=10.0)
+        state = d.handle(state, d.WorkerStats(worker, stats), ctx).state
+    state = d.handle(state, d.WorkerExited("inf@a", "RuntimeError: gather index"), ctx).state
+    [status] = d.handle(state, d.Connected(), ctx).actions
+    assert isinstance(status, d.PublishStatus)
+    assert status.restarts == {"inf": 3}

@@ -97,6 +97,33 @@ def unreadable_tflite(path: Path) -> Path:
     return export_tflite(keras.Model(image, keras.layers.Dense(9)(x)), path)
 
 
+def failing_from_second_frame_tflite(path: Path) -> Path:
+    """A detector-shaped LiteRT model with a frame counter (a resource variable) that reads
+    out of bounds from its second invoke on: it loads, passes the agent's model check, serves
+    its first frame, then fails every frame, which the worker cannot survive."""
+    import tensorflow as tf
+
+    h, w = (int(v) for v in INPUT_SHAPE.split(","))
+    grid = [1, h // 4, w // 4, 4 + 4]
+
+    class Counting(tf.Module):
+        def __init__(self) -> None:
+            self.count = tf.Variable(0, dtype=tf.int32)
+
+        @tf.function(input_signature=[tf.TensorSpec([1, h, w, 3], tf.float32)])
+        def __call__(self, image: tf.Tensor) -> tf.Tensor:
+            self.count.assign_add(1)
+            table = tf.zeros(grid[1:])[None]
+            return tf.gather(table, self.count - 1)[None] + 0.0 * tf.reduce_mean(image)
+
+    module = Counting()
+    converter = tf.lite.TFLiteConverter.from_concrete_functions(
+        [module.__call__.get_concrete_function()], module)
+    converter.experimental_enable_resource_variables = True
+    path.write_bytes(converter.convert())
+    return path
+
+
 def prepare_code(tmp_path: Path) -> tuple[Path, Path]:
     """The boot files (real inference, stand-in train and eval) and the models of each round;
     returns the code folder and the initial model."""
@@ -110,6 +137,7 @@ def prepare_code(tmp_path: Path) -> tuple[Path, Path]:
     detector_tflite(code / "models" / "2.tflite", -30.0)  # collapse: no detections at all
     unreadable_tflite(code / "models" / "3.tflite")
     (code / "models" / "4.tflite").write_bytes(truncated(initial.read_bytes()))
+    failing_from_second_frame_tflite(code / "models" / "5.tflite")
     return code, initial
 
 
@@ -254,19 +282,32 @@ async def test_real_workers_a_good_version_reaches_four_cameras_bad_ones_stop_at
         assert camera_versions() == dict.fromkeys(four, 1)
         assert not (version_dir(tmp_path, "edge1", 4) / "model.tflite").exists()
 
-        # the rest of the fleet never received either
-        for version in (2, 3):
+        # v5: it serves one frame, then fails every frame: the worker crashes, and again at each
+        # restart with it; the canary goes back to version 1 by itself
+        restarts = edge1.runner.restart_counts()
+        append_samples(data, 40, 10)
+        await until(lambda: 5 in job_state(daemon).failed_versions, "version 5 fails")
+        reason = job_state(daemon).failed_versions[5]
+        assert reason.startswith("node edge1 serving model version 5: its inference worker "
+                                 "crashed"), reason
+        await until(lambda: camera_versions() == dict.fromkeys(four, 1),
+                    "edge1's cameras serve version 1 after the crashes")
+        assert any(edge1.runner.restart_counts()[w] > restarts[w] for w in restarts)
+
+        # the rest of the fleet never received any of them
+        for version in (2, 3, 5):
             assert (version_dir(tmp_path, "edge1", version) / "model.tflite").exists()
-        for version in (2, 3, 4):
+        for version in (2, 3, 4, 5):
             for node in ("edge2", "edge3"):
                 assert not version_dir(tmp_path, node, version).exists()
-        for node in edges.values():
+        for node in (edge2, edge3):
             assert node.runner.restart_counts() == dict.fromkeys(node.runner.running, 0)
         described = await api(broker.url, "describe", resource="il", namespace=NS, name=JOB)
         rows = {r["version"]: r["rollout"] for r in described.data["versions"]}
         assert rows[1] == "" and rows[2].startswith("canary node edge1: agreement")
         assert rows[3].startswith("node edge1 could not load model version 3")
         assert rows[4].startswith("node edge1 could not load model version 4")
+        assert rows[5].startswith("node edge1 serving model version 5: its inference worker")
         assert described.data["rollout"]["phase"] == "Failed"
         observe()
         print("\nrollout timeline (seconds since the agents started):\n" + timeline.text())
