@@ -340,6 +340,8 @@ class Agent:
                 await self.runner.start(task)
             case d.PrepareModels(task, from_desired):
                 await self._prepare_models(task, from_desired)
+            case d.FailTask(task, reason):
+                await self.runner.fail_before_start(task, reason)
             case d.SendSwap(task, swap, camera):
                 delivered = await self.channel.send(action.worker, swap)
                 await self._act(d.SwapSent(task, swap, delivered, camera))
@@ -452,7 +454,7 @@ class Agent:
         try:
             prepared = await self.deployer.prepare(task)
         except (DownloadError, ValueError, OSError) as exc:
-            await self.runner.fail_before_start(task, f"model not available: {exc}")
+            await self._act(d.ModelUnavailable(task, f"model not available: {exc}"))
             return
         await self._act(d.ModelReady(task, prepared, from_desired))
 
