@@ -221,7 +221,7 @@ async def test_an_agent_runs_every_camera_and_its_hard_examples_carry_node_and_c
 
 #: Writes what it was started with, then serves (or fails at once on the camera named "broken").
 CAMERA_WORKER = """
-    import os, sys, time
+    import os, signal, sys
     from workers.sdk import WorkerSession
 
     camera = os.environ.get("EDGELOOP_CAMERA", "")
@@ -234,7 +234,7 @@ CAMERA_WORKER = """
     session = WorkerSession.from_env(role="inference")
     session.wait_connected(10)
     session.report_stats(frames=1, fps=25.0)
-    time.sleep(120)
+    signal.pause()  # serves until the agent stops it
 """
 
 
