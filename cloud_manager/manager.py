@@ -21,6 +21,7 @@ from pathlib import Path
 from datetime import timezone, tzinfo
 from typing import TypeVar
 
+from cloud_manager import ingest_journal as journal
 from cloud_manager import rollout as ro
 from cloud_manager import state_machine as sm
 from cloud_manager.api import ApiHandler
@@ -54,6 +55,8 @@ log = logging.getLogger("edgeloop.cloud")
 #: Keys of handled messages are kept this long (far beyond a broker session's redelivery).
 PROCESSED_KEYS_KEPT_S = 86400.0
 CLEANUP_EVERY_S = 3600.0
+#: most journaled ingest events the leader runs in one transaction
+JOURNAL_BATCH = 256
 
 M = TypeVar("M", Dataset, Model, IncrementalLearningJob)
 P = TypeVar("P")
@@ -154,11 +157,17 @@ class Manager:
         inbox: HardExampleInbox | None = None,
         registry: ModelRegistry | None = None,
         read_node_paths: bool = True,
+        decides: bool = True,
     ) -> None:
         """``read_node_paths`` False: never copy a version's files from the paths a train
         result names, always pull them from the node (a path that exists here may be another
-        machine's file of the same name; the sha256 check would catch it, at a copy's cost)."""
+        machine's file of the same name; the sha256 check would catch it, at a copy's cost).
+
+        ``decides`` False: an ingest member of several managers (:mod:`cloud_manager.
+        ingest_journal`): it stores what reports say and journals the jobs' events for the
+        leader instead of running them."""
         self.store = store
+        self.decides = decides
         self.read_node_paths = read_node_paths
         self.inbox = inbox
         self.registry = registry
@@ -262,6 +271,9 @@ class Manager:
         """Run one event through a job's machine and persist the outcome (inside the caller's
         transaction). ``ctx``: the context when the caller already has it (a batch reads the
         nodes once, not once per job)."""
+        if not self.decides:
+            self.store.journal_add(namespace, name, journal.encode(event), now)
+            return []
         state = self.store.load_job(namespace, name)
         inputs = self.inputs(namespace, name)
         if state is None or inputs is None:
@@ -425,6 +437,8 @@ class Manager:
                 lambda one: f"status of node {one.latest.node} (seq {one.latest.seq})")
             result.nodes = len(settled) - len(failed)
             result.failed = sum(1 + one.superseded for one in failed)
+            if not self.decides:
+                self.store.journal_notify()
         return result
 
     def _apply_status(self, settled: Settled,
@@ -473,6 +487,8 @@ class Manager:
             if updates:
                 result.messages, failed = self._apply_updates(updates, now)
                 result.failed = len(failed)
+                if not self.decides:
+                    self.store.journal_notify()
         return result
 
     def _apply_updates(self, updates: list[DatasetUpdate],
@@ -579,6 +595,26 @@ class Manager:
                         self.store.set_task_state(progress.task_id, progress.attempt,
                                                   progress.state, now)
             return out
+
+    def apply_journal(self, now: float, limit: int = JOURNAL_BATCH) -> tuple[list[Outgoing], int]:
+        """Run the oldest ``limit`` events the ingest members journaled through their jobs'
+        machines, and delete them, in one transaction (fenced, as every decision of a term).
+        Returns the messages and how many rows were taken (``limit``: call again). A row that
+        is not an event, or whose job fails on it, is logged and dropped alone."""
+        with self.store.transaction():
+            rows = self.store.journal(limit)
+            if not rows:
+                return [], 0
+            ctx = self.context(now)
+
+            def run(row: journal.JournalRow) -> list[Outgoing]:
+                return self.job_event(row.namespace, row.job, journal.decode(row.event), now, ctx)
+
+            messages, _ = self._apply_each(
+                rows, run, lambda row: f"journaled event {row.seq} for job "
+                                       f"{row.namespace}/{row.job} ({row.event[:200]})")
+            self.store.journal_delete(row.seq for row in rows)
+        return messages, len(rows)
 
     def tick(self, now: float) -> list[Outgoing]:
         if now - self._last_cleanup >= CLEANUP_EVERY_S:

@@ -21,6 +21,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from cloud_manager import leadership as ld
+from cloud_manager.daemon import CloudDaemon
 from cloud_manager.database import StoreUnavailable
 from cloud_manager.store import Store
 
@@ -125,3 +126,11 @@ async def serve_while_leader(lease: LeaseShell, store: Store,
         demoted.set()
         if term is not None:
             await term
+
+
+def log_ingest(client_id: str, daemon: CloudDaemon) -> None:
+    """What one of several managers' sessions ingested, said when it ends (how the share of
+    the reports fell among the managers)."""
+    samples, statuses = daemon.sample_stats, daemon.status_stats
+    log.info("session %s ingested %d sample reports (%d duplicates) and %d node statuses",
+             client_id, samples.reports, samples.duplicates, statuses.statuses)

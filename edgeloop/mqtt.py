@@ -220,7 +220,11 @@ class _Subscription:
     control: bool = False
 
     def __post_init__(self) -> None:
-        self._levels = self.topic_filter.split("/")
+        levels = self.topic_filter.split("/")
+        if levels[0] == "$share" and len(levels) > 2:
+            # ``$share/GROUP/FILTER``: messages arrive on their own topics, matched by FILTER
+            levels = levels[2:]
+        self._levels = levels
 
     def matches(self, levels: list[str]) -> bool:
         """MQTT filter matching of a topic split at ``/`` (``+`` one level, ``#`` the rest),
