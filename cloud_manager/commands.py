@@ -153,13 +153,14 @@ def register(app: typer.Typer) -> None:
                               node_bytes=hardex_node_mb * MB, node_count=hardex_node_count)
 
         def daemon_of(manager_store: Store, split: IngestSplit | None = None,
-                      member_id: str | None = None) -> CloudDaemon:
+                      member_id: str | None = None,
+                      lock: asyncio.Lock | None = None) -> CloudDaemon:
             manager = Manager(manager_store, tz=zone, inbox=HardExampleInbox(state / INBOX_DIR),
                               registry=ModelRegistry(state / REGISTRY_DIR),
                               read_node_paths=not always_pull,
                               decides=split is None or not split.member)
             return CloudDaemon(connection.settings(member_id or client_id), manager,
-                               budget=budget, hardex_quotas=quotas, split=split)
+                               budget=budget, hardex_quotas=quotas, split=split, lock=lock)
 
         async def serve(stop: asyncio.Event) -> None:
             await daemon_of(store).run(stop)
@@ -178,11 +179,13 @@ def register(app: typer.Typer) -> None:
             with lease_store.transaction():
                 group = lease_store.share_group()
 
+            lock = asyncio.Lock()  # the daemons of this process: one transaction at a time
+
             def split(member: bool) -> IngestSplit:
                 return IngestSplit(group, member, lease.state.me, lambda: lease.state.leader)
 
             async def lead(stop: asyncio.Event) -> None:
-                daemon = daemon_of(store, split(False))
+                daemon = daemon_of(store, split(False), lock=lock)
                 listener = asyncio.create_task(listen_journal(store_url, daemon.journal_due))
                 try:
                     await daemon.run(stop)
@@ -193,15 +196,15 @@ def register(app: typer.Typer) -> None:
             async def ingest(member_id: str, stop: asyncio.Event) -> None:
                 member_store = Store(url=store_url)
                 try:
-                    daemon = daemon_of(member_store, split(True), member_id)
+                    daemon = daemon_of(member_store, split(True), member_id, lock)
                     await daemon.run(stop)
                     log_ingest(member_id, daemon)
                 finally:
                     member_store.close()
 
             members = IngestMembers(lease_store, lease.state.me, client_id, ingest, time.time)
-            await asyncio.gather(serve_while_leader(lease, store, lead, stop),
-                                 members.run(lambda: lease.state.leading, stop))
+            await asyncio.gather(serve_while_leader(lease, store, lead, stop, lock=lock),
+                                 members.run(lambda: lease.state.leading, stop, lock))
 
         typer.echo(f"cloud manager: state {store.location}, broker {connection.broker}, timers in {tz}", err=True)
         try:

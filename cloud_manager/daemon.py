@@ -114,10 +114,14 @@ class CloudDaemon:
         sweep_period_s: float = SWEEP_PERIOD_S,
         fanout: FanoutPolicy | None = None,
         split: IngestSplit | None = None,
+        lock: asyncio.Lock | None = None,
     ) -> None:
         """``split``: one of several managers on one store (see :mod:`cloud_manager.
         ingest_split`): the node reports and the API's reads are shared among them; a member
-        (``split.member``) takes only those, and journals what it ingested for the leader."""
+        (``split.member``) takes only those, and journals what it ingested for the leader.
+        ``lock``: shared by every daemon of the process, whose stores' transactions must not
+        overlap (one waiting on the event loop for a row another holds until its commit, which
+        needs the event loop, would wait forever)."""
         self.manager = manager
         self.split = split
         #: what each node may send (see edgeloop.fairness); excess is turned away and counted
@@ -125,7 +129,7 @@ class CloudDaemon:
         self.client = MqttClient(settings, admission=self.budgets)
         self.tick_s = tick_s
         self.clock = clock
-        self._lock = asyncio.Lock()  # one event at a time: the store has one writer
+        self._lock = lock or asyncio.Lock()  # one event at a time: the store has one writer
         ingest = split.filter if split else (lambda topic_filter: topic_filter)
         member = split is not None and split.member
         for api_filter in split.api_filters() if split else [topics.api_request_filter()]:

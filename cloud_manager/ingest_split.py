@@ -128,11 +128,13 @@ class IngestMembers:
         return sorted(self._held)
 
     async def run(self, leading: Callable[[], bool], stop: asyncio.Event,
-                  tick_s: float = MEMBER_TICK_S) -> None:
+                  lock: asyncio.Lock, tick_s: float = MEMBER_TICK_S) -> None:
+        """``lock``: the daemons' (see :func:`cloud_manager.replicas.serve_while_leader`)."""
         try:
             while not stop.is_set():
                 try:
-                    self.tick(leading())
+                    async with lock:
+                        self.tick(leading())
                 except StoreUnavailable as exc:
                     log.warning("ingest sessions not renewed: %s", exc)
                 with contextlib.suppress(TimeoutError):

@@ -93,14 +93,20 @@ class LeaseShell:
 
 async def serve_while_leader(lease: LeaseShell, store: Store,
                              serve: Callable[[asyncio.Event], Coroutine[Any, Any, None]],
-                             stop: asyncio.Event, tick_s: float = LEASE_TICK_S) -> None:
+                             stop: asyncio.Event, tick_s: float = LEASE_TICK_S,
+                             lock: asyncio.Lock | None = None) -> None:
     """Until ``stop``: stand by, and ``serve(demoted)`` for each term this manager wins, with
-    ``store`` fenced by the term's epoch; ``demoted`` is set when the term ends."""
+    ``store`` fenced by the term's epoch; ``demoted`` is set when the term ends. ``lock``: the
+    daemons' (a renewal waits for a decision's transaction to commit, which must not be one
+    waiting behind it on the event loop)."""
     term: asyncio.Task[None] | None = None
     demoted = asyncio.Event()
+    lock = lock or asyncio.Lock()
     try:
         while not stop.is_set():
-            for action in lease.tick():
+            async with lock:
+                actions = lease.tick()
+            for action in actions:
                 if isinstance(action, ld.StartLeading):
                     if term is not None:  # the last term's daemon is gone before the next
                         await term
