@@ -132,6 +132,10 @@ class CloudDaemon:
         self._lock = lock or asyncio.Lock()  # one event at a time: the store has one writer
         ingest = split.filter if split else (lambda topic_filter: topic_filter)
         member = split is not None and split.member
+        if split is not None and not member:
+            # the session of a manager that ran alone before holds the unshared filters
+            for kind in (topics.Kind.STATUS, topics.Kind.SAMPLES, topics.Kind.HARDEX):
+                self.client.drop_stale(topics.node_filter(kind))
         for api_filter in split.api_filters() if split else [topics.api_request_filter()]:
             self.client.subscribe(api_filter, self._on_api, control=True)
         self.status_stats = StatusStats()
