@@ -144,3 +144,19 @@ def test_an_ingest_session_refuses_a_write_naming_the_leader() -> None:
     assert "manager-a" in refusal.message and "apply" in refusal.message
     assert split.refusal(ApiRequest(request_id="r2", verb="get", resource="il")) is None
     assert IngestSplit("g", False, "manager-a", lambda: "manager-a").refusal(write) is None
+
+
+async def test_a_status_retained_before_any_manager_ran_reaches_the_leader(replicas, broker):
+    """The broker sends no retained message to a shared subscription: a node that announced
+    itself before any manager's session existed is read from the retained statuses by the
+    leader's first sweep of the node topics."""
+    first, second = replicas
+    async with ScriptedNode(broker.url, "early-node"):
+        await both_ingesting(first, second)
+
+        def listed() -> bool:
+            nodes = edgeloop("get", "nodes", "-o", "json", "--broker", broker.url)
+            return any(n["name"] == "early-node" and n["state"] == "online"
+                       for n in json.loads(nodes.stdout or "[]"))
+
+        await wait_for(listed, "the early node listed online", timeout=30)
