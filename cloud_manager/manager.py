@@ -31,7 +31,7 @@ from cloud_manager.sample_batch import DatasetUpdate, coalesce
 from cloud_manager.status_batch import Known, Settled, by_node, settle
 from cloud_manager.outgoing import Outgoing
 from cloud_manager.database import StoreUnavailable
-from cloud_manager.store import ResourceRow, Store
+from cloud_manager.store import ResourceRow, SampleCount, Store
 from cloud_manager.task_builder import JobInputs, build_inference_task, task_id
 from cloud_manager.versions import Artifact
 from protocol import topics
@@ -499,11 +499,23 @@ class Manager:
         jobs = self._jobs_by_dataset()
         revisions = self.store.resource_revisions(
             Dataset.kind_name, {(update.namespace, update.name) for update in updates})
+        # The counts are written together after the updates (on PostgreSQL one round trip
+        # for the batch, not one per report); a part that fails takes its own back.
+        writes: list[SampleCount] = []
+
+        def apply(update: DatasetUpdate) -> list[Outgoing]:
+            mark = len(writes)
+            try:
+                return self._apply_samples(update, jobs, now, ctx,
+                                           revisions.get((update.namespace, update.name)), writes)
+            except BaseException:
+                del writes[mark:]
+                raise
+
         messages, failed = self._apply_each(
-            updates, lambda update: self._apply_samples(
-                update, jobs, now, ctx, revisions.get((update.namespace, update.name))),
-            lambda update: f"samples of dataset {update.dataset} from {update.node} "
-                           f"(reports {', '.join(update.reports)})")
+            updates, apply, lambda update: f"samples of dataset {update.dataset} from "
+                                           f"{update.node} (reports {', '.join(update.reports)})")
+        self.store.put_dataset_samples_many(writes)
         return messages, {key for update in failed for key in update.reports}
 
     def _apply_each(self, parts: Sequence[P], apply: Callable[[P], list[Outgoing]],
@@ -546,10 +558,11 @@ class Manager:
         return index
 
     def _apply_samples(self, update: DatasetUpdate, jobs: dict[tuple[str, str], list[str]],
-                       now: float, ctx: sm.Context,
-                       revision: tuple[int, float] | None) -> list[Outgoing]:
-        """One dataset's newest count: stored, and fed to the jobs learning from it.
-        ``revision``: its Dataset's, as the batch read it (None: not applied)."""
+                       now: float, ctx: sm.Context, revision: tuple[int, float] | None,
+                       writes: list[SampleCount]) -> list[Outgoing]:
+        """One dataset's newest count: stored (appended to ``writes``, which the batch stores
+        in one statement), and fed to the jobs learning from it. ``revision``: its Dataset's,
+        as the batch read it (None: not applied)."""
         dataset = self._manifest_at(Dataset, update.namespace, update.name, revision)
         owner = dataset.spec.node_name if dataset else None
         if owner is None:
@@ -557,8 +570,8 @@ class Manager:
             # are applied, and again only when the index changes. Keep the count: a job created
             # later starts from it (when the Dataset names this node, see the API's apply).
             if update.entry.error is None:
-                self.store.put_dataset_samples(update.namespace, update.name, update.entry.samples,
-                                               None, update.node, now)
+                writes.append((update.namespace, update.name, update.entry.samples, None,
+                               update.node, now))
             log.info("sample report from %s for dataset %s, not applied yet: count kept",
                      update.node, update.dataset)
             return []
@@ -568,8 +581,8 @@ class Manager:
             return []
         entry = update.entry
         if entry.error is None:
-            self.store.put_dataset_samples(update.namespace, update.name, entry.samples, entry.error,
-                                           update.node, now)
+            writes.append((update.namespace, update.name, entry.samples, entry.error, update.node,
+                           now))
         event = sm.SamplesReported(entry.samples, entry.error)
         out: list[Outgoing] = []
         for name in jobs.get((update.namespace, update.name), []):

@@ -117,6 +117,10 @@ class NodeRow:
     status: NodeStatus
 
 
+#: a dataset's count to store: namespace, name, samples, error, reporting node, time
+SampleCount = tuple[str, str, int, str | None, str, float]
+
+
 @dataclass(frozen=True)
 class SampleCountRow:
     """A dataset's labelled sample count, as its node last reported it."""
@@ -547,10 +551,15 @@ class Store:
 
     def put_dataset_samples(self, namespace: str, name: str, samples: int, error: str | None,
                             node: str, now: float) -> None:
-        self.db.execute("INSERT INTO dataset_samples VALUES (?, ?, ?, ?, ?, ?) "
-                        "ON CONFLICT (namespace, name) DO UPDATE SET samples=excluded.samples, "
-                        "error=excluded.error, node=excluded.node, updated=excluded.updated",
-                        (namespace, name, samples, error, node, now))
+        self.put_dataset_samples_many([(namespace, name, samples, error, node, now)])
+
+    def put_dataset_samples_many(self, rows: Iterable[SampleCount]) -> None:
+        """Several counts in one statement, in order (a later row of one dataset wins): one
+        round trip to PostgreSQL for a batch of reports."""
+        self.db.executemany("INSERT INTO dataset_samples VALUES (?, ?, ?, ?, ?, ?) "
+                            "ON CONFLICT (namespace, name) DO UPDATE SET samples=excluded.samples, "
+                            "error=excluded.error, node=excluded.node, updated=excluded.updated",
+                            rows)
 
     def dataset_samples(self, namespace: str, name: str) -> SampleCountRow | None:
         row = self.db.execute(

@@ -175,7 +175,7 @@ def test_a_store_failure_rolls_the_whole_batch_back(manager):
     def disk_error(*args: object) -> None:
         raise sqlite3.OperationalError("disk I/O error")
 
-    manager.store.put_dataset_samples = disk_error  # type: ignore[method-assign]
+    manager.store.put_dataset_samples_many = disk_error  # type: ignore[method-assign]
     with pytest.raises(sqlite3.OperationalError):
         manager.on_sample_reports([report(1, 150), report(2, 5, OTHER)], NOW)
     assert not manager.store.processed(f"samples:{NODE}/b1/1")
