@@ -111,8 +111,9 @@ def register(app: typer.Typer) -> None:
                                               help="Most hard examples kept per node."),
         leader_lease: bool = typer.Option(
             False, "--leader-lease", envvar="EDGELOOP_LEADER_LEASE",
-            help="Several managers share the --store database: the one holding its lease "
-                 "serves, the others stand by and take over when it stops renewing."),
+            help="Several managers share the --store database: all of them ingest a share of "
+                 "the node reports and answer the API's reads; the one holding its lease takes "
+                 "the decisions, the others take over when it stops renewing."),
         connection: ConnectionOptions = None,  # type: ignore[assignment]
     ) -> None:
         """Run the cloud manager: job state machine, triggers, API, node registry.
