@@ -57,6 +57,8 @@ READ_VERBS = ("get", "describe", "hardex_list", "hardex_export")
 MEMBER_TTL_S = 6.0
 #: how often the rows are renewed and the leader looks for sessions nobody renews
 MEMBER_TICK_S = 1.0
+#: a manager that cannot renew its rows stops serving them this long before they expire
+GIVE_UP_MARGIN_S = 2.0
 
 
 @dataclass(frozen=True)
@@ -122,10 +124,22 @@ class IngestMembers:
         self.ttl_s = ttl_s
         self.own: str | None = None
         self._held: dict[str, tuple[asyncio.Task[None], asyncio.Event]] = {}
+        self._renewed_at = clock()
 
     @property
     def held(self) -> list[str]:
         return sorted(self._held)
+
+    def _give_up_when_due(self) -> None:
+        """Without the store for nearly a row's life, serve no session: the leader may adopt
+        them any moment, and two connections with one client id would take it from each other
+        at the broker (safe, since nothing unacknowledged is lost, but a churn)."""
+        if self._held and self.clock() - self._renewed_at > self.ttl_s - GIVE_UP_MARGIN_S:
+            log.warning("ingest sessions %s given up: their rows were not renewed for %.0f s",
+                        ", ".join(self.held), self.clock() - self._renewed_at)
+            for client_id in list(self._held):
+                self._drop(client_id)
+            self.own = None
 
     async def run(self, leading: Callable[[], bool], stop: asyncio.Event,
                   lock: asyncio.Lock, tick_s: float = MEMBER_TICK_S) -> None:
@@ -135,8 +149,10 @@ class IngestMembers:
                 try:
                     async with lock:
                         self.tick(leading())
+                    self._renewed_at = self.clock()
                 except StoreUnavailable as exc:
                     log.warning("ingest sessions not renewed: %s", exc)
+                    self._give_up_when_due()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(stop.wait(), tick_s)
         finally:

@@ -17,7 +17,13 @@ from test_cloud_cli import apply_seed, edgeloop, job_when
 from test_cloud_daemon import DATASET, NODE, NS, wait_for
 from test_cloud_failover import Replica, replicas  # noqa: F401  (the fixture)
 
-from cloud_manager.ingest_split import IngestSplit
+from cloud_manager.database import StoreUnavailable
+from cloud_manager.ingest_split import (
+    GIVE_UP_MARGIN_S,
+    MEMBER_TTL_S,
+    IngestMembers,
+    IngestSplit,
+)
 from cloud_manager.store import Store
 from protocol.messages import ApiRequest
 
@@ -163,3 +169,56 @@ async def test_a_status_retained_before_any_manager_ran_reaches_the_leader(repli
                        for n in json.loads(nodes.stdout or "[]"))
 
         await wait_for(listed, "the early node listed online", timeout=30)
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def test_ingest_sessions_are_held_adopted_and_handed_back(tmp_path):
+    """Each manager holds an ingest session of its own; the leader adopts one nobody renews;
+    a manager that starts takes an adopted one back before it makes a new one; a manager that
+    cannot renew its rows gives its sessions up before they expire."""
+    clock, served = Clock(), []
+
+    async def serve(client_id: str, stop: asyncio.Event) -> None:
+        served.append(client_id)
+        await stop.wait()
+
+    def manager(name: str) -> IngestMembers:
+        return IngestMembers(Store(tmp_path / "state"), name, "cloud", serve, clock)
+
+    a, b = manager("a"), manager("b")
+    a.tick(leading=True)
+    b.tick(leading=False)
+    assert (a.held, b.held) == (["cloud-ingest-1"], ["cloud-ingest-2"])
+    clock.now += MEMBER_TTL_S + 1  # b stops renewing (killed)
+    a.tick(leading=True)
+    assert a.held == ["cloud-ingest-1", "cloud-ingest-2"]  # adopted
+    c = manager("c")
+    c.tick(leading=False)
+    assert c.held == ["cloud-ingest-2"]  # the adopted one, not a third
+    a.tick(leading=True)
+    assert a.held == ["cloud-ingest-1"]  # handed back
+    await asyncio.sleep(0)
+    assert served == ["cloud-ingest-1", "cloud-ingest-2", "cloud-ingest-2", "cloud-ingest-2"]
+
+    def unavailable(*args: object) -> bool:
+        raise StoreUnavailable("the database is gone")
+
+    for method in ("renew_member", "ingest_members", "claim_member"):  # the database is down
+        setattr(c.store, method, unavailable)
+    stop = asyncio.Event()
+    runner = asyncio.create_task(c.run(lambda: False, stop, asyncio.Lock(), tick_s=0.01))
+    await asyncio.sleep(0.05)
+    assert c.held == ["cloud-ingest-2"]  # not yet: the row still holds
+    clock.now += MEMBER_TTL_S - GIVE_UP_MARGIN_S + 0.5
+    await wait_for(lambda: not c.held, "c gives its session up")
+    stop.set()
+    await runner
+    for one in (a, b, c):
+        one.store.close()
