@@ -220,5 +220,8 @@ async def test_ingest_sessions_are_held_adopted_and_handed_back(tmp_path):
     await wait_for(lambda: not c.held, "c gives its session up")
     stop.set()
     await runner
+    for one in (a, b):  # stopped: each ends the sessions it serves
+        await one.run(lambda: False, stop, asyncio.Lock())
+        assert one.held == []
     for one in (a, b, c):
         one.store.close()
