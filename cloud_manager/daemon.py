@@ -17,6 +17,11 @@ reconnects and the broker sends it again. A clock tick drives periodic trigger c
 deadlines and retries. A :class:`RetainedSweeper` clears retained messages on topics
 the design does not retain.
 
+With several managers on one store (``split``, see :mod:`cloud_manager.ingest_split`), node
+statuses, sample reports, hard examples and the API's read verbs are shared subscriptions of the
+managers' group; the leader's daemon keeps every other subscription, and an ingest session's
+daemon (``split.member``) takes only the shared ones and decides nothing.
+
 Manifests published as plain text (``mosquitto_pub -t edgeloop/v1/api/apply -f job.yaml``) have
 no MQTT v5 response topic: their answer goes to ``edgeloop/v1/reply/mqtt-text``
 (:data:`TEXT_REPLY_TOPIC`), where ``mosquitto_sub`` can read it.
