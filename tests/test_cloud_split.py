@@ -12,9 +12,11 @@ import time
 
 import pytest
 from running_cloud import api
+from image_files import image_bytes
 from scripted_node import ScriptedNode, succeed
 from test_cloud_cli import apply_seed, edgeloop, job_when
-from test_cloud_daemon import DATASET, NODE, NS, wait_for
+from test_cloud_daemon import DATASET, JOB, NODE, NS, wait_for
+from test_cloud_hardex import example
 from test_cloud_failover import Replica, replicas  # noqa: F401  (the fixture)
 
 from cloud_manager.database import StoreUnavailable
@@ -24,7 +26,11 @@ from cloud_manager.ingest_split import (
     IngestMembers,
     IngestSplit,
 )
+from cloud_manager.hardex_inbox import INBOX_DIR, HardExampleInbox
 from cloud_manager.store import Store
+from edgeloop.mqtt import MqttClient, MqttSettings
+from edgeloop.reliable import ReliableSender
+from protocol import topics
 from protocol.messages import ApiRequest
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(180)]
@@ -225,3 +231,27 @@ async def test_ingest_sessions_are_held_adopted_and_handed_back(tmp_path):
         assert one.held == []
     for one in (a, b, c):
         one.store.close()
+
+
+async def test_hard_examples_shared_by_two_managers_survive_the_standbys_kill_9(replicas, broker,
+                                                                                 tmp_path):
+    """A node's hard examples go to either manager; each is acknowledged once stored in the
+    inbox (``--state DIR``, shared). The standby dies mid-upload: what it had not acknowledged
+    the node sends again, or the leader gets from its adopted session; all are stored, once."""
+    first, second = replicas
+    await both_ingesting(first, second)
+    await asyncio.to_thread(apply_seed, broker.url, tmp_path)  # kept for a job, from its node
+    job = f"{NS}/{JOB}"
+    images = [image_bytes(i, ".jpg") for i in range(40)]
+    settings = MqttSettings(url=broker.url, client_id=NODE, backoff_max=0.5)
+    async with MqttClient(settings) as client:
+        sender = ReliableSender(client, topics.ack(NODE), resend_after=1.0)
+        async with sender:
+            await client.wait_connected(10)
+            for i in range(40):
+                await sender.send(topics.hardex(NODE), example(i, NODE, job, images[i]))
+                if i == 20:
+                    second.kill()
+            await sender.wait_drained(60)
+    inbox = HardExampleInbox(tmp_path / "state" / INBOX_DIR)
+    assert inbox.count(job) == 40
