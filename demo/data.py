@@ -173,13 +173,21 @@ def domain_video(cache: Path, sizes: DemoSizes, domain: str, variant: int = 0) -
     return DomainVideo(domain, video, video.with_suffix(".gt.jsonl"), variant), cached
 
 
-#: edge1's camera shows day scenes of another site: a variant no round's retry reaches
+#: edge1's camera shows another site: other scenes of the same domains, a variant that no
+#: round's retry reaches
 SECOND_SITE_VARIANT = 9
 
 
-def second_site_video(cache: Path, sizes: DemoSizes) -> tuple[DomainVideo, bool]:
-    """edge1's camera video: day, other scenes than edge0's (:data:`SECOND_SITE_VARIANT`)."""
-    return domain_video(cache, sizes, DOMAINS[0], SECOND_SITE_VARIANT)
+def second_site_videos(cache: Path, sizes: DemoSizes) -> tuple[dict[str, DomainVideo], bool]:
+    """edge1's camera videos, one per domain: the same domains as edge0's camera shows, at
+    another site (:data:`SECOND_SITE_VARIANT`), so that both nodes' hard examples of a round
+    come from the domain it learns. Returns (videos, all were cached)."""
+    out: dict[str, DomainVideo] = {}
+    all_cached = True
+    for domain in DOMAINS:
+        out[domain], cached = domain_video(cache, sizes, domain, SECOND_SITE_VARIANT)
+        all_cached &= cached
+    return out, all_cached
 
 
 def domain_videos(cache: Path, sizes: DemoSizes) -> tuple[dict[str, DomainVideo], bool]:

@@ -193,7 +193,8 @@ class Demo:
         self.camera: Camera | None = None
         #: edge1's camera: another site, at a low frame rate
         self.camera_2: Camera | None = None
-        self.video_2: data.DomainVideo | None = None
+        #: edge1's videos: the same domains as edge0's camera, another site
+        self.videos_2: dict[str, data.DomainVideo] = {}
         self.broker: Any = None
         self.credentials: Any = None
         self.annotator: Any = None
@@ -263,7 +264,8 @@ class Demo:
         self.heldout, c1 = data.heldout_sets(cache, sizes)
         self.videos, c2 = data.domain_videos(cache, sizes)
         base_index, c3 = data.base_dataset(cache, sizes)
-        self.outcome.cached["data"] = c1 and c2 and c3
+        self.videos_2, c4 = data.second_site_videos(cache, sizes)
+        self.outcome.cached["data"] = c1 and c2 and c3 and c4
         self.timed("data", started)
         self.say(f"  synthetic data ({'cached' if c1 and c2 and c3 else 'generated'}): "
                  f"{sizes.base_images} day training images, {sizes.heldout_images} held-out images "
@@ -290,14 +292,14 @@ class Demo:
         self.camera.wait_stream()
         self.say(f"  camera (simulated): {self.camera.url} <- ffmpeg -re "
                  f"{self.videos['day'].video.name} (loop)")
-        self.video_2, _ = data.second_site_video(self.paths.cache, self.sizes)
         fps = self.sizes.second_camera_fps
         self.camera_2 = Camera(self.processes, free_port(), free_port(), name=EDGE_NODE_2, fps=fps)
         self.camera_2.start()
-        self.camera_2.play(self.video_2.video)
+        self.camera_2.play(self.videos_2["day"].video)
         self.camera_2.wait_stream()
-        self.say(f"  {EDGE_NODE_2}'s camera (simulated, another site, {fps:g} FPS): "
-                 f"{self.camera_2.url} <- {self.video_2.key} (loop)")
+        self.say(f"  {EDGE_NODE_2}'s camera (simulated, another site of the same scenes, "
+                 f"{fps:g} FPS, follows edge0's domain): {self.camera_2.url} <- "
+                 f"{self.videos_2['day'].key} (loop)")
 
     def play(self, domain: str) -> None:
         """Show ``domain``: its next video when a round of it failed (see DomainPlan.variant)."""
@@ -312,11 +314,22 @@ class Demo:
         if self.annotator is not None:  # before the camera shows it: examples may come at once
             self.annotator.add_video(domain, playing.video, playing.ground_truth, playing.key)
         self.camera.play(playing.video)
+        self.play_second_site(domain)
         self.camera_domain = domain
         self.view.domain = playing.key
         self.outcome.camera_switches.append({"time": time.time(), "domain": domain,
                                              "video": playing.key})
         self.view.notify()
+
+    def play_second_site(self, domain: str) -> None:
+        """edge1's camera follows edge0's to ``domain``, at its own site: both nodes' hard
+        examples of a round then come from the domain the round learns."""
+        second = self.videos_2.get(domain)
+        if self.camera_2 is None or second is None or self.camera_2.playing == second.video:
+            return
+        if self.annotator is not None:
+            self.annotator.add_video(domain, second.video, second.ground_truth, second.key)
+        self.camera_2.play(second.video)
 
     def start_nodes(self) -> None:
         assert self.processes is not None
@@ -562,9 +575,9 @@ class Demo:
                                                 self.paths.run / "annotator.jsonl")
             self.annotator.add_video("day", self.videos["day"].video,
                                      self.videos["day"].ground_truth)
-            if self.video_2 is not None:  # edge1's camera: its examples are labelled too
-                self.annotator.add_video("day", self.video_2.video, self.video_2.ground_truth,
-                                         self.video_2.key)
+            if "day" in self.videos_2:  # edge1's camera: its examples are labelled too
+                second = self.videos_2["day"]
+                self.annotator.add_video("day", second.video, second.ground_truth, second.key)
         pending: set[asyncio.Task] = set()
 
         def on_transition(t: Transition) -> None:
