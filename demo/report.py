@@ -31,8 +31,8 @@ if TYPE_CHECKING:
 
 SIMULATED = (
     ("the cameras: synthetic videos (demo/scenes.py) pushed by `ffmpeg -re` to local RTSP "
-    f"servers: {EDGE_NODE}'s one video per domain, switched by the demo; {EDGE_NODE_2}'s day "
-    "scenes of another site at a low frame rate"),
+    f"servers: {EDGE_NODE}'s one video per domain, switched by the demo; {EDGE_NODE_2}'s the "
+    "same domains at another site, at a low frame rate, switched with edge0's"),
     ("the annotator: the SIMULATED ANNOTATOR (demo/annotator.py) labels each hard "
     "example with the ground truth of the nearest video frame, where a person would label it"),
     ("the data: every image is generated (day, night, new-colors domains); the base model's "
