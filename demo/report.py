@@ -583,8 +583,8 @@ def _markdown(s: dict[str, Any], conditions: list[dict[str, Any]], run: ReportIn
                f"`{EDGE_NODE_2}` (deploySpec.rollout). Times are seconds since the demo "
                "started, from the nodes' statuses and the job's conditions."), ""]
     lines += rollout_markdown(s["rollout_timeline"], list(s["nodes"]))
+    lines.append("")
     for node, n in s["nodes"].items():
-        lines.append("")
         lines.append(f"- {node}: {n.get('frames')} frames, lost {_fmt(n.get('frames_lost'))}, "
                      f"per version {json.dumps(n.get('frames_per_version') or {})}, serving "
                      f"{'v' + str(n['serving_at_end']) if n.get('serving_at_end') else '-'} "
