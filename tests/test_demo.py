@@ -187,7 +187,8 @@ def check_fast_demo(workdir: Path, returncode: int) -> None:
 
     # no process logged an error
     logs = list((workdir / "logs").glob("*.log")) + list(
-        (workdir / "run" / "agents").glob("*/tasks/*/attempt-*/worker.log"))
+        (workdir / "run" / "agents").glob("*/tasks/*/attempt-*/worker.log")) + list(
+        (workdir / "run" / "agents").glob("*/tasks/*/attempt-*/camera-*/worker.log"))
     assert len(logs) >= 5
     problems = [f"{log.name}: {line}" for log in logs
                 for line in log.read_text(errors="replace").splitlines() if PROBLEM.search(line)]
