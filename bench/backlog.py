@@ -33,7 +33,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
-from ingest import RESULTS, TimedManager, make_manager, node_name
+from ingest import RESULTS, TimedManager, TimedStore, make_manager, node_name
 
 from cloud_manager.api_client import new_request
 from cloud_manager.daemon import CloudDaemon
@@ -161,7 +161,7 @@ def pct(values: list[float], q: float) -> float:
 
 async def drain(nodes: int, per_node: int) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp, Broker(Path(tmp) / "broker") as broker:
-        manager = await asyncio.to_thread(make_manager, Path(tmp) / "state", nodes)
+        manager = await asyncio.to_thread(make_manager, TimedStore(Path(tmp) / "state"), nodes)
         manager.latencies, manager.done_at, manager.batches = [], [], 0
         await asyncio.to_thread(raw_session, broker.port, False)
         daemon, stop, runner = await start_daemon(broker, manager)
@@ -235,7 +235,8 @@ def publish_stream(port: int, nodes: int, seconds: float, flood_per_s: int, go: 
 
 async def flood_run(nodes: int, seconds: float, budget: Budget, flooder: bool) -> dict[str, float]:
     with tempfile.TemporaryDirectory() as tmp, Broker(Path(tmp) / "broker") as broker:
-        manager = await asyncio.to_thread(make_manager, Path(tmp) / "state", nodes + 1)
+        manager = await asyncio.to_thread(
+            make_manager, TimedStore(Path(tmp) / "state"), nodes + 1)
         manager.latencies, manager.done_at, manager.batches = [], [], 0
         daemon, stop, runner = await start_daemon(broker, manager, budget)
         await daemon.client.wait_connected(10)

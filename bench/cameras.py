@@ -217,7 +217,7 @@ def serve_streams(n: int, tflite: Path, video: Path, run_dir: Path) -> int:
 def export_int8(model_path: Path | None, video: Path, work: Path) -> tuple[Path, str]:
     from inference import trained_model
 
-    from workers.detector import DetectorSpec, build_detector, load_detector, to_model_input
+    from workers.detector import DetectorSpec, build_detector, load_detector
     from workers.export import export_tflite
 
     model_path = model_path or trained_model()
@@ -228,17 +228,9 @@ def export_int8(model_path: Path | None, video: Path, work: Path) -> tuple[Path,
     else:
         model, kind = load_detector(model_path), f"trained ({model_path})"
 
-    def representative():
-        import cv2
+    from inference import representative_frames
 
-        capture = cv2.VideoCapture(str(video))
-        for _ in range(64):
-            ok, frame = capture.read()
-            if not ok:
-                break
-            yield to_model_input(frame, (352, 640))
-        capture.release()
-
+    representative = representative_frames(video)
     return export_tflite(model, work / "model-int8.tflite", "int8", representative), kind
 
 

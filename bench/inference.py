@@ -132,6 +132,25 @@ def run_pipeline(predictor, video: Path) -> dict[str, float]:
     }
 
 
+
+def representative_frames(video: Path, count: int = 64):
+    """The int8 export's calibration set: the first ``count`` frames of ``video`` as the model
+    sees them (a callable giving a fresh generator, as export_tflite wants)."""
+    from workers.detector import to_model_input
+
+    def frames():
+        import cv2
+
+        capture = cv2.VideoCapture(str(video))
+        for _ in range(count):
+            ok, frame = capture.read()
+            if not ok:
+                break
+            yield to_model_input(frame, (352, 640))
+        capture.release()
+
+    return frames
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", type=Path, default=None, help=".keras model to benchmark")
@@ -144,7 +163,7 @@ def main() -> int:
     )
     args = parser.parse_args()
 
-    from workers.detector import DetectorSpec, build_detector, load_detector, to_model_input
+    from workers.detector import DetectorSpec, build_detector, load_detector
     from workers.export import PRECISIONS, export_tflite
     from workers.predictor import configure_runtime, inference_threads, load_predictor
 
@@ -164,16 +183,7 @@ def main() -> int:
     else:
         model, keras_path = load_detector(model_path), model_path
 
-    def representative():
-        import cv2
-
-        capture = cv2.VideoCapture(str(video))
-        for _ in range(64):
-            ok, frame = capture.read()
-            if not ok:
-                break
-            yield to_model_input(frame, (352, 640))
-        capture.release()
+    representative = representative_frames(video)
 
     rows = []
     candidates = [("tensorflow", "fp32", keras_path)]

@@ -155,6 +155,13 @@ def camera_summary(status: NodeStatus) -> str | None:
     return ", ".join(parts) or None
 
 
+def _live_view(status: NodeStatus) -> str | None:
+    """The node's live-view address, as its agent reports it (an http(s) URL, else none: the
+    value comes from the node and ends up as a link in people's browsers)."""
+    url = status.capabilities.get("live_view")
+    return url if isinstance(url, str) and url.startswith(("http://", "https://")) else None
+
+
 def _summary(meta: dict[str, Any]) -> dict[str, Any]:
     """A hard example's sidecar with what ``hardex list`` shows in its columns."""
     sidecar = meta.get("sidecar") or {}
@@ -316,6 +323,7 @@ class ApiHandler:
                 "agent_version": n.status.agent_version,
                 "outbox_backlog": n.status.outbox_backlog, "updated": n.updated,
                 "labels": n.status.labels,
+                "live_view": _live_view(n.status),
                 # inference task -> the model version its worker serves (0: none deployed yet)
                 "serving": dict(n.status.serving) if n.state == "online" else {},
                 "cameras": camera_summary(n.status) if n.state == "online" else None,

@@ -25,6 +25,7 @@ no MQTT v5 response topic: their answer goes to ``edgeloop/v1/reply/mqtt-text``
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import sqlite3
 import time
@@ -311,7 +312,9 @@ class CloudDaemon:
                 try:
                     await asyncio.shield(commit)
                 except asyncio.CancelledError:
-                    await asyncio.wait([commit])
+                    while not commit.done():  # a second cancel must not leave it running
+                        with contextlib.suppress(asyncio.CancelledError):
+                            await asyncio.wait([commit])
                     if not commit.cancelled():
                         commit.exception()  # retrieved; unacknowledged, the batch comes again
                     raise

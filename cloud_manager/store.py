@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -170,11 +171,15 @@ class Store:
             self.db.close()
             raise StoreError(f"{self.location}: {exc}") from None
         self._depth = 0
+        #: node -> (stored status text, its parse), see :meth:`_node`
+        self._statuses: dict[str, tuple[str, NodeStatus]] = {}
         #: when set, every transaction first checks that the leader lease is still at this
         #: epoch (:meth:`fence`): the writes of a manager that serves under a lease
         self.epoch: int | None = None
         #: transactions end without their commit, left to :meth:`commit_pending`
         self._defer = False
+        #: held while :meth:`commit_pending` runs (in a worker thread): :meth:`close` waits
+        self._committing = threading.Lock()
         #: a transaction that ended waits for :meth:`commit_pending`
         self._uncommitted = False
 
@@ -184,7 +189,8 @@ class Store:
         return int(row["value"])
 
     def close(self) -> None:
-        self.db.close()
+        with self._committing:  # a commit running in a worker thread ends first
+            self.db.close()
 
     @contextmanager
     def transaction(self) -> Iterator[None]:
@@ -244,6 +250,10 @@ class Store:
         fails it is rolled back and the error raised (nothing of it stays)."""
         if not self._uncommitted:
             return
+        with self._committing:
+            self._commit_now()
+
+    def _commit_now(self) -> None:
         try:
             self.db.execute("COMMIT")
         except BaseException:
@@ -467,7 +477,7 @@ class Store:
 
     def node(self, name: str) -> NodeRow | None:
         row = self.db.execute("SELECT * FROM nodes WHERE name=?", (name,)).fetchone()
-        return _node(row) if row else None
+        return self._node(row) if row else None
 
     def node_positions(self, names: Iterable[str]) -> dict[str, tuple[str, int, str]]:
         """Boot id, seq and state of each of ``names`` the store knows: what a batch of statuses
@@ -484,7 +494,18 @@ class Store:
         return found
 
     def nodes(self) -> list[NodeRow]:
-        return [_node(r) for r in self.db.execute("SELECT * FROM nodes ORDER BY name")]
+        return [self._node(r) for r in self.db.execute("SELECT * FROM nodes ORDER BY name")]
+
+    def _node(self, row: Any) -> NodeRow:
+        """A stored node, its status parsed once per change: ``get nodes``, asked again and
+        again during a backlog, would otherwise validate every node's status each time."""
+        text = row["status"]
+        cached = self._statuses.get(row["name"])
+        if cached is None or cached[0] != text:
+            cached = (text, NodeStatus.model_validate_json(text))
+            self._statuses[row["name"]] = cached
+        return NodeRow(name=row["name"], state=row["state"], boot_id=row["boot_id"],
+                       updated=row["updated"], status=cached[1])
 
     def node_labels(self) -> dict[str, dict[str, str]]:
         """Every known node's labels, as its last status declared them (what job selectors
@@ -602,7 +623,3 @@ def _resource(row: Any) -> ResourceRow:
         updated=row["updated"],
     )
 
-
-def _node(row: Any) -> NodeRow:
-    return NodeRow(name=row["name"], state=row["state"], boot_id=row["boot_id"],
-                   updated=row["updated"], status=NodeStatus.model_validate_json(row["status"]))

@@ -17,6 +17,7 @@ import hmac
 import ipaddress
 import os
 import secrets
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -82,11 +83,7 @@ def read_password_file(path: Path) -> dict[str, str]:
     except OSError as exc:
         raise PasswordFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
     users: dict[str, str] = {}
-    for line_no, line in enumerate(text.splitlines(), start=1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        user, sep, stored = line.partition(":")
+    for line_no, user, sep, stored in _entries(text):
         if not sep or not stored.startswith(f"{SCHEME}$") or stored.count("$") != 5:
             raise PasswordFileError(f"{path}:{line_no}: expected user:{SCHEME}$..., as written "
                                     "by `edgeloop console passwd`")
@@ -175,6 +172,16 @@ def token_fingerprint(token: str) -> str:
     return hashlib.sha256(token.encode("utf-8")).hexdigest()
 
 
+def _entries(text: str) -> Iterator[tuple[int, str, str, str]]:
+    """``(line number, user, ":" or "", stored)`` of each line of an account file, skipping
+    blank lines and ``#`` comments (the password and token files share the layout)."""
+    for line_no, line in enumerate(text.splitlines(), start=1):
+        line = line.strip()
+        if line and not line.startswith("#"):
+            user, sep, stored = line.partition(":")
+            yield line_no, user, sep, stored
+
+
 def read_token_file(path: Path) -> dict[str, str]:
     """user -> token fingerprint, from ``user:sha256$<hex>`` lines (blank lines and ``#``
     comments skipped; anything else is an error naming its line). A missing file holds no
@@ -186,11 +193,7 @@ def read_token_file(path: Path) -> dict[str, str]:
     except OSError as exc:
         raise TokenFileError(f"{path}: cannot read: {exc.strerror or exc}") from None
     tokens: dict[str, str] = {}
-    for line_no, line in enumerate(text.splitlines(), start=1):
-        line = line.strip()
-        if not line or line.startswith("#"):
-            continue
-        user, _, stored = line.partition(":")
+    for line_no, user, _, stored in _entries(text):
         scheme, _, digest = stored.partition("$")
         if scheme != TOKEN_SCHEME or len(digest) != 64 or not _is_hex(digest):
             raise TokenFileError(f"{path}:{line_no}: expected user:{TOKEN_SCHEME}$<64 hex "

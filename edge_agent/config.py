@@ -34,16 +34,27 @@ line)::
       crane:
         url: rtsp://192.168.1.65/live
         realtime: "0"               # options: inference parameters for this camera only
+    launcher: command               # how workers run: process (default), command, or
+    launcher_command:               #   package.module:ClassName (with launcher_options)
+      [systemd-run, --user, --scope, -p, MemoryMax=4G, "{command}"]
 """
 
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Self
+from typing import Any, Self
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from edge_agent.launchers import (
+    BUILTIN_LAUNCHERS,
+    LauncherError,
+    WorkerLauncher,
+    check_launcher_class,
+    check_template,
+    make_launcher,
+)
 from edge_agent.restart_policy import (
     DEFAULT_HEALTHY_S,
     DEFAULT_INITIAL_S,
@@ -155,6 +166,9 @@ class AgentConfig(BaseModel):
     live_view_port: int | None = Field(default=8080, ge=0, le=65535)
     #: Address the live-view page listens on (0.0.0.0 to reach it from other machines)
     live_view_host: str = "127.0.0.1"
+    #: The live view's address as people reach it (a proxy, the machine's public name); the
+    #: node reports it and the console's fleet page links to it. Default: where it listens
+    live_view_url: str | None = Field(default=None, pattern=r"^https?://")
     #: Frames per second sent to the live view, per inference worker
     live_view_max_fps: float = Field(default=5.0, gt=0, le=30)
     #: Messages per second the node's topics may bring in; more are turned away and counted
@@ -169,6 +183,34 @@ class AgentConfig(BaseModel):
     #: ``{url: ..., <option>: ...}``: each inference task runs one worker per camera, instead of
     #: one on the job's ``video_url``
     cameras: dict[Name, Camera] = Field(default_factory=dict)
+    #: How workers are started (edge_agent.launchers): ``process`` (a child process of the
+    #: agent), ``command`` (through the ``launcher_command`` wrapper) or
+    #: ``package.module:ClassName`` (built with ``launcher_options`` as keyword arguments)
+    launcher: str = Field(default="process", pattern=r"^(process|command|[\w.]+:\w+)$")
+    #: The wrapper of the ``command`` launcher; its ``"{command}"`` element becomes the worker's
+    #: command, other elements may name {task_id}, {worker_id}, {job}, {role}, {attempt},
+    #: {script_dir}, {directory} and {env_file}
+    launcher_command: list[str] = Field(default_factory=list)
+    launcher_options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _launcher_settings_fit(self) -> Self:
+        if self.launcher == "command":
+            try:
+                check_template(self.launcher_command)
+            except LauncherError as exc:
+                raise ValueError(str(exc)) from None
+        elif self.launcher_command:
+            raise ValueError(f"launcher_command: only used when launcher is 'command', not "
+                             f"{self.launcher!r}")
+        if self.launcher_options and self.launcher in BUILTIN_LAUNCHERS:
+            raise ValueError(f"launcher_options: only used by a launcher class, not "
+                             f"{self.launcher!r}")
+        return self
+
+    def make_launcher(self) -> WorkerLauncher:
+        """The launcher these settings name; LauncherError when it cannot be built."""
+        return make_launcher(self.launcher, self.launcher_command, self.launcher_options)
 
     @model_validator(mode="after")
     def _restart_pauses_ordered(self) -> Self:
@@ -242,8 +284,14 @@ def load_config(file: Path | None, overrides: dict[str, object]) -> AgentConfig:
             data[key] = value
     if (data.get("cert") is None) != (data.get("key") is None):
         raise ConfigError("cert and key: give both (the node's certificate identity) or neither")
+    where = f"config file {file}: " if file else "settings: "
     try:
-        return AgentConfig.model_validate(data)
+        settings = AgentConfig.model_validate(data)
     except ValidationError as exc:
-        where = f"config file {file}: " if file else "settings: "
         raise ConfigError(where + describe_validation_error(exc)) from None
+    try:  # a launcher class that cannot be loaded is a setting error, said before starting
+        if settings.launcher not in BUILTIN_LAUNCHERS:
+            check_launcher_class(settings.launcher, settings.launcher_options)
+    except LauncherError as exc:
+        raise ConfigError(where + str(exc)) from None
+    return settings

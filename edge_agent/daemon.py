@@ -184,6 +184,7 @@ class Agent:
             restart_policy=self.config.restart_policy,
             on_worker_exit=self._on_worker_exit,
             camera_parameters=self.config.camera_parameters(),
+            launcher=self.config.make_launcher(),
         )
 
     def _make_channel(self) -> WorkerChannel:
@@ -291,6 +292,8 @@ class Agent:
             return
         try:
             await self.live_view.__aenter__()
+            # in every status from the first: the console links a node to its page
+            self.identity.capabilities["live_view"] = self.config.live_view_url or self.live_view.url
         except OSError as exc:
             log.error(
                 "live view off: cannot listen on %s:%s: %s",
@@ -337,6 +340,8 @@ class Agent:
                 await self.runner.start(task)
             case d.PrepareModels(task, from_desired):
                 await self._prepare_models(task, from_desired)
+            case d.FailTask(task, reason):
+                await self.runner.fail_before_start(task, reason)
             case d.SendSwap(task, swap, camera):
                 delivered = await self.channel.send(action.worker, swap)
                 await self._act(d.SwapSent(task, swap, delivered, camera))
@@ -449,7 +454,7 @@ class Agent:
         try:
             prepared = await self.deployer.prepare(task)
         except (DownloadError, ValueError, OSError) as exc:
-            await self.runner.fail_before_start(task, f"model not available: {exc}")
+            await self._act(d.ModelUnavailable(task, f"model not available: {exc}"))
             return
         await self._act(d.ModelReady(task, prepared, from_desired))
 

@@ -20,8 +20,9 @@ What it decides:
   on a node with cameras, per camera (each its own worker, :mod:`edge_agent.cameras`), with its
   frame rate or why it serves nothing: the status's ``cameras``;
 - when the status is published again: the backlog, the served versions or the restarts changed,
-  at most every :data:`STATUS_MIN_INTERVAL_S`; the health of an inference worker (its FPS, its
-  shadow comparison, a model it refused) changed, at most every :data:`HEALTH_INTERVAL_S`;
+  or an inference worker's version, up or down, or a model it refused changed, at most every
+  :data:`STATUS_MIN_INTERVAL_S`; the rest of its health (its FPS, its shadow comparison)
+  changed, at most every :data:`HEALTH_INTERVAL_S`;
 - which final progress reports the cloud has not received yet: sent again at every connection.
 
 Some actions ask the daemon for a fact only it can learn, and it answers with an event:
@@ -80,6 +81,8 @@ class NodeState:
     #: workers that reported frames served (with the initial model too) and have not exited
     #: since: a worker's hello comes before its video source opens, its stats after
     greeted: frozenset[str] = frozenset()
+    #: camera workers that ever reported frames: only their restarts are crashes of the task
+    served_once: frozenset[str] = frozenset()
     #: camera worker id -> why it serves nothing (it exited: its camera does not open, ...)
     camera_errors: dict[str, str] = field(default_factory=dict)
     #: inference worker id -> why the last model it was given would not load
@@ -165,6 +168,15 @@ class ModelReady:
 
 
 @dataclass(frozen=True)
+class ModelUnavailable:
+    """The models of a start task could not be had (a download failed, the model check
+    discarded the file)."""
+
+    task: Task
+    reason: str
+
+
+@dataclass(frozen=True)
 class SwapSent:
     task: Task
     swap: wc.Swap
@@ -239,8 +251,8 @@ class StatusPublished:
 
 
 Event = (
-    ControlReceived | DesiredReceived | GenerationApplied | TaskReceived | ModelReady | SwapSent
-    | WorkerHello | WorkerStats | WorkerSwapped | WorkerExited | Recovered | ProgressReported
+    ControlReceived | DesiredReceived | GenerationApplied | TaskReceived | ModelReady
+    | ModelUnavailable | SwapSent | WorkerHello | WorkerStats | WorkerSwapped | WorkerExited | Recovered | ProgressReported
     | ProgressSent | Connected | StatusDue | StatusPublished
 )
 
@@ -280,6 +292,14 @@ class PrepareModels:
 
     task: Task
     from_desired: bool
+
+
+@dataclass(frozen=True)
+class FailTask:
+    """Report that ``task`` could not start (its models could not be had)."""
+
+    task: Task
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -361,8 +381,8 @@ class RecordGeneration:
 
 
 Action = (
-    QueueControl | ReportError | StopWorker | HandleTask | PrepareModels | EnsureRunning
-    | StartWorker | SendSwap | Retarget | CloseTask | PublishProgress | PublishStatus
+    QueueControl | ReportError | StopWorker | HandleTask | PrepareModels | FailTask
+    | EnsureRunning | StartWorker | SendSwap | Retarget | CloseTask | PublishProgress | PublishStatus
     | PublishSamples | RecordGeneration
 )
 
@@ -401,6 +421,8 @@ def _decide(s: NodeState, event: Event, ctx: Context) -> list[Action]:
             return [HandleTask(task) if task.action == "stop" else PrepareModels(task, False)]
         case ModelReady(task, model, from_desired):
             return _model_ready(s, task, model, from_desired, ctx)
+        case ModelUnavailable(task, reason):
+            return _model_unavailable(s, task, reason, ctx)
         case SwapSent(task, swap, delivered, _camera):
             return _swap_sent(task, swap.version, delivered)
         case WorkerHello() | WorkerStats() | WorkerSwapped() | WorkerExited():
@@ -529,6 +551,18 @@ def _worker(
     return []
 
 
+def _model_unavailable(s: NodeState, task: Task, reason: str, ctx: Context) -> list[Action]:
+    """A new version for inference workers that run: they serve the old one on, and the
+    version's refusal goes into their health as a model they refused would, so a rollout
+    hears of it at once. Anything else could not start: the task fails."""
+    running = [w for w in cameras.workers_of(task.task_id, ctx.workers) if ctx.workers[w].alive]
+    if task.role != "inference" or not running:
+        return [FailTask(task, reason)]
+    for worker in running:
+        s.swap_errors[worker] = reason[:1024]
+    return [ReportError("model_unavailable", reason, task.task_id)]
+
+
 def _note_serving(s: NodeState, task_id: str, version: str | None, ctx: Context) -> None:
     if version is not None and version.isdigit() and task_id in ctx.workers:
         s.serving[task_id] = int(version)
@@ -537,6 +571,7 @@ def _note_serving(s: NodeState, task_id: str, version: str | None, ctx: Context)
 def _greeted(s: NodeState, worker: str, ctx: Context) -> None:
     if worker in ctx.workers:
         s.greeted |= {worker}
+        s.served_once |= {worker}
         s.camera_errors.pop(worker, None)
 
 
@@ -585,8 +620,21 @@ def _connected(s: NodeState, ctx: Context) -> list[Action]:
 
 
 def _publish_status(s: NodeState, ctx: Context) -> PublishStatus:
-    return PublishStatus(ctx.backlog, cameras.serving_by_task(s.serving), ctx.restarts(),
+    return PublishStatus(ctx.backlog, cameras.serving_by_task(s.serving), _restarts(s, ctx),
                          _health(s, ctx), ctx.uploads, _camera_statuses(s, ctx))
+
+
+def _restarts(s: NodeState, ctx: Context) -> dict[str, int]:
+    """Worker restarts per task, as the status's ``worker_restarts`` says them (the cloud reads
+    a task's crashes there): on a node with cameras, the sum over the cameras that have served
+    frames, so a camera that never opened does not count as a crashing model."""
+    out: dict[str, int] = {}
+    for worker, restarts in ctx.restarts().items():
+        if cameras.camera_of(worker) is not None and worker not in s.served_once:
+            continue
+        task = cameras.task_of(worker)
+        out[task] = out.get(task, 0) + restarts
+    return out
 
 
 def _camera_statuses(s: NodeState, ctx: Context) -> dict[str, dict[str, CameraStatus]]:
@@ -660,7 +708,8 @@ def _together(by_worker: dict[str, TaskHealth]) -> dict[str, TaskHealth]:
             agreement=min(agreements) if agreements else None,
             compared=sum(h.compared for h in judged),
             shadow=any(h.shadow for h in judged),
-            error="; ".join(h.error for h in judged if h.error)[:1024],
+            # cameras refusing the same model say it once
+            error="; ".join(dict.fromkeys(h.error for h in judged if h.error))[:1024],
         )
     return out
 
@@ -675,16 +724,25 @@ def _health_news(now: dict[str, TaskHealth], last: dict[str, TaskHealth]) -> boo
     return gist(now) != gist(last)
 
 
+def _health_verdict(health: dict[str, TaskHealth]) -> dict[str, tuple[object, ...]]:
+    """What of the health a rollout decides on at once: the version, the worker up or down, a
+    model it refused. A swap refused on its first frame puts the served version back within the
+    two seconds between statuses, so the refusal would otherwise wait for the health interval."""
+    return {t: (h.version, h.up, h.error) for t, h in health.items()}
+
+
 def _status_due(s: NodeState, ctx: Context) -> list[Action]:
     """Publish again when what the status says changed, at most every 2 s (every 10 s when
     only a worker's health changed), when connected."""
     last = s.published
     if last is not None:
         since = ctx.now - last.at
-        changed = (ctx.backlog, cameras.serving_by_task(s.serving), ctx.restarts(), ctx.uploads,
-                   _without_fps(_camera_statuses(s, ctx))) != (
-            last.backlog, last.serving, last.restarts, last.uploads, _without_fps(last.cameras))
+        health = _health(s, ctx)
+        changed = (ctx.backlog, cameras.serving_by_task(s.serving), _restarts(s, ctx), ctx.uploads,
+                   _without_fps(_camera_statuses(s, ctx)), _health_verdict(health)) != (
+            last.backlog, last.serving, last.restarts, last.uploads, _without_fps(last.cameras),
+            _health_verdict(last.health))
         if since < STATUS_MIN_INTERVAL_S or not changed and (
-                since < HEALTH_INTERVAL_S or not _health_news(_health(s, ctx), last.health)):
+                since < HEALTH_INTERVAL_S or not _health_news(health, last.health)):
             return []
     return [_publish_status(s, ctx)] if ctx.connected else []

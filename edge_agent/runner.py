@@ -1,8 +1,9 @@
 """Runs worker processes for tasks and reports their progress.
 
-A started task runs ``python {script_dir}/{boot_file}`` in ``script_dir``, in a process group of
-its own (so that stopping it also stops whatever it spawned), with the environment the worker
-contract defines (:mod:`protocol.worker_contract`): the manifest parameters, the task's injected
+A started task runs ``python {script_dir}/{boot_file}`` in ``script_dir`` through the node's
+launcher (:mod:`edge_agent.launchers`; by default a child process in a process group of its own,
+so that stopping it also stops whatever it spawned), with the environment the worker contract
+defines (:mod:`protocol.worker_contract`): the manifest parameters, the task's injected
 locations (``task.env``) and edgeloop's own variables. Output goes to one log file per task
 attempt; the worker's JSON result file becomes ``TaskProgress.result``.
 
@@ -41,6 +42,13 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from edge_agent import cameras
+from edge_agent.launchers import (
+    LauncherError,
+    LaunchSpec,
+    ProcessLauncher,
+    WorkerHandle,
+    WorkerLauncher,
+)
 from edge_agent.restart_policy import RestartPolicy
 from edgeloop.durable import write_atomically
 from protocol import worker_contract as contract
@@ -93,7 +101,8 @@ class WorkerAttempt:
     camera: str | None = None
     #: the camera's parameters over the job's (its ``video_url`` and options)
     camera_parameters: dict[str, str] = field(default_factory=dict)
-    process: asyncio.subprocess.Process | None = None
+    #: the started worker (a local process for the default launcher)
+    process: WorkerHandle | None = None
     stop_reason: str | None = None
     supervisor: asyncio.Task[None] | None = None
     channel_result: dict | None = None
@@ -226,9 +235,11 @@ class WorkerRunner:
         restart_policy: Callable[[], RestartPolicy] = RestartPolicy,
         on_worker_exit: OnWorkerExit | None = None,
         camera_parameters: dict[str, dict[str, str]] | None = None,
+        launcher: WorkerLauncher | None = None,
     ) -> None:
         """``camera_parameters``: camera name -> the parameters its worker gets over the
-        job's (``video_url``, options); each inference task runs one worker per camera."""
+        job's (``video_url``, options); each inference task runs one worker per camera.
+        ``launcher``: how a worker's command is run (default: a local process group)."""
         self.node = node
         self.state_dir = Path(state_dir)
         self.publish = publish
@@ -239,6 +250,7 @@ class WorkerRunner:
         self.restart_policy = restart_policy
         self.on_worker_exit = on_worker_exit
         self.camera_parameters = dict(camera_parameters or {})
+        self.launcher: WorkerLauncher = launcher or ProcessLauncher(python)
         #: worker id (the task id, or ``<task id>@<camera>``) -> its live worker
         self.running: dict[str, WorkerAttempt] = {}
         self._seen: set[str] = set()  # task keys handled during this run of the agent
@@ -295,7 +307,7 @@ class WorkerRunner:
         for run in runs:
             try:
                 await self._spawn(run)
-            except (TaskSetupError, OSError) as exc:
+            except (TaskSetupError, LauncherError, OSError) as exc:
                 await self._abandon(runs, f"cannot start the worker: {exc}")
                 return runs[0]
             # supervised before anything else can be awaited: a cancellation must not leave a
@@ -450,26 +462,32 @@ class WorkerRunner:
         if self.prepare is not None:
             await asyncio.to_thread(self.prepare, task)
         channel = self.channel_url_for(run.worker_id) if self.channel_url_for else None
-        env = {**os.environ, **worker_environment(task, run.result_path, channel, run.camera,
-                                                  run.camera_parameters)}
+        env = worker_environment(task, run.result_path, channel, run.camera,
+                                 run.camera_parameters)
         run.result_path.unlink(missing_ok=True)
         with open(run.log_path, "ab") as log_file:
             log_file.write(f"--- edgeloop: starting {boot} (attempt {task.attempt})\n".encode())
-            log_file.flush()
-            run.process = await asyncio.create_subprocess_exec(
-                self.python,
-                "-u",
-                str(boot.resolve()),
-                cwd=str(script_dir),
-                env=env,
-                stdin=asyncio.subprocess.DEVNULL,
-                stdout=log_file,
-                stderr=asyncio.subprocess.STDOUT,
-                start_new_session=True,  # own process group: stop() reaches its children
-            )
+        spec = LaunchSpec(
+            worker_id=run.worker_id,
+            task=task,
+            command=(self.python, "-u", str(boot.resolve())),
+            cwd=script_dir,
+            env=env,
+            directory=run.directory,
+            log_path=run.log_path,
+        )
+        try:
+            run.process = await self.launcher.start(spec)
+        except (LauncherError, OSError):
+            raise
+        except Exception as exc:  # a launcher class's own failure (a cluster API's error...)
+            log.exception("task %s: the launcher failed", run.worker_id)
+            raise LauncherError(f"the launcher failed: {type(exc).__name__}: {exc}") from exc
         run.started_at = time.monotonic()
-        (run.directory / PID_NAME).write_text(f"{run.process.pid}\n{boot.resolve()}\n")
-        log.info("task %s attempt %d: pid %d", run.worker_id, task.attempt, run.process.pid)
+        pid = run.process.pid
+        if pid is not None:  # lets a restarted agent stop a worker it left behind
+            (run.directory / PID_NAME).write_text(f"{pid}\n{boot.resolve()}\n")
+        log.info("task %s attempt %d: started (pid %s)", run.worker_id, task.attempt, pid)
 
     async def _supervise(self, run: WorkerAttempt) -> None:
         timeout = run.task.timeout_s
@@ -532,7 +550,7 @@ class WorkerRunner:
             run.channel_result = None
             try:
                 await self._spawn(run)
-            except TaskSetupError as exc:
+            except (TaskSetupError, LauncherError) as exc:
                 run.stop_reason = f"cannot restart the worker: {exc}"
                 return False
             except OSError as exc:
@@ -605,10 +623,13 @@ class WorkerRunner:
 
     @staticmethod
     def _signal(run: WorkerAttempt, sig: signal.Signals) -> None:
+        """SIGTERM asks the worker to stop; SIGKILL stops it and whatever it started."""
         if run.process is None:
             return
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(run.process.pid, sig)
+        if sig == signal.SIGKILL:
+            run.process.kill()
+        else:
+            run.process.terminate()
 
     # -- reporting --------------------------------------------------------------------------
 

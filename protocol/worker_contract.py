@@ -244,6 +244,19 @@ PARAMETERS: tuple[ParameterInfo, ...] = (
         name="seed", default="0", help="random seed of shuffling and replay", roles=("train",)
     ),
     ParameterInfo(
+        name="backbone",
+        default="scratch",
+        help="trunk of a model trained without BASE_MODEL_URL: scratch or mobilenetv2",
+        roles=("train",),
+    ),
+    ParameterInfo(
+        name="backbone_weights",
+        default=None,
+        help="mobilenetv2's weights: ssdlite-person (default, offline), imagenet (downloaded "
+        "by Keras), a weights file, or none",
+        roles=("train",),
+    ),
+    ParameterInfo(
         name="video_url",
         default=None,
         help="OpenCV source: rtsp://..., a file, or a camera index",

@@ -339,6 +339,40 @@ def test_a_model_the_worker_refused_is_in_its_health_until_a_swap_succeeds():
     assert status is not None and status.health["inf"] == TaskHealth(version=3)
 
 
+def test_a_refused_model_is_published_within_two_seconds_though_the_version_is_back():
+    """A swap that fails on its first frame puts the served version back before the next
+    status: the refusal itself is what the rollout must hear, without the health interval."""
+    drv = Driver()
+    drv.run(task("inf", version=1))
+    drv.send(d.WorkerHello("inf", None))
+    assert drv.publish_status() is not None
+    drv.send(d.WorkerSwapped("inf", wc.Swapped(ok=True, version="2", previous="1")))
+    drv.send(d.WorkerSwapped("inf", wc.Swapped(ok=False, version="1",
+                                               error="model 2 failed on its first frame")))
+    drv.send(d.WorkerStats("inf", wc.Stats(model_version="1", frames=5, fps=9.0)))
+    assert drv.state.serving == {"inf": 1}
+    assert drv.publish_status(after=1.0) is None  # at most every two seconds still
+    status = drv.publish_status(after=d.STATUS_MIN_INTERVAL_S - 1.0)
+    assert status is not None and status.health["inf"].error == "model 2 failed on its first frame"
+
+
+def test_a_version_the_node_could_not_have_is_in_the_health_of_the_worker_serving_on():
+    """A model the agent's check discarded never reaches the worker; it serves the old version
+    on, and the refusal is in its health as a model it refused would be."""
+    drv = Driver()
+    drv.run(task("inf", version=1))
+    drv.send(d.WorkerHello("inf", None))
+    assert drv.publish_status() is not None
+    reason = "model not available: v2: model.tflite was discarded: LiteRT cannot load it"
+    actions = drv.send(d.ModelUnavailable(task("inf", version=2), reason))
+    assert actions == [d.ReportError("model_unavailable", reason, "inf")]
+    status = drv.publish_status(after=d.STATUS_MIN_INTERVAL_S)
+    assert status is not None and status.health["inf"] == TaskHealth(version=1, error=reason)
+    # a task with no worker running could not start at all
+    train = task("train", role="train")
+    assert drv.send(d.ModelUnavailable(train, reason)) == [d.FailTask(train, reason)]
+
+
 def test_a_canary_task_asks_its_worker_for_the_shadow_comparison():
     drv = Driver()
     drv.run(task("inf", version=1))

@@ -221,7 +221,7 @@ async def test_an_agent_runs_every_camera_and_its_hard_examples_carry_node_and_c
 
 #: Writes what it was started with, then serves (or fails at once on the camera named "broken").
 CAMERA_WORKER = """
-    import os, sys, time
+    import os, signal, sys
     from workers.sdk import WorkerSession
 
     camera = os.environ.get("EDGELOOP_CAMERA", "")
@@ -234,7 +234,7 @@ CAMERA_WORKER = """
     session = WorkerSession.from_env(role="inference")
     session.wait_connected(10)
     session.report_stats(frames=1, fps=25.0)
-    time.sleep(120)
+    signal.pause()  # serves until the agent stops it
 """
 
 
@@ -316,3 +316,35 @@ def test_a_task_on_several_cameras_is_judged_on_the_cameras_that_serve():
             health.compared, health.hard_examples) == (2, True, 200, 12.5, 0.7, 20, 6)
     assert set(status.health) == {"inf"}
     assert status.cameras["inf"]["c"].error == "cannot open video source 'x'"
+
+
+def test_cameras_refusing_the_same_model_name_the_reason_once():
+    task = inference_task(1)
+    workers = {w: d.WorkerView(task, alive=True, restarts=0) for w in ("inf@a", "inf@b")}
+    ctx = d.Context(now=100.0, workers=workers)
+    state = d.NodeState("edge-1")
+    refused = wc.Swapped(ok=False, version="1", error="model 2 failed on its first frame")
+    for worker in workers:
+        state = d.handle(state, d.WorkerHello(worker, "1"), ctx).state
+        state = d.handle(state, d.WorkerSwapped(worker, refused), ctx).state
+    [status] = d.handle(state, d.Connected(), ctx).actions
+    assert isinstance(status, d.PublishStatus)
+    assert status.health["inf"].error == "model 2 failed on its first frame"
+
+
+def test_restarts_are_counted_per_task_over_the_cameras_that_served():
+    """The cloud reads a task's crashes by task id: the camera workers' restarts add up, but a
+    camera that never served a frame (its URL does not open) is not a crashing model."""
+    task = inference_task(2)
+    workers = {"inf@a": d.WorkerView(task, alive=True, restarts=2),
+               "inf@b": d.WorkerView(task, alive=True, restarts=1),
+               "inf@broken": d.WorkerView(task, alive=False, restarts=7)}
+    ctx = d.Context(now=100.0, workers=workers)
+    state = d.NodeState("edge-1")
+    for worker in ("inf@a", "inf@b"):
+        stats = wc.Stats(model_version="2", frames=10, fps=10.0)
+        state = d.handle(state, d.WorkerStats(worker, stats), ctx).state
+    state = d.handle(state, d.WorkerExited("inf@a", "RuntimeError: gather index"), ctx).state
+    [status] = d.handle(state, d.Connected(), ctx).actions
+    assert isinstance(status, d.PublishStatus)
+    assert status.restarts == {"inf": 3}

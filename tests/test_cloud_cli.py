@@ -15,7 +15,15 @@ from pathlib import Path
 
 import pytest
 from scripted_node import ScriptedNode, succeed
-from test_cloud_daemon import DATASET, JOB, NODE, NS, seed_manifests, wait_for
+from test_cloud_daemon import (
+    DATASET,
+    JOB,
+    NODE,
+    NS,
+    seed_manifests,
+    stop_cloud_in_stage,
+    wait_for,
+)
 
 pytestmark = [pytest.mark.broker, pytest.mark.timeout(120)]
 
@@ -136,21 +144,7 @@ async def test_kill_9_in_a_stage_then_restart_resumes_once(broker, cloud_process
     await asyncio.to_thread(apply_seed, broker.url, tmp_path)
     # hide_paths: the model files must be pulled from the node, as from another machine
     async with ScriptedNode(broker.url, NODE, succeed(), answer=False, hide_paths=True) as node:
-        await node.report_samples(DATASET, "x", 150)
-        await wait_for(lambda: len(node.held) == 1, timeout=30)
-        if stage in ("eval", "deploy"):
-            await node.play(node.held[0])
-            await wait_for(lambda: len(node.held) == 2, timeout=30)
-        if stage == "deploy":  # killed while collecting the files: the node does not push yet
-            node.answer_pulls = False
-            await node.play(node.held[-1])
-            await wait_for(lambda: node.pulls > 0, timeout=30)
-            cloud_process.kill()
-            node.answer_pulls = True
-        else:
-            cloud_process.kill()
-            # while the manager is down, the node finishes the task
-            await node.play(node.held[-1])
+        await stop_cloud_in_stage(node, stage, cloud_process.kill)
         await node.report_samples(DATASET, "x", 160)  # more samples while it is down
         cloud_process.start()
         if stage == "train":

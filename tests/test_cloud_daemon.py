@@ -91,6 +91,26 @@ async def wait_for(predicate: Callable[[], object], what: str = "", timeout: flo
         raise AssertionError(f"not within {timeout} s: {what or predicate}") from None
 
 
+async def stop_cloud_in_stage(node: ScriptedNode, stage: str, stop: Callable[[], None]) -> None:
+    """Take the seed job's first round to ``stage`` (``train`` or ``eval``: that task running;
+    ``deploy``: the version's files being collected) and ``stop`` the cloud there. The node then
+    finishes its task while nobody serves (for ``deploy``: answers the pulls again)."""
+    await node.report_samples(DATASET, "x", 150)
+    await wait_for(lambda: len(node.held) == 1, timeout=30)
+    if stage in ("eval", "deploy"):
+        await node.play(node.held[0])
+        await wait_for(lambda: len(node.held) == 2, timeout=30)
+    if stage == "deploy":  # stopped while collecting the files: the node does not push yet
+        node.answer_pulls = False
+        await node.play(node.held[-1])
+        await wait_for(lambda: node.pulls > 0, timeout=30)
+        stop()
+        node.answer_pulls = True
+    else:
+        stop()
+        await node.play(node.held[-1])
+
+
 def job_state(daemon: CloudDaemon) -> sm.JobState:
     return running_cloud.job_state(daemon, NS, JOB)
 

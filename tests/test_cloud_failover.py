@@ -17,7 +17,7 @@ from agent_cloud import agent_config
 from running_cloud import api
 from scripted_node import ScriptedNode, succeed
 from test_cloud_cli import CloudProcess, apply_seed, edgeloop, job_when
-from test_cloud_daemon import DATASET, JOB, NODE, NS, wait_for
+from test_cloud_daemon import DATASET, JOB, NODE, NS, stop_cloud_in_stage, wait_for
 from test_loop_integration import append_samples
 from test_rollout_fleet import INFERENCE_TASK, fleet_manifests
 
@@ -91,21 +91,7 @@ async def test_kill_9_of_the_leader_in_a_stage_the_standby_finishes_the_round_on
     await asyncio.to_thread(apply_seed, broker.url, tmp_path)
     # hide_paths: the model files must be pulled from the node, as from another machine
     async with ScriptedNode(broker.url, NODE, succeed(), answer=False, hide_paths=True) as node:
-        await node.report_samples(DATASET, "x", 150)
-        await wait_for(lambda: len(node.held) == 1, timeout=30)
-        if stage in ("eval", "deploy"):
-            await node.play(node.held[0])
-            await wait_for(lambda: len(node.held) == 2, timeout=30)
-        if stage == "deploy":  # killed while collecting the files: the node does not push yet
-            node.answer_pulls = False
-            await node.play(node.held[-1])
-            await wait_for(lambda: node.pulls > 0, timeout=30)
-            first.kill()
-            node.answer_pulls = True
-        else:
-            first.kill()
-            # while nobody serves, the node finishes the task
-            await node.play(node.held[-1])
+        await stop_cloud_in_stage(node, stage, first.kill)
         killed = time.monotonic()
         await node.report_samples(DATASET, "x", 160)  # more samples while nobody serves
         await asyncio.to_thread(second.wait_ready, 60)

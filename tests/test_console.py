@@ -578,7 +578,16 @@ async def test_the_fleet_page_follows_nodes_live_and_the_jobs_page_plots_version
             await log_in(page, loop.url)
             await page.goto(loop.url + "/fleet")
             await page.wait_for_selector(f"[data-node='{NODE}'] td.state.online")
-            assert await cell_text(page, f"[data-node='{NODE}'] .live") == "-"  # no address
+            # the agent reports where its live view listens: the page links to it
+            link = page.locator(f"[data-node='{NODE}'] .live a")
+            href = await link.get_attribute("href")
+            assert href is not None and href.startswith("http://127.0.0.1:"), href
+            live = await browser.new_page()
+            try:
+                await live.goto(href)
+                assert await live.title() == "edgeloop live view"
+            finally:
+                await live.close()
             serving = await cell_text(page, f"[data-node='{NODE}'] .serving")
             assert serving.startswith(f"{NS}/{JOB}: "), serving
             assert await cell_text(page, f"#rollouts [data-job='{NS}/{JOB}'] .stage")
@@ -586,10 +595,11 @@ async def test_the_fleet_page_follows_nodes_live_and_the_jobs_page_plots_version
             # a node comes online while the page is open, then goes: the page follows
             extra = "edge9"
             config = agent_config(broker.url, tmp_path / "edge9", node=extra,
-                                  labels={"site": "north"})
+                                  labels={"site": "north"}, live_view_port=None)
             async with Agent(config):
                 await page.wait_for_selector(f"[data-node='{extra}'] td.state.online")
                 assert await cell_text(page, f"[data-node='{extra}'] .labels") == "site north"
+                assert await cell_text(page, f"[data-node='{extra}'] .live") == "-"  # no page
                 if SCREENSHOTS:
                     await page.screenshot(path=str(DOCS / "fleet.png"))
             await page.wait_for_selector(f"[data-node='{extra}'] td.state.offline")

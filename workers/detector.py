@@ -103,61 +103,32 @@ def to_model_input(image_bgr: np.ndarray, input_hw: tuple[int, int]) -> np.ndarr
 # --- model -----------------------------------------------------------------------------------
 
 
-def build_detector(spec: DetectorSpec, seed: int | None = None):
-    """Build an untrained detector for ``spec`` (a ``keras.Model``)."""
+def build_detector(spec: DetectorSpec, seed: int | None = None, backbone: str = "scratch"):
+    """Build an untrained detector for ``spec`` (a ``keras.Model``) on ``backbone``.
+
+    ``scratch``: edgeloop's own small trunk. ``mobilenetv2``: MobileNetV2 up to stride 16 (its
+    weights come from :func:`workers.backbones.copy_trunk_weights`). Both share the FPN and the
+    heads, so everything downstream (targets, loss, decoding, export) is the same.
+    """
     import keras
     from keras import layers
 
+    if backbone not in BACKBONES:
+        raise ValueError(f"backbone {backbone!r}: expected one of {', '.join(BACKBONES)}")
     if seed is not None:
         keras.utils.set_random_seed(seed)
 
-    def conv_bn_relu(x, channels: int, kernel: int = 1, strides: int = 1, name: str = ""):
-        x = layers.Conv2D(
-            channels, kernel, strides=strides, padding="same", use_bias=False, name=f"{name}_conv"
-        )(x)
-        x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
-        return layers.ReLU(name=f"{name}_relu")(x)
-
-    def separable(x, channels: int, strides: int = 1, name: str = ""):
-        x = layers.DepthwiseConv2D(
-            3, strides=strides, padding="same", use_bias=False, name=f"{name}_dw"
-        )(x)
-        x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_dwbn")(x)
-        x = layers.ReLU(name=f"{name}_dwrelu")(x)
-        return conv_bn_relu(x, channels, 1, name=f"{name}_pw")
-
-    def residual(x, name: str):
-        """A separable block with an identity shortcut: deeper without slower convergence."""
-        return layers.Add(name=f"{name}_skip")([x, separable(x, x.shape[-1], name=name)])
-
-    def upsample_merge(top, lateral, channels: int, name: str):
-        top = conv_bn_relu(top, channels, 1, name=f"{name}_reduce")
-        top = layers.UpSampling2D(2, interpolation="nearest", name=f"{name}_up")(top)
-        lateral = conv_bn_relu(lateral, channels, 1, name=f"{name}_lateral")
-        merged = layers.Add(name=f"{name}_add")([top, lateral])
-        return separable(merged, channels, name=f"{name}_smooth")
-
     h, w = spec.input_hw
     image = keras.Input((h, w, 3), name="image")
-    x = layers.Rescaling(1.0 / 255.0, name="scale")(image)
-    # Patchify stem: one 4x4 stride-4 convolution straight to the stride-4 grid. It skips the
-    # half-resolution layers whose activations dominate training time on a CPU.
-    x = conv_bn_relu(x, 32, 4, strides=4, name="stem")
-    c4 = separable(x, 48, name="s4")  # stride 4
-    x = conv_bn_relu(c4, 64, 3, strides=2, name="s8a")  # a full conv: cheap here, rich features
-    x = separable(x, 96, name="s8b")
-    c8 = residual(x, name="s8c")  # stride 8
-    x = separable(c8, 128, strides=2, name="s16a")
-    x = residual(x, name="s16b")
-    c16 = residual(x, name="s16c")  # stride 16
-    x = separable(c16, 192, strides=2, name="s32a")
-    x = residual(x, name="s32b")
-    c32 = residual(x, name="s32c")  # stride 32: a receptive field for the largest persons
-
-    p = upsample_merge(c32, c16, 96, name="p16")
-    p = upsample_merge(p, c8, 64, name="p8")
-    p = upsample_merge(p, c4, 48, name="p4")
-    p = separable(p, 48, name="head")
+    if backbone == "mobilenetv2":
+        c4, c8, c16 = _mobilenetv2_trunk(image)
+        p = _conv_bn_relu(c16, 96, 1, name="p16_reduce_in")
+    else:
+        c4, c8, c16, c32 = _scratch_trunk(image)
+        p = _upsample_merge(c32, c16, 96, name="p16")
+    p = _upsample_merge(p, c8, 64, name="p8")
+    p = _upsample_merge(p, c4, 48, name="p4")
+    p = _separable(p, 48, name="head")
 
     prior_bias = float(-np.log((1.0 - HEATMAP_PRIOR) / HEATMAP_PRIOR))
     heat = layers.Conv2D(
@@ -170,7 +141,98 @@ def build_detector(spec: DetectorSpec, seed: int | None = None):
     size = layers.Conv2D(2, 1, name="log_size")(p)
     offset = layers.Conv2D(2, 1, activation="sigmoid", name="offset")(p)
     out = layers.Concatenate(axis=-1, name="detections")([heat, size, offset])
-    return keras.Model(image, out, name="edgeloop_centernet")
+    return keras.Model(image, out, name=MODEL_NAMES[backbone])
+
+
+#: The trunks a detector can be built on (their weights: workers/backbones.py).
+BACKBONES = ("scratch", "mobilenetv2")
+#: MobileNetV2's layers the detector taps, at strides 4, 8 and 16 (the last ends the trunk).
+TRUNK_TAPS = ("block_3_expand_relu", "block_6_expand_relu", "block_13_expand_relu")
+#: Model name per backbone: how a loaded checkpoint tells which trunk it has.
+MODEL_NAMES = {"scratch": "edgeloop_centernet", "mobilenetv2": "edgeloop_centernet_mobilenetv2"}
+
+
+def backbone_of(model) -> str:
+    """The backbone a built or loaded detector was made with."""
+    for backbone, name in MODEL_NAMES.items():
+        if model.name == name:
+            return backbone
+    return "scratch"
+
+
+def _conv_bn_relu(x, channels: int, kernel: int = 1, strides: int = 1, name: str = ""):
+    from keras import layers
+
+    x = layers.Conv2D(
+        channels, kernel, strides=strides, padding="same", use_bias=False, name=f"{name}_conv"
+    )(x)
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_bn")(x)
+    return layers.ReLU(name=f"{name}_relu")(x)
+
+
+def _separable(x, channels: int, strides: int = 1, name: str = ""):
+    from keras import layers
+
+    x = layers.DepthwiseConv2D(3, strides=strides, padding="same", use_bias=False, name=f"{name}_dw")(
+        x
+    )
+    x = layers.BatchNormalization(momentum=BN_MOMENTUM, name=f"{name}_dwbn")(x)
+    x = layers.ReLU(name=f"{name}_dwrelu")(x)
+    return _conv_bn_relu(x, channels, 1, name=f"{name}_pw")
+
+
+def _residual(x, name: str):
+    """A separable block with an identity shortcut: deeper without slower convergence."""
+    from keras import layers
+
+    return layers.Add(name=f"{name}_skip")([x, _separable(x, x.shape[-1], name=name)])
+
+
+def _upsample_merge(top, lateral, channels: int, name: str):
+    from keras import layers
+
+    top = _conv_bn_relu(top, channels, 1, name=f"{name}_reduce")
+    top = layers.UpSampling2D(2, interpolation="nearest", name=f"{name}_up")(top)
+    lateral = _conv_bn_relu(lateral, channels, 1, name=f"{name}_lateral")
+    merged = layers.Add(name=f"{name}_add")([top, lateral])
+    return _separable(merged, channels, name=f"{name}_smooth")
+
+
+def _scratch_trunk(image):
+    """edgeloop's own trunk, strides 4 to 32 (trained from scratch)."""
+    from keras import layers
+
+    x = layers.Rescaling(1.0 / 255.0, name="scale")(image)
+    # Patchify stem: one 4x4 stride-4 convolution straight to the stride-4 grid. It skips the
+    # half-resolution layers whose activations dominate training time on a CPU.
+    x = _conv_bn_relu(x, 32, 4, strides=4, name="stem")
+    c4 = _separable(x, 48, name="s4")  # stride 4
+    x = _conv_bn_relu(c4, 64, 3, strides=2, name="s8a")  # a full conv: cheap here, rich features
+    x = _separable(x, 96, name="s8b")
+    c8 = _residual(x, name="s8c")  # stride 8
+    x = _separable(c8, 128, strides=2, name="s16a")
+    x = _residual(x, name="s16b")
+    c16 = _residual(x, name="s16c")  # stride 16
+    x = _separable(c16, 192, strides=2, name="s32a")
+    x = _residual(x, name="s32b")
+    c32 = _residual(x, name="s32c")  # stride 32: a receptive field for the largest persons
+    return c4, c8, c16, c32
+
+
+def _mobilenetv2_trunk(image):
+    """MobileNetV2's layers up to stride 16, fed as its pretrained weights expect: ``-1..1``
+    (the BGR -> RGB flip lives in the first kernel, see workers/backbones.py)."""
+    import keras
+    from keras import layers
+
+    x = layers.Rescaling(1.0 / 127.5, offset=-1.0, name="scale")(image)
+    trunk = keras.applications.MobileNetV2(
+        input_tensor=x, alpha=1.0, include_top=False, weights=None
+    )
+    for layer in trunk.layers:
+        if isinstance(layer, layers.BatchNormalization):
+            layer.momentum = BN_MOMENTUM  # follow the data within a short round, as the heads do
+    return tuple(trunk.get_layer(name).output for name in TRUNK_TAPS)
 
 
 def spec_of(model) -> DetectorSpec:

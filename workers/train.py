@@ -30,6 +30,9 @@ log = logging.getLogger("edgeloop.train")
 
 DESCRIPTION = "Train the detector on TRAIN_DATASET_URL (+ replay) and write MODEL_URL/model.*"
 LR_FROM_SCRATCH = 6e-3
+#: A pretrained trunk starts near a good solution: a third of the from-scratch peak keeps the
+#: first steps (random FPN and heads) from wrecking it.
+LR_FROM_PRETRAINED = 2e-3
 LR_FROM_BASE = 1e-3
 #: Images that calibrate the activation ranges of an int8 export.
 CALIBRATION_IMAGES = 100
@@ -51,14 +54,26 @@ def _read_samples(index: str, num_classes: int, what: str):
     return result
 
 
-def _start_model(base: str | None, input_hw: tuple[int, int], num_classes: int, seed: int):
-    """The base model (reshaped to ``input_hw`` if needed) or a fresh one."""
-    from workers.detector import DetectorSpec, build_detector, load_detector, spec_of
+def _start_model(
+    base: str | None,
+    input_hw: tuple[int, int],
+    num_classes: int,
+    seed: int,
+    backbone: str = "scratch",
+    backbone_weights: str | None = None,
+):
+    """The base model (reshaped to ``input_hw`` if needed) or a fresh one on ``backbone``."""
+    from workers.backbones import copy_trunk_weights, default_weights
+    from workers.detector import DetectorSpec, backbone_of, build_detector, load_detector, spec_of
 
     spec = DetectorSpec(input_hw, num_classes)
     if not base:
-        log.info("no BASE_MODEL_URL: training from scratch")
-        return build_detector(spec, seed=seed)
+        weights = backbone_weights or default_weights(backbone)
+        log.info("no BASE_MODEL_URL: a new %s detector, trunk weights %s", backbone, weights)
+        model = build_detector(spec, seed=seed, backbone=backbone)
+        if backbone != "scratch":
+            copy_trunk_weights(model, weights)
+        return model
     path = Path(base)
     if path.suffix == ".tflite" and path.with_suffix(".keras").is_file():
         path = path.with_suffix(".keras")  # a LiteRT file cannot be trained; use its checkpoint
@@ -72,10 +87,10 @@ def _start_model(base: str | None, input_hw: tuple[int, int], num_classes: int, 
     if base_spec.input_hw != spec.input_hw:
         # Fully convolutional: the same weights work at another input size.
         log.info("base model input %s -> %s", base_spec.input_hw, spec.input_hw)
-        reshaped = build_detector(spec)
+        reshaped = build_detector(spec, backbone=backbone_of(model))
         reshaped.set_weights(model.get_weights())
         model = reshaped
-    log.info("starting from base model %s", path)
+    log.info("starting from base model %s (%s trunk)", path, backbone_of(model))
     return model
 
 
@@ -115,6 +130,12 @@ def train(params: sdk.Parameters, session: sdk.WorkerSession) -> dict[str, Any]:
     replay_max = params.int("replay_max", minimum=0)
     max_steps = params.int("max_steps", minimum=0)
     seed = params.int("seed")
+    backbone = params.get("backbone") or "scratch"
+    backbone_weights = params.get("backbone_weights") or None
+    from workers.detector import BACKBONES
+
+    if backbone not in BACKBONES:
+        raise sdk.ParameterError(f"backbone={backbone!r}: expected one of {', '.join(BACKBONES)}")
     precision = params.get("export_precision")
     if precision not in PRECISIONS:
         raise sdk.ParameterError(f"export_precision={precision!r}: expected one of {PRECISIONS}")
@@ -140,10 +161,20 @@ def train(params: sdk.Parameters, session: sdk.WorkerSession) -> dict[str, Any]:
     session.report_progress(0.0, f"loading {len(new.samples) + len(replay)} images")
 
     images = TrainingImages(new.samples + replay, input_hw)
-    model = _start_model(env.base_model_url, input_hw, len(class_names), seed)
-    lr = params.float("learning_rate", minimum=0.0) or (
-        LR_FROM_BASE if env.base_model_url else LR_FROM_SCRATCH
-    )
+    from workers.backbones import BackboneError, frozen_layers
+    from workers.detector import backbone_of
+
+    try:
+        model = _start_model(
+            env.base_model_url, input_hw, len(class_names), seed, backbone, backbone_weights
+        )
+    except BackboneError as exc:
+        raise sdk.ParameterError(str(exc)) from exc
+    if env.base_model_url:
+        default_lr = LR_FROM_BASE
+    else:
+        default_lr = LR_FROM_SCRATCH if backbone == "scratch" else LR_FROM_PRETRAINED
+    lr = params.float("learning_rate", minimum=0.0) or default_lr
     settings = TrainSettings(
         epochs=epochs,
         batch_size=batch_size,
@@ -151,6 +182,7 @@ def train(params: sdk.Parameters, session: sdk.WorkerSession) -> dict[str, Any]:
         seed=seed,
         crop_hw=_crop(params.get("train_crop"), input_hw),
         max_steps=max_steps,
+        frozen=frozen_layers(model),
     )
     session.report_progress(LOAD_SHARE, "training")
     fitted = fit(
@@ -191,6 +223,8 @@ def train(params: sdk.Parameters, session: sdk.WorkerSession) -> dict[str, Any]:
             "skipped_lines": len(new.problems),
         },
         "base_model": env.base_model_url,
+        "backbone": backbone_of(model),
+        "frozen_layers": len(settings.frozen),
         "learning_rate": lr,
         "export_precision": precision,
         "train_crop": list(settings.crop_hw) if settings.crop_hw else None,

@@ -47,6 +47,8 @@ class TrainSettings:
     #: Most optimizer steps (0: no cap): a round with many samples trains fewer epochs, so its
     #: time stays bounded however many hard examples were labelled meanwhile.
     max_steps: int = 0
+    #: Names of layers whose weights stay as they are (a pretrained trunk's early blocks).
+    frozen: tuple[str, ...] = ()
 
     def epochs_for(self, steps_per_epoch: int) -> int:
         """The epochs to run: ``epochs``, fewer when ``max_steps`` caps them (never 0)."""
@@ -269,6 +271,17 @@ def _progress_callback(
     return Progress()
 
 
+def freeze(model, frozen: Sequence[str]) -> None:
+    """Keep the layers named in ``frozen`` fixed, train all others. A frozen batch norm also
+    keeps its statistics (Keras runs it in inference mode)."""
+    names = set(frozen)
+    unknown = names - {layer.name for layer in model.layers}
+    if unknown:
+        raise ValueError(f"cannot freeze {sorted(unknown)[0]}: the model has no such layer")
+    for layer in model.layers:
+        layer.trainable = layer.name not in names
+
+
 def fit(
     model,
     images: TrainingImages,
@@ -279,20 +292,22 @@ def fit(
     """Train ``model`` in place on ``images``: Adam, linear warm-up then cosine decay."""
     import keras
 
-    from workers.detector import build_detector, spec_of
+    from workers.detector import backbone_of, build_detector, spec_of
 
     if len(images) == 0:
         raise ValueError("no training samples")
     spec = spec_of(model)
     if tuple(images.input_hw) != spec.input_hw:
         raise ValueError(f"images are {images.input_hw} but the model expects {spec.input_hw}")
+    freeze(model, settings.frozen)
     train_model = model
     if settings.crop_hw is not None and tuple(settings.crop_hw) != spec.input_hw:
         crop = DetectorSpec(tuple(settings.crop_hw), spec.num_classes)
         if crop.input_hw[0] > spec.input_hw[0] or crop.input_hw[1] > spec.input_hw[1]:
             raise ValueError(f"crop {crop.input_hw} is larger than the input {spec.input_hw}")
         # Fully convolutional: a model built for the crop size shares all weights.
-        train_model = build_detector(crop)
+        train_model = build_detector(crop, backbone=backbone_of(model))
+        freeze(train_model, settings.frozen)
         train_model.set_weights(model.get_weights())
         spec = crop
     batches = make_batches(images, spec, settings)

