@@ -128,6 +128,12 @@ def adapt(
             changes.append(f"deploySpec.nodeSelector matchLabels {FLEET_LABELS} (added; edgeloop "
                            f"extension: every agent with these labels runs inference too, here "
                            f"{EDGE_NODE_2} with its own camera)")
+            deploy["maxSourceShare"] = 1
+            changes.append("deploySpec.maxSourceShare 1 (added; edgeloop extension): the share "
+                           "cap counts the examples waiting for labels in the cloud's inbox, and "
+                           "the simulated annotator labels them beside data.txt, outside the "
+                           "cloud's label import: the cloud would count them as waiting forever "
+                           "and hold back the busier camera")
             deploy["rollout"] = rollout_spec(bake_seconds)
             changes.append(f"deploySpec.rollout (added; edgeloop extension): a new version goes "
                            f"to canary {EDGE_NODE} first, bakes {bake_seconds:g} s, then to "

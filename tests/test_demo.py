@@ -300,6 +300,7 @@ def test_the_demo_job_targets_both_edge_nodes_by_labels_with_a_staged_rollout(tm
     assert isinstance(job, IncrementalLearningJob)
     assert job.spec.deploy_spec.rollout is not None
     assert job.spec.deploy_spec.rollout.bake_seconds == 15
+    assert job.spec.deploy_spec.source_share() == 1  # the annotator labels outside label import
     said = "\n".join(adapted.changes)
     assert "nodeSelector" in said and "canary edge0" in said and "bakes 15 s" in said
 
