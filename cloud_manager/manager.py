@@ -621,13 +621,33 @@ class Manager:
             ctx = self.context(now)
 
             def run(row: journal.JournalRow) -> list[Outgoing]:
-                return self.job_event(row.namespace, row.job, journal.decode(row.event), now, ctx)
+                event = journal.decode(row.event)
+                if self._superseded(row.namespace, row.job, event, ctx):
+                    return []
+                return self.job_event(row.namespace, row.job, event, now, ctx)
 
             messages, _ = self._apply_each(
                 rows, run, lambda row: f"journaled event {row.seq} for job "
                                        f"{row.namespace}/{row.job} ({row.event[:200]})")
             self.store.journal_delete(row.seq for row in rows)
         return messages, len(rows)
+
+    def _superseded(self, namespace: str, job: str, event: journal.JournalEvent,
+                    ctx: sm.Context) -> bool:
+        """Whether a journaled event says less than the store already does. Two reports of
+        one node dealt to two managers may arrive at the leader in the other order (its own at
+        once, the member's through the journal): a node's change of state that its stored
+        state no longer shows, or a dataset's count other than the stored one, was overtaken
+        by a newer report, whose own event the leader runs (or ran)."""
+        if isinstance(event, sm.NodeChanged):
+            return (event.state == "online") != (event.node in ctx.online_nodes)
+        if isinstance(event, sm.SamplesReported) and event.error is None:
+            inputs = self.inputs(namespace, job)
+            if inputs is None:
+                return False
+            stored = self.store.dataset_samples(namespace, inputs.job.spec.dataset.name)
+            return stored is not None and stored.samples != event.total
+        return False
 
     def tick(self, now: float) -> list[Outgoing]:
         if now - self._last_cleanup >= CLEANUP_EVERY_S:

@@ -285,3 +285,17 @@ def test_a_journal_row_that_is_not_an_event_is_dropped_alone(manager, store_at):
     messages, taken = manager.apply_journal(NOW + 1)
     assert taken == 2 and len(train_tasks(messages)) == 1
     assert manager.apply_journal(NOW + 2) == ([], 0)
+
+
+def test_a_journaled_count_overtaken_by_a_newer_report_is_not_run(manager, store_at):
+    """Two reports of one node dealt to two managers: the member's older one reaches the
+    leader through the journal after the leader ran its own newer one. The stored count is
+    the newer one, and the job does not go back to the older."""
+    member = Manager(store_at.open(), decides=False)
+    member.on_sample_reports([report(1, 60)], NOW)
+    manager.on_sample_reports([report(2, 80)], NOW)  # the leader's own, at once
+    assert manager.store.load_job(NS, JOB).samples == 80
+    messages, taken = manager.apply_journal(NOW + 1)
+    assert (messages, taken) == ([], 1)
+    assert manager.store.load_job(NS, JOB).samples == 80
+    assert manager.store.dataset_samples(NS, "incremental-dataset").samples == 80
