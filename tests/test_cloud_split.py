@@ -233,11 +233,13 @@ async def test_ingest_sessions_are_held_adopted_and_handed_back(tmp_path):
         one.store.close()
 
 
-async def test_hard_examples_shared_by_two_managers_survive_the_standbys_kill_9(replicas, broker,
-                                                                                 tmp_path):
+@pytest.mark.parametrize("killed", ["standby", "leader"])
+async def test_hard_examples_shared_by_two_managers_survive_a_kill_9(replicas, broker, tmp_path,
+                                                                     killed):
     """A node's hard examples go to either manager; each is acknowledged once stored in the
-    inbox (``--state DIR``, shared). The standby dies mid-upload: what it had not acknowledged
-    the node sends again, or the leader gets from its adopted session; all are stored, once."""
+    inbox (``--state DIR``, shared). One manager dies mid-upload: what it had not acknowledged
+    the node sends again, or the survivor gets from the sessions it takes over (the leader's
+    own, by lease, or an adopted ingest session); all are stored, once."""
     first, second = replicas
     await both_ingesting(first, second)
     await asyncio.to_thread(apply_seed, broker.url, tmp_path)  # kept for a job, from its node
@@ -251,7 +253,7 @@ async def test_hard_examples_shared_by_two_managers_survive_the_standbys_kill_9(
             for i in range(40):
                 await sender.send(topics.hardex(NODE), example(i, NODE, job, images[i]))
                 if i == 20:
-                    second.kill()
+                    (second if killed == "standby" else first).kill()
             await sender.wait_drained(60)
     inbox = HardExampleInbox(tmp_path / "state" / INBOX_DIR)
     assert inbox.count(job) == 40
