@@ -243,12 +243,17 @@ def test_interrupted_demo_leaves_nothing_running_and_reruns(workdir, tmp_path):
     assert not wait_gone(str(workdir), 20.0)
 
 
-def test_seed_manifests_change_only_what_the_demo_must(tmp_path):
-    paths = DemoPaths(
+def demo_paths(tmp_path: Path) -> DemoPaths:
+    """The demo's paths under ``tmp_path``, for the manifest tests."""
+    return DemoPaths(
         dataset_index=tmp_path / "data.txt", initial_model=tmp_path / "base" / "model.tflite",
         deploy_model=tmp_path / "deploy" / "model.tflite", script_dir=tmp_path / "code",
         output_dir=tmp_path / "out", hardex_dir=tmp_path / "he",
         video_url="rtsp://127.0.0.1:9/cam", frame_log=tmp_path / "frames.jsonl")
+
+
+def test_seed_manifests_change_only_what_the_demo_must(tmp_path):
+    paths = demo_paths(tmp_path)
     seed = load_seed()
     adapted = adapt(seed, paths, 42, {"epochs": "7"})
     dataset, initial, deploy, job = adapted.manifests
@@ -284,11 +289,7 @@ def test_the_demo_job_targets_both_edge_nodes_by_labels_with_a_staged_rollout(tm
     from protocol.manifest_yaml import parse_manifest
     from protocol.manifests import IncrementalLearningJob
 
-    paths = DemoPaths(
-        dataset_index=tmp_path / "data.txt", initial_model=tmp_path / "base" / "model.tflite",
-        deploy_model=tmp_path / "deploy" / "model.tflite", script_dir=tmp_path / "code",
-        output_dir=tmp_path / "out", hardex_dir=tmp_path / "he",
-        video_url="rtsp://127.0.0.1:9/cam", frame_log=tmp_path / "frames.jsonl")
+    paths = demo_paths(tmp_path)
     adapted = adapt(load_seed(), paths, 42, {}, bake_seconds=15)
     deploy = adapted.manifests[3]["spec"]["deploySpec"]
     assert deploy["nodeName"] == "edge0"
