@@ -253,6 +253,13 @@ def deploy_cost(model, backbone: str, calibration, video: Path, work: Path, labe
     }
 
 
+def save(report: dict, out: Path, started: float) -> None:
+    """Write what is measured so far: a long run that is cut short keeps its finished lines."""
+    report["wall_s"] = time.monotonic() - started
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, default=str))
+
+
 def table(report: dict, sizes: list[int]) -> list[tuple]:
     """Print the comparison, one column per backbone; returns its lines."""
     labels = list(report["backbones"])
@@ -295,6 +302,10 @@ def main() -> int:
     parser.add_argument("--test-images", type=int, default=100)
     parser.add_argument("--round-images", type=int, default=100)
     parser.add_argument("--input-shape", default="192,320")
+    parser.add_argument(
+        "--threads", type=int, default=None,
+        help="TensorFlow intra-op threads (default: all cores; 1 when two runs share 2 cores)",
+    )
     parser.add_argument("--quick", action="store_true", help="tiny smoke run")
     parser.add_argument("--only", default=None, help="run one backbone (label), e.g. to run two side by side")
     parser.add_argument(
@@ -322,7 +333,7 @@ def main() -> int:
     from workers.train import LR_FROM_BASE, LR_FROM_PRETRAINED, LR_FROM_SCRATCH
     from workers.training import select_replay
 
-    configure_runtime()
+    configure_runtime(args.threads)
     input_hw = parse_input_shape(args.input_shape)
     sizes = [int(s) for s in args.sizes.split(",")]
     work = args.work
@@ -354,17 +365,24 @@ def main() -> int:
         if args.only and label != args.only:
             continue
         row: dict = {"backbone": backbone, "weights": weights, "day_map50": {}}
+        report["backbones"][label] = row
         lr = LR_FROM_SCRATCH if backbone == "scratch" else LR_FROM_PRETRAINED
-        model = None
-        for n in sizes:
+
+        def trained(n: int):
             model = build_detector(spec, seed=0, backbone=backbone)
             copy_trunk_weights(model, weights) if backbone != "scratch" else None
             cost = train_model(model, day_train[:n], input_hw, args.steps, lr)
             row["day_map50"][str(n)] = score(model, tests["day"], work, f"{label}-{n}")["map50"]
+            row.setdefault("train", {})[str(n)] = cost
             row["train_images_per_s"] = cost["images_per_s"]
             print(f"  {label}: {n} images -> day mAP@0.5 {row['day_map50'][str(n)]:.3f} "
-                  f"({cost['images_per_s']:.1f} img/s)", flush=True)
-        assert model is not None
+                  f"({cost['images_per_s']:.1f} img/s, load {os.getloadavg()[0]:.1f})", flush=True)
+            save(report, args.out, started)
+            return model
+
+        # The largest training set first: its model is the base of every other line, so an
+        # interrupted run still has them.
+        model = trained(max(sizes))
         base = {d: score(model, tests[d], work, f"{label}-base") for d in tests}
         row["base"] = base
         calibration = [
@@ -376,12 +394,16 @@ def main() -> int:
             model, work / f"{label}-int8.tflite", "int8",
             lambda: (to_model_input(im, input_hw) for im in calibration),
         )
-        row["int8_day_map50"] = score(int8, tests["day"], work, f"{label}-int8")["map50"]
+        row["int8"] = {d: score(int8, tests[d], work, f"{label}-int8") for d in ("day", "night")}
+        row["int8_day_map50"] = row["int8"]["day"]["map50"]
         row["int8_minus_float_map50"] = row["int8_day_map50"] - base["day"]["map50"]
         row["photos"] = real_photos(work / f"{label}-base.keras", refs, photos)
         row["deploy"] = deploy_cost(model, backbone, calibration, video, work, label)
-        print(f"  {label}: fog mAP@0.5 {base['fog']['map50']:.3f}, photos {row['photos']}, "
+        row["deploy"]["load"] = os.getloadavg()[0]
+        print(f"  {label}: fog mAP@0.5 {base['fog']['map50']:.3f}, int8-float "
+              f"{row['int8_minus_float_map50']:+.3f}, photos {row['photos']}, "
               f"deploy {row['deploy']}", flush=True)
+        save(report, args.out, started)
 
         # One incremental round on night images with replay of the day data.
         replay = select_replay(day_train, night_train, 1.0, 2000, seed=0)
@@ -395,15 +417,15 @@ def main() -> int:
             "after": after,
         }
         print(f"  {label}: round {row['round']}", flush=True)
-        report["backbones"][label] = row
+        save(report, args.out, started)
+        for n in sorted(sizes)[:-1]:
+            trained(n)
 
     if args.merge:
         for extra in args.merge:
             report["backbones"] |= json.loads(Path(extra).read_text())["backbones"]
-    report["wall_s"] = time.monotonic() - started
+    save(report, args.out, started)
     print(f"\ntotal {report['wall_s'] / 60:.1f} min; goal {GOAL_FPS:.0f} FPS end to end")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2, default=str))
     print(f"wrote {args.out}")
     report["table"] = table(report, sizes)
     args.out.write_text(json.dumps(report, indent=2, default=str))
