@@ -227,15 +227,14 @@ def real_photos(model_path: Path, refs: dict, photos: list[tuple[Path, bool]]) -
     }
 
 
-def deploy_cost(model, backbone: str, calibration, video: Path, work: Path, label: str) -> dict:
+def deploy_cost(model, calibration, video: Path, work: Path, label: str) -> dict:
     """The model re-instantiated at 352x640 (fully convolutional), int8, on the 720p video."""
     from bench.inference import run_pipeline
-    from workers.detector import DetectorSpec, build_detector, to_model_input
+    from workers.detector import at_input, to_model_input
     from workers.export import export_tflite
     from workers.predictor import load_predictor
 
-    deploy = build_detector(DetectorSpec(DEPLOY_HW, len(CLASS_NAMES)), backbone=backbone)
-    deploy.set_weights(model.get_weights())
+    deploy = at_input(model, DEPLOY_HW)
 
     def representative():
         for image in calibration:
@@ -398,7 +397,7 @@ def main() -> int:
         row["int8_day_map50"] = row["int8"]["day"]["map50"]
         row["int8_minus_float_map50"] = row["int8_day_map50"] - base["day"]["map50"]
         row["photos"] = real_photos(work / f"{label}-base.keras", refs, photos)
-        row["deploy"] = deploy_cost(model, backbone, calibration, video, work, label)
+        row["deploy"] = deploy_cost(model, calibration, video, work, label)
         row["deploy"]["load"] = os.getloadavg()[0]
         print(f"  {label}: fog mAP@0.5 {base['fog']['map50']:.3f}, int8-float "
               f"{row['int8_minus_float_map50']:+.3f}, photos {row['photos']}, "
