@@ -227,29 +227,78 @@ def real_photos(model_path: Path, refs: dict, photos: list[tuple[Path, bool]]) -
     }
 
 
-def deploy_cost(model, calibration, video: Path, work: Path, label: str) -> dict:
-    """The model re-instantiated at 352x640 (fully convolutional), int8, on the 720p video."""
-    from bench.inference import run_pipeline
+def export_deploy(model, input_hw: tuple[int, int], calibration, path: Path) -> Path:
+    """``model`` re-instantiated at ``input_hw`` (fully convolutional), as an int8 LiteRT file."""
     from workers.detector import at_input, to_model_input
     from workers.export import export_tflite
-    from workers.predictor import load_predictor
 
-    deploy = at_input(model, DEPLOY_HW)
+    deploy = at_input(model, input_hw)
 
     def representative():
         for image in calibration:
-            yield to_model_input(image, DEPLOY_HW)
+            yield to_model_input(image, input_hw)
 
-    path = export_tflite(deploy, work / f"{label}-deploy-int8.tflite", "int8", representative)
+    return export_tflite(deploy, path, "int8", representative)
+
+
+def run_deploy(path: Path, video: Path) -> dict:
+    """One int8 file on the 720p video, as the edge runs it (one model thread)."""
+    from bench.inference import run_pipeline
+    from workers.predictor import load_predictor
+
     predictor = load_predictor(path, threads=1)
     predictor.warm()
     result = run_pipeline(predictor, video)
-    return {
-        "int8_ms": result["model_ms"],
-        "fps_720p": result["fps"],
+    return {"int8_ms": result["model_ms"], "fps_720p": result["fps"], "load": os.getloadavg()[0]}
+
+
+def deploy_cost(model, calibration, video: Path, work: Path, label: str) -> dict:
+    """The model at the product's 352x640, int8, on the 720p video."""
+    path = export_deploy(model, DEPLOY_HW, calibration, work / f"{label}-deploy-int8.tflite")
+    return run_deploy(path, video) | {
         "size_kib": path.stat().st_size / 1024,
-        "params": int(deploy.count_params()),
+        "params": int(model.count_params()),
     }
+
+
+def cost_sweep(
+    work: Path, video: Path, calibration, sizes: list[tuple[int, int]], repeats: int
+) -> list[dict]:
+    """Both trunks' int8 cost at each input size, measured alternately in one process (so that
+    the machine's load hits both alike); the trained base models of an earlier run in ``work``
+    when there, else untrained ones (the model time is the same; decoding finds fewer boxes)."""
+    from workers.backbones import copy_trunk_weights
+    from workers.detector import DetectorSpec, build_detector, load_detector
+
+    files: dict[tuple[str, tuple[int, int]], Path] = {}
+    for label, backbone, weights in backbones_to_run():
+        trained = work / f"{label}-base.keras"
+        if trained.is_file():
+            model, kind = load_detector(trained), "trained"
+        else:
+            spec = DetectorSpec(DEPLOY_HW, len(CLASS_NAMES))
+            model, kind = build_detector(spec, seed=0, backbone=backbone), "untrained"
+            copy_trunk_weights(model, weights) if backbone != "scratch" else None
+        print(f"  {label}: {kind} model", flush=True)
+        for hw in sizes:
+            files[(label, hw)] = export_deploy(
+                model, hw, calibration, work / f"{label}-{hw[0]}x{hw[1]}-int8.tflite"
+            )
+    runs: dict[tuple[str, tuple[int, int]], list[dict]] = {key: [] for key in files}
+    for _ in range(repeats):
+        for key, path in files.items():
+            runs[key].append(run_deploy(path, video))
+    rows = []
+    for (label, hw), measured in runs.items():
+        best = min(measured, key=lambda r: r["int8_ms"])
+        rows.append({
+            "backbone": label, "input": f"{hw[0]}x{hw[1]}", "int8_ms": best["int8_ms"],
+            "fps_720p": max(r["fps_720p"] for r in measured), "runs": measured,
+            "size_kib": files[(label, hw)].stat().st_size / 1024,
+        })
+        print(f"  {label:<15} {hw[0]}x{hw[1]:<5} int8 {best['int8_ms']:6.1f} ms, "
+              f"{rows[-1]['fps_720p']:5.0f} FPS on 720p (load {best['load']:.1f})", flush=True)
+    return rows
 
 
 def save(report: dict, out: Path, started: float) -> None:
@@ -305,6 +354,12 @@ def main() -> int:
         "--threads", type=int, default=None,
         help="TensorFlow intra-op threads (default: all cores; 1 when two runs share 2 cores)",
     )
+    parser.add_argument(
+        "--cost-only", action="store_true",
+        help="only the int8 cost of both trunks at each --deploy-sizes, alternately in one process",
+    )
+    parser.add_argument("--deploy-sizes", default="352,640;288,512;192,320")
+    parser.add_argument("--repeats", type=int, default=2, help="cost runs per file (best kept)")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run")
     parser.add_argument("--only", default=None, help="run one backbone (label), e.g. to run two side by side")
     parser.add_argument(
@@ -323,6 +378,8 @@ def main() -> int:
             report["backbones"] |= json.loads(Path(extra).read_text())["backbones"]
         table(report, [int(s) for s in args.sizes.split(",")])
         return 0
+
+    import cv2
 
     from bench.inference import make_video
     from workers.detector import DetectorSpec, build_detector, parse_input_shape
@@ -352,6 +409,17 @@ def main() -> int:
     tests = {d: samples(data[f"{d}-test"]) for d in ("day", "night", "fog")}
     night_train = samples(data["night-train"])
     video = make_video(work / "bench-720p.mp4", 4.0 if args.quick else 10.0)
+    calibration = [cv2.imread(str(s.image)) for s in day_train[: min(64, len(day_train))]]
+    if args.cost_only:
+        sizes_hw = [parse_input_shape(v) for v in args.deploy_sizes.split(";")]
+        rows = cost_sweep(work, video, calibration, sizes_hw, args.repeats)
+        out = {"benchmark": "backbones-cost", "goal_fps": GOAL_FPS, "rows": rows,
+               "load_before": os.getloadavg()}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(out, indent=2))
+        print(f"wrote {args.out}")
+        return 0
+
     photos = photo_paths()
     refs = reference_people([p for p, person in photos if person])
     print(f"photos: {len(photos)} ({sum(p for _, p in photos)} with people); reference persons: "
@@ -384,9 +452,6 @@ def main() -> int:
         model = trained(max(sizes))
         base = {d: score(model, tests[d], work, f"{label}-base") for d in tests}
         row["base"] = base
-        calibration = [
-            __import__("cv2").imread(str(s.image)) for s in day_train[: min(64, len(day_train))]
-        ]
         from workers.detector import to_model_input
 
         int8 = export_tflite(
