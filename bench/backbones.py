@@ -301,6 +301,17 @@ def cost_sweep(
     return rows
 
 
+def merge(report: dict, files: list[Path]) -> None:
+    """Add the backbones of other runs' JSON files; the day mAP@0.5 lines of an
+    ``--efficiency-only`` run join those of the same backbone's full run."""
+    for path in files:
+        for label, row in json.loads(Path(path).read_text())["backbones"].items():
+            mine = report["backbones"].setdefault(label, {"day_map50": {}})
+            lines = mine["day_map50"] | row.get("day_map50", {})
+            mine.update({k: v for k, v in row.items() if "base" in row or k not in mine})
+            mine["day_map50"] = lines
+
+
 def save(report: dict, out: Path, started: float) -> None:
     """Write what is measured so far: a long run that is cut short keeps its finished lines."""
     report["wall_s"] = time.monotonic() - started
@@ -358,12 +369,16 @@ def main() -> int:
         "--cost-only", action="store_true",
         help="only the int8 cost of both trunks at each --deploy-sizes, alternately in one process",
     )
+    parser.add_argument(
+        "--efficiency-only", action="store_true",
+        help="only the day mAP@0.5 lines for --sizes (to run them beside the main run)",
+    )
     parser.add_argument("--deploy-sizes", default="352,640;288,512;192,320")
     parser.add_argument("--repeats", type=int, default=2, help="cost runs per file (best kept)")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run")
     parser.add_argument("--only", default=None, help="run one backbone (label), e.g. to run two side by side")
     parser.add_argument(
-        "--merge", nargs="*", default=[], help="JSON files of other --only runs to tabulate with this one"
+        "--merge", nargs="*", type=Path, default=[], help="JSON files of other --only runs to tabulate with this one"
     )
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "edgeloop-backbones")
     parser.add_argument("--out", type=Path, default=RESULTS / "backbones.json")
@@ -374,8 +389,7 @@ def main() -> int:
 
     if args.only == "none":  # tabulate earlier --only runs
         report = {"backbones": {}}
-        for extra in args.merge:
-            report["backbones"] |= json.loads(Path(extra).read_text())["backbones"]
+        merge(report, args.merge)
         table(report, [int(s) for s in args.sizes.split(",")])
         return 0
 
@@ -420,7 +434,7 @@ def main() -> int:
         print(f"wrote {args.out}")
         return 0
 
-    photos = photo_paths()
+    photos = [] if args.efficiency_only else photo_paths()
     refs = reference_people([p for p, person in photos if person])
     print(f"photos: {len(photos)} ({sum(p for _, p in photos)} with people); reference persons: "
           f"{sum(len(v) for v in refs.values())}", flush=True)
@@ -447,6 +461,10 @@ def main() -> int:
             save(report, args.out, started)
             return model
 
+        if args.efficiency_only:
+            for n in sizes:
+                trained(n)
+            continue
         # The largest training set first: its model is the base of every other line, so an
         # interrupted run still has them.
         model = trained(max(sizes))
@@ -485,9 +503,7 @@ def main() -> int:
         for n in sorted(sizes)[:-1]:
             trained(n)
 
-    if args.merge:
-        for extra in args.merge:
-            report["backbones"] |= json.loads(Path(extra).read_text())["backbones"]
+    merge(report, args.merge)
     save(report, args.out, started)
     print(f"\ntotal {report['wall_s'] / 60:.1f} min; goal {GOAL_FPS:.0f} FPS end to end")
     print(f"wrote {args.out}")
