@@ -21,8 +21,20 @@ Lines of the table, per backbone:
 
     .venv/bin/python bench/backbones.py [--quick] [--steps 150] [--input-shape 192,320]
 
-About 30-45 minutes on 2 shared cores at the defaults; ``--quick`` is a smoke run. Writes
-bench/results/backbones.json.
+Writes bench/results/backbones.json. On a machine shared with other work the trunks (and the
+sample-efficiency lines) can run as separate processes, one TensorFlow thread each, and be
+tabulated together afterwards; the cost of both trunks at several input sizes is then measured
+in one process of its own, alternately, so that the load hits both alike:
+
+    bench/backbones.py --threads 1 --only scratch --out s.json &
+    bench/backbones.py --threads 1 --only ssdlite-person --out p.json &
+    bench/backbones.py --threads 1 --only scratch --sizes 100 --efficiency-only --out s100.json &
+    ...
+    bench/backbones.py --only none --merge s.json p.json s100.json ...
+    bench/backbones.py --cost-only --deploy-sizes "352,640;288,512;192,320"
+
+Every run saves what it has measured after each stage, so one that is cut short keeps its
+finished lines. ``--quick`` is a smoke run.
 """
 
 from __future__ import annotations
@@ -355,8 +367,8 @@ def table(report: dict, sizes: list[int]) -> list[tuple]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=120, help="optimizer steps per training run")
-    parser.add_argument("--round-steps", type=int, default=50)
+    parser.add_argument("--steps", type=int, default=150, help="optimizer steps per training run")
+    parser.add_argument("--round-steps", type=int, default=60)
     parser.add_argument("--sizes", default="100,300,1000")
     parser.add_argument("--test-images", type=int, default=100)
     parser.add_argument("--round-images", type=int, default=100)
