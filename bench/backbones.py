@@ -175,6 +175,8 @@ def reference_people(paths: list[Path]) -> dict[Path, list[np.ndarray]]:
 
     from workers.backbones import source_graph
 
+    if not paths:
+        return {}
     graph_def = tf.compat.v1.GraphDef()
     graph_def.ParseFromString(source_graph().read_bytes())
     wrapped = tf.compat.v1.wrap_function(
