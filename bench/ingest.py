@@ -42,6 +42,7 @@ from pathlib import Path
 import aiomqtt
 
 from cloud_manager.daemon import CloudDaemon
+from cloud_manager.ingest_split import IngestSplit
 from cloud_manager.manager import Manager
 from cloud_manager.store import Store
 from edgeloop.mqtt import MqttSettings
@@ -169,10 +170,13 @@ class TimedManager(Manager):
         self.committing = []
 
 
-def make_manager(store: TimedStore, nodes: int) -> TimedManager:
-    manager = TimedManager(store)
+def make_manager(store: TimedStore, nodes: int, *, datasets: bool = True,
+                 decides: bool = True) -> TimedManager:
+    manager = TimedManager(store, decides=decides)
     store.after_commit = manager.committed
     manager.committing = []
+    if not datasets:  # another manager on the same database applied them
+        return manager
     now = time.time()
     manager.on_api(ApiRequest(request_id="ns", verb="create_namespace", name=NAMESPACE), now)
     for i in range(nodes):
@@ -217,19 +221,109 @@ async def managed(broker: Broker, manager: TimedManager, nodes: int, seq: int) -
     }
 
 
+def member_process(url: str, port: int, nodes: int, ready, stop, handled, out) -> None:  # noqa: ANN001
+    """Runs in its own process: a second manager's ingest session on the same PostgreSQL
+    database, in the share group, until ``stop``; sends back when each report committed and
+    the CPU time it took."""
+    store = TimedStore(url=url)
+    manager = make_manager(store, nodes, datasets=False, decides=False)
+    manager.latencies, manager.done_at, manager.batches = [], [], 0
+    committed = manager.committed
+
+    def counted() -> None:
+        before = len(manager.done_at)
+        committed()
+        with handled.get_lock():
+            handled.value += len(manager.done_at) - before
+
+    store.after_commit = manager.committed = counted  # type: ignore[method-assign]
+
+    async def serve() -> None:
+        settings = MqttSettings(url=f"mqtt://127.0.0.1:{port}", client_id="bench-member",
+                                session_expiry=0)
+        daemon = CloudDaemon(settings, manager, split=split(member=True))
+        done = asyncio.Event()
+        runner = asyncio.create_task(daemon.run(done))
+        await daemon.client.wait_connected(10)
+        ready.set()
+        cpu = time.process_time()
+        while not stop.is_set():
+            await asyncio.sleep(0.05)
+        cpu = time.process_time() - cpu
+        done.set()
+        await runner
+        out.put((manager.done_at, manager.latencies, cpu, manager.batches))
+
+    asyncio.run(serve())
+    store.close()
+
+
+def split(*, member: bool) -> IngestSplit:
+    return IngestSplit("bench", member, "bench-member" if member else "bench-leader",
+                       lambda: "bench-leader")
+
+
+async def two_managers(broker: Broker, manager: TimedManager, url: str, nodes: int,
+                       seq: int) -> dict[str, float]:
+    """One burst through two managers on one PostgreSQL database: this process's daemon as
+    the leader's session and a second process's ingest session, in one share group (fresh
+    sessions, as :func:`managed`). The rate is over both: the first report committed by
+    either to the last; CPU is both processes'."""
+    manager.latencies, manager.done_at, manager.batches = [], [], 0
+    context = multiprocessing.get_context("spawn")
+    ready, stop, handled, out = (context.Event(), context.Event(), context.Value("i", 0),
+                                 context.Queue())
+    member = context.Process(target=member_process,
+                             args=(url, broker.port, nodes, ready, stop, handled, out))
+    member.start()
+    settings = MqttSettings(url=broker.url, client_id="bench-cloud", session_expiry=0)
+    daemon = CloudDaemon(settings, manager, split=split(member=False))
+    done = asyncio.Event()
+    runner = asyncio.create_task(daemon.run(done))
+    await daemon.client.wait_connected(10)
+    await asyncio.to_thread(ready.wait, 60)
+    process, go = start_publisher(broker.port, nodes, seq=seq)
+    cpu = time.process_time()
+    go.set()
+    async with asyncio.timeout(600):
+        while len(manager.done_at) + handled.value < nodes:
+            await asyncio.sleep(0.05)
+    cpu = time.process_time() - cpu
+    stop.set()
+    member_done, member_latencies, member_cpu, member_batches = await asyncio.to_thread(out.get)
+    await asyncio.to_thread(member.join)
+    done.set()
+    await runner
+    await asyncio.to_thread(process.join)
+    if len(manager.done_at) + len(member_done) != nodes:
+        raise SystemExit(f"two managers applied {len(manager.done_at)} + {len(member_done)} "
+                         f"reports, not {nodes}")
+    return summary(sorted(manager.done_at + member_done), manager.latencies + member_latencies,
+                   cpu + member_cpu) | {
+        "mean_batch": nodes / (manager.batches + member_batches),
+        "share_of_second": len(member_done) / nodes,
+    }
+
+
 #: the receivers timed against the baseline, by store: (key in the JSON, label in the table)
 RECEIVERS = {"sqlite": ("cloud_manager", "cloud manager, SQLite"),
-             "postgresql": ("cloud_manager_postgresql", "cloud manager, PostgreSQL")}
+             "postgresql": ("cloud_manager_postgresql", "cloud manager, PostgreSQL"),
+             "postgresql2": ("two_managers_postgresql", "two managers, PostgreSQL")}
 
 
-def open_store(kind: str, tmp: Path, stack: ExitStack) -> TimedStore:
+def open_store(kind: str, tmp: Path, stack: ExitStack,
+               servers: list[PostgresServer]) -> tuple[TimedStore, str]:
+    """The store of ``kind`` and its location; the PostgreSQL kinds share one server, each
+    with a database of its own."""
     if kind == "sqlite":
-        store = TimedStore(tmp / "state")
+        store, location = TimedStore(tmp / "state"), str(tmp / "state")
     else:
-        server = stack.enter_context(PostgresServer())
-        store = TimedStore(url=server.create_database("bench"))
+        if not servers:
+            servers.append(stack.enter_context(PostgresServer()))
+        location = servers[0].create_database(f"bench_{kind}")
+        store = TimedStore(url=location)
     stack.callback(store.close)
-    return store
+    return store, location
 
 
 def ratios(pairs: list[dict], key: str) -> dict[str, float]:
@@ -245,14 +339,19 @@ async def main(nodes: int, repeats: int, stores: list[str]) -> dict[str, object]
     pairs = []
     with tempfile.TemporaryDirectory() as tmp, Broker(Path(tmp) / "broker") as broker, \
             ExitStack() as stack:
-        managers = {kind: await asyncio.to_thread(make_manager,
-                                                  open_store(kind, Path(tmp), stack), nodes)
-                    for kind in stores}
+        servers: list[PostgresServer] = []
+        opened = {kind: open_store(kind, Path(tmp), stack, servers) for kind in stores}
+        managers = {kind: await asyncio.to_thread(make_manager, store, nodes)
+                    for kind, (store, _) in opened.items()}
         for run in range(repeats):
             raw = await baseline(broker.port, nodes)
             pair: dict[str, object] = {"baseline_raw_aiomqtt": raw}
             for kind, manager in managers.items():
-                cloud = await managed(broker, manager, nodes, seq=2 + run)
+                if kind == "postgresql2":
+                    cloud = await two_managers(broker, manager, opened[kind][1], nodes,
+                                               seq=2 + run)
+                else:
+                    cloud = await managed(broker, manager, nodes, seq=2 + run)
                 pair[RECEIVERS[kind][0]] = cloud | {
                     "ratio": cloud["rate"] / raw["rate"],
                     "cpu_ratio": raw["cpu_us_per_msg"] / cloud["cpu_us_per_msg"],
@@ -278,11 +377,12 @@ def print_table(result: dict[str, object]) -> None:
     print(f"SQLite: ratio median {result['ratio']:.2f} (min {result['ratio_min']:.2f}, max "
           f"{result['ratio_max']:.2f}; goal >= 0.8), CPU per message ratio "
           f"{result['cpu_ratio']:.2f}, {result['nodes']} nodes")
-    if "postgresql" in result:
-        pg = result["postgresql"]
-        print(f"PostgreSQL: ratio median {pg['ratio']:.2f} (min {pg['ratio_min']:.2f}, max "  # type: ignore[index]
-              f"{pg['ratio_max']:.2f}), CPU per message ratio (this process only) "  # type: ignore[index]
-              f"{pg['cpu_ratio']:.2f}")  # type: ignore[index]
+    for kind, label in (("postgresql", "PostgreSQL"), ("postgresql2", "two managers, PostgreSQL")):
+        if kind in result:
+            pg = result[kind]
+            print(f"{label}: ratio median {pg['ratio']:.2f} (min {pg['ratio_min']:.2f}, max "  # type: ignore[index]
+                  f"{pg['ratio_max']:.2f}), CPU per message ratio (managers' processes only) "  # type: ignore[index]
+                  f"{pg['cpu_ratio']:.2f}")  # type: ignore[index]
 
 
 if __name__ == "__main__":
@@ -290,9 +390,10 @@ if __name__ == "__main__":
     parser.add_argument("--nodes", type=int, default=10_000)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--store", choices=["sqlite", "postgresql"], default="sqlite",
-                        help="postgresql: time a manager on PostgreSQL too, besides SQLite")
+                        help="postgresql: time a manager on PostgreSQL too, besides SQLite, "
+                             "and two managers sharing the ingest on PostgreSQL")
     args = parser.parse_args()
-    stores = ["sqlite"] + (["postgresql"] if args.store == "postgresql" else [])
+    stores = ["sqlite"] + (["postgresql", "postgresql2"] if args.store == "postgresql" else [])
     outcome = asyncio.run(main(args.nodes, args.repeats, stores))
     print_table(outcome)
     RESULTS.mkdir(exist_ok=True)

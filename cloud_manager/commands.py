@@ -111,8 +111,9 @@ def register(app: typer.Typer) -> None:
                                               help="Most hard examples kept per node."),
         leader_lease: bool = typer.Option(
             False, "--leader-lease", envvar="EDGELOOP_LEADER_LEASE",
-            help="Several managers share the --store database: the one holding its lease "
-                 "serves, the others stand by and take over when it stops renewing."),
+            help="Several managers share the --store database: all of them ingest a share of "
+                 "the node reports and answer the API's reads; the one holding its lease takes "
+                 "the decisions, the others take over when it stops renewing."),
         connection: ConnectionOptions = None,  # type: ignore[assignment]
     ) -> None:
         """Run the cloud manager: job state machine, triggers, API, node registry.
@@ -129,7 +130,9 @@ def register(app: typer.Typer) -> None:
         from cloud_manager.manager import Manager
         from cloud_manager.registry import REGISTRY_DIR, ModelRegistry
         from cloud_manager.leadership import LeaseSettings
-        from cloud_manager.replicas import LeaseShell, replica_name, serve_while_leader
+        from cloud_manager.ingest_split import IngestMembers, IngestSplit, listen_journal
+        from cloud_manager.replicas import LeaseShell, log_ingest, replica_name, serve_while_leader
+        from edgeloop.cancellation import cancel_and_wait
         from cloud_manager.store import Store, StoreError
 
         try:
@@ -150,13 +153,18 @@ def register(app: typer.Typer) -> None:
         quotas = HardexQuotas(job_bytes=hardex_job_mb * MB, job_count=hardex_job_count,
                               node_bytes=hardex_node_mb * MB, node_count=hardex_node_count)
 
-        async def serve(stop: asyncio.Event) -> None:
-            manager = Manager(store, tz=zone, inbox=HardExampleInbox(state / INBOX_DIR),
+        def daemon_of(manager_store: Store, split: IngestSplit | None = None,
+                      member_id: str | None = None,
+                      lock: asyncio.Lock | None = None) -> CloudDaemon:
+            manager = Manager(manager_store, tz=zone, inbox=HardExampleInbox(state / INBOX_DIR),
                               registry=ModelRegistry(state / REGISTRY_DIR),
-                              read_node_paths=not always_pull)
-            daemon = CloudDaemon(connection.settings(client_id), manager, budget=budget,
-                                 hardex_quotas=quotas)
-            await daemon.run(stop)
+                              read_node_paths=not always_pull,
+                              decides=split is None or not split.member)
+            return CloudDaemon(connection.settings(member_id or client_id), manager,
+                               budget=budget, hardex_quotas=quotas, split=split, lock=lock)
+
+        async def serve(stop: asyncio.Event) -> None:
+            await daemon_of(store).run(stop)
 
         async def main() -> None:
             stop = asyncio.Event()
@@ -169,7 +177,35 @@ def register(app: typer.Typer) -> None:
             lease = LeaseShell(lease_store, replica_name(), LeaseSettings(), time.time)
             typer.echo(f"cloud manager {lease.state.me}: standing by for the leader lease",
                        err=True)
-            await serve_while_leader(lease, store, serve, stop)
+            with lease_store.transaction():
+                group = lease_store.share_group()
+
+            lock = asyncio.Lock()  # the daemons of this process: one transaction at a time
+
+            def split(member: bool) -> IngestSplit:
+                return IngestSplit(group, member, lease.state.me, lambda: lease.state.leader)
+
+            async def lead(stop: asyncio.Event) -> None:
+                daemon = daemon_of(store, split(False), lock=lock)
+                listener = asyncio.create_task(listen_journal(store_url, daemon.journal_due))
+                try:
+                    await daemon.run(stop)
+                finally:
+                    await cancel_and_wait(listener)
+                    log_ingest(client_id, daemon)
+
+            async def ingest(member_id: str, stop: asyncio.Event) -> None:
+                member_store = Store(url=store_url)
+                try:
+                    daemon = daemon_of(member_store, split(True), member_id, lock)
+                    await daemon.run(stop)
+                    log_ingest(member_id, daemon)
+                finally:
+                    member_store.close()
+
+            members = IngestMembers(lease_store, lease.state.me, client_id, ingest, time.time)
+            await asyncio.gather(serve_while_leader(lease, store, lead, stop, lock=lock),
+                                 members.run(lambda: lease.state.leading, stop, lock))
 
         typer.echo(f"cloud manager: state {store.location}, broker {connection.broker}, timers in {tz}", err=True)
         try:

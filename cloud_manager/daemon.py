@@ -17,6 +17,11 @@ reconnects and the broker sends it again. A clock tick drives periodic trigger c
 deadlines and retries. A :class:`RetainedSweeper` clears retained messages on topics
 the design does not retain.
 
+With several managers on one store (``split``, see :mod:`cloud_manager.ingest_split`), node
+statuses, sample reports, hard examples and the API's read verbs are shared subscriptions of the
+managers' group; the leader's daemon keeps every other subscription, and an ingest session's
+daemon (``split.member``) takes only the shared ones and decides nothing.
+
 Manifests published as plain text (``mosquitto_pub -t edgeloop/v1/api/apply -f job.yaml``) have
 no MQTT v5 response topic: their answer goes to ``edgeloop/v1/reply/mqtt-text``
 (:data:`TEXT_REPLY_TOPIC`), where ``mosquitto_sub`` can read it.
@@ -38,7 +43,8 @@ from cloud_manager.database import StoreUnavailable
 from cloud_manager.distribution import FanoutPolicy, ModelDistribution
 from cloud_manager.hardex_admission import HardexAdmission, HardexQuotas
 from cloud_manager.labels import LabelForwarder
-from cloud_manager.manager import Manager, Pull
+from cloud_manager.ingest_split import IngestSplit
+from cloud_manager.manager import JOURNAL_BATCH, Manager, Pull
 from cloud_manager.outgoing import Outgoing
 from cloud_manager.registry import RegistryError
 from cloud_manager.retained_sweeper import SWEEP_PERIOD_S, RetainedSweeper
@@ -112,55 +118,84 @@ class CloudDaemon:
         hardex_quotas: HardexQuotas | None = None,
         sweep_period_s: float = SWEEP_PERIOD_S,
         fanout: FanoutPolicy | None = None,
+        split: IngestSplit | None = None,
+        lock: asyncio.Lock | None = None,
     ) -> None:
+        """``split``: one of several managers on one store (see :mod:`cloud_manager.
+        ingest_split`): the node reports and the API's reads are shared among them; a member
+        (``split.member``) takes only those, and journals what it ingested for the leader.
+        ``lock``: shared by every daemon of the process, whose stores' transactions must not
+        overlap (one waiting on the event loop for a row another holds until its commit, which
+        needs the event loop, would wait forever)."""
         self.manager = manager
+        self.split = split
         #: what each node may send (see edgeloop.fairness); excess is turned away and counted
         self.budgets = NodeBudgets(budget or Budget())
         self.client = MqttClient(settings, admission=self.budgets)
         self.tick_s = tick_s
         self.clock = clock
-        self._lock = asyncio.Lock()  # one event at a time: the store has one writer
-        self.client.subscribe(topics.api_request_filter(), self._on_api, control=True)
+        self._lock = lock or asyncio.Lock()  # one event at a time: the store has one writer
+        ingest = split.filter if split else (lambda topic_filter: topic_filter)
+        member = split is not None and split.member
+        if split is not None and not member:
+            # the session of a manager that ran alone before holds the unshared filters
+            for kind in (topics.Kind.STATUS, topics.Kind.SAMPLES, topics.Kind.HARDEX):
+                self.client.drop_stale(topics.node_filter(kind))
+        for api_filter in split.api_filters() if split else [topics.api_request_filter()]:
+            self.client.subscribe(api_filter, self._on_api, control=True)
         self.status_stats = StatusStats()
-        self.client.subscribe_batch(topics.node_filter(topics.Kind.STATUS), self._on_statuses,
-                                    max_batch=STATUS_BATCH)
+        self.client.subscribe_batch(ingest(topics.node_filter(topics.Kind.STATUS)),
+                                    self._on_statuses, max_batch=STATUS_BATCH)
         self.sample_stats = SampleStats()
-        self.client.subscribe_batch(topics.node_filter(topics.Kind.SAMPLES), self._on_samples,
-                                    max_batch=SAMPLE_BATCH)
-        self.client.subscribe(topics.node_filter(topics.Kind.PROGRESS), self._on_progress)
+        self.client.subscribe_batch(ingest(topics.node_filter(topics.Kind.SAMPLES)),
+                                    self._on_samples, max_batch=SAMPLE_BATCH)
+        if not member:
+            self.client.subscribe(topics.node_filter(topics.Kind.PROGRESS), self._on_progress)
         self.acknowledger = Acknowledger(self.client)
-        self.labels = LabelForwarder(self.client, manager, self._lock, TEXT_REPLY_TOPIC, clock=clock)
+        self.labels: LabelForwarder | None = None
+        if not member:
+            self.labels = LabelForwarder(self.client, manager, self._lock, TEXT_REPLY_TOPIC,
+                                         clock=clock)
         self.admission: HardexAdmission | None = None
         if manager.inbox is not None:
             self.admission = HardexAdmission(manager.inbox, hardex_quotas or HardexQuotas(),
                                              manager.target_nodes, manager.max_source_share)
-            self.client.subscribe(topics.node_filter(topics.Kind.HARDEX), self._on_hardex)
+            self.client.subscribe(ingest(topics.node_filter(topics.Kind.HARDEX)), self._on_hardex)
         self.puller: ArtifactPuller | None = None
         self.distribution: ModelDistribution | None = None
         self._pull_tasks: set[asyncio.Task[None]] = set()
-        if manager.registry is not None:
+        if manager.registry is not None and not member:
             self.puller = ArtifactPuller(self.client, manager.registry)
             self.distribution = ModelDistribution(self.client, manager.registry,
                                                   fanout or FanoutPolicy())
-        self.client.on_connect(self._on_connect)
+        self.client.on_connect(self._on_member_connect if member else self._on_connect)
         self.sweeper = RetainedSweeper(settings, period_s=sweep_period_s)
+        #: set when an ingest member journaled events (the leader's journal listener)
+        self.journal_due = asyncio.Event()
 
     async def run(self, stop: asyncio.Event | None = None) -> None:
         """Serve until ``stop`` is set (or forever)."""
         stop = stop or asyncio.Event()
+        if self.labels is None:  # an ingest member: no decisions, no ticks, no sweeps
+            async with self.client:
+                await stop.wait()
+            return
         async with self.client, self.labels:
             ticker = asyncio.create_task(self._tick_loop(stop), name="cloud-tick")
             sweeper = asyncio.create_task(self.sweeper.run(stop), name="cloud-sweeper")
+            workers = [ticker, sweeper]
+            if self.split is not None:
+                workers.append(asyncio.create_task(self._journal_loop(stop), name="cloud-journal"))
             try:
                 await stop.wait()
             finally:
-                ticker.cancel()
-                sweeper.cancel()
+                for worker in workers:
+                    worker.cancel()
                 for task in self._pull_tasks:
                     task.cancel()
                 if self.distribution is not None:
                     await self.distribution.close()
-                await asyncio.gather(ticker, sweeper, *self._pull_tasks, return_exceptions=True)
+                await asyncio.gather(*workers, *self._pull_tasks, return_exceptions=True)
 
     async def publish(self, messages: list[Outgoing]) -> None:
         for out in messages:
@@ -218,16 +253,25 @@ class CloudDaemon:
         await self._run("resync", lambda: self.manager.resync(self.clock()))
         log.info("cloud manager connected to %s and in sync", self.client.settings.url)
 
+    async def _on_member_connect(self) -> None:
+        log.info("ingest session %s connected to %s", self.client.settings.client_id,
+                 self.client.settings.url)
+
     async def _on_api(self, delivery: Delivery) -> None:
         request = delivery.message
         if not isinstance(request, ApiRequest):
             return
-        if request.verb == "label_import":
+        if self.labels is not None and request.verb == "label_import":
             self.labels.accept(delivery)  # answers once the dataset's node has confirmed
             return
         async with self._lock:
             try:
-                response, messages = self.manager.on_api(request, self.clock())
+                refusal = self.split.refusal(request) if self.split else None
+                messages: list[Outgoing] = []
+                if refusal is not None:
+                    response = refusal
+                else:
+                    response, messages = self.manager.on_api(request, self.clock())
             except Exception as exc:
                 log.exception("API %s failed", request.verb)
                 response, messages = ApiResponse(
@@ -344,6 +388,29 @@ class CloudDaemon:
         if stored.new:
             log.debug("hard example %s from %s stored", example.sha256[:12], example.node)
         self.acknowledger.ack(example.node, example.key)
+
+    async def _journal_loop(self, stop: asyncio.Event) -> None:
+        """The leader of several managers: run what the ingest members journaled as soon as
+        one says it wrote some (:attr:`journal_due`), and at every tick in case a signal was
+        missed (the listener reconnecting)."""
+        while not stop.is_set():
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.journal_due.wait(), self.tick_s)
+            self.journal_due.clear()
+            taken = JOURNAL_BATCH
+            while taken == JOURNAL_BATCH:
+                taken = await self._run_journal()
+
+    async def _run_journal(self) -> int:
+        async with self._lock:
+            try:
+                messages, taken = self.manager.apply_journal(self.clock(), JOURNAL_BATCH)
+            except (NotLeader, StoreUnavailable, sqlite3.Error) as exc:
+                log.warning("the ingest journal not run: %s", exc)
+                return 0
+        await self.publish(messages)
+        self._start_pulls()
+        return taken
 
     async def _tick_loop(self, stop: asyncio.Event) -> None:
         while not stop.is_set():

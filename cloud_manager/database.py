@@ -68,15 +68,19 @@ class Dialect:
     #: appended to a SELECT whose row must not change before the transaction ends (SQLite:
     #: nothing, its write transaction already excludes every other writer)
     lock_shared: str
+    #: an integer key numbered by the engine in insertion order
+    serial: str
 
     def json_field(self, column: str, field: str) -> str:
         return self.json_text.format(column=column, field=field)
 
 
 SQLITE = Dialect("sqlite", begin="BEGIN IMMEDIATE", real="REAL",
-                 json_text="json_extract({column}, '$.{field}')", lock_shared="")
+                 json_text="json_extract({column}, '$.{field}')", lock_shared="",
+                 serial="INTEGER")
 POSTGRESQL = Dialect("postgresql", begin="BEGIN", real="DOUBLE PRECISION",
-                     json_text="({column}::jsonb ->> '{field}')", lock_shared=" FOR SHARE")
+                     json_text="({column}::jsonb ->> '{field}')", lock_shared=" FOR SHARE",
+                     serial="BIGSERIAL")
 
 
 def is_postgresql_url(location: str) -> bool:

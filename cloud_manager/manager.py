@@ -21,6 +21,7 @@ from pathlib import Path
 from datetime import timezone, tzinfo
 from typing import TypeVar
 
+from cloud_manager import ingest_journal as journal
 from cloud_manager import rollout as ro
 from cloud_manager import state_machine as sm
 from cloud_manager.api import ApiHandler
@@ -30,7 +31,7 @@ from cloud_manager.sample_batch import DatasetUpdate, coalesce
 from cloud_manager.status_batch import Known, Settled, by_node, settle
 from cloud_manager.outgoing import Outgoing
 from cloud_manager.database import StoreUnavailable
-from cloud_manager.store import ResourceRow, Store
+from cloud_manager.store import ResourceRow, SampleCount, Store
 from cloud_manager.task_builder import JobInputs, build_inference_task, task_id
 from cloud_manager.versions import Artifact
 from protocol import topics
@@ -54,6 +55,8 @@ log = logging.getLogger("edgeloop.cloud")
 #: Keys of handled messages are kept this long (far beyond a broker session's redelivery).
 PROCESSED_KEYS_KEPT_S = 86400.0
 CLEANUP_EVERY_S = 3600.0
+#: most journaled ingest events the leader runs in one transaction
+JOURNAL_BATCH = 256
 
 M = TypeVar("M", Dataset, Model, IncrementalLearningJob)
 P = TypeVar("P")
@@ -154,11 +157,17 @@ class Manager:
         inbox: HardExampleInbox | None = None,
         registry: ModelRegistry | None = None,
         read_node_paths: bool = True,
+        decides: bool = True,
     ) -> None:
         """``read_node_paths`` False: never copy a version's files from the paths a train
         result names, always pull them from the node (a path that exists here may be another
-        machine's file of the same name; the sha256 check would catch it, at a copy's cost)."""
+        machine's file of the same name; the sha256 check would catch it, at a copy's cost).
+
+        ``decides`` False: an ingest member of several managers (:mod:`cloud_manager.
+        ingest_journal`): it stores what reports say and journals the jobs' events for the
+        leader instead of running them."""
         self.store = store
+        self.decides = decides
         self.read_node_paths = read_node_paths
         self.inbox = inbox
         self.registry = registry
@@ -262,6 +271,9 @@ class Manager:
         """Run one event through a job's machine and persist the outcome (inside the caller's
         transaction). ``ctx``: the context when the caller already has it (a batch reads the
         nodes once, not once per job)."""
+        if not self.decides:
+            self.store.journal_add(namespace, name, journal.encode(event), now)
+            return []
         state = self.store.load_job(namespace, name)
         inputs = self.inputs(namespace, name)
         if state is None or inputs is None:
@@ -425,6 +437,8 @@ class Manager:
                 lambda one: f"status of node {one.latest.node} (seq {one.latest.seq})")
             result.nodes = len(settled) - len(failed)
             result.failed = sum(1 + one.superseded for one in failed)
+            if not self.decides:
+                self.store.journal_notify()
         return result
 
     def _apply_status(self, settled: Settled,
@@ -473,6 +487,8 @@ class Manager:
             if updates:
                 result.messages, failed = self._apply_updates(updates, now)
                 result.failed = len(failed)
+                if not self.decides:
+                    self.store.journal_notify()
         return result
 
     def _apply_updates(self, updates: list[DatasetUpdate],
@@ -483,11 +499,23 @@ class Manager:
         jobs = self._jobs_by_dataset()
         revisions = self.store.resource_revisions(
             Dataset.kind_name, {(update.namespace, update.name) for update in updates})
+        # The counts are written together after the updates (on PostgreSQL one round trip
+        # for the batch, not one per report); a part that fails takes its own back.
+        writes: list[SampleCount] = []
+
+        def apply(update: DatasetUpdate) -> list[Outgoing]:
+            mark = len(writes)
+            try:
+                return self._apply_samples(update, jobs, now, ctx,
+                                           revisions.get((update.namespace, update.name)), writes)
+            except BaseException:
+                del writes[mark:]
+                raise
+
         messages, failed = self._apply_each(
-            updates, lambda update: self._apply_samples(
-                update, jobs, now, ctx, revisions.get((update.namespace, update.name))),
-            lambda update: f"samples of dataset {update.dataset} from {update.node} "
-                           f"(reports {', '.join(update.reports)})")
+            updates, apply, lambda update: f"samples of dataset {update.dataset} from "
+                                           f"{update.node} (reports {', '.join(update.reports)})")
+        self.store.put_dataset_samples_many(writes)
         return messages, {key for update in failed for key in update.reports}
 
     def _apply_each(self, parts: Sequence[P], apply: Callable[[P], list[Outgoing]],
@@ -530,10 +558,11 @@ class Manager:
         return index
 
     def _apply_samples(self, update: DatasetUpdate, jobs: dict[tuple[str, str], list[str]],
-                       now: float, ctx: sm.Context,
-                       revision: tuple[int, float] | None) -> list[Outgoing]:
-        """One dataset's newest count: stored, and fed to the jobs learning from it.
-        ``revision``: its Dataset's, as the batch read it (None: not applied)."""
+                       now: float, ctx: sm.Context, revision: tuple[int, float] | None,
+                       writes: list[SampleCount]) -> list[Outgoing]:
+        """One dataset's newest count: stored (appended to ``writes``, which the batch stores
+        in one statement), and fed to the jobs learning from it. ``revision``: its Dataset's,
+        as the batch read it (None: not applied)."""
         dataset = self._manifest_at(Dataset, update.namespace, update.name, revision)
         owner = dataset.spec.node_name if dataset else None
         if owner is None:
@@ -541,8 +570,8 @@ class Manager:
             # are applied, and again only when the index changes. Keep the count: a job created
             # later starts from it (when the Dataset names this node, see the API's apply).
             if update.entry.error is None:
-                self.store.put_dataset_samples(update.namespace, update.name, update.entry.samples,
-                                               None, update.node, now)
+                writes.append((update.namespace, update.name, update.entry.samples, None,
+                               update.node, now))
             log.info("sample report from %s for dataset %s, not applied yet: count kept",
                      update.node, update.dataset)
             return []
@@ -552,8 +581,8 @@ class Manager:
             return []
         entry = update.entry
         if entry.error is None:
-            self.store.put_dataset_samples(update.namespace, update.name, entry.samples, entry.error,
-                                           update.node, now)
+            writes.append((update.namespace, update.name, entry.samples, entry.error, update.node,
+                           now))
         event = sm.SamplesReported(entry.samples, entry.error)
         out: list[Outgoing] = []
         for name in jobs.get((update.namespace, update.name), []):
@@ -579,6 +608,46 @@ class Manager:
                         self.store.set_task_state(progress.task_id, progress.attempt,
                                                   progress.state, now)
             return out
+
+    def apply_journal(self, now: float, limit: int = JOURNAL_BATCH) -> tuple[list[Outgoing], int]:
+        """Run the oldest ``limit`` events the ingest members journaled through their jobs'
+        machines, and delete them, in one transaction (fenced, as every decision of a term).
+        Returns the messages and how many rows were taken (``limit``: call again). A row that
+        is not an event, or whose job fails on it, is logged and dropped alone."""
+        with self.store.transaction():
+            rows = self.store.journal(limit)
+            if not rows:
+                return [], 0
+            ctx = self.context(now)
+
+            def run(row: journal.JournalRow) -> list[Outgoing]:
+                event = journal.decode(row.event)
+                if self._superseded(row.namespace, row.job, event, ctx):
+                    return []
+                return self.job_event(row.namespace, row.job, event, now, ctx)
+
+            messages, _ = self._apply_each(
+                rows, run, lambda row: f"journaled event {row.seq} for job "
+                                       f"{row.namespace}/{row.job} ({row.event[:200]})")
+            self.store.journal_delete(row.seq for row in rows)
+        return messages, len(rows)
+
+    def _superseded(self, namespace: str, job: str, event: journal.JournalEvent,
+                    ctx: sm.Context) -> bool:
+        """Whether a journaled event says less than the store already does. Two reports of
+        one node dealt to two managers may arrive at the leader in the other order (its own at
+        once, the member's through the journal): a node's change of state that its stored
+        state no longer shows, or a dataset's count other than the stored one, was overtaken
+        by a newer report, whose own event the leader runs (or ran)."""
+        if isinstance(event, sm.NodeChanged):
+            return (event.state == "online") != (event.node in ctx.online_nodes)
+        if isinstance(event, sm.SamplesReported) and event.error is None:
+            inputs = self.inputs(namespace, job)
+            if inputs is None:
+                return False
+            stored = self.store.dataset_samples(namespace, inputs.job.spec.dataset.name)
+            return stored is not None and stored.samples != event.total
+        return False
 
     def tick(self, now: float) -> list[Outgoing]:
         if now - self._last_cleanup >= CLEANUP_EVERY_S:

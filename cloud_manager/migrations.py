@@ -7,7 +7,8 @@ the version row, so a crash leaves it at the old version or the new one, never b
 at a version newer than this build's is refused rather than misread. Several managers starting
 on one PostgreSQL take an advisory lock first, so the migration runs once.
 
-The DDL is shared by both engines; ``{real}`` is the dialect's float type.
+The DDL is shared by both engines; ``{real}`` is the dialect's float type, ``{serial}`` its
+auto-numbered key.
 """
 
 from __future__ import annotations
@@ -63,6 +64,16 @@ MIGRATIONS: tuple[Migration, ...] = (
             name TEXT PRIMARY KEY, holder TEXT NOT NULL, epoch BIGINT NOT NULL,
             expires {real} NOT NULL)""",
     )),
+    Migration(3, "several managers split the ingest: what a manager that does not decide "
+                 "ingested, for the leader to decide on (in order); the MQTT sessions of the "
+                 "managers' ingest connections and who holds each", (
+        """CREATE TABLE IF NOT EXISTS ingest_journal (
+            seq {serial} PRIMARY KEY, namespace TEXT NOT NULL, job TEXT NOT NULL,
+            event TEXT NOT NULL, time {real} NOT NULL)""",
+        """CREATE TABLE IF NOT EXISTS ingest_members (
+            client_id TEXT PRIMARY KEY, holder TEXT NOT NULL, adopted INTEGER NOT NULL,
+            expires {real} NOT NULL)""",
+    )),
 )
 
 #: the version this build writes
@@ -91,7 +102,7 @@ def migrate(db: Connection, dialect: Dialect) -> tuple[int, int]:
             raise SchemaTooNew(f"schema {found}, newer than this build's {SCHEMA_VERSION}")
         for migration in (m for m in MIGRATIONS if m.version > found):
             for statement in migration.statements:
-                db.execute(statement.format(real=dialect.real))
+                db.execute(statement.format(real=dialect.real, serial=dialect.serial))
         if found < SCHEMA_VERSION:
             db.execute("INSERT INTO meta VALUES ('schema', ?) ON CONFLICT (key) DO UPDATE "
                        "SET value=excluded.value", (str(SCHEMA_VERSION),))

@@ -1,10 +1,12 @@
 """Several cloud managers on one PostgreSQL store: the one holding the lease serves, the others
 stand by and take over when it stops renewing (the shell of :mod:`cloud_manager.leadership`).
 
-The serving manager is the whole daemon: MQTT session, ingest, API, decisions. A standby holds
-no MQTT connection; when it wins the lease it starts a daemon with the same client id, so the
-broker hands it the persistent session, with every message the old leader had not
-acknowledged: nothing accepted is lost, and the stored message keys make repeats harmless. Every
+The leader runs the whole daemon on the managers' MQTT session: decisions, the API's writes,
+task progress, and its share of the node reports and of the API's reads. Every manager, leader or
+standby, also serves an ingest session (:mod:`cloud_manager.ingest_split`). When a standby wins
+the lease it starts the daemon with the leader's client id, so the broker hands it the
+persistent session, with every message the old leader had not acknowledged: nothing accepted is
+lost, and the stored message keys make repeats harmless. Every
 transaction of a term checks that term's epoch (:meth:`cloud_manager.store.Store.fence`), so a
 leader that was paused past its lease and wakes up cannot write: its messages stay
 unacknowledged for the new leader, and it stops serving at its next lease check.
@@ -21,6 +23,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any
 
 from cloud_manager import leadership as ld
+from cloud_manager.daemon import CloudDaemon
 from cloud_manager.database import StoreUnavailable
 from cloud_manager.store import Store
 
@@ -92,14 +95,21 @@ class LeaseShell:
 
 async def serve_while_leader(lease: LeaseShell, store: Store,
                              serve: Callable[[asyncio.Event], Coroutine[Any, Any, None]],
-                             stop: asyncio.Event, tick_s: float = LEASE_TICK_S) -> None:
-    """Until ``stop``: stand by, and ``serve(demoted)`` for each term this manager wins, with
-    ``store`` fenced by the term's epoch; ``demoted`` is set when the term ends."""
+                             stop: asyncio.Event, tick_s: float = LEASE_TICK_S,
+                             lock: asyncio.Lock | None = None) -> None:
+    """Until ``stop``: stand by for the lease, and ``serve(demoted)`` for each term this
+    manager wins, with ``store`` fenced by the term's epoch; ``demoted`` is set when the term
+    ends. ``lock``: the
+    daemons' (a renewal waits for a decision's transaction to commit, which must not be one
+    waiting behind it on the event loop)."""
     term: asyncio.Task[None] | None = None
     demoted = asyncio.Event()
+    lock = lock or asyncio.Lock()
     try:
         while not stop.is_set():
-            for action in lease.tick():
+            async with lock:
+                actions = lease.tick()
+            for action in actions:
                 if isinstance(action, ld.StartLeading):
                     if term is not None:  # the last term's daemon is gone before the next
                         await term
@@ -125,3 +135,11 @@ async def serve_while_leader(lease: LeaseShell, store: Store,
         demoted.set()
         if term is not None:
             await term
+
+
+def log_ingest(client_id: str, daemon: CloudDaemon) -> None:
+    """What one of several managers' sessions ingested, said when it ends (how the share of
+    the reports fell among the managers)."""
+    samples, statuses = daemon.sample_stats, daemon.status_stats
+    log.info("session %s ingested %d sample reports (%d duplicates) and %d node statuses",
+             client_id, samples.reports, samples.duplicates, statuses.statuses)

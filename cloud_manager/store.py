@@ -21,6 +21,7 @@ thread, off its event loop.
 from __future__ import annotations
 
 import json
+import secrets
 import sqlite3
 import threading
 import time
@@ -39,6 +40,8 @@ from cloud_manager.database import (
     open_sqlite,
     redacted,
 )
+from cloud_manager.ingest_journal import CHANNEL as JOURNAL_CHANNEL
+from cloud_manager.ingest_journal import JournalRow
 from cloud_manager.leadership import Lease
 from cloud_manager.migrations import SchemaTooNew, migrate
 from cloud_manager.state_machine import JobState
@@ -114,6 +117,10 @@ class NodeRow:
     status: NodeStatus
 
 
+#: a dataset's count to store: namespace, name, samples, error, reporting node, time
+SampleCount = tuple[str, str, int, str | None, str, float]
+
+
 @dataclass(frozen=True)
 class SampleCountRow:
     """A dataset's labelled sample count, as its node last reported it."""
@@ -125,6 +132,18 @@ class SampleCountRow:
     error: str | None
     node: str
     updated: float
+
+
+@dataclass(frozen=True)
+class MemberRow:
+    """One manager's ingest session on the broker (its MQTT client id) and who serves it."""
+
+    client_id: str
+    holder: str
+    #: held by the leader for a manager that stopped renewing it (see
+    #: :mod:`cloud_manager.ingest_members`): a manager that starts takes it first
+    adopted: bool
+    expires: float
 
 
 @dataclass(frozen=True)
@@ -532,10 +551,15 @@ class Store:
 
     def put_dataset_samples(self, namespace: str, name: str, samples: int, error: str | None,
                             node: str, now: float) -> None:
-        self.db.execute("INSERT INTO dataset_samples VALUES (?, ?, ?, ?, ?, ?) "
-                        "ON CONFLICT (namespace, name) DO UPDATE SET samples=excluded.samples, "
-                        "error=excluded.error, node=excluded.node, updated=excluded.updated",
-                        (namespace, name, samples, error, node, now))
+        self.put_dataset_samples_many([(namespace, name, samples, error, node, now)])
+
+    def put_dataset_samples_many(self, rows: Iterable[SampleCount]) -> None:
+        """Several counts in one statement, in order (a later row of one dataset wins): one
+        round trip to PostgreSQL for a batch of reports."""
+        self.db.executemany("INSERT INTO dataset_samples VALUES (?, ?, ?, ?, ?, ?) "
+                            "ON CONFLICT (namespace, name) DO UPDATE SET samples=excluded.samples, "
+                            "error=excluded.error, node=excluded.node, updated=excluded.updated",
+                            rows)
 
     def dataset_samples(self, namespace: str, name: str) -> SampleCountRow | None:
         row = self.db.execute(
@@ -598,6 +622,61 @@ class Store:
         if row is None or row["epoch"] != epoch:
             current = row["epoch"] if row else None
             raise NotLeader(f"decision under epoch {epoch}; the lease is at epoch {current}")
+
+    # -- several managers: the ingest journal, the share group, the ingest members' sessions --
+
+    def journal_add(self, namespace: str, job: str, event: str, now: float) -> None:
+        """An ingest event for the leader (see :mod:`cloud_manager.ingest_journal`)."""
+        self.db.execute("INSERT INTO ingest_journal (namespace, job, event, time) "
+                        "VALUES (?, ?, ?, ?)", (namespace, job, event, now))
+
+    def journal_notify(self) -> None:
+        """Wake the leader's journal listener when this transaction commits (PostgreSQL
+        delivers a notification at the commit, and folds repeats within one transaction)."""
+        if self.dialect is POSTGRESQL:
+            self.db.execute("SELECT pg_notify(?, '')", (JOURNAL_CHANNEL,))
+
+    def journal(self, limit: int) -> list[JournalRow]:
+        """The oldest ``limit`` journal rows, in the order they were written."""
+        rows = self.db.execute("SELECT seq, namespace, job, event FROM ingest_journal "
+                               "ORDER BY seq LIMIT ?", (limit,))
+        return [JournalRow(r["seq"], r["namespace"], r["job"], r["event"]) for r in rows]
+
+    def journal_delete(self, seqs: Iterable[int]) -> None:
+        self.db.executemany("DELETE FROM ingest_journal WHERE seq=?", ((seq,) for seq in seqs))
+
+    def share_group(self) -> str:
+        """The managers' shared-subscription group name: made once, at random, kept here and
+        nowhere a node can read it (a node that joined the group would be dealt reports the
+        broker's ACL then drops, see docs/scaling.md)."""
+        self.db.execute("INSERT INTO meta VALUES ('share_group', ?) ON CONFLICT (key) DO NOTHING",
+                        (f"edgeloop-{secrets.token_hex(16)}",))
+        row = self.db.execute("SELECT value FROM meta WHERE key='share_group'").fetchone()
+        return str(row["value"])
+
+    def ingest_members(self) -> list[MemberRow]:
+        rows = self.db.execute("SELECT client_id, holder, adopted, expires FROM ingest_members "
+                               "ORDER BY client_id")
+        return [MemberRow(r["client_id"], r["holder"], bool(r["adopted"]), r["expires"])
+                for r in rows]
+
+    def claim_member(self, seen: MemberRow | None, client_id: str, holder: str, adopted: bool,
+                     expires: float) -> bool:
+        """Hold the ingest session ``client_id`` if its row is still as ``seen`` (None: if
+        there is none): of several managers claiming one, one gets it."""
+        if seen is None:
+            return self.db.execute(
+                "INSERT INTO ingest_members VALUES (?, ?, ?, ?) ON CONFLICT (client_id) DO NOTHING",
+                (client_id, holder, int(adopted), expires)).rowcount == 1
+        return self.db.execute(
+            "UPDATE ingest_members SET holder=?, adopted=?, expires=? WHERE client_id=? AND "
+            "holder=? AND expires=?",
+            (holder, int(adopted), expires, client_id, seen.holder, seen.expires)).rowcount == 1
+
+    def renew_member(self, client_id: str, holder: str, expires: float) -> bool:
+        return self.db.execute(
+            "UPDATE ingest_members SET expires=? WHERE client_id=? AND holder=?",
+            (expires, client_id, holder)).rowcount == 1
 
 
 def _open_postgresql(url: str) -> Connection:

@@ -84,6 +84,10 @@ class Camera:
     processes: ProcessSet
     client_port: int
     source_port: int
+    #: suffix of the processes' log names ("edge1": ``rtsp-server-edge1.log``), "" for none
+    name: str = ""
+    #: frames per second published (None: the video's own rate)
+    fps: float | None = None
     server: Child | None = None
     publisher: Child | None = None
     playing: Path | None = None
@@ -104,7 +108,7 @@ class Camera:
         if missing:
             raise CameraError("the camera mock needs " + "; ".join(missing))
         self.server = self.processes.start(
-            "rtsp-server",
+            self._log_name("rtsp-server"),
             [
                 "perl", "-e", SERVER_SCRIPT, str(free_rtp_base()),
                 "--clientport", str(self.client_port),
@@ -120,17 +124,24 @@ class Camera:
                     f"rtsp-server-perl does not listen on port {port}; see {self.server.log}"
                 )
 
+    def _log_name(self, program: str) -> str:
+        return f"{program}-{self.name}" if self.name else program
+
     def play(self, video: Path) -> None:
         """Publish ``video`` in a loop at its own frame rate, replacing what played before."""
         if self.publisher is not None:
             self.processes.stop(self.publisher, grace_s=3.0)
+        # a lower rate drops frames in ffmpeg; a key frame every second keeps a reader's (re)open
+        # quick at any rate
+        rate = ["-vf", f"fps={self.fps:g}", "-g", str(max(1, round(self.fps)))] \
+            if self.fps else ["-g", "25"]
         self.publisher = self.processes.start(
-            "ffmpeg",
+            self._log_name("ffmpeg"),
             [
                 "ffmpeg", "-nostdin", "-hide_banner", "-loglevel", "error",
                 "-re", "-stream_loop", "-1", "-i", str(video),
                 "-an", "-c:v", "libx264", "-preset", "ultrafast", "-tune", "zerolatency",
-                "-g", "25", "-pix_fmt", "yuv420p",
+                *rate, "-pix_fmt", "yuv420p",
                 "-f", "rtsp", self.publish_url,
             ],
             grace_s=3.0,

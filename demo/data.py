@@ -60,6 +60,11 @@ class DemoSizes:
     #: demo's rounds of a few hundred images on a 120-image replay forget day by 0.1-0.2 while
     #: they learn night by 0.4
     forgetting_margin: float | None = None
+    #: how long a new version bakes on the canary (edge0) before edge1 gets it
+    bake_seconds: float = 60.0
+    #: frames per second of edge1's camera: the second stream is there to show the rollout, and
+    #: a low rate keeps its CPU small beside training on a 2-core machine
+    second_camera_fps: float = 2.0
     seed: int = 7
 
     def base_key(self) -> str:
@@ -92,7 +97,7 @@ FULL = DemoSizes(base_images=800, base_epochs=20, batch_size=16, heldout_images=
 FAST = DemoSizes(base_images=240, base_epochs=14, batch_size=16, heldout_images=40,
                  round_epochs=12, threshold=60, video_shots=12, shot_seconds=2.0,
                  round_learning_rate="2e-3", dataset_images=120, round_max_steps="180",
-                 forgetting_margin=0.25)
+                 forgetting_margin=0.25, bake_seconds=15.0)
 
 
 def _key(values: dict[str, Any]) -> str:
@@ -166,6 +171,23 @@ def domain_video(cache: Path, sizes: DemoSizes, domain: str, variant: int = 0) -
     )
     video = folder / f"{domain}.mp4"
     return DomainVideo(domain, video, video.with_suffix(".gt.jsonl"), variant), cached
+
+
+#: edge1's camera shows another site: other scenes of the same domains, a variant that no
+#: round's retry reaches
+SECOND_SITE_VARIANT = 9
+
+
+def second_site_videos(cache: Path, sizes: DemoSizes) -> tuple[dict[str, DomainVideo], bool]:
+    """edge1's camera videos, one per domain: the same domains as edge0's camera shows, at
+    another site (:data:`SECOND_SITE_VARIANT`), so that both nodes' hard examples of a round
+    come from the domain it learns. Returns (videos, all were cached)."""
+    out: dict[str, DomainVideo] = {}
+    all_cached = True
+    for domain in DOMAINS:
+        out[domain], cached = domain_video(cache, sizes, domain, SECOND_SITE_VARIANT)
+        all_cached &= cached
+    return out, all_cached
 
 
 def domain_videos(cache: Path, sizes: DemoSizes) -> tuple[dict[str, DomainVideo], bool]:

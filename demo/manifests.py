@@ -3,9 +3,11 @@
 Only what cannot stay as written changes, and every change is listed in words so that the
 terminal and the report can say it: paths move into the work directory, the sample threshold
 scales to the demo's size, the timer window (02:00-04:00) widens to the whole day so the demo
-runs at any hour, the inference runs on ``edge0`` (the seed runs everything on ``cloud0``), the
-camera URL is the local RTSP mock, the training epochs/batch suit a small round, and the
-inference worker keeps a per-frame log for the report.
+runs at any hour, the inference runs on ``edge0`` and every node labelled as the demo's fleet
+(``edge1``; the seed runs everything on ``cloud0``), a new version reaches them in a staged
+rollout (canary ``edge0``, a bake, then ``edge1``), the camera URL is the local RTSP mock, the
+training epochs/batch suit a small round, and the inference worker keeps a per-frame log for the
+report.
 """
 
 from __future__ import annotations
@@ -24,6 +26,11 @@ JOB = "helmet-detection-demo"
 DATASET = "incremental-dataset"
 CLOUD_NODE = "cloud0"
 EDGE_NODE = "edge0"
+#: The second edge node: another camera, found by its labels (deploySpec.nodeSelector).
+EDGE_NODE_2 = "edge1"
+EDGE_NODES = (EDGE_NODE, EDGE_NODE_2)
+#: The labels both edge agents declare, and the job's nodeSelector matches.
+FLEET_LABELS = {"fleet": "helmet-demo"}
 WHOLE_DAY = {"start": "00:00", "end": "24:00"}
 
 
@@ -54,6 +61,14 @@ def load_seed() -> list[dict[str, Any]]:
     return [yaml.safe_load((EXAMPLES / name).read_text()) for name in SEED_FILES]
 
 
+def rollout_spec(bake_seconds: float) -> dict[str, Any]:
+    """The demo's staged rollout: one canary (``edge0``: online nodes first, then by name), a
+    short bake, then the rest one node at a time. The health gates suit a demo on one loaded
+    machine, where a crash or a model that will not load still rolls a version back."""
+    return {"canary": 1, "bakeSeconds": bake_seconds, "waveSize": 1, "minAgreement": 0.0,
+            "maxFpsDrop": 0.8, "healthTimeoutSeconds": 300}
+
+
 def _set_parameter(worker: dict[str, Any], key: str, value: str, changes: list[str],
                    why: str) -> None:
     parameters = worker.setdefault("parameters", [])
@@ -73,9 +88,11 @@ def adapt(
     threshold: int,
     train_parameters: dict[str, str],
     forgetting_margin: float | None = None,
+    bake_seconds: float = 60.0,
 ) -> Adapted:
-    """The seed manifests with the demo's paths, threshold, window, edge node and epochs, and
-    the deploy gate's ``forgettingMargin`` when the demo's size calls for another one."""
+    """The seed manifests with the demo's paths, threshold, window, edge nodes, rollout and
+    epochs, and the deploy gate's ``forgettingMargin`` when the demo's size calls for another
+    one."""
     out = Adapted()
     changes = out.changes
     for original in seed:
@@ -107,6 +124,22 @@ def adapt(
                 changes.append(f"deploySpec.nodeName {deploy['nodeName']} -> {EDGE_NODE} "
                                "(inference runs on the edge node)")
                 deploy["nodeName"] = EDGE_NODE
+            deploy["nodeSelector"] = {"matchLabels": dict(FLEET_LABELS)}
+            changes.append(f"deploySpec.nodeSelector matchLabels {FLEET_LABELS} (added; edgeloop "
+                           f"extension: every agent with these labels runs inference too, here "
+                           f"{EDGE_NODE_2} with its own camera)")
+            deploy["maxSourceShare"] = 1
+            changes.append("deploySpec.maxSourceShare 1 (added; edgeloop extension): the share "
+                           "cap counts the examples waiting for labels in the cloud's inbox, and "
+                           "the simulated annotator labels them beside data.txt, outside the "
+                           "cloud's label import: the cloud would count them as waiting forever "
+                           "and hold back the busier camera")
+            deploy["rollout"] = rollout_spec(bake_seconds)
+            changes.append(f"deploySpec.rollout (added; edgeloop extension): a new version goes "
+                           f"to canary {EDGE_NODE} first, bakes {bake_seconds:g} s, then to "
+                           f"{EDGE_NODE_2}; minAgreement 0 (the previous version is blind to the "
+                           "domain the new one learned: they disagree by design), maxFpsDrop 0.8 "
+                           "(training shares the machine's cores with the cameras)")
             if forgetting_margin is not None:
                 changes.append(f"deploy trigger: forgettingMargin = {forgetting_margin:g} (added; "
                                "a round this small forgets more of the earlier domains: the "

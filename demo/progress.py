@@ -17,7 +17,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Self
 
@@ -107,6 +107,11 @@ class LoopView:
     sample_history: list[tuple[float, int]] = field(default_factory=list)
     #: (time, version) each time edge0 reported a new served version
     serving_history: list[tuple[float, int | None]] = field(default_factory=list)
+    #: node -> the version its inference serves now (None: the initial model), every edge node
+    node_serving: dict[str, int | None] = field(default_factory=dict)
+    #: (time, node, version) each time an edge node reported a new served version, in order:
+    #: the rollout's timeline
+    node_history: list[tuple[float, str, int | None]] = field(default_factory=list)
     changed: asyncio.Event = field(default_factory=asyncio.Event)
 
     def notify(self) -> None:
@@ -151,6 +156,19 @@ class LoopView:
                 await asyncio.wait_for(self.changed.wait(), min(1.0, left))
 
 
+#: How the staged rollout's conditions begin (cloud_manager/rollout.py's notes)
+ROLLOUT_PREFIXES = ("rollout ", "canary ", "wave ")
+
+
+def is_rollout_step(reason: str) -> bool:
+    """Whether a job condition is a step of a staged rollout (canary, bake, wave, end), which the
+    terminal and the report show as the rollout's timeline."""
+    if reason.startswith(ROLLOUT_PREFIXES):
+        return True
+    return reason.startswith(("node ", "waiting for ")) and (
+        "canary" in reason or "model version" in reason)
+
+
 class ConditionLog:
     """The job conditions already shown: each one becomes a transition once, although the
     retained status repeats the recent ones in every update."""
@@ -175,14 +193,21 @@ class JobWatch:
     def __init__(self, settings: MqttSettings, namespace: str, job: str, edge_node: str,
                  inference_task: str, view: LoopView,
                  on_transition: Callable[[Transition], None] | None = None,
-                 dataset_node: str | None = None) -> None:
+                 dataset_node: str | None = None, other_nodes: Sequence[str] = (),
+                 on_serving: Callable[[str, int | None], None] | None = None) -> None:
+        """``other_nodes``: more edge nodes whose served version the view follows
+        (``node_serving``, ``node_history``); ``on_serving(node, version)`` hears each change."""
         self.view = view
         self.inference_task = inference_task
         self.on_transition = on_transition
+        self.on_serving = on_serving
+        self.edge_node = edge_node
         self.conditions = ConditionLog()
         self.client = MqttClient(settings)
         self.client.subscribe(topics.job_status(namespace, job), self._on_job)
         self.client.subscribe(topics.status(edge_node), self._on_node)
+        for node in other_nodes:
+            self.client.subscribe(topics.status(node), self._on_other_node)
         if dataset_node is not None:  # where train and eval run
             self.client.subscribe(topics.node_filter(Kind.PROGRESS, dataset_node),
                                   self._on_progress)
@@ -234,7 +259,24 @@ class JobWatch:
         if serving != v.serving:
             v.serving_history.append((time.time(), serving))
         v.serving = serving
+        self._follow(self.edge_node, serving)
         v.notify()
+
+    async def _on_other_node(self, delivery: Delivery) -> None:
+        status = delivery.message
+        if isinstance(status, NodeStatus):
+            self._follow(status.node, status.serving.get(self.inference_task))
+            self.view.notify()
+
+    def _follow(self, node: str, serving: int | None) -> None:
+        """Note a node's served version when it changes (its first report counts as one)."""
+        v = self.view
+        if node in v.node_serving and v.node_serving[node] == serving:
+            return
+        v.node_serving[node] = serving
+        v.node_history.append((time.time(), node, serving))
+        if self.on_serving is not None:
+            self.on_serving(node, serving)
 
 
 async def follow_live_view(url: str, view: LoopView) -> None:
@@ -295,4 +337,7 @@ def render(view: LoopView) -> Group:
     table.add_row("edge0", f"{'online' if view.edge_online else 'offline'}, {view.fps:.1f} FPS, "
                            f"{view.frames} frames, {view.hard_examples} hard examples "
                            f"({mining_text(view)}), {view.outbox_backlog} waiting upload")
+    for node, version in sorted(view.node_serving.items()):
+        if node != "edge0":
+            table.add_row(node, f"serves {'v' + str(version) if version else 'the initial model'}")
     return Group(Text("edgeloop demo", style="bold"), table)

@@ -21,17 +21,18 @@ from typing import TYPE_CHECKING, Any
 
 from demo import data
 from demo.annotator import refusal_kind
-from demo.manifests import CLOUD_NODE, EDGE_NODE, JOB, NAMESPACE
+from demo.manifests import CLOUD_NODE, EDGE_NODE, EDGE_NODE_2, EDGE_NODES, JOB, NAMESPACE
 from demo.processes import ProcessSet
-from demo.progress import LoopView
+from demo.progress import LoopView, is_rollout_step
 from demo.run_record import Outcome, RunPaths
 
 if TYPE_CHECKING:
     from rich.console import Console
 
 SIMULATED = (
-    ("the camera: synthetic videos (demo/scenes.py) pushed by `ffmpeg -re` to a local RTSP "
-    "server, one video per domain, switched by the demo"),
+    ("the cameras: synthetic videos (demo/scenes.py) pushed by `ffmpeg -re` to local RTSP "
+    f"servers: {EDGE_NODE}'s one video per domain, switched by the demo; {EDGE_NODE_2}'s the "
+    "same domains at another site, at a low frame rate, switched with edge0's"),
     ("the annotator: the SIMULATED ANNOTATOR (demo/annotator.py) labels each hard "
     "example with the ground truth of the nearest video frame, where a person would label it"),
     ("the data: every image is generated (day, night, new-colors domains); the base model's "
@@ -86,6 +87,37 @@ def frame_log_summary(records: Sequence[dict[str, Any]]) -> FrameLogSummary:
         for swap in out.swaps:
             swap["median_gap_s"] = round(out.median_gap_s, 4)
     return out
+
+
+def rollout_timeline(node_history: Sequence[tuple[float, str, int | None]],
+                     conditions: Sequence[dict[str, Any]], start: float) -> list[dict[str, Any]]:
+    """Which node served which version when, and the rollout's steps between, in time order:
+    rows of {"t" (s since ``start``), "node", "serves", "step"} (one of node/serves or step
+    set). ``node_history`` is the demo's record of the nodes' statuses, ``conditions`` the job's
+    (only the rollout's count here)."""
+    rows: list[dict[str, Any]] = []
+    for when, node, version in node_history:
+        rows.append({"t": round(when - start, 1), "node": node,
+                     "serves": f"v{version}" if version else "initial model", "step": None})
+    for c in conditions:
+        reason = str(c.get("reason", ""))
+        if is_rollout_step(reason):
+            rows.append({"t": round(float(c.get("time", 0.0)) - start, 1), "node": None,
+                         "serves": None, "step": reason})
+    # a step before the status it causes when both carry the same second
+    return sorted(rows, key=lambda r: (r["t"], r["step"] is None))
+
+
+def rollout_markdown(rows: Sequence[dict[str, Any]], nodes: Sequence[str]) -> list[str]:
+    """The timeline as a table, one column per node (what it serves from then on) and one for
+    the rollout's step."""
+    lines = ["| t (s) | " + " | ".join(nodes) + " | rollout step |",
+             "|---|" + "---|" * len(nodes) + "---|"]
+    for row in rows:
+        cells = [row["serves"] if row["node"] == node else "" for node in nodes]
+        step = str(row["step"] or "").replace("|", "/")
+        lines.append(f"| {row['t']:.0f} | " + " | ".join(cells) + f" | {step} |")
+    return lines
 
 
 def round_deltas(eval_result: dict[str, Any]) -> dict[str, float] | None:
@@ -384,6 +416,13 @@ def write_report(run: ReportInputs, console: Console) -> dict[str, Any]:
         near = min((abs(swap["time"] - t) for t in switches), default=None)
         swap["camera_switch_within_s"] = None if near is None else round(near, 1)
     plots = _plots(paths.plots, precision, run, journal, frames, fsum)
+    nodes = {EDGE_NODE: _node_frames(fsum, frames)}
+    for node in EDGE_NODES[1:]:
+        log = paths.node_frame_log(node)
+        node_frames = read_frame_log(log) if log.exists() else []
+        nodes[node] = _node_frames(frame_log_summary(node_frames), node_frames)
+    for node, version in run.view.node_serving.items():
+        nodes.setdefault(node, {})["serving_at_end"] = version
 
     gains = {}
     for row in version_rows:
@@ -410,6 +449,10 @@ def write_report(run: ReportInputs, console: Console) -> dict[str, Any]:
         "frames": fsum.frames,
         "frames_lost": fsum.lost if frames else None,
         "frames_per_version": fsum.per_version,
+        # every edge node's frames: frames_lost above is edge0's, these hold each node's
+        "nodes": nodes,
+        "rollout_timeline": rollout_timeline(run.view.node_history, conditions,
+                                             run.view.started),
         "swaps": fsum.swaps,
         "inference_runs": fsum.runs,
         "precision": precision,
@@ -443,6 +486,12 @@ def write_report(run: ReportInputs, console: Console) -> dict[str, Any]:
     return summary
 
 
+def _node_frames(summary: FrameLogSummary, records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One edge node's frames for summary.json (frames_lost None: no frame log came)."""
+    return {"frames": summary.frames, "frames_lost": summary.lost if records else None,
+            "frames_per_version": summary.per_version, "inference_runs": summary.runs}
+
+
 def _fmt(value: Any, digits: int = 3) -> str:
     if isinstance(value, float):
         return f"{value:+.{digits}f}" if digits < 0 else f"{value:.{digits}f}"
@@ -457,7 +506,9 @@ def _markdown(s: dict[str, Any], conditions: list[dict[str, Any]], run: ReportIn
         f"{'the loop closed' if s['ok'] else 'INCOMPLETE: ' + str(s['error'])}. "
         f"Rounds trained: {s['rounds']}. Versions served on {EDGE_NODE}: "
         f"{', '.join('v' + str(v) for v in s['served_versions']) or 'none'}. "
-        f"Frames lost: {_fmt(s['frames_lost'])} of {s['frames']}."),
+        f"Frames lost: {_fmt(s['frames_lost'])} of {s['frames']}"
+        + "".join(f"; {node}: {_fmt(n.get('frames_lost'))} of {n.get('frames')}"
+                  for node, n in s["nodes"].items() if node != EDGE_NODE) + "."),
         "",
         "## What was simulated",
         "",
@@ -465,7 +516,8 @@ def _markdown(s: dict[str, Any], conditions: list[dict[str, Any]], run: ReportIn
         "",
         ("Everything else ran for real, each as its own process: the production mosquitto broker "
         "(TLS, one certificate per identity, ACL), the cloud manager, the agents "
-        f"`{CLOUD_NODE}` (dataset, train, eval) and `{EDGE_NODE}` (inference, hot-swap), "
+        f"`{CLOUD_NODE}` (dataset, train, eval), `{EDGE_NODE}` and `{EDGE_NODE_2}` (inference, "
+        "hot-swap, a staged rollout between them), "
         "TensorFlow training and LiteRT inference."),
         "",
         "## What was adapted in the seed's manifests",
@@ -524,6 +576,19 @@ def _markdown(s: dict[str, Any], conditions: list[dict[str, Any]], run: ReportIn
         lines.append(f"- frame {swap['frame']}: {swap['from']} -> {swap['to']}, gap "
                      f"{swap['gap_s'] * 1000:.1f} ms (median {swap.get('median_gap_s', 0) * 1000:.1f} "
                      f"ms), lost {swap['lost']}{note}")
+    lines += ["", "## Rollout: which node served which version when", "",
+              (f"The job deploys to `{EDGE_NODE}` (deploySpec.nodeName) and to every node whose "
+               f"agent has the fleet's labels (deploySpec.nodeSelector: `{EDGE_NODE_2}` too); a "
+               f"new version goes to the canary `{EDGE_NODE}` first, bakes, then reaches "
+               f"`{EDGE_NODE_2}` (deploySpec.rollout). Times are seconds since the demo "
+               "started, from the nodes' statuses and the job's conditions."), ""]
+    lines += rollout_markdown(s["rollout_timeline"], list(s["nodes"]))
+    lines.append("")
+    for node, n in s["nodes"].items():
+        lines.append(f"- {node}: {n.get('frames')} frames, lost {_fmt(n.get('frames_lost'))}, "
+                     f"per version {json.dumps(n.get('frames_per_version') or {})}, serving "
+                     f"{'v' + str(n['serving_at_end']) if n.get('serving_at_end') else '-'} "
+                     "at the end")
     lines += ["", "## Timeline", "", "| t (s) | round | stage | state | reason |",
               "|---|---|---|---|---|"]
     start = run.view.started

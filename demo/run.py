@@ -50,6 +50,9 @@ from demo.manifests import (
     CLOUD_NODE,
     DATASET,
     EDGE_NODE,
+    EDGE_NODE_2,
+    EDGE_NODES,
+    FLEET_LABELS,
     JOB,
     NAMESPACE,
     DemoPaths,
@@ -57,7 +60,14 @@ from demo.manifests import (
     load_seed,
 )
 from demo.processes import ProcessFailed, ProcessSet, stop_leftovers
-from demo.progress import JobWatch, LoopView, Transition, follow_live_view, render
+from demo.progress import (
+    JobWatch,
+    LoopView,
+    Transition,
+    follow_live_view,
+    is_rollout_step,
+    render,
+)
 from demo.report import ReportInputs, gate_rows, round_eval_result, write_report
 from demo.run_record import Outcome, RunPaths
 from demo.schedule import DomainPlan
@@ -117,8 +127,10 @@ def _child_env() -> dict[str, str]:
 
 
 def _agent_config(paths: RunPaths, node: str, broker_url: str, identity: Any,
-                  live_view_port: int | None, datasets: dict[str, str]) -> Path:
-    config = {
+                  live_view_port: int | None, datasets: dict[str, str],
+                  labels: dict[str, str] | None = None,
+                  cameras: dict[str, Any] | None = None) -> Path:
+    config: dict[str, Any] = {
         "node": node,
         "broker": broker_url,
         "state_dir": str(paths.agent_state(node)),
@@ -130,6 +142,10 @@ def _agent_config(paths: RunPaths, node: str, broker_url: str, identity: Any,
         "hardex_scan_s": 1,
         "reconnect_max_s": 2,
     }
+    if labels:
+        config["labels"] = labels
+    if cameras:
+        config["cameras"] = cameras
     path = paths.run / f"{node}.yaml"
     path.write_text(yaml.safe_dump(config))
     return path
@@ -175,6 +191,10 @@ class Demo:
         self.view = LoopView()
         self.processes: ProcessSet | None = None
         self.camera: Camera | None = None
+        #: edge1's camera: another site, at a low frame rate
+        self.camera_2: Camera | None = None
+        #: edge1's videos: the same domains as edge0's camera, another site
+        self.videos_2: dict[str, data.DomainVideo] = {}
         self.broker: Any = None
         self.credentials: Any = None
         self.annotator: Any = None
@@ -228,15 +248,15 @@ class Demo:
         from mosquitto.launcher import Broker
 
         started = time.monotonic()
-        self.credentials = generate_credentials(self.paths.run / "creds", [CLOUD_NODE, EDGE_NODE],
-                                                cloud=CLOUD)
+        self.credentials = generate_credentials(self.paths.run / "creds",
+                                                [CLOUD_NODE, *EDGE_NODES], cloud=CLOUD)
         self.broker = Broker(self.paths.run / "broker", credentials=self.credentials)
         self.broker.start()
         if self.broker.pid is not None:
             self.processes.register(self.broker.pid)
         self.timed("broker", started)
         self.say(f"  broker {self.broker.url} (TLS, a certificate per identity: {CLOUD}, "
-                 f"{CLOUD_NODE}, {EDGE_NODE}; generated ACL); log {self.broker.log_path}")
+                 f"{CLOUD_NODE}, {', '.join(EDGE_NODES)}; generated ACL); log {self.broker.log_path}")
 
     def prepare_data(self) -> None:
         started = time.monotonic()
@@ -244,7 +264,8 @@ class Demo:
         self.heldout, c1 = data.heldout_sets(cache, sizes)
         self.videos, c2 = data.domain_videos(cache, sizes)
         base_index, c3 = data.base_dataset(cache, sizes)
-        self.outcome.cached["data"] = c1 and c2 and c3
+        self.videos_2, c4 = data.second_site_videos(cache, sizes)
+        self.outcome.cached["data"] = c1 and c2 and c3 and c4
         self.timed("data", started)
         self.say(f"  synthetic data ({'cached' if c1 and c2 and c3 else 'generated'}): "
                  f"{sizes.base_images} day training images, {sizes.heldout_images} held-out images "
@@ -271,6 +292,14 @@ class Demo:
         self.camera.wait_stream()
         self.say(f"  camera (simulated): {self.camera.url} <- ffmpeg -re "
                  f"{self.videos['day'].video.name} (loop)")
+        fps = self.sizes.second_camera_fps
+        self.camera_2 = Camera(self.processes, free_port(), free_port(), name=EDGE_NODE_2, fps=fps)
+        self.camera_2.start()
+        self.camera_2.play(self.videos_2["day"].video)
+        self.camera_2.wait_stream()
+        self.say(f"  {EDGE_NODE_2}'s camera (simulated, another site of the same scenes, "
+                 f"{fps:g} FPS, follows edge0's domain): {self.camera_2.url} <- "
+                 f"{self.videos_2['day'].key} (loop)")
 
     def play(self, domain: str) -> None:
         """Show ``domain``: its next video when a round of it failed (see DomainPlan.variant)."""
@@ -285,11 +314,22 @@ class Demo:
         if self.annotator is not None:  # before the camera shows it: examples may come at once
             self.annotator.add_video(domain, playing.video, playing.ground_truth, playing.key)
         self.camera.play(playing.video)
+        self.play_second_site(domain)
         self.camera_domain = domain
         self.view.domain = playing.key
         self.outcome.camera_switches.append({"time": time.time(), "domain": domain,
                                              "video": playing.key})
         self.view.notify()
+
+    def play_second_site(self, domain: str) -> None:
+        """edge1's camera follows edge0's to ``domain``, at its own site: both nodes' hard
+        examples of a round then come from the domain the round learns."""
+        second = self.videos_2.get(domain)
+        if self.camera_2 is None or second is None or self.camera_2.playing == second.video:
+            return
+        if self.annotator is not None:
+            self.annotator.add_video(domain, second.video, second.ground_truth, second.key)
+        self.camera_2.play(second.video)
 
     def start_nodes(self) -> None:
         assert self.processes is not None
@@ -308,14 +348,23 @@ class Demo:
             free = free_port()
             self.say(f"  port {port} is taken; {EDGE_NODE}'s live view uses {free} instead")
             port = free
-        for node, live, sets in ((CLOUD_NODE, None, datasets), (EDGE_NODE, port, {})):
+        assert self.camera_2 is not None
+        yard = {"yard": {"url": self.camera_2.url,
+                         "frame_log": str(self.paths.node_frame_log(EDGE_NODE_2))}}
+        agents: list[tuple[str, int | None, dict[str, str], dict[str, str], dict[str, Any]]] = [
+            (CLOUD_NODE, None, datasets, {}, {}),
+            (EDGE_NODE, port, {}, FLEET_LABELS, {}),
+            (EDGE_NODE_2, None, {}, FLEET_LABELS, yard),
+        ]
+        for node, live, sets, labels, cameras in agents:
             config = _agent_config(self.paths, node, self.broker.url,
-                                   self.credentials.client(node), live, sets)
+                                   self.credentials.client(node), live, sets, labels, cameras)
             self.processes.start(node, [sys.executable, "-m", "edgeloop", "agent", "--config",
                                         str(config)], env=env, grace_s=20.0)
         self.outcome.live_view_url = f"http://127.0.0.1:{port}/"
         self.say(f"  processes: cloud manager, agent {CLOUD_NODE} (dataset, train, eval), "
-                 f"agent {EDGE_NODE} (inference); logs in {self.paths.logs}")
+                 f"agents {EDGE_NODE} and {EDGE_NODE_2} (inference; labels {FLEET_LABELS}, "
+                 f"{EDGE_NODE_2} with camera yard); logs in {self.paths.logs}")
         self.say(f"  [bold]live view of {EDGE_NODE}: {self.outcome.live_view_url}[/]")
 
     async def api(self, verb: str, timeout: float = 30.0, **fields: Any) -> Any:
@@ -347,7 +396,7 @@ class Demo:
             frame_log=self.paths.frame_log,
         )
         adapted = adapt(load_seed(), paths, self.sizes.threshold, self.sizes.round_parameters(),
-                        self.sizes.forgetting_margin)
+                        self.sizes.forgetting_margin, self.sizes.bake_seconds)
         self.outcome.changes = adapted.changes
         self.say("  seed manifests (examples/helmet/*.yaml) adapted for one machine:")
         for change in adapted.changes:
@@ -369,6 +418,10 @@ class Demo:
     def say_decision(self, t: Transition) -> None:
         """Every condition the cloud adds, as it comes: each decision is seen where it is made."""
         style = "red" if t.state == "Failed" else "bold"
+        if is_rollout_step(t.reason):
+            style = "red" if "failed" in t.reason else "bold yellow"
+            self.say(f"  [{style}]rollout[/]: {t.reason}")
+            return
         self.say(f"  [{style}]{t.stage}/{t.state}[/] round {t.round}: {t.reason}")
         if (t.stage, t.state) == ("Eval", "Completed"):
             self.say_gate(t.round)
@@ -483,8 +536,16 @@ class Demo:
             self.registered = t.deployed_version or 0
 
     def finished(self) -> bool:
-        """Every shifted domain learned, and edge0 serves the last version registered."""
-        return self.plan.done and self.registered > 0 and self.view.serving == self.registered
+        """Every shifted domain learned, and every edge node serves the last version registered
+        (the rollout is through)."""
+        return (self.plan.done and self.registered > 0 and self.view.serving == self.registered
+                and all(self.view.node_serving.get(n) == self.registered for n in EDGE_NODES))
+
+    def say_serving(self, node: str, version: int | None) -> None:
+        """A node other than edge0 serves another version (edge0's own line is the loop's)."""
+        if node != EDGE_NODE and version:
+            self.say(f"[bold green]✓ {node} serves model version {version}[/] (rollout: "
+                     f"{time.monotonic() - self.started:.0f} s since the demo started)")
 
     async def steer_camera(self, day_until: float) -> None:
         while True:
@@ -514,6 +575,9 @@ class Demo:
                                                 self.paths.run / "annotator.jsonl")
             self.annotator.add_video("day", self.videos["day"].video,
                                      self.videos["day"].ground_truth)
+            if "day" in self.videos_2:  # edge1's camera: its examples are labelled too
+                second = self.videos_2["day"]
+                self.annotator.add_video("day", second.video, second.ground_truth, second.key)
         pending: set[asyncio.Task] = set()
 
         def on_transition(t: Transition) -> None:
@@ -532,7 +596,9 @@ class Demo:
                                 ca_file=identity.ca, cert_file=identity.cert,
                                 key_file=identity.key, session_expiry=0)
         async with JobWatch(settings, NAMESPACE, JOB, EDGE_NODE, inference_task, self.view,
-                            on_transition, dataset_node=CLOUD_NODE), self.labelling():
+                            on_transition, dataset_node=CLOUD_NODE,
+                            other_nodes=(EDGE_NODE_2,), on_serving=self.say_serving), \
+                self.labelling():
             await self.apply_manifests()
             port = self.outcome.live_view_url.rsplit(":", 1)[1].strip("/")
             background = [
@@ -594,11 +660,12 @@ class Demo:
         )
 
     def stop_edge(self) -> None:
-        """Stop edge0 first, so its inference worker finishes cleanly and writes its result."""
+        """Stop the edge nodes first, so their inference workers finish cleanly and write their
+        results."""
         if self.processes is None:
             return
         for child in list(self.processes.children):
-            if child.name == EDGE_NODE:
+            if child.name in EDGE_NODES:
                 self.processes.stop(child)
 
     def shutdown(self) -> None:

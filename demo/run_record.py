@@ -47,6 +47,13 @@ class RunPaths:
     def frame_log(self) -> Path:
         return self.run / "frames.jsonl"
 
+    def node_frame_log(self, node: str) -> Path:
+        """The per-frame log of an edge node's camera: edge0's is :attr:`frame_log` (the job's
+        parameter), another node's its camera's ``frame_log`` option."""
+        from demo.manifests import EDGE_NODE
+
+        return self.frame_log if node == EDGE_NODE else self.run / f"frames-{node}.jsonl"
+
     @property
     def inbox(self) -> Path:
         return self.cloud_state / "hardex" / NAMESPACE / JOB

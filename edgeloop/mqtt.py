@@ -220,7 +220,11 @@ class _Subscription:
     control: bool = False
 
     def __post_init__(self) -> None:
-        self._levels = self.topic_filter.split("/")
+        levels = self.topic_filter.split("/")
+        if levels[0] == "$share" and len(levels) > 2:
+            # ``$share/GROUP/FILTER``: messages arrive on their own topics, matched by FILTER
+            levels = levels[2:]
+        self._levels = levels
 
     def matches(self, levels: list[str]) -> bool:
         """MQTT filter matching of a topic split at ``/`` (``+`` one level, ``#`` the rest),
@@ -301,6 +305,7 @@ class MqttClient:
         self._matches: dict[str, list[_Subscription]] = {}
         self._routes: dict[str, _Targets] = {}
         self._connect_hooks: list[ConnectHook] = []
+        self._stale: list[str] = []
         self._will = _Will(*will) if will else None
         self._admission = admission
         self._data: _Lane | None = None
@@ -385,6 +390,12 @@ class MqttClient:
         lane = self._control if subscription.control else self._data
         if lane is not None and self.connected:
             asyncio.ensure_future(self._subscribe_one(lane, subscription))
+
+    def drop_stale(self, topic_filter: str) -> None:
+        """On every connection, first unsubscribe the persistent session from ``topic_filter``:
+        a subscription an earlier run of this identity made and this one must not keep (a
+        cloud manager that moved its node filters into a shared group)."""
+        self._stale.append(topic_filter)
 
     def on_connect(self, hook: ConnectHook) -> None:
         """Run ``hook`` after every (re)connection and re-subscription: birth messages, state
@@ -607,6 +618,8 @@ class MqttClient:
                     raise LinkLost("message consumer stopped")
 
     async def _after_connect(self, control: _Lane, data: _Lane) -> None:
+        for topic_filter in self._stale:
+            data.link.unsubscribe(topic_filter)
         if self._wants_replies:
             await self._subscribe_one(control, self._reply_subscription)
         # Sent together, confirmed as the backlog ahead of the confirmations is handled. A

@@ -222,6 +222,13 @@ class Link:
         finally:
             self._subscribes.pop(mid, None)
 
+    def unsubscribe(self, topic_filter: str) -> None:
+        """Unsubscribe without waiting for the UNSUBACK (what the broker already queued for
+        the filter still arrives)."""
+        rc, _ = self._client.unsubscribe(topic_filter)
+        if rc != paho.MQTT_ERR_SUCCESS:
+            raise LinkLost(paho.error_string(rc))
+
     def ack(self, mid: int, qos: int) -> None:
         if self.connected:
             self._client.ack(mid, qos)

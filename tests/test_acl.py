@@ -421,3 +421,50 @@ def test_cloud_managers_split_a_topic_with_a_shared_subscription(production_brok
             with contextlib.suppress(queue.Empty):
                 got[i].append(member.messages.get(timeout=0.1).payload)
     assert sorted(got[0] + got[1]) == sorted(sent)  # each exactly once across the group
+
+
+#: share-group names a node could try: the project's and the broker's usual words, and the
+#: form of the managers' own name with a wrong secret
+GUESSED_GROUPS = ("edgeloop", "edgeloop-cloud", "cloud", "managers", "ingest", "group", "default",
+                  "share", "edgeloop-" + "0" * 32)
+
+
+@pytest.mark.broker
+def test_a_node_that_joins_guessed_share_groups_takes_no_report_from_the_managers(
+        production_broker, mqtt_probe, node_a, tmp_path) -> None:
+    """Mosquitto 2.0 checks a subscription against the ACL only when it delivers: a node in the
+    managers' share group would be dealt reports that the ACL then drops. The group name is a
+    secret kept in the managers' store: a node with a valid identity that subscribes every
+    guess with every filter it could guess forms groups of its own, and the managers (two
+    members of their group) still get every report, each once."""
+    from cloud_manager.ingest_split import IngestSplit
+    from cloud_manager.store import Store
+
+    broker, creds = production_broker
+    store = Store(tmp_path / "state")
+    with store.transaction():
+        group = store.share_group()
+    with store.transaction():
+        assert store.share_group() == group  # made once, then kept
+    store.close()
+    assert group not in GUESSED_GROUPS and len(group) > 32
+    split = IngestSplit(group, member=True, me="a", leader=lambda: None)
+    samples = split.filter(topics.node_filter(Kind.SAMPLES))
+    members = [mqtt_probe(broker, creds.client("cloud")).connect() for _ in range(2)]
+    assert [m.subscribe(samples).value for m in members] == [1, 1]
+    thief = mqtt_probe(broker, creds.client("node-a")).connect()
+    for guess in GUESSED_GROUPS:
+        for guessed_filter in (topics.node_filter(Kind.SAMPLES),
+                               topics.node_filter(Kind.SAMPLES, "node-a"),
+                               f"{topics.ROOT}/#", "#"):
+            thief.subscribe(f"$share/{guess}/{guessed_filter}")
+    sent = [f"report-{i}".encode() for i in range(20)]
+    for payload in sent:
+        node_a.publish(_topic(Kind.SAMPLES, "node-a"), payload)
+    got: list[bytes] = []
+    deadline = time.monotonic() + 10
+    while len(got) < len(sent) and time.monotonic() < deadline:
+        for member in members:
+            with contextlib.suppress(queue.Empty):
+                got.append(member.messages.get(timeout=0.1).payload)
+    assert sorted(got) == sorted(sent)  # none lost to the node's groups, none twice

@@ -175,7 +175,7 @@ def test_a_store_failure_rolls_the_whole_batch_back(manager):
     def disk_error(*args: object) -> None:
         raise sqlite3.OperationalError("disk I/O error")
 
-    manager.store.put_dataset_samples = disk_error  # type: ignore[method-assign]
+    manager.store.put_dataset_samples_many = disk_error  # type: ignore[method-assign]
     with pytest.raises(sqlite3.OperationalError):
         manager.on_sample_reports([report(1, 150), report(2, 5, OTHER)], NOW)
     assert not manager.store.processed(f"samples:{NODE}/b1/1")
@@ -256,3 +256,46 @@ async def test_a_batch_the_store_cannot_commit_is_sent_again(broker, tmp_path, m
         assert daemon.client.stats.redeliveries == 1
         assert daemon.sample_stats.deferred == calls[0] >= 1
         assert daemon.sample_stats.reports == len(reports)
+
+
+# -- several managers: what a member ingests, the leader decides on --
+
+
+def test_a_member_stores_the_count_and_journals_the_event_the_leader_runs_it_once(manager,
+                                                                                 store_at):
+    """An ingest member (``decides=False``) on its own connection to the store: the count is
+    stored at once, the train trigger waits in the journal until the leader runs it, once."""
+    member = Manager(store_at.open(), decides=False)
+    ingest = member.on_sample_reports([report(1, 150)], NOW)
+    assert (ingest.reports, ingest.messages) == (1, [])  # nothing decided, nothing sent
+    assert manager.store.dataset_samples(NS, "incremental-dataset").samples == 150
+    assert manager.store.load_job(NS, JOB).task is None
+    again = member.on_sample_reports([report(1, 150)], NOW)  # redelivered: a duplicate
+    assert (again.reports, again.duplicates) == (0, 1)
+    messages, taken = manager.apply_journal(NOW + 1)
+    assert taken == 1 and len(train_tasks(messages)) == 1
+    assert manager.apply_journal(NOW + 2) == ([], 0)  # run once, then gone
+
+
+def test_a_journal_row_that_is_not_an_event_is_dropped_alone(manager, store_at):
+    member = Manager(store_at.open(), decides=False)
+    with member.store.transaction():
+        member.store.journal_add(NS, JOB, '{"kind": "nonsense"}', NOW)
+    member.on_sample_reports([report(1, 150)], NOW)
+    messages, taken = manager.apply_journal(NOW + 1)
+    assert taken == 2 and len(train_tasks(messages)) == 1
+    assert manager.apply_journal(NOW + 2) == ([], 0)
+
+
+def test_a_journaled_count_overtaken_by_a_newer_report_is_not_run(manager, store_at):
+    """Two reports of one node dealt to two managers: the member's older one reaches the
+    leader through the journal after the leader ran its own newer one. The stored count is
+    the newer one, and the job does not go back to the older."""
+    member = Manager(store_at.open(), decides=False)
+    member.on_sample_reports([report(1, 60)], NOW)
+    manager.on_sample_reports([report(2, 80)], NOW)  # the leader's own, at once
+    assert manager.store.load_job(NS, JOB).samples == 80
+    messages, taken = manager.apply_journal(NOW + 1)
+    assert (messages, taken) == ([], 1)
+    assert manager.store.load_job(NS, JOB).samples == 80
+    assert manager.store.dataset_samples(NS, "incremental-dataset").samples == 80

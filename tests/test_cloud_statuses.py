@@ -17,7 +17,7 @@ from cloud_manager.status_batch import Known, by_node, settle
 from cloud_manager.store import Store
 from edgeloop.mqtt import MqttClient, MqttSettings
 from protocol import topics
-from protocol.messages import NodeStatus
+from protocol.messages import ApiRequest, ApiResponse, NodeStatus
 
 NOW = 1_700_000_000.0
 
@@ -76,6 +76,15 @@ def test_a_batch_stores_each_nodes_latest_status(manager: Manager):
     again = manager.on_statuses(batch, NOW + 1)
     assert (again.nodes, again.superseded, again.messages) == (3, 4, [])
     assert store.node("n1").status.seq == 3
+
+
+def test_get_nodes_answers_what_validating_its_data_would_give(manager: Manager):
+    manager.on_statuses([status("n1", 1), status("n2", 1, "offline")], NOW)
+    response, _ = manager.on_api(ApiRequest(request_id="r1", verb="get", resource="nodes"), NOW)
+    assert response.ok
+    rows = {row["name"]: row for row in response.data["items"]}  # type: ignore[index,union-attr]
+    assert (rows["n1"]["state"], rows["n2"]["state"]) == ("online", "offline")
+    assert ApiResponse.model_validate(response.model_dump()) == response
 
 
 def test_a_node_that_went_away_and_came_back_within_a_batch_fails_its_task(manager: Manager):

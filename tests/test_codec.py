@@ -9,7 +9,7 @@ from message_samples import IMAGE, SHA, samples
 from protocol import topics
 from protocol.codec import DEFAULT_MAX_PAYLOAD, PayloadTooLarge, decode, encode
 from protocol.errors import ProtocolError
-from protocol.messages import ApiRequest, HardExample, HardExampleSidecar
+from protocol.messages import ApiRequest, ApiResponse, HardExample, HardExampleSidecar
 from protocol.topics import Kind
 
 SAMPLES = samples()
@@ -33,6 +33,16 @@ def test_binary_fields_are_msgpack_bin_not_base64():
     raw = msgpack.unpackb(encode(message), raw=False)
     assert isinstance(raw["image"], bytes)
     assert raw["image"] == IMAGE
+
+
+def test_api_answer_data_is_written_as_it_was_validated():
+    data = {"items": [{"name": "edge0", "labels": {"site": "north"}, "serving": {},
+                       "fps": 12.5, "up": True, "error": None, "versions": [1, 2]}],
+            "kind": "Node"}
+    response = ApiResponse(request_id="r1", ok=True, data=data)
+    assert msgpack.unpackb(encode(response), raw=False)["data"] == data
+    assert response.model_dump(mode="json")["data"] == data
+    assert decode(topics.api_response("cli"), encode(response)) == response
 
 
 def test_encode_refuses_oversize_payload():

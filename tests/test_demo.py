@@ -165,17 +165,30 @@ def check_fast_demo(workdir: Path, returncode: int) -> None:
     # every frame read was served, across the hot-swaps
     assert summary["frames"] > 0
     assert summary["frames_lost"] == 0
+    # the second edge node served too, lost nothing, and ends on the last version
+    edge1 = summary["nodes"]["edge1"]
+    assert edge1["frames"] > 0 and edge1["frames_lost"] == 0, edge1
+    last = max(summary["served_versions"])
+    assert edge1["serving_at_end"] == last, summary["nodes"]
+    served_by = {(r["node"], r["serves"]) for r in summary["rollout_timeline"] if r["node"]}
+    assert {("edge0", f"v{last}"), ("edge1", f"v{last}")} <= served_by
+    steps = [r["step"] for r in summary["rollout_timeline"] if r["step"]]
+    assert any(step.startswith("canary passed") for step in steps), steps
+    assert any(step.startswith("wave ") and "edge1" in step for step in steps), steps
     assert summary["rounds"] >= 3
 
     # the report and its plots
     report = (workdir / "report.md").read_text()
     assert "SIMULATED ANNOTATOR" in report and "timer window" in report
+    assert "## Rollout: which node served which version when" in report
+    assert "| t (s) | edge0 | edge1 | rollout step |" in report
     for plot in ("precision.png", "samples.png", "served_version.png", "swap_gaps.png"):
         assert (workdir / "plots" / plot).stat().st_size > 1000
 
     # no process logged an error
     logs = list((workdir / "logs").glob("*.log")) + list(
-        (workdir / "run" / "agents").glob("*/tasks/*/attempt-*/worker.log"))
+        (workdir / "run" / "agents").glob("*/tasks/*/attempt-*/worker.log")) + list(
+        (workdir / "run" / "agents").glob("*/tasks/*/attempt-*/camera-*/worker.log"))
     assert len(logs) >= 5
     problems = [f"{log.name}: {line}" for log in logs
                 for line in log.read_text(errors="replace").splitlines() if PROBLEM.search(line)]
@@ -263,6 +276,61 @@ def test_seed_manifests_change_only_what_the_demo_must(tmp_path):
     for words in ("timer window 02:00-04:00", "-> 42", "nodeName cloud0 -> edge0", "epochs"):
         assert words in said
     assert seed[3]["spec"]["trainSpec"]["trigger"]["condition"]["threshold"] == 500
+
+
+
+def test_the_demo_job_targets_both_edge_nodes_by_labels_with_a_staged_rollout(tmp_path):
+    from demo.manifests import FLEET_LABELS
+    from protocol.manifest_yaml import parse_manifest
+    from protocol.manifests import IncrementalLearningJob
+
+    paths = DemoPaths(
+        dataset_index=tmp_path / "data.txt", initial_model=tmp_path / "base" / "model.tflite",
+        deploy_model=tmp_path / "deploy" / "model.tflite", script_dir=tmp_path / "code",
+        output_dir=tmp_path / "out", hardex_dir=tmp_path / "he",
+        video_url="rtsp://127.0.0.1:9/cam", frame_log=tmp_path / "frames.jsonl")
+    adapted = adapt(load_seed(), paths, 42, {}, bake_seconds=15)
+    deploy = adapted.manifests[3]["spec"]["deploySpec"]
+    assert deploy["nodeName"] == "edge0"
+    assert deploy["nodeSelector"] == {"matchLabels": FLEET_LABELS}
+    assert deploy["rollout"]["canary"] == 1 and deploy["rollout"]["bakeSeconds"] == 15
+    assert deploy["rollout"]["waveSize"] == 1
+    # the cloud takes it as it is (the extensions validate)
+    job = parse_manifest(adapted.manifests[3])
+    assert isinstance(job, IncrementalLearningJob)
+    assert job.spec.deploy_spec.rollout is not None
+    assert job.spec.deploy_spec.rollout.bake_seconds == 15
+    assert job.spec.deploy_spec.source_share() == 1  # the annotator labels outside label import
+    said = "\n".join(adapted.changes)
+    assert "nodeSelector" in said and "canary edge0" in said and "bakes 15 s" in said
+
+
+def test_the_rollout_timeline_says_which_node_served_which_version_when():
+    from demo.report import rollout_markdown, rollout_timeline
+
+    start = 1000.0
+    history = [(1010.0, "edge0", None), (1011.0, "edge1", None), (1100.0, "edge0", 1),
+               (1140.0, "edge1", 1)]
+    conditions = [
+        {"time": 1099.0, "reason": "model version 1 registered", "round": 1},
+        {"time": 1099.5, "reason": "rollout of model version 1: canary node edge0 first, then "
+                                   "the other 1 node(s) in waves of 1 after a bake of 15 s"},
+        {"time": 1101.0, "reason": "canary node edge0 serves model version 1; baking 15 s"},
+        {"time": 1125.0, "reason": "canary passed: edge0 fps 5.0 (was 5.1)"},
+        {"time": 1125.0, "reason": "wave 1: model version 1 to node edge1"},
+        {"time": 1141.0, "reason": "rollout completed: every node was sent model version 1"},
+    ]
+    rows = rollout_timeline(history, conditions, start)
+    assert [(r["t"], r["node"], r["serves"]) for r in rows if r["node"]] == [
+        (10.0, "edge0", "initial model"), (11.0, "edge1", "initial model"),
+        (100.0, "edge0", "v1"), (140.0, "edge1", "v1")]
+    steps = [r["step"] for r in rows if r["step"]]
+    assert len(steps) == 5 and steps[0].startswith("rollout of") and "registered" not in steps
+    assert [r["t"] for r in rows] == sorted(r["t"] for r in rows)
+    table = rollout_markdown(rows, ["edge0", "edge1"])
+    assert table[0] == "| t (s) | edge0 | edge1 | rollout step |"
+    assert "| 100 | v1 |  |  |" in table and "| 140 |  | v1 |  |" in table
+    assert any("wave 1: model version 1 to node edge1" in line for line in table)
 
 
 def test_frame_log_summary_counts_versions_swaps_and_lost_frames():

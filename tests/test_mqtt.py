@@ -343,3 +343,31 @@ async def test_acknowledgements_queued_while_a_flush_publishes_go_out_too():
     release.set()
     await asyncio.wait_for(all_sent.wait(), 10)
     assert sent == [(["k1"], []), (["k2"], []), ([], ["k3"])]
+
+
+async def test_a_shared_subscription_is_matched_by_its_filter_and_a_stale_one_dropped(broker):
+    """``$share/GROUP/FILTER`` delivers on the message's own topic, routed by FILTER; a filter
+    an earlier run left in the persistent session (``drop_stale``) is unsubscribed first, so a
+    message arrives once, not once per subscription."""
+    node_samples = topics.node_filter(Kind.SAMPLES)
+    earlier = MqttClient(settings(broker.url, "manager"))
+    earlier.subscribe(node_samples, Inbox())
+    async with earlier:
+        await earlier.wait_connected(5)
+    inbox = Inbox()
+    now = MqttClient(settings(broker.url, "manager"))
+    now.subscribe_batch(f"$share/g/{node_samples}", lambda batch: _each(inbox, batch))
+    now.drop_stale(node_samples)
+    async with now, MqttClient(settings(broker.url, "node-x")) as node:
+        await now.wait_connected(5)
+        await node.wait_connected(5)
+        for seq in (1, 2):
+            await node.publish(topics.samples("node-x"),
+                               SampleReport(node="node-x", boot_id="b", seq=seq))
+        await inbox.wait_for(2)
+    assert [d.message.seq for d in inbox.items[:2]] == [1, 2]  # not 1 twice
+
+
+async def _each(inbox: Inbox, batch: list[Delivery]) -> None:
+    for delivery in batch:
+        await inbox(delivery)
