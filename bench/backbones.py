@@ -21,6 +21,10 @@ Lines of the table, per backbone:
 
     .venv/bin/python bench/backbones.py [--quick] [--steps 150] [--input-shape 192,320]
 
+The photographs come from installed packages: matplotlib's (a demo dependency) and scikit-image's
+(the ``bench`` extra; ``make bench-backbones`` installs it). Without scikit-image the person line
+has one photograph and none without people.
+
 Writes bench/results/backbones.json. On a machine shared with other work the trunks (and the
 sample-efficiency lines) can run as separate processes, one TensorFlow thread each, and be
 tabulated together afterwards; the cost of both trunks at several input sizes is then measured
