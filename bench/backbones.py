@@ -21,8 +21,24 @@ Lines of the table, per backbone:
 
     .venv/bin/python bench/backbones.py [--quick] [--steps 150] [--input-shape 192,320]
 
-About 30-45 minutes on 2 shared cores at the defaults; ``--quick`` is a smoke run. Writes
-bench/results/backbones.json.
+The photographs come from installed packages: matplotlib's (a demo dependency) and scikit-image's
+(the ``bench`` extra; ``make bench-backbones`` installs it). Without scikit-image the person line
+has one photograph and none without people.
+
+Writes bench/results/backbones.json. On a machine shared with other work the trunks (and the
+sample-efficiency lines) can run as separate processes, one TensorFlow thread each, and be
+tabulated together afterwards; the cost of both trunks at several input sizes is then measured
+in one process of its own, alternately, so that the load hits both alike:
+
+    bench/backbones.py --threads 1 --only scratch --out s.json &
+    bench/backbones.py --threads 1 --only ssdlite-person --out p.json &
+    bench/backbones.py --threads 1 --only scratch --sizes 100 --efficiency-only --out s100.json &
+    ...
+    bench/backbones.py --only none --merge s.json p.json s100.json ...
+    bench/backbones.py --cost-only --deploy-sizes "352,640;288,512;192,320"
+
+Every run saves what it has measured after each stage, so one that is cut short keeps its
+finished lines. ``--quick`` is a smoke run.
 """
 
 from __future__ import annotations
@@ -163,6 +179,8 @@ def reference_people(paths: list[Path]) -> dict[Path, list[np.ndarray]]:
 
     from workers.backbones import source_graph
 
+    if not paths:
+        return {}
     graph_def = tf.compat.v1.GraphDef()
     graph_def.ParseFromString(source_graph().read_bytes())
     wrapped = tf.compat.v1.wrap_function(
@@ -227,30 +245,96 @@ def real_photos(model_path: Path, refs: dict, photos: list[tuple[Path, bool]]) -
     }
 
 
-def deploy_cost(model, backbone: str, calibration, video: Path, work: Path, label: str) -> dict:
-    """The model re-instantiated at 352x640 (fully convolutional), int8, on the 720p video."""
-    from bench.inference import run_pipeline
-    from workers.detector import DetectorSpec, build_detector, to_model_input
+def export_deploy(model, input_hw: tuple[int, int], calibration, path: Path) -> Path:
+    """``model`` re-instantiated at ``input_hw`` (fully convolutional), as an int8 LiteRT file."""
+    from workers.detector import at_input, to_model_input
     from workers.export import export_tflite
-    from workers.predictor import load_predictor
 
-    deploy = build_detector(DetectorSpec(DEPLOY_HW, len(CLASS_NAMES)), backbone=backbone)
-    deploy.set_weights(model.get_weights())
+    deploy = at_input(model, input_hw)
 
     def representative():
         for image in calibration:
-            yield to_model_input(image, DEPLOY_HW)
+            yield to_model_input(image, input_hw)
 
-    path = export_tflite(deploy, work / f"{label}-deploy-int8.tflite", "int8", representative)
+    return export_tflite(deploy, path, "int8", representative)
+
+
+def run_deploy(path: Path, video: Path) -> dict:
+    """One int8 file on the 720p video, as the edge runs it (one model thread)."""
+    from bench.inference import run_pipeline
+    from workers.predictor import load_predictor
+
     predictor = load_predictor(path, threads=1)
     predictor.warm()
     result = run_pipeline(predictor, video)
-    return {
-        "int8_ms": result["model_ms"],
-        "fps_720p": result["fps"],
+    return {"int8_ms": result["model_ms"], "fps_720p": result["fps"], "load": os.getloadavg()[0]}
+
+
+def deploy_cost(model, calibration, video: Path, work: Path, label: str) -> dict:
+    """The model at the product's 352x640, int8, on the 720p video."""
+    path = export_deploy(model, DEPLOY_HW, calibration, work / f"{label}-deploy-int8.tflite")
+    return run_deploy(path, video) | {
         "size_kib": path.stat().st_size / 1024,
-        "params": int(deploy.count_params()),
+        "params": int(model.count_params()),
     }
+
+
+def cost_sweep(
+    work: Path, video: Path, calibration, sizes: list[tuple[int, int]], repeats: int
+) -> list[dict]:
+    """Both trunks' int8 cost at each input size, measured alternately in one process (so that
+    the machine's load hits both alike); the trained base models of an earlier run in ``work``
+    when there, else untrained ones (the model time is the same; decoding finds fewer boxes)."""
+    from workers.backbones import copy_trunk_weights
+    from workers.detector import DetectorSpec, build_detector, load_detector
+
+    files: dict[tuple[str, tuple[int, int]], Path] = {}
+    for label, backbone, weights in backbones_to_run():
+        trained = work / f"{label}-base.keras"
+        if trained.is_file():
+            model, kind = load_detector(trained), "trained"
+        else:
+            spec = DetectorSpec(DEPLOY_HW, len(CLASS_NAMES))
+            model, kind = build_detector(spec, seed=0, backbone=backbone), "untrained"
+            copy_trunk_weights(model, weights) if backbone != "scratch" else None
+        print(f"  {label}: {kind} model", flush=True)
+        for hw in sizes:
+            files[(label, hw)] = export_deploy(
+                model, hw, calibration, work / f"{label}-{hw[0]}x{hw[1]}-int8.tflite"
+            )
+    runs: dict[tuple[str, tuple[int, int]], list[dict]] = {key: [] for key in files}
+    for _ in range(repeats):
+        for key, path in files.items():
+            runs[key].append(run_deploy(path, video))
+    rows = []
+    for (label, hw), measured in runs.items():
+        best = min(measured, key=lambda r: r["int8_ms"])
+        rows.append({
+            "backbone": label, "input": f"{hw[0]}x{hw[1]}", "int8_ms": best["int8_ms"],
+            "fps_720p": max(r["fps_720p"] for r in measured), "runs": measured,
+            "size_kib": files[(label, hw)].stat().st_size / 1024,
+        })
+        print(f"  {label:<15} {hw[0]}x{hw[1]:<5} int8 {best['int8_ms']:6.1f} ms, "
+              f"{rows[-1]['fps_720p']:5.0f} FPS on 720p (load {best['load']:.1f})", flush=True)
+    return rows
+
+
+def merge(report: dict, files: list[Path]) -> None:
+    """Add the backbones of other runs' JSON files; the day mAP@0.5 lines of an
+    ``--efficiency-only`` run join those of the same backbone's full run."""
+    for path in files:
+        for label, row in json.loads(Path(path).read_text())["backbones"].items():
+            mine = report["backbones"].setdefault(label, {"day_map50": {}})
+            lines = mine["day_map50"] | row.get("day_map50", {})
+            mine.update({k: v for k, v in row.items() if "base" in row or k not in mine})
+            mine["day_map50"] = lines
+
+
+def save(report: dict, out: Path, started: float) -> None:
+    """Write what is measured so far: a long run that is cut short keeps its finished lines."""
+    report["wall_s"] = time.monotonic() - started
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(report, indent=2, default=str))
 
 
 def table(report: dict, sizes: list[int]) -> list[tuple]:
@@ -289,16 +373,30 @@ def table(report: dict, sizes: list[int]) -> list[tuple]:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=120, help="optimizer steps per training run")
-    parser.add_argument("--round-steps", type=int, default=50)
+    parser.add_argument("--steps", type=int, default=150, help="optimizer steps per training run")
+    parser.add_argument("--round-steps", type=int, default=60)
     parser.add_argument("--sizes", default="100,300,1000")
     parser.add_argument("--test-images", type=int, default=100)
     parser.add_argument("--round-images", type=int, default=100)
     parser.add_argument("--input-shape", default="192,320")
+    parser.add_argument(
+        "--threads", type=int, default=None,
+        help="TensorFlow intra-op threads (default: all cores; 1 when two runs share 2 cores)",
+    )
+    parser.add_argument(
+        "--cost-only", action="store_true",
+        help="only the int8 cost of both trunks at each --deploy-sizes, alternately in one process",
+    )
+    parser.add_argument(
+        "--efficiency-only", action="store_true",
+        help="only the day mAP@0.5 lines for --sizes (to run them beside the main run)",
+    )
+    parser.add_argument("--deploy-sizes", default="352,640;288,512;192,320")
+    parser.add_argument("--repeats", type=int, default=2, help="cost runs per file (best kept)")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run")
     parser.add_argument("--only", default=None, help="run one backbone (label), e.g. to run two side by side")
     parser.add_argument(
-        "--merge", nargs="*", default=[], help="JSON files of other --only runs to tabulate with this one"
+        "--merge", nargs="*", type=Path, default=[], help="JSON files of other --only runs to tabulate with this one"
     )
     parser.add_argument("--work", type=Path, default=Path(tempfile.gettempdir()) / "edgeloop-backbones")
     parser.add_argument("--out", type=Path, default=RESULTS / "backbones.json")
@@ -309,10 +407,11 @@ def main() -> int:
 
     if args.only == "none":  # tabulate earlier --only runs
         report = {"backbones": {}}
-        for extra in args.merge:
-            report["backbones"] |= json.loads(Path(extra).read_text())["backbones"]
+        merge(report, args.merge)
         table(report, [int(s) for s in args.sizes.split(",")])
         return 0
+
+    import cv2
 
     from bench.inference import make_video
     from workers.detector import DetectorSpec, build_detector, parse_input_shape
@@ -322,7 +421,7 @@ def main() -> int:
     from workers.train import LR_FROM_BASE, LR_FROM_PRETRAINED, LR_FROM_SCRATCH
     from workers.training import select_replay
 
-    configure_runtime()
+    configure_runtime(args.threads)
     input_hw = parse_input_shape(args.input_shape)
     sizes = [int(s) for s in args.sizes.split(",")]
     work = args.work
@@ -342,7 +441,18 @@ def main() -> int:
     tests = {d: samples(data[f"{d}-test"]) for d in ("day", "night", "fog")}
     night_train = samples(data["night-train"])
     video = make_video(work / "bench-720p.mp4", 4.0 if args.quick else 10.0)
-    photos = photo_paths()
+    calibration = [cv2.imread(str(s.image)) for s in day_train[: min(64, len(day_train))]]
+    if args.cost_only:
+        sizes_hw = [parse_input_shape(v) for v in args.deploy_sizes.split(";")]
+        rows = cost_sweep(work, video, calibration, sizes_hw, args.repeats)
+        out = {"benchmark": "backbones-cost", "goal_fps": GOAL_FPS, "rows": rows,
+               "load_before": os.getloadavg()}
+        args.out.parent.mkdir(parents=True, exist_ok=True)
+        args.out.write_text(json.dumps(out, indent=2))
+        print(f"wrote {args.out}")
+        return 0
+
+    photos = [] if args.efficiency_only else photo_paths()
     refs = reference_people([p for p, person in photos if person])
     print(f"photos: {len(photos)} ({sum(p for _, p in photos)} with people); reference persons: "
           f"{sum(len(v) for v in refs.values())}", flush=True)
@@ -354,34 +464,46 @@ def main() -> int:
         if args.only and label != args.only:
             continue
         row: dict = {"backbone": backbone, "weights": weights, "day_map50": {}}
+        report["backbones"][label] = row
         lr = LR_FROM_SCRATCH if backbone == "scratch" else LR_FROM_PRETRAINED
-        model = None
-        for n in sizes:
+
+        def trained(n: int):
             model = build_detector(spec, seed=0, backbone=backbone)
             copy_trunk_weights(model, weights) if backbone != "scratch" else None
             cost = train_model(model, day_train[:n], input_hw, args.steps, lr)
             row["day_map50"][str(n)] = score(model, tests["day"], work, f"{label}-{n}")["map50"]
+            row.setdefault("train", {})[str(n)] = cost
             row["train_images_per_s"] = cost["images_per_s"]
             print(f"  {label}: {n} images -> day mAP@0.5 {row['day_map50'][str(n)]:.3f} "
-                  f"({cost['images_per_s']:.1f} img/s)", flush=True)
-        assert model is not None
+                  f"({cost['images_per_s']:.1f} img/s, load {os.getloadavg()[0]:.1f})", flush=True)
+            save(report, args.out, started)
+            return model
+
+        if args.efficiency_only:
+            for n in sizes:
+                trained(n)
+            continue
+        # The largest training set first: its model is the base of every other line, so an
+        # interrupted run still has them.
+        model = trained(max(sizes))
         base = {d: score(model, tests[d], work, f"{label}-base") for d in tests}
         row["base"] = base
-        calibration = [
-            __import__("cv2").imread(str(s.image)) for s in day_train[: min(64, len(day_train))]
-        ]
         from workers.detector import to_model_input
 
         int8 = export_tflite(
             model, work / f"{label}-int8.tflite", "int8",
             lambda: (to_model_input(im, input_hw) for im in calibration),
         )
-        row["int8_day_map50"] = score(int8, tests["day"], work, f"{label}-int8")["map50"]
+        row["int8"] = {d: score(int8, tests[d], work, f"{label}-int8") for d in ("day", "night")}
+        row["int8_day_map50"] = row["int8"]["day"]["map50"]
         row["int8_minus_float_map50"] = row["int8_day_map50"] - base["day"]["map50"]
         row["photos"] = real_photos(work / f"{label}-base.keras", refs, photos)
-        row["deploy"] = deploy_cost(model, backbone, calibration, video, work, label)
-        print(f"  {label}: fog mAP@0.5 {base['fog']['map50']:.3f}, photos {row['photos']}, "
+        row["deploy"] = deploy_cost(model, calibration, video, work, label)
+        row["deploy"]["load"] = os.getloadavg()[0]
+        print(f"  {label}: fog mAP@0.5 {base['fog']['map50']:.3f}, int8-float "
+              f"{row['int8_minus_float_map50']:+.3f}, photos {row['photos']}, "
               f"deploy {row['deploy']}", flush=True)
+        save(report, args.out, started)
 
         # One incremental round on night images with replay of the day data.
         replay = select_replay(day_train, night_train, 1.0, 2000, seed=0)
@@ -395,15 +517,13 @@ def main() -> int:
             "after": after,
         }
         print(f"  {label}: round {row['round']}", flush=True)
-        report["backbones"][label] = row
+        save(report, args.out, started)
+        for n in sorted(sizes)[:-1]:
+            trained(n)
 
-    if args.merge:
-        for extra in args.merge:
-            report["backbones"] |= json.loads(Path(extra).read_text())["backbones"]
-    report["wall_s"] = time.monotonic() - started
+    merge(report, args.merge)
+    save(report, args.out, started)
     print(f"\ntotal {report['wall_s'] / 60:.1f} min; goal {GOAL_FPS:.0f} FPS end to end")
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps(report, indent=2, default=str))
     print(f"wrote {args.out}")
     report["table"] = table(report, sizes)
     args.out.write_text(json.dumps(report, indent=2, default=str))

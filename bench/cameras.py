@@ -217,7 +217,7 @@ def serve_streams(n: int, tflite: Path, video: Path, run_dir: Path) -> int:
 def export_int8(model_path: Path | None, video: Path, work: Path) -> tuple[Path, str]:
     from inference import trained_model
 
-    from workers.detector import DetectorSpec, build_detector, load_detector
+    from workers.detector import DetectorSpec, at_input, build_detector, load_detector
     from workers.export import export_tflite
 
     model_path = model_path or trained_model()
@@ -226,7 +226,7 @@ def export_int8(model_path: Path | None, video: Path, work: Path) -> tuple[Path,
               "finds no box")
         model, kind = build_detector(DetectorSpec((352, 640), 4), seed=0), "untrained"
     else:
-        model, kind = load_detector(model_path), f"trained ({model_path})"
+        model, kind = at_input(load_detector(model_path), (352, 640)), f"trained ({model_path})"
 
     from inference import representative_frames
 

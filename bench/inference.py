@@ -12,8 +12,10 @@ second one in this pipeline.
     .venv/bin/python bench/inference.py [--model path/to/model.keras] [--seconds 10]
 
 The model matters: an untrained detector finds no box, so box decoding, NMS and mining cost
-nothing. Without ``--model`` it uses a trained base model if one is on disk (``bench/learning.py``'s,
-else the demo's cached one), else an untrained detector, and says so in the table and the JSON.
+nothing. Without ``--model`` it uses a trained base model if one is on disk (the seed-0 base that
+``bench/learning.py`` leaves in its work folder, else the demo's cached one), else an untrained
+detector, and says so in the table and the JSON. A model trained at another input size runs
+with its weights at the product's 352x640 (the detector is fully convolutional).
 Writes bench/results/inference.json.
 """
 
@@ -35,14 +37,18 @@ sys.path.insert(0, str(ROOT))
 import numpy as np
 
 RESULTS = ROOT / "bench" / "results"
-LEARNED_BASE = RESULTS / "learning-models" / "base" / "model.keras"
 DEMO_CACHE = ROOT / "demo-workdir" / "cache"
+#: The product's model input (the demo's ``input_shape``).
+DEPLOY_HW = (352, 640)
 
 
 def trained_model() -> Path | None:
-    """A trained detector this checkout holds: bench/learning.py's, else the demo's newest."""
-    if LEARNED_BASE.exists():
-        return LEARNED_BASE
+    """A trained detector on disk: bench/learning.py's seed-0 base, else the demo's newest."""
+    from bench.learning import trained_models
+
+    learned = trained_models()
+    if learned is not None:
+        return learned[0]
     cached = sorted(DEMO_CACHE.glob("base-model-*/model.keras"), key=lambda p: p.stat().st_mtime)
     return cached[-1] if cached else None
 GOAL_FPS = 120.0
@@ -146,7 +152,7 @@ def representative_frames(video: Path, count: int = 64):
             ok, frame = capture.read()
             if not ok:
                 break
-            yield to_model_input(frame, (352, 640))
+            yield to_model_input(frame, DEPLOY_HW)
         capture.release()
 
     return frames
@@ -163,7 +169,7 @@ def main() -> int:
     )
     args = parser.parse_args()
 
-    from workers.detector import DetectorSpec, build_detector, load_detector
+    from workers.detector import DetectorSpec, at_input, build_detector, load_detector, spec_of
     from workers.export import PRECISIONS, export_tflite
     from workers.predictor import configure_runtime, inference_threads, load_predictor
 
@@ -177,11 +183,15 @@ def main() -> int:
     if model_path is None:
         print("WARNING: no trained model found (run bench/learning.py or the demo first, or pass "
               "--model): benchmarking an UNTRAINED detector, which finds no box")
-        model = build_detector(DetectorSpec((352, 640), 4), seed=0)
+        model = build_detector(DetectorSpec(DEPLOY_HW, 4), seed=0)
         keras_path = work / "untrained.keras"
         model.save(keras_path)
     else:
         model, keras_path = load_detector(model_path), model_path
+        if spec_of(model).input_hw != DEPLOY_HW:
+            model = at_input(model, DEPLOY_HW)
+            keras_path = work / "model.keras"
+            model.save(keras_path)
 
     representative = representative_frames(video)
 
@@ -204,7 +214,7 @@ def main() -> int:
         )
         print(f"  {runtime:<10} {precision:<13} {result['fps']:7.1f} FPS", flush=True)
 
-    ceiling = ceilings(video, (352, 640))
+    ceiling = ceilings(video, DEPLOY_HW)
     baseline = rows[0]["fps"]
     for row in rows:
         row["ratio_vs_tensorflow"] = row["fps"] / baseline

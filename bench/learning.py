@@ -50,6 +50,16 @@ ROUNDS = ("night", "new-colors")
 VARIANTS = ("replay", "no-replay", "no-update")
 #: The demo's deploy trigger: precision_delta > 0.1.
 GATE = 0.1
+#: Default work folder: the data and every trained model (``models/s{seed}-{step}/model.keras``).
+WORK = Path(tempfile.gettempdir()) / "edgeloop-learning"
+
+
+def trained_models(work: Path = WORK, seed: int = 0) -> tuple[Path, Path] | None:
+    """Seed ``seed``'s base model and its night round with replay, as a run in ``work`` left
+    them (other benchmarks use them as a real model and its update); None if not there."""
+    base = work / "models" / f"s{seed}-base" / contract.KERAS_ARTIFACT
+    night = work / "models" / f"s{seed}-night-replay" / contract.KERAS_ARTIFACT
+    return (base, night) if base.is_file() and night.is_file() else None
 
 
 def make_data(work: Path, base_images: int, round_images: int, test_images: int) -> dict:
@@ -213,7 +223,7 @@ def main() -> int:
     parser.add_argument("--backbone", default=None, help="worker parameter (default: the worker's)")
     parser.add_argument("--quick", action="store_true", help="tiny smoke run (minutes)")
     parser.add_argument(
-        "--work", type=Path, default=Path(tempfile.gettempdir()) / "edgeloop-learning"
+        "--work", type=Path, default=WORK
     )
     parser.add_argument("--out", type=Path, default=RESULTS / "learning.json")
     args = parser.parse_args()

@@ -23,8 +23,8 @@ this measurement (background warm-up inference at nice 19), as the baseline of t
 
     .venv/bin/python bench/swap_in_process.py [--runs 3] [--modes flat,paced,before]
 
-Uses the two models left by bench/learning.py when present (base and its incremental round),
-else two untrained detectors. Writes bench/results/swap_in_process.json.
+Uses two models that bench/learning.py left in its work folder when present (seed 0's base and
+its night round with replay, at the product's 352x640 input), else two untrained detectors. Writes bench/results/swap_in_process.json.
 """
 
 from __future__ import annotations
@@ -47,20 +47,21 @@ sys.path.insert(0, str(ROOT))
 import numpy as np
 
 RESULTS = ROOT / "bench" / "results"
-LEARNED = RESULTS / "learning-models"
 GOAL_GAP_RATIO = 2.0
 CLASS_NAMES = ["person", "helmet", "helmet-on", "helmet-off"]
 
 
 def models(work: Path, precision: str) -> tuple[Path, Path, str]:
     """Two LiteRT models in ``precision`` (int8 calibrates on generated scenes)."""
-    from workers.detector import DetectorSpec, build_detector, load_detector
+    from bench.learning import trained_models
+    from workers.detector import DetectorSpec, at_input, build_detector, load_detector
     from workers.export import export_tflite
     from demo.scenes import render_scene
 
-    a, b = LEARNED / "base" / "model.keras", LEARNED / "replay" / "model.keras"
-    if a.exists() and b.exists():
-        keras_models, kind = [load_detector(a), load_detector(b)], "trained (bench/learning.py)"
+    learned = trained_models()
+    if learned is not None:
+        keras_models = [at_input(load_detector(p), (352, 640)) for p in learned]
+        kind = f"trained (bench/learning.py: {learned[0].parent.name}, {learned[1].parent.name})"
     else:
         spec = DetectorSpec((352, 640), 4)
         keras_models, kind = (

@@ -134,3 +134,19 @@ def test_model_output_layout_and_litert_export_agree(tmp_path: Path) -> None:
     assert a.classes[order_a].tolist() == b.classes[order_b].tolist()
     np.testing.assert_allclose(a.boxes[order_a], b.boxes[order_b], atol=0.05)
     np.testing.assert_allclose(a.scores[order_a], b.scores[order_b], atol=1e-4)
+
+
+@pytest.mark.parametrize("backbone", ["scratch", "mobilenetv2"])
+def test_at_input_keeps_the_weights_at_another_size(backbone: str) -> None:
+    """A model trained at one input size runs at another with the same weights (the detector is
+    fully convolutional), on the same trunk."""
+    from workers.detector import at_input, spec_of
+
+    model = build_detector(SPEC, seed=3, backbone=backbone)
+    assert at_input(model, SPEC.input_hw) is model
+    bigger = at_input(model, (128, 192))
+    assert spec_of(bigger) == DetectorSpec((128, 192), 4)
+    assert spec_of(bigger).num_classes == spec_of(model).num_classes
+    for a, b in zip(model.get_weights(), bigger.get_weights()):
+        np.testing.assert_array_equal(a, b)
+    assert bigger.name == model.name  # the backbone is kept

@@ -235,6 +235,18 @@ def _mobilenetv2_trunk(image):
     return tuple(trunk.get_layer(name).output for name in TRUNK_TAPS)
 
 
+def at_input(model, input_hw: tuple[int, int]):
+    """``model`` with the same weights for another input size (the detector is fully
+    convolutional): how a model trained at one size is trained or deployed at another."""
+    spec = spec_of(model)
+    hw = (int(input_hw[0]), int(input_hw[1]))
+    if spec.input_hw == hw:
+        return model
+    resized = build_detector(DetectorSpec(hw, spec.num_classes), backbone=backbone_of(model))
+    resized.set_weights(model.get_weights())
+    return resized
+
+
 def spec_of(model) -> DetectorSpec:
     """Read the spec back from a built or loaded model."""
     _, h, w, _ = model.input_shape

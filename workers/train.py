@@ -64,7 +64,14 @@ def _start_model(
 ):
     """The base model (reshaped to ``input_hw`` if needed) or a fresh one on ``backbone``."""
     from workers.backbones import copy_trunk_weights, default_weights
-    from workers.detector import DetectorSpec, backbone_of, build_detector, load_detector, spec_of
+    from workers.detector import (
+        DetectorSpec,
+        at_input,
+        backbone_of,
+        build_detector,
+        load_detector,
+        spec_of,
+    )
 
     spec = DetectorSpec(input_hw, num_classes)
     if not base:
@@ -87,9 +94,7 @@ def _start_model(
     if base_spec.input_hw != spec.input_hw:
         # Fully convolutional: the same weights work at another input size.
         log.info("base model input %s -> %s", base_spec.input_hw, spec.input_hw)
-        reshaped = build_detector(spec, backbone=backbone_of(model))
-        reshaped.set_weights(model.get_weights())
-        model = reshaped
+        model = at_input(model, spec.input_hw)
     log.info("starting from base model %s (%s trunk)", path, backbone_of(model))
     return model
 
