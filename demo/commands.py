@@ -46,8 +46,8 @@ def register(app: typer.Typer) -> None:
             8080, "--live-view-port", help="Port of edge0's live view page (0: any free port)."),
         deadline: float = typer.Option(
             None, "--deadline", min=60, show_default=False,
-            help="Seconds the loop may take before the demo gives up (default 600 with --fast, "
-                 "2700 without, 14400 with --annotator browser); a slow machine may need more."),
+            help="Seconds the loop may take before the demo gives up (default 1800 with --fast, "
+                 "5400 without, 14400 with --annotator browser); a slow machine may need more."),
         annotator: str = typer.Option(
             "simulated", "--annotator",
             help="Who labels the hard examples: simulated (the demo's annotator, from the "

@@ -93,7 +93,7 @@ class DemoSettings:
     workdir: Path
     fast: bool = False
     live_view_port: int = 8080
-    #: seconds the loop may take once the processes are up (None: 600 fast, 2700 full; with
+    #: seconds the loop may take once the processes are up (None: 1800 fast, 5400 full; with
     #: a person labelling, BROWSER_DEADLINE_S)
     deadline: float | None = None
     #: who labels the hard examples: "simulated" (the demo's annotator) or "browser" (a person
@@ -113,7 +113,7 @@ class DemoSettings:
             return self.deadline
         if self.annotator == "browser":
             return BROWSER_DEADLINE_S
-        return 600.0 if self.fast else 2700.0
+        return 1800.0 if self.fast else 5400.0
 
 
 def _child_env() -> dict[str, str]:
