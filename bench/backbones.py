@@ -51,6 +51,7 @@ import os
 import sys
 import tempfile
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
@@ -371,7 +372,7 @@ def table(report: dict, sizes: list[int]) -> list[tuple]:
     return lines
 
 
-def main() -> int:
+def parse_args() -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--steps", type=int, default=150, help="optimizer steps per training run")
     parser.add_argument("--round-steps", type=int, default=60)
@@ -404,31 +405,46 @@ def main() -> int:
     if args.quick:
         args.steps, args.round_steps, args.sizes = 3, 2, "16,32"
         args.test_images, args.round_images, args.input_shape = 8, 16, "96,160"
+    return args
 
-    if args.only == "none":  # tabulate earlier --only runs
-        report = {"backbones": {}}
-        merge(report, args.merge)
-        table(report, [int(s) for s in args.sizes.split(",")])
-        return 0
 
+@dataclass
+class Bench:
+    """What every backbone's run shares: the settings, the data, the report being written."""
+
+    args: argparse.Namespace
+    input_hw: tuple[int, int]
+    sizes: list[int]
+    day_train: list
+    night_train: list
+    tests: dict[str, list]
+    calibration: list
+    video: Path
+    photos: list[tuple[Path, bool]] = field(default_factory=list)
+    refs: dict = field(default_factory=dict)
+    report: dict = field(default_factory=dict)
+    started: float = field(default_factory=time.monotonic)
+
+    @property
+    def work(self) -> Path:
+        return self.args.work
+
+    def save(self) -> None:
+        save(self.report, self.args.out, self.started)
+
+
+def prepare(args: argparse.Namespace) -> Bench:
+    """The synthetic data sets, the 720p video and the int8 calibration images."""
     import cv2
 
     from bench.inference import make_video
-    from workers.detector import DetectorSpec, build_detector, parse_input_shape
-    from workers.export import export_tflite
-    from workers.predictor import configure_runtime
-    from workers.backbones import copy_trunk_weights
-    from workers.train import LR_FROM_BASE, LR_FROM_PRETRAINED, LR_FROM_SCRATCH
-    from workers.training import select_replay
+    from workers.detector import parse_input_shape
 
-    configure_runtime(args.threads)
-    input_hw = parse_input_shape(args.input_shape)
-    sizes = [int(s) for s in args.sizes.split(",")]
-    work = args.work
-    work.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
+    sizes = [int(s) for s in args.sizes.split(",")]
+    args.work.mkdir(parents=True, exist_ok=True)
     data = make_data(
-        work,
+        args.work,
         {
             "day-train": ("day", max(sizes), 201),
             "night-train": ("night", args.round_images, 203),
@@ -438,94 +454,146 @@ def main() -> int:
         },
     )
     day_train = samples(data["day-train"])
-    tests = {d: samples(data[f"{d}-test"]) for d in ("day", "night", "fog")}
-    night_train = samples(data["night-train"])
-    video = make_video(work / "bench-720p.mp4", 4.0 if args.quick else 10.0)
-    calibration = [cv2.imread(str(s.image)) for s in day_train[: min(64, len(day_train))]]
-    if args.cost_only:
-        sizes_hw = [parse_input_shape(v) for v in args.deploy_sizes.split(";")]
-        rows = cost_sweep(work, video, calibration, sizes_hw, args.repeats)
-        out = {"benchmark": "backbones-cost", "goal_fps": GOAL_FPS, "rows": rows,
-               "load_before": os.getloadavg()}
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(json.dumps(out, indent=2))
-        print(f"wrote {args.out}")
+    return Bench(
+        args=args, input_hw=parse_input_shape(args.input_shape), sizes=sizes,
+        day_train=day_train, night_train=samples(data["night-train"]),
+        tests={d: samples(data[f"{d}-test"]) for d in ("day", "night", "fog")},
+        calibration=[cv2.imread(str(s.image)) for s in day_train[: min(64, len(day_train))]],
+        video=make_video(args.work / "bench-720p.mp4", 4.0 if args.quick else 10.0),
+        started=started,
+    )
+
+
+def run_cost_only(bench: Bench) -> None:
+    from workers.detector import parse_input_shape
+
+    args = bench.args
+    sizes_hw = [parse_input_shape(v) for v in args.deploy_sizes.split(";")]
+    rows = cost_sweep(bench.work, bench.video, bench.calibration, sizes_hw, args.repeats)
+    out = {"benchmark": "backbones-cost", "goal_fps": GOAL_FPS, "rows": rows,
+           "load_before": os.getloadavg()}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps(out, indent=2))
+    print(f"wrote {args.out}")
+
+
+def train_on_day(bench: Bench, row: dict, label: str, n: int):
+    """A new model on ``row``'s trunk trained on ``n`` day images; its day mAP@0.5 and training
+    cost go into ``row``."""
+    from workers.backbones import copy_trunk_weights
+    from workers.detector import DetectorSpec, build_detector
+    from workers.train import LR_FROM_PRETRAINED, LR_FROM_SCRATCH
+
+    backbone, weights = row["backbone"], row["weights"]
+    model = build_detector(DetectorSpec(bench.input_hw, len(CLASS_NAMES)), seed=0,
+                           backbone=backbone)
+    if backbone != "scratch":
+        copy_trunk_weights(model, weights)
+    lr = LR_FROM_SCRATCH if backbone == "scratch" else LR_FROM_PRETRAINED
+    cost = train_model(model, bench.day_train[:n], bench.input_hw, bench.args.steps, lr)
+    row["day_map50"][str(n)] = score(model, bench.tests["day"], bench.work, f"{label}-{n}")["map50"]
+    row.setdefault("train", {})[str(n)] = cost
+    row["train_images_per_s"] = cost["images_per_s"]
+    print(f"  {label}: {n} images -> day mAP@0.5 {row['day_map50'][str(n)]:.3f} "
+          f"({cost['images_per_s']:.1f} img/s, load {os.getloadavg()[0]:.1f})", flush=True)
+    bench.save()
+    return model
+
+
+def measure_base(bench: Bench, row: dict, label: str, model) -> None:
+    """The base model (the largest day set) on every domain, as int8, on the photographs and
+    on the 720p video."""
+    from workers.detector import to_model_input
+    from workers.export import export_tflite
+
+    work, tests = bench.work, bench.tests
+    base = {d: score(model, tests[d], work, f"{label}-base") for d in tests}
+    row["base"] = base
+    int8 = export_tflite(
+        model, work / f"{label}-int8.tflite", "int8",
+        lambda: (to_model_input(im, bench.input_hw) for im in bench.calibration),
+    )
+    row["int8"] = {d: score(int8, tests[d], work, f"{label}-int8") for d in ("day", "night")}
+    row["int8_day_map50"] = row["int8"]["day"]["map50"]
+    row["int8_minus_float_map50"] = row["int8_day_map50"] - base["day"]["map50"]
+    row["photos"] = real_photos(work / f"{label}-base.keras", bench.refs, bench.photos)
+    row["deploy"] = deploy_cost(model, bench.calibration, bench.video, work, label)
+    row["deploy"]["load"] = os.getloadavg()[0]
+    print(f"  {label}: fog mAP@0.5 {base['fog']['map50']:.3f}, int8-float "
+          f"{row['int8_minus_float_map50']:+.3f}, photos {row['photos']}, "
+          f"deploy {row['deploy']}", flush=True)
+    bench.save()
+
+
+def measure_round(bench: Bench, row: dict, label: str, model) -> None:
+    """One incremental round on night images with replay of the day data."""
+    from workers.train import LR_FROM_BASE
+    from workers.training import select_replay
+
+    replay = select_replay(bench.day_train, bench.night_train, 1.0, 2000, seed=0)
+    round_started = time.monotonic()
+    train_model(model, bench.night_train + replay, bench.input_hw, bench.args.round_steps,
+                LR_FROM_BASE)
+    row["round_s"] = time.monotonic() - round_started
+    after = {d: score(model, bench.tests[d], bench.work, f"{label}-night") for d in ("day", "night")}
+    base = row["base"]
+    row["round"] = {
+        "night_precision_gain": after["night"]["precision"] - base["night"]["precision"],
+        "day_map50_lost": base["day"]["map50"] - after["day"]["map50"],
+        "after": after,
+    }
+    print(f"  {label}: round {row['round']}", flush=True)
+    bench.save()
+
+
+def run_backbone(bench: Bench, label: str, backbone: str, weights: str) -> None:
+    row: dict = {"backbone": backbone, "weights": weights, "day_map50": {}}
+    bench.report["backbones"][label] = row
+    if bench.args.efficiency_only:
+        for n in bench.sizes:
+            train_on_day(bench, row, label, n)
+        return
+    # The largest training set first: its model is the base of every other line, so an
+    # interrupted run still has them.
+    model = train_on_day(bench, row, label, max(bench.sizes))
+    measure_base(bench, row, label, model)
+    measure_round(bench, row, label, model)
+    for n in sorted(bench.sizes)[:-1]:
+        train_on_day(bench, row, label, n)
+
+
+def main() -> int:
+    args = parse_args()
+    if args.only == "none":  # tabulate earlier --only runs
+        report: dict = {"backbones": {}}
+        merge(report, args.merge)
+        table(report, [int(s) for s in args.sizes.split(",")])
         return 0
 
-    photos = [] if args.efficiency_only else photo_paths()
-    refs = reference_people([p for p, person in photos if person])
-    print(f"photos: {len(photos)} ({sum(p for _, p in photos)} with people); reference persons: "
-          f"{sum(len(v) for v in refs.values())}", flush=True)
+    from workers.predictor import configure_runtime
 
-    spec = DetectorSpec(input_hw, len(CLASS_NAMES))
-    report: dict = {"benchmark": "backbones", "settings": {k: str(v) for k, v in vars(args).items()},
-                    "photos": [str(p) for p, _ in photos], "backbones": {}}
+    configure_runtime(args.threads)
+    bench = prepare(args)
+    if args.cost_only:
+        run_cost_only(bench)
+        return 0
+    bench.photos = [] if args.efficiency_only else photo_paths()
+    bench.refs = reference_people([p for p, person in bench.photos if person])
+    print(f"photos: {len(bench.photos)} ({sum(p for _, p in bench.photos)} with people); "
+          f"reference persons: {sum(len(v) for v in bench.refs.values())}", flush=True)
+    bench.report = {"benchmark": "backbones",
+                    "settings": {k: str(v) for k, v in vars(args).items()},
+                    "photos": [str(p) for p, _ in bench.photos], "backbones": {}}
     for label, backbone, weights in backbones_to_run():
-        if args.only and label != args.only:
-            continue
-        row: dict = {"backbone": backbone, "weights": weights, "day_map50": {}}
-        report["backbones"][label] = row
-        lr = LR_FROM_SCRATCH if backbone == "scratch" else LR_FROM_PRETRAINED
+        if not args.only or label == args.only:
+            run_backbone(bench, label, backbone, weights)
 
-        def trained(n: int):
-            model = build_detector(spec, seed=0, backbone=backbone)
-            copy_trunk_weights(model, weights) if backbone != "scratch" else None
-            cost = train_model(model, day_train[:n], input_hw, args.steps, lr)
-            row["day_map50"][str(n)] = score(model, tests["day"], work, f"{label}-{n}")["map50"]
-            row.setdefault("train", {})[str(n)] = cost
-            row["train_images_per_s"] = cost["images_per_s"]
-            print(f"  {label}: {n} images -> day mAP@0.5 {row['day_map50'][str(n)]:.3f} "
-                  f"({cost['images_per_s']:.1f} img/s, load {os.getloadavg()[0]:.1f})", flush=True)
-            save(report, args.out, started)
-            return model
-
-        if args.efficiency_only:
-            for n in sizes:
-                trained(n)
-            continue
-        # The largest training set first: its model is the base of every other line, so an
-        # interrupted run still has them.
-        model = trained(max(sizes))
-        base = {d: score(model, tests[d], work, f"{label}-base") for d in tests}
-        row["base"] = base
-        from workers.detector import to_model_input
-
-        int8 = export_tflite(
-            model, work / f"{label}-int8.tflite", "int8",
-            lambda: (to_model_input(im, input_hw) for im in calibration),
-        )
-        row["int8"] = {d: score(int8, tests[d], work, f"{label}-int8") for d in ("day", "night")}
-        row["int8_day_map50"] = row["int8"]["day"]["map50"]
-        row["int8_minus_float_map50"] = row["int8_day_map50"] - base["day"]["map50"]
-        row["photos"] = real_photos(work / f"{label}-base.keras", refs, photos)
-        row["deploy"] = deploy_cost(model, calibration, video, work, label)
-        row["deploy"]["load"] = os.getloadavg()[0]
-        print(f"  {label}: fog mAP@0.5 {base['fog']['map50']:.3f}, int8-float "
-              f"{row['int8_minus_float_map50']:+.3f}, photos {row['photos']}, "
-              f"deploy {row['deploy']}", flush=True)
-        save(report, args.out, started)
-
-        # One incremental round on night images with replay of the day data.
-        replay = select_replay(day_train, night_train, 1.0, 2000, seed=0)
-        round_started = time.monotonic()
-        train_model(model, night_train + replay, input_hw, args.round_steps, LR_FROM_BASE)
-        row["round_s"] = time.monotonic() - round_started
-        after = {d: score(model, tests[d], work, f"{label}-night") for d in ("day", "night")}
-        row["round"] = {
-            "night_precision_gain": after["night"]["precision"] - base["night"]["precision"],
-            "day_map50_lost": base["day"]["map50"] - after["day"]["map50"],
-            "after": after,
-        }
-        print(f"  {label}: round {row['round']}", flush=True)
-        save(report, args.out, started)
-        for n in sorted(sizes)[:-1]:
-            trained(n)
-
+    report = bench.report
     merge(report, args.merge)
-    save(report, args.out, started)
+    bench.save()
     print(f"\ntotal {report['wall_s'] / 60:.1f} min; goal {GOAL_FPS:.0f} FPS end to end")
     print(f"wrote {args.out}")
-    report["table"] = table(report, sizes)
+    report["table"] = table(report, bench.sizes)
     args.out.write_text(json.dumps(report, indent=2, default=str))
     return 0
 
