@@ -121,7 +121,6 @@ def register(app: typer.Typer) -> None:
         Hard examples beyond a quota are refused for now: the node keeps them and sends them
         again later."""
         import signal
-        import time
         from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
         from cloud_manager.daemon import CloudDaemon
@@ -129,10 +128,8 @@ def register(app: typer.Typer) -> None:
         from cloud_manager.hardex_inbox import INBOX_DIR, HardExampleInbox
         from cloud_manager.manager import Manager
         from cloud_manager.registry import REGISTRY_DIR, ModelRegistry
-        from cloud_manager.leadership import LeaseSettings
-        from cloud_manager.ingest_split import IngestMembers, IngestSplit, listen_journal
-        from cloud_manager.replicas import LeaseShell, log_ingest, replica_name, serve_while_leader
-        from edgeloop.cancellation import cancel_and_wait
+        from cloud_manager.ingest_split import IngestSplit
+        from cloud_manager.replicas import serve_replica
         from cloud_manager.store import Store, StoreError
 
         try:
@@ -163,49 +160,15 @@ def register(app: typer.Typer) -> None:
             return CloudDaemon(connection.settings(member_id or client_id), manager,
                                budget=budget, hardex_quotas=quotas, split=split, lock=lock)
 
-        async def serve(stop: asyncio.Event) -> None:
-            await daemon_of(store).run(stop)
-
         async def main() -> None:
             stop = asyncio.Event()
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGINT, signal.SIGTERM):
                 loop.add_signal_handler(sig, stop.set)
             if lease_store is None:
-                await serve(stop)
-                return
-            lease = LeaseShell(lease_store, replica_name(), LeaseSettings(), time.time)
-            typer.echo(f"cloud manager {lease.state.me}: standing by for the leader lease",
-                       err=True)
-            with lease_store.transaction():
-                group = lease_store.share_group()
-
-            lock = asyncio.Lock()  # the daemons of this process: one transaction at a time
-
-            def split(member: bool) -> IngestSplit:
-                return IngestSplit(group, member, lease.state.me, lambda: lease.state.leader)
-
-            async def lead(stop: asyncio.Event) -> None:
-                daemon = daemon_of(store, split(False), lock=lock)
-                listener = asyncio.create_task(listen_journal(store_url, daemon.journal_due))
-                try:
-                    await daemon.run(stop)
-                finally:
-                    await cancel_and_wait(listener)
-                    log_ingest(client_id, daemon)
-
-            async def ingest(member_id: str, stop: asyncio.Event) -> None:
-                member_store = Store(url=store_url)
-                try:
-                    daemon = daemon_of(member_store, split(True), member_id, lock)
-                    await daemon.run(stop)
-                    log_ingest(member_id, daemon)
-                finally:
-                    member_store.close()
-
-            members = IngestMembers(lease_store, lease.state.me, client_id, ingest, time.time)
-            await asyncio.gather(serve_while_leader(lease, store, lead, stop, lock=lock),
-                                 members.run(lambda: lease.state.leading, stop, lock))
+                await daemon_of(store).run(stop)
+            else:
+                await serve_replica(store_url, store, lease_store, client_id, daemon_of, stop)
 
         typer.echo(f"cloud manager: state {store.location}, broker {connection.broker}, timers in {tz}", err=True)
         try:

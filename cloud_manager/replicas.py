@@ -18,6 +18,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 import uuid
 from collections.abc import Callable, Coroutine
 from typing import Any
@@ -25,7 +26,9 @@ from typing import Any
 from cloud_manager import leadership as ld
 from cloud_manager.daemon import CloudDaemon
 from cloud_manager.database import StoreUnavailable
+from cloud_manager.ingest_split import IngestMembers, IngestSplit, listen_journal
 from cloud_manager.store import Store
+from edgeloop.cancellation import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -143,3 +146,45 @@ def log_ingest(client_id: str, daemon: CloudDaemon) -> None:
     samples, statuses = daemon.sample_stats, daemon.status_stats
     log.info("session %s ingested %d sample reports (%d duplicates) and %d node statuses",
              client_id, samples.reports, samples.duplicates, statuses.statuses)
+
+
+#: builds a daemon: (its store, how it shares the ingest, its MQTT client id or None for the
+#: managers' own, the process's transaction lock)
+DaemonOf = Callable[[Store, IngestSplit, str | None, asyncio.Lock], CloudDaemon]
+
+
+async def serve_replica(store_url: str, store: Store, lease_store: Store, client_id: str,
+                        daemon_of: DaemonOf, stop: asyncio.Event) -> None:
+    """One of several managers until ``stop``: stand by for the lease and lead while holding it
+    (on ``store``, the managers' session ``client_id``), and serve an ingest session all along
+    (each on a store connection of its own); ``lease_store`` is the lease's own connection."""
+    lease = LeaseShell(lease_store, replica_name(), ld.LeaseSettings(), time.time)
+    log.info("cloud manager %s: standing by for the leader lease", lease.state.me)
+    with lease_store.transaction():
+        group = lease_store.share_group()
+    lock = asyncio.Lock()  # the daemons of this process: one transaction at a time
+
+    def split(member: bool) -> IngestSplit:
+        return IngestSplit(group, member, lease.state.me, lambda: lease.state.leader)
+
+    async def lead(demoted: asyncio.Event) -> None:
+        daemon = daemon_of(store, split(False), None, lock)
+        listener = asyncio.create_task(listen_journal(store_url, daemon.journal_due))
+        try:
+            await daemon.run(demoted)
+        finally:
+            await cancel_and_wait(listener)
+            log_ingest(client_id, daemon)
+
+    async def ingest(member_id: str, member_stop: asyncio.Event) -> None:
+        member_store = Store(url=store_url)
+        try:
+            daemon = daemon_of(member_store, split(True), member_id, lock)
+            await daemon.run(member_stop)
+            log_ingest(member_id, daemon)
+        finally:
+            member_store.close()
+
+    members = IngestMembers(lease_store, lease.state.me, client_id, ingest, time.time)
+    await asyncio.gather(serve_while_leader(lease, store, lead, stop, lock=lock),
+                         members.run(lambda: lease.state.leading, stop, lock))
